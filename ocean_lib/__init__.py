@@ -1,0 +1,1 @@
+"""Ocean-R1, reproduced."""

@@ -1,0 +1,389 @@
+"""One typed config tree per run, loaded from ``params/*.yaml``.
+
+Every knob is a dataclass field with a type, a default and a one-line ``help`` (unit; Ocean-R1's value where
+ours differs). A params file may ``extends:`` another (path relative to itself); ``--set a.b=c`` overrides are
+applied last. Unknown keys are errors that name the closest valid key, values are checked against the field's
+type, and cross-field invariants are checked on load. Nothing is read from environment variables.
+
+The resolved config is saved as ``config.yaml`` beside every run's outputs and loads back equal.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A params file or override that does not describe a valid run."""
+
+
+def knob(default: Any, help: str) -> Any:  # noqa: A002 - "help" mirrors TRL/argparse naming
+    """A config field: its default and one line saying what it is (unit; Ocean-R1's value if different)."""
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The tree
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SyntheticConfig:
+    """What ``python -m ocean_lib data build`` generates for the miniature study."""
+
+    families: list[str] = knob(
+        ["counting", "geometry", "grounding", "spatial"], "procedural task families to generate"
+    )
+    text_only: bool = knob(False, "also write the text-only twin of every split (the GRPO-text ablation)")
+    n_train: int = knob(2000, "training records per family")
+    n_test: int = knob(500, "held-out test records per family (scenes disjoint from train)")
+    difficulty: int = knob(1, "difficulty level 1-3 (more objects, more distractors, smaller targets)")
+    image_size: int = knob(112, "side of the square images, pixels (multiple of 28)")
+    seed: int = knob(0, "base seed; train and test use disjoint seed ranges derived from it")
+    output_dir: str = knob("outputs/data/mini", "directory the parquet splits and preview.png are written to")
+
+
+@dataclass
+class DataConfig:
+    train_files: list[str] = knob([], "training parquet files/directories, or HF datasets dirs/hub ids")
+    val_files: list[str] = knob([], "validation records in the same format (scored during training)")
+    min_pixels: int = knob(3136, "images with fewer pixels are scaled up, aspect kept (Ocean-R1: 3,136)")
+    max_pixels: int = knob(1003520, "images with more pixels are scaled down, aspect kept (Ocean-R1: 1,003,520)")
+    max_images_per_prompt: int = knob(
+        4, "rows with more images are bad rows (Ocean-R1's scripts capped at 1, dropping stage-1 two-image samples)"
+    )
+    on_bad_row: Literal["error", "skip"] = knob(
+        "error", "a malformed row or unreadable image: stop with an error, or skip it and count it"
+    )
+    shuffle: bool = knob(True, "shuffle the training records each epoch (seeded by train.seed)")
+    max_prompt_tokens: int = knob(8192, "prompts longer than this, in tokens, are bad rows (Ocean-R1: 8192)")
+    synthetic: SyntheticConfig = field(
+        default_factory=SyntheticConfig, metadata={"help": "procedural data for the miniature study"}
+    )
+
+
+@dataclass
+class TinyModelConfig:
+    """Shape of the miniature Qwen2.5-VL built offline by ``python -m ocean_lib model build-tiny``."""
+
+    vocab_size: int = knob(1024, "byte-level BPE vocabulary size, special tokens included")
+    hidden_size: int = knob(256, "text decoder width")
+    num_layers: int = knob(4, "text decoder layers")
+    num_heads: int = knob(4, "attention heads (head_dim = hidden_size / num_heads)")
+    num_kv_heads: int = knob(2, "key/value heads (grouped-query attention)")
+    intermediate_size: int = knob(768, "text MLP width")
+    vision_hidden_size: int = knob(128, "vision tower width")
+    vision_depth: int = knob(2, "vision tower blocks")
+    vision_heads: int = knob(4, "vision tower attention heads")
+    seed: int = knob(0, "seed of the random initial weights and of the tokenizer corpus")
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = knob(
+        "Qwen/Qwen2.5-VL-3B-Instruct", "HF hub id or local directory of the policy's initial weights"
+    )
+    dtype: Literal["float32", "bfloat16"] = knob("float32", "parameter dtype (Ocean-R1: bfloat16)")
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = knob(
+        "sdpa", "attention kernel (Ocean-R1: flash_attention_2)"
+    )
+    gradient_checkpointing: bool = knob(False, "recompute activations in backward (Ocean-R1: true)")
+    freeze_vision_tower: bool = knob(False, "train the language model only")
+    lora_rank: int = knob(0, "LoRA rank for the language model; 0 trains all weights (Ocean-R1: 0)")
+    tiny: TinyModelConfig = field(
+        default_factory=TinyModelConfig, metadata={"help": "shape of the offline-built miniature model"}
+    )
+
+
+@dataclass
+class RolloutConfig:
+    backend: Literal["hf", "vllm"] = knob("hf", "generation engine: transformers generate, or vLLM (GPU, gpu extra)")
+    n: int = knob(16, "completions sampled per prompt, the GRPO group size")
+    temperature: float = knob(1.0, "sampling temperature")
+    top_p: float = knob(1.0, "nucleus sampling mass; 1.0 disables it")
+    top_k: int = knob(0, "sample from the k most likely tokens; 0 disables it")
+    max_new_tokens: int = knob(4096, "response length limit, tokens")
+    min_new_tokens: int = knob(0, "force at least this many new tokens (benchmarks use it to equalise work)")
+    vllm_gpu_memory_utilization: float = knob(0.5, "fraction of GPU memory vLLM may take when colocated")
+    vllm_tensor_parallel_size: int = knob(1, "GPUs per vLLM engine")
+    vllm_max_model_len: int = knob(12288, "vLLM context length, tokens (prompt + response)")
+    vllm_sleep_between_rollouts: bool = knob(True, "release vLLM's memory while training (if supported)")
+
+
+@dataclass
+class AlgorithmConfig:
+    adv_eps: float = knob(1e-6, "epsilon in (r - mean) / (std + eps) (verl 1e-6, TRL 1e-4)")
+    scale_rewards: bool = knob(True, "divide advantages by the group std (false = Dr. GRPO)")
+    clip_low: float = knob(0.2, "PPO clip range below 1 (ratio >= 1 - clip_low)")
+    clip_high: float = knob(0.2, "PPO clip range above 1 (ratio <= 1 + clip_high); > clip_low = clip-higher")
+    dual_clip: float = knob(0.0, "dual-clip bound c > 1 for negative advantages; 0 disables it")
+    kl_coef: float = knob(0.001, "weight of KL(policy || reference) in the loss; 0 skips the reference model")
+    kl_estimator: Literal["k1", "k3"] = knob("k3", "KL estimator: k1 = log-ratio, k3 = low_var_kl (Ocean-R1)")
+    entropy_coef: float = knob(0.001, "entropy bonus weight (Ocean-R1: 0.001)")
+    loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = knob(
+        "token-mean", "how per-token losses become one number (Ocean-R1: token-mean)"
+    )
+    updates_per_batch: int = knob(1, "optimizer passes over each rollout batch (Ocean-R1: 1)")
+    dynamic_sampling: bool = knob(False, "drop groups whose rewards are all equal before the update")
+
+
+@dataclass
+class RewardConfig:
+    mode: Literal["ocean_r1", "strict"] = knob("ocean_r1", "scoring rules: Ocean-R1's, or our stricter variant")
+    format_weight: float = knob(0.1, "overall = accuracy + format_weight * format (Ocean-R1: 0.1 stage 1, 0.05 stage 2)")
+    timeout_s: float = knob(2.0, "wall-clock limit for scoring one completion, seconds")
+    num_workers: int = knob(0, "scoring processes for large batches; 0 picks from the CPU count")
+
+
+@dataclass
+class TrainConfig:
+    objective: Literal["grpo", "sft"] = knob("grpo", "GRPO, or supervised warm-start on the reference answers")
+    prompts_per_step: int = knob(256, "prompts per rollout batch, all processes together (Ocean-R1: 256)")
+    micro_batch_size: int = knob(4, "sequences per forward/backward on one process")
+    num_processes: int = knob(1, "training processes the run expects (accelerate launch --num_processes)")
+    lr: float = knob(1e-6, "AdamW learning rate (Ocean-R1: 1e-6)")
+    warmup_steps: int = knob(0, "linear warm-up from 0 to lr over this many steps, then constant")
+    weight_decay: float = knob(0.01, "AdamW weight decay")
+    adam_beta1: float = knob(0.9, "AdamW beta1")
+    adam_beta2: float = knob(0.999, "AdamW beta2")
+    grad_clip: float = knob(1.0, "max global gradient norm; 0 disables clipping")
+    epochs: int = knob(2, "passes over the training data (Ocean-R1: 2)")
+    max_steps: int = knob(0, "stop after this many optimizer steps; 0 means run all epochs")
+    seed: int = knob(42, "seed of data order, sampling and initialisation")
+    save_every: int = knob(50, "checkpoint every this many steps (Ocean-R1: 50); 0 saves only the final weights")
+    keep_last: int = knob(2, "checkpoints kept on disk (older ones are deleted)")
+    val_every: int = knob(20, "score val_files greedily every this many steps (Ocean-R1: 20); 0 disables")
+    deterministic: bool = knob(False, "deterministic kernels (CPU runs then resume bit-exactly)")
+
+
+@dataclass
+class EvalConfig:
+    benchmarks: list[str] = knob(["superclevr", "geoqa", "refcoco", "cvbench"], "benchmark names to evaluate")
+    data_root: str = knob("data/benchmarks", "root directory holding each benchmark's annotations and images")
+    batch_size: int = knob(8, "prompts per generation batch")
+    max_items: int = knob(0, "evaluate only the first N items of each benchmark; 0 means all")
+    output_dir: str = knob("outputs/eval", "where <model>/<benchmark>.jsonl and summary.json are written")
+    bootstrap_samples: int = knob(1000, "bootstrap resamples for the 95% confidence interval")
+    seed: int = knob(0, "seed of the bootstrap")
+
+
+@dataclass
+class LoggingConfig:
+    output_dir: str = knob("outputs/runs", "parent directory of run directories")
+    run_name: str = knob("run", "this run's directory name under output_dir")
+    rollouts_per_step: int = knob(-1, "sampled completions written to rollouts.jsonl per step; -1 writes all")
+    progress: bool = knob(True, "show a progress bar on stderr")
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig, metadata={"help": "training records and image limits"})
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "policy weights and memory knobs"})
+    rollout: RolloutConfig = field(default_factory=RolloutConfig, metadata={"help": "sampling of completions"})
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig, metadata={"help": "GRPO advantages and loss"})
+    reward: RewardConfig = field(default_factory=RewardConfig, metadata={"help": "rule-based reward"})
+    train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "optimisation and checkpoints"})
+    eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "benchmark evaluation"})
+    logging: LoggingConfig = field(default_factory=LoggingConfig, metadata={"help": "run directory and progress"})
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.logging.output_dir) / self.logging.run_name
+
+    def validate(self) -> RunConfig:
+        """Check cross-field invariants; raise ConfigError naming the values involved."""
+        d, r, a, t = self.data, self.rollout, self.algorithm, self.train
+        checks = [
+            (d.min_pixels <= d.max_pixels, f"data.min_pixels={d.min_pixels} > data.max_pixels={d.max_pixels}"),
+            (r.n >= 1, f"rollout.n={r.n} must be >= 1"),
+            (r.n >= 2 or t.objective != "grpo", f"rollout.n={r.n}: GRPO needs a group of at least 2 samples"),
+            (r.temperature >= 0, f"rollout.temperature={r.temperature} must be >= 0"),
+            (0 < r.top_p <= 1, f"rollout.top_p={r.top_p} must be in (0, 1]"),
+            (r.min_new_tokens <= r.max_new_tokens,
+             f"rollout.min_new_tokens={r.min_new_tokens} > rollout.max_new_tokens={r.max_new_tokens}"),
+            (a.clip_low >= 0 and a.clip_high >= 0,
+             f"algorithm.clip_low={a.clip_low} and algorithm.clip_high={a.clip_high} must be >= 0"),
+            (a.dual_clip == 0 or a.dual_clip > 1, f"algorithm.dual_clip={a.dual_clip} must be 0 (off) or > 1"),
+            (a.updates_per_batch >= 1, f"algorithm.updates_per_batch={a.updates_per_batch} must be >= 1"),
+            (t.num_processes >= 1, f"train.num_processes={t.num_processes} must be >= 1"),
+            (t.prompts_per_step % t.num_processes == 0,
+             f"train.prompts_per_step={t.prompts_per_step} is not divisible by train.num_processes={t.num_processes}"),
+            (t.micro_batch_size >= 1, f"train.micro_batch_size={t.micro_batch_size} must be >= 1"),
+            ((t.prompts_per_step // t.num_processes * r.n) % t.micro_batch_size == 0,
+             f"sequences per process (train.prompts_per_step={t.prompts_per_step} / train.num_processes="
+             f"{t.num_processes} * rollout.n={r.n}) is not divisible by train.micro_batch_size={t.micro_batch_size}"),
+            (t.lr > 0, f"train.lr={t.lr} must be > 0"),
+            (t.keep_last >= 1, f"train.keep_last={t.keep_last} must be >= 1"),
+            (self.model.tiny.hidden_size % self.model.tiny.num_heads == 0,
+             f"model.tiny.hidden_size={self.model.tiny.hidden_size} is not divisible by "
+             f"model.tiny.num_heads={self.model.tiny.num_heads}"),
+            (d.synthetic.image_size % 28 == 0,
+             f"data.synthetic.image_size={d.synthetic.image_size} must be a multiple of 28 (patch 14 x merge 2)"),
+        ]
+        errors = [message for ok, message in checks if not ok]
+        if errors:
+            raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
+        return self
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Loading, overriding, saving
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Build a validated RunConfig from a params file (following ``extends:``) and ``a.b=c`` overrides."""
+    raw = _read_with_extends(Path(path), seen=()) if path is not None else {}
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} is not of the form section.key=value")
+        _set_dotted(raw, key.strip(), yaml.safe_load(value) if value.strip() else "")
+    where = str(path) if path is not None else "<defaults>"
+    return _build(RunConfig, raw, prefix="", where=where).validate()
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """The config as plain YAML-able data."""
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML, atomically."""
+    from ocean_lib.io import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def from_dict(raw: dict[str, Any], where: str = "<dict>") -> RunConfig:
+    return _build(RunConfig, raw, prefix="", where=where).validate()
+
+
+def field_docs(cls: type = RunConfig, prefix: str = "") -> dict[str, str]:
+    """Every leaf knob's dotted name and help line (empty string where a help line is missing)."""
+    docs: dict[str, str] = {}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        name = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(hints[f.name]):
+            docs.update(field_docs(hints[f.name], prefix=name + "."))
+        else:
+            docs[name] = f.metadata.get("help", "")
+    return docs
+
+
+def _read_with_extends(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"{path}: 'extends' cycle through {' -> '.join(map(str, seen))}")
+    if not path.is_file():
+        raise ConfigError(f"params file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from error
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    base = _read_with_extends(path.parent / parent, seen + (path,))
+    return _deep_merge(base, raw)
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = raw
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {dotted}: {part!r} is a value, not a section")
+        node = child
+    node[leaf] = value
+
+
+def _build(cls: type, raw: Any, prefix: str, where: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: {prefix.rstrip('.') or 'config'} must be a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [key for key in raw if key not in names]
+    if unknown:
+        key = unknown[0]
+        close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
+        hint = f"; did you mean {prefix}{close[0]!r}?" if close else f"; valid keys: {', '.join(names)}"
+        raise ConfigError(f"{where}: unknown key {prefix}{key!r}{hint}")
+    values = {}
+    for name in names:
+        if name not in raw:
+            continue
+        annotation = hints[name]
+        if dataclasses.is_dataclass(annotation):
+            values[name] = _build(annotation, raw[name], prefix=f"{prefix}{name}.", where=where)
+        else:
+            values[name] = _coerce(raw[name], annotation, f"{prefix}{name}", where)
+    return cls(**values)
+
+
+def _coerce(value: Any, annotation: Any, name: str, where: str) -> Any:
+    """Check (and minimally convert) one value against its field type."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+
+    def fail(expected: str) -> typing.NoReturn:
+        raise ConfigError(f"{where}: {name} must be {expected}, got {value!r}")
+
+    if origin is Literal:
+        if value not in args:
+            fail("one of " + ", ".join(map(repr, args)))
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], name, where)
+    if origin is list:
+        if not isinstance(value, list):
+            fail("a list")
+        return [_coerce(v, args[0], f"{name}[{i}]", where) for i, v in enumerate(value)]
+    if annotation is bool:
+        if not isinstance(value, bool):
+            fail("true or false")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            fail("an integer")
+        return value
+    if annotation is float:
+        if isinstance(value, str):  # YAML reads "1e-6" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                fail("a number")
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            fail("a number")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            fail("a string")
+        return value
+    raise ConfigError(f"{where}: {name} has an unsupported type {annotation!r}")  # a bug in this module

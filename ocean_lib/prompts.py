@@ -1,0 +1,75 @@
+"""Every prompt and instruction of the project, defined once.
+
+Training records, evaluation and the rollout browser all build their text here, so a prompt cannot drift
+between the three (nano-aha-moment kept four diverging copies of its prompt).
+
+Ocean-R1's training parquet stores one user turn whose content is ``"<image> " * n_images + question + "\\n" +
+instruction``; the evaluation scripts it inherits from R1-V/VLM-R1 put the image first and join question and
+instruction with a space. Both forms are produced by :func:`user_text`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+IMAGE_MARKER = "<image>"
+
+# The instruction of R1-V / Ocean-R1 for every `acc` task (counting, math, multiple choice).
+THINK_INSTRUCTION = (
+    "You FIRST think about the reasoning process as an internal monologue and then provide the final answer. "
+    "The reasoning process MUST BE enclosed within <think> </think> tags. "
+    "The final answer MUST BE in <answer> </answer> tags."
+)
+
+# The instruction of VLM-R1's referring-expression grounding (`iou` tasks).
+GROUNDING_INSTRUCTION = (
+    "First output the thinking process in <think> </think> tags and then output the final answer in "
+    "<answer> </answer> tags. Output the final answer in JSON format."
+)
+
+INSTRUCTIONS: dict[str, str] = {"acc": THINK_INSTRUCTION, "iou": GROUNDING_INSTRUCTION}
+
+Style = Literal["train", "eval"]
+
+
+def instruction_for(reward_func: str) -> str:
+    """The instruction that follows a question scored by ``reward_func`` (``acc`` or ``iou``)."""
+    try:
+        return INSTRUCTIONS[reward_func]
+    except KeyError:
+        raise ValueError(f"unknown reward_func {reward_func!r}; expected one of {sorted(INSTRUCTIONS)}") from None
+
+
+def user_text(question: str, reward_func: str, n_images: int, style: Style = "train") -> str:
+    """The user turn's text with ``n_images`` leading ``<image>`` markers.
+
+    ``train``: Ocean-R1's parquet form, question and instruction on separate lines.
+    ``eval``: R1-V/VLM-R1's evaluation form, question and instruction joined by a space.
+    """
+    separator = "\n" if style == "train" else " "
+    markers = f"{IMAGE_MARKER} " * n_images
+    return f"{markers}{question}{separator}{instruction_for(reward_func)}"
+
+
+def split_image_markers(content: str) -> tuple[int, str]:
+    """Count the ``<image>`` markers of a user turn and return (count, text without them)."""
+    count = content.count(IMAGE_MARKER)
+    return count, re.sub(r"<image>\s?", "", content).strip()
+
+
+def chat_messages(content: str) -> list[dict[str, Any]]:
+    """Turn a record's user content into chat-template messages, one image slot per ``<image>`` marker.
+
+    The images come before the text, as in Ocean-R1's training and evaluation; the chat template adds its
+    default system turn.
+    """
+    n_images, text = split_image_markers(content)
+    parts: list[dict[str, Any]] = [{"type": "image"} for _ in range(n_images)]
+    parts.append({"type": "text", "text": text})
+    return [{"role": "user", "content": parts}]
+
+
+def reference_completion(reasoning: str, answer: str) -> str:
+    """The completion a supervised warm-start imitates: Ocean-R1's output format with a worked reasoning."""
+    return f"<think>{reasoning}</think><answer>{answer}</answer>"
