@@ -331,8 +331,8 @@ def _build(cls: type, raw: Any, prefix: str, where: str) -> Any:
     if unknown:
         key = unknown[0]
         close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
-        hint = f"; did you mean {prefix}{close[0]!r}?" if close else f"; valid keys: {', '.join(names)}"
-        raise ConfigError(f"{where}: unknown key {prefix}{key!r}{hint}")
+        hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; valid keys: {', '.join(names)}"
+        raise ConfigError(f"{where}: unknown key '{prefix}{key}'{hint}")
     values = {}
     for name in names:
         if name not in raw:
