@@ -11,7 +11,10 @@ instruction with a space. Both forms are produced by :func:`user_text`.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from PIL import Image
 
 IMAGE_MARKER = "<image>"
 
@@ -31,6 +34,14 @@ GROUNDING_INSTRUCTION = (
 INSTRUCTIONS: dict[str, str] = {"acc": THINK_INSTRUCTION, "iou": GROUNDING_INSTRUCTION}
 
 Style = Literal["train", "eval"]
+
+
+@dataclass
+class Prompt:
+    """One model input: the user text with leading ``<image>`` markers, and its images in marker order."""
+
+    content: str
+    images: list[Image.Image] = field(default_factory=list)
 
 
 def instruction_for(reward_func: str) -> str:
@@ -73,3 +84,22 @@ def chat_messages(content: str) -> list[dict[str, Any]]:
 def reference_completion(reasoning: str, answer: str) -> str:
     """The completion a supervised warm-start imitates: Ocean-R1's output format with a worked reasoning."""
     return f"<think>{reasoning}</think><answer>{answer}</answer>"
+
+
+# Option letters of multiple-choice questions, in order.
+OPTION_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+# One option of a multiple-choice question, as CV-Bench's prompts (and so Ocean-R1's parquet) write it.
+OPTION_LINE = "({letter}) {text}"
+
+
+def with_options(question: str, options: list[str]) -> str:
+    """The question followed by its options, one per line: ``(A) first``, ``(B) second``, ...
+
+    Used for benchmarks that ship options apart from the question (MathVista, MathVision, MMMU), so that every
+    multiple-choice question reaches the model in CV-Bench's layout.
+    """
+    if len(options) > len(OPTION_LETTERS):
+        raise ValueError(f"{len(options)} options; at most {len(OPTION_LETTERS)} can be lettered")
+    lines = [OPTION_LINE.format(letter=letter, text=text) for letter, text in zip(OPTION_LETTERS, options, strict=False)]
+    return "\n".join([question, *lines])

@@ -1,0 +1,69 @@
+"""Every metric key a run writes to ``metrics.jsonl``, with one line of meaning.
+
+The trainer refuses to log a key that is not registered here (tested), so a notebook reading
+``metrics.jsonl`` can rely on this table. Keys ending in ``/<task>`` are per-data-source families.
+"""
+
+from __future__ import annotations
+
+METRICS: dict[str, str] = {
+    "step": "optimizer steps completed (1-based)",
+    "epoch": "pass over the training data this step's prompts came from (0-based)",
+    "lr": "learning rate used for this step's update",
+    # reward
+    "reward/overall": "mean overall reward (accuracy + format_weight * format) over all sampled completions",
+    "reward/accuracy": "mean accuracy reward over all sampled completions",
+    "reward/format": "mean format reward over all sampled completions",
+    "reward/std_in_group": "mean over groups of the standard deviation of overall rewards within the group",
+    "reward/timeouts": "completions whose scoring hit the reward timeout (scored 0)",
+    "reward/unknown_reward_func": "completions whose record named an unknown reward_func (scored 0)",
+    "accuracy/": "mean accuracy reward of the completions of one data source (key suffix = data_source)",
+    # groups and advantages
+    "groups/zero_variance_fraction": "fraction of groups whose rewards are all equal (their advantages are 0)",
+    "groups/dropped": "groups removed by dynamic sampling before the update",
+    "advantage/mean": "mean advantage over sampled completions (0 up to float error when std-scaled)",
+    "advantage/abs_mean": "mean absolute advantage over sampled completions",
+    # responses
+    "response/length_mean": "mean completion length, tokens (EOS included)",
+    "response/length_max": "longest completion, tokens",
+    "response/clipped_fraction": "fraction of completions cut at max_new_tokens without EOS",
+    "response/sampler_logprob_gap": "mean |sampler log-prob - trainer log-prob| over completion tokens, nats",
+    # loss
+    "loss/total": "the optimised loss (policy + kl_coef * KL - entropy_coef * entropy), aggregated per loss_agg",
+    "loss/policy": "the clipped policy-gradient term",
+    "loss/sft": "teacher-forced cross-entropy per completion token (objective = sft)",
+    "kl/mean": "mean per-token KL(policy || reference) estimate over completion tokens",
+    "entropy/mean": "mean per-token entropy of the policy over completion tokens, nats",
+    "clip/fraction": "fraction of completion tokens whose ratio was clipped (either side)",
+    "clip/low_fraction": "fraction of tokens clipped at 1 - clip_low (negative advantage)",
+    "clip/high_fraction": "fraction of tokens clipped at 1 + clip_high (positive advantage)",
+    "clip/dual_fraction": "fraction of tokens bounded by the dual clip",
+    "ratio/mean": "mean importance ratio pi / pi_old over completion tokens",
+    "ratio/min": "smallest importance ratio in the batch",
+    "ratio/max": "largest importance ratio in the batch",
+    "grad/norm": "global gradient norm before clipping",
+    # validation
+    "val/accuracy": "greedy accuracy on the validation records",
+    "val/format": "format compliance of greedy validation outputs",
+    "val/accuracy/": "greedy validation accuracy of one data source (key suffix = data_source)",
+    # time
+    "time/step_s": "wall-clock seconds of the whole step",
+    "time/generate_s": "seconds spent sampling completions",
+    "time/reward_s": "seconds spent scoring completions",
+    "time/reference_s": "seconds spent on reference-model log-probs",
+    "time/update_s": "seconds spent in forward, backward and optimizer step",
+    "time/validate_s": "seconds spent on validation this step",
+}
+
+
+def is_registered(key: str) -> bool:
+    """A key is registered if listed, or if it extends a listed family prefix ending in '/'."""
+    if key in METRICS:
+        return True
+    return any(prefix.endswith("/") and key.startswith(prefix) and key != prefix for prefix in METRICS)
+
+
+def check_registered(keys: list[str] | set[str]) -> None:
+    unknown = sorted(k for k in keys if not is_registered(k))
+    if unknown:
+        raise KeyError(f"metric keys not registered in ocean_lib/metrics.py: {unknown}")

@@ -1,0 +1,114 @@
+"""The run directory: the only interface between a training process and the notebooks that read it.
+
+::
+
+    outputs/runs/<name>/
+      config.yaml        resolved RunConfig
+      metrics.jsonl      one line per optimizer step (append-only; trimmed back to the checkpoint on resume)
+      rollouts.jsonl     sampled completions with their reward breakdown and advantage
+      checkpoints/step_N/  policy + processor (save_pretrained), optimizer.pt, scheduler.pt, trainer_state.json
+      final/             policy + processor (save_pretrained), loadable by transformers and vLLM
+      log.txt            the launcher's captured stdout/stderr
+
+Every file is written atomically (temporary name, then rename), so a reader or a resumed run only ever sees
+complete checkpoints: ``trainer_state.json`` is written last and a checkpoint without it does not exist.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ocean_lib.io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
+
+STATE_FILE = "trainer_state.json"
+
+
+@dataclass(frozen=True)
+class RunDir:
+    path: Path
+
+    @property
+    def config(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def rollouts(self) -> Path:
+        return self.path / "rollouts.jsonl"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def final(self) -> Path:
+        return self.path / "final"
+
+    @property
+    def log(self) -> Path:
+        return self.path / "log.txt"
+
+    def checkpoint(self, step: int) -> Path:
+        return self.checkpoints / f"step_{step}"
+
+    def complete_checkpoints(self) -> list[tuple[int, Path]]:
+        """(step, path) of every checkpoint whose state file exists, oldest first."""
+        if not self.checkpoints.is_dir():
+            return []
+        found = []
+        for child in self.checkpoints.iterdir():
+            if child.name.startswith("step_") and (child / STATE_FILE).is_file():
+                found.append((int(child.name.removeprefix("step_")), child))
+        return sorted(found)
+
+    def last_checkpoint(self) -> tuple[int, Path] | None:
+        complete = self.complete_checkpoints()
+        return complete[-1] if complete else None
+
+    def is_finished(self) -> bool:
+        return (self.final / STATE_FILE).is_file()
+
+    def log_metrics(self, row: dict[str, Any]) -> None:
+        append_jsonl(self.metrics, [row])
+
+    def log_rollouts(self, rows: list[dict[str, Any]]) -> None:
+        if rows:
+            append_jsonl(self.rollouts, rows)
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        return list(read_jsonl(self.metrics))
+
+    def trim_to_step(self, step: int) -> None:
+        """Drop metric and rollout lines logged after ``step`` (work lost with a killed process)."""
+        for path in (self.metrics, self.rollouts):
+            if path.exists():
+                kept = [row for row in read_jsonl(path) if row["step"] <= step]
+                atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
+
+
+def publish_dir(tmp: Path, final: Path, state: dict[str, Any]) -> None:
+    """Mark a fully written directory complete (state file last) and move it into place atomically."""
+    atomic_write_json(tmp / STATE_FILE, state)
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+
+
+def prune_checkpoints(run: RunDir, keep_last: int) -> None:
+    for _, path in run.complete_checkpoints()[:-keep_last]:
+        shutil.rmtree(path, ignore_errors=True)
+    if run.checkpoints.is_dir():  # half-written leftovers of a killed save
+        for child in run.checkpoints.iterdir():
+            if child.name.startswith(".tmp"):
+                shutil.rmtree(child, ignore_errors=True)
+
+
+def read_state(checkpoint: Path) -> dict[str, Any]:
+    return json.loads((checkpoint / STATE_FILE).read_text())
