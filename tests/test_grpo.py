@@ -62,12 +62,14 @@ def test_dr_grpo_skips_the_std_division():
 
 
 def test_zero_variance_group_gets_exactly_zero():
-    # 0.1 three times: its float mean is not exactly 0.1, so only an explicit rule makes the advantage exactly 0.
-    rewards = torch.tensor([0.1, 0.1, 0.1, 1.0, 0.0, 1.0])
+    # Three rewards of 0.9: in float32 their mean is off by 6e-8, and (r - mean) / (std + 1e-6) would give every
+    # sample a spurious advantage of 0.056. Same for Ocean-R1's n = 16 with sixteen partial-credit rewards of 0.1.
+    rewards = torch.tensor([0.9, 0.9, 0.9, 1.0, 0.0, 1.0])
     for scale in (True, False):
         adv = group_advantages(rewards, 3, eps=1e-6, scale=scale)
         assert adv[:3].tolist() == [0.0, 0.0, 0.0]
         assert adv[3:].abs().min() > 0.1
+    assert group_advantages(torch.full((16,), 0.1), 16, eps=1e-6).tolist() == [0.0] * 16
     assert zero_variance_groups(rewards, 3).tolist() == [True, False]
     assert zero_variance_groups(torch.tensor([1.0, 1.0, 0.0, 0.0]), 2).tolist() == [True, True]
 
