@@ -14,7 +14,7 @@ all-process counts divided by W.
 
 Metrics come back as ``Stats`` (name -> ``Stat(total, count, reduce)``), never as bare means: merge the Stats of
 every micro-batch and every process with ``merge_stats``, then read ``stat_values``. A mean of means would weigh
-a short micro-batch like a long one.
+a short micro-batch like a long one. Stats hold plain floats, so ``gather_object`` moves them between processes.
 """
 
 from __future__ import annotations
@@ -175,7 +175,8 @@ def aggregate(
 
         token-mean               sum_{i,t} m x / N_tok                     verl's default, Ocean-R1, DAPO
         seq-mean-token-mean      sum_i (sum_t m x / sum_t m) / N_seq       original GRPO, TRL 0.14, Ocean-R1 v1
-        seq-mean-token-sum-norm  sum_{i,t} m x / (N_seq L_max)             Dr. GRPO (as TRL's "dr_grpo")
+        seq-mean-token-sum-norm  sum_{i,t} m x / (N_seq L_max)             Dr. GRPO (TRL's "dr_grpo"; verl's
+                                                                            omits the 1 / N_seq)
 
     N_tok = ``num_tokens`` (default: sum of the mask), N_seq = ``num_sequences`` (default: B, sequences with no
     token included), L_max = ``max_len``, the constant generation budget (required for Dr. GRPO: verl's default,
@@ -327,9 +328,12 @@ def policy_loss(
             sums["kl"] = kl
         if entropy is not None:
             sums["entropy"] = entropy
-        inf = torch.tensor(math.inf, device=ratio.device)
         totals = [torch.where(m, x, 0).sum().float() for x in sums.values()]
-        totals += [torch.where(m, ratio, inf).min(), torch.where(m, ratio, -inf).max(), m.sum().float()]
+        totals += [
+            torch.where(m, ratio, math.inf).min().float(),
+            torch.where(m, ratio, -math.inf).max().float(),
+        ]
+        totals.append(m.sum().float())
         *means, ratio_min, ratio_max, count = torch.stack(totals).tolist()  # one device sync
     stats = {name: Stat(total, count) for name, total in zip(sums, means, strict=True)}
     stats["ratio_min"] = Stat(ratio_min, count, "min")
