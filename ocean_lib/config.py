@@ -58,9 +58,12 @@ class DataConfig:
     train_files: list[str] = knob([], "training parquet files/directories, or HF datasets dirs/hub ids")
     val_files: list[str] = knob([], "validation records in the same format (scored during training)")
     min_pixels: int = knob(3136, "images with fewer pixels are scaled up, aspect kept (Ocean-R1: 3,136)")
-    max_pixels: int = knob(1003520, "images with more pixels are scaled down, aspect kept (Ocean-R1: 1,003,520)")
+    max_pixels: int = knob(
+        1003520, "images with more pixels are scaled down, aspect kept (Ocean-R1: 1,003,520)"
+    )
     max_images_per_prompt: int = knob(
-        4, "rows with more images are bad rows (Ocean-R1's scripts capped at 1, dropping stage-1 two-image samples)"
+        4,
+        "rows with more images are bad rows (Ocean-R1's scripts capped at 1, dropping stage-1 two-image samples)",
     )
     on_bad_row: Literal["error", "skip"] = knob(
         "error", "a malformed row or unreadable image: stop with an error, or skip it and count it"
@@ -107,7 +110,9 @@ class ModelConfig:
 
 @dataclass
 class RolloutConfig:
-    backend: Literal["hf", "vllm"] = knob("hf", "generation engine: transformers generate, or vLLM (GPU, gpu extra)")
+    backend: Literal["hf", "vllm"] = knob(
+        "hf", "generation engine: transformers generate, or vLLM (GPU, gpu extra)"
+    )
     n: int = knob(16, "completions sampled per prompt, the GRPO group size")
     temperature: float = knob(1.0, "sampling temperature")
     top_p: float = knob(1.0, "nucleus sampling mass; 1.0 disables it")
@@ -139,15 +144,21 @@ class AlgorithmConfig:
 
 @dataclass
 class RewardConfig:
-    mode: Literal["ocean_r1", "strict"] = knob("ocean_r1", "scoring rules: Ocean-R1's, or our stricter variant")
-    format_weight: float = knob(0.1, "overall = accuracy + format_weight * format (Ocean-R1: 0.1 stage 1, 0.05 stage 2)")
+    mode: Literal["ocean_r1", "strict"] = knob(
+        "ocean_r1", "scoring rules: Ocean-R1's, or our stricter variant"
+    )
+    format_weight: float = knob(
+        0.1, "overall = accuracy + format_weight * format (Ocean-R1: 0.1 stage 1, 0.05 stage 2)"
+    )
     timeout_s: float = knob(2.0, "wall-clock limit for scoring one completion, seconds")
     num_workers: int = knob(0, "scoring processes for large batches; 0 picks from the CPU count")
 
 
 @dataclass
 class TrainConfig:
-    objective: Literal["grpo", "sft"] = knob("grpo", "GRPO, or supervised warm-start on the reference answers")
+    objective: Literal["grpo", "sft"] = knob(
+        "grpo", "GRPO, or supervised warm-start on the reference answers"
+    )
     prompts_per_step: int = knob(256, "prompts per rollout batch, all processes together (Ocean-R1: 256)")
     micro_batch_size: int = knob(4, "sequences per forward/backward on one process")
     num_processes: int = knob(1, "training processes the run expects (accelerate launch --num_processes)")
@@ -160,7 +171,9 @@ class TrainConfig:
     epochs: int = knob(2, "passes over the training data (Ocean-R1: 2)")
     max_steps: int = knob(0, "stop after this many optimizer steps; 0 means run all epochs")
     seed: int = knob(42, "seed of data order, sampling and initialisation")
-    save_every: int = knob(50, "checkpoint every this many steps (Ocean-R1: 50); 0 saves only the final weights")
+    save_every: int = knob(
+        50, "checkpoint every this many steps (Ocean-R1: 50); 0 saves only the final weights"
+    )
     keep_last: int = knob(2, "checkpoints kept on disk (older ones are deleted)")
     val_every: int = knob(20, "score val_files greedily every this many steps (Ocean-R1: 20); 0 disables")
     deterministic: bool = knob(False, "deterministic kernels (CPU runs then resume bit-exactly)")
@@ -187,14 +200,24 @@ class LoggingConfig:
 
 @dataclass
 class RunConfig:
-    data: DataConfig = field(default_factory=DataConfig, metadata={"help": "training records and image limits"})
-    model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "policy weights and memory knobs"})
-    rollout: RolloutConfig = field(default_factory=RolloutConfig, metadata={"help": "sampling of completions"})
-    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig, metadata={"help": "GRPO advantages and loss"})
+    data: DataConfig = field(
+        default_factory=DataConfig, metadata={"help": "training records and image limits"}
+    )
+    model: ModelConfig = field(
+        default_factory=ModelConfig, metadata={"help": "policy weights and memory knobs"}
+    )
+    rollout: RolloutConfig = field(
+        default_factory=RolloutConfig, metadata={"help": "sampling of completions"}
+    )
+    algorithm: AlgorithmConfig = field(
+        default_factory=AlgorithmConfig, metadata={"help": "GRPO advantages and loss"}
+    )
     reward: RewardConfig = field(default_factory=RewardConfig, metadata={"help": "rule-based reward"})
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "optimisation and checkpoints"})
     eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "benchmark evaluation"})
-    logging: LoggingConfig = field(default_factory=LoggingConfig, metadata={"help": "run directory and progress"})
+    logging: LoggingConfig = field(
+        default_factory=LoggingConfig, metadata={"help": "run directory and progress"}
+    )
 
     @property
     def run_dir(self) -> Path:
@@ -204,31 +227,49 @@ class RunConfig:
         """Check cross-field invariants; raise ConfigError naming the values involved."""
         d, r, a, t = self.data, self.rollout, self.algorithm, self.train
         checks = [
-            (d.min_pixels <= d.max_pixels, f"data.min_pixels={d.min_pixels} > data.max_pixels={d.max_pixels}"),
+            (
+                d.min_pixels <= d.max_pixels,
+                f"data.min_pixels={d.min_pixels} > data.max_pixels={d.max_pixels}",
+            ),
             (r.n >= 1, f"rollout.n={r.n} must be >= 1"),
             (r.n >= 2 or t.objective != "grpo", f"rollout.n={r.n}: GRPO needs a group of at least 2 samples"),
             (r.temperature >= 0, f"rollout.temperature={r.temperature} must be >= 0"),
             (0 < r.top_p <= 1, f"rollout.top_p={r.top_p} must be in (0, 1]"),
-            (r.min_new_tokens <= r.max_new_tokens,
-             f"rollout.min_new_tokens={r.min_new_tokens} > rollout.max_new_tokens={r.max_new_tokens}"),
-            (a.clip_low >= 0 and a.clip_high >= 0,
-             f"algorithm.clip_low={a.clip_low} and algorithm.clip_high={a.clip_high} must be >= 0"),
-            (a.dual_clip == 0 or a.dual_clip > 1, f"algorithm.dual_clip={a.dual_clip} must be 0 (off) or > 1"),
+            (
+                r.min_new_tokens <= r.max_new_tokens,
+                f"rollout.min_new_tokens={r.min_new_tokens} > rollout.max_new_tokens={r.max_new_tokens}",
+            ),
+            (
+                a.clip_low >= 0 and a.clip_high >= 0,
+                f"algorithm.clip_low={a.clip_low} and algorithm.clip_high={a.clip_high} must be >= 0",
+            ),
+            (
+                a.dual_clip == 0 or a.dual_clip > 1,
+                f"algorithm.dual_clip={a.dual_clip} must be 0 (off) or > 1",
+            ),
             (a.updates_per_batch >= 1, f"algorithm.updates_per_batch={a.updates_per_batch} must be >= 1"),
             (t.num_processes >= 1, f"train.num_processes={t.num_processes} must be >= 1"),
-            (t.prompts_per_step % t.num_processes == 0,
-             f"train.prompts_per_step={t.prompts_per_step} is not divisible by train.num_processes={t.num_processes}"),
+            (
+                t.prompts_per_step % t.num_processes == 0,
+                f"train.prompts_per_step={t.prompts_per_step} is not divisible by train.num_processes={t.num_processes}",
+            ),
             (t.micro_batch_size >= 1, f"train.micro_batch_size={t.micro_batch_size} must be >= 1"),
-            ((t.prompts_per_step // t.num_processes * r.n) % t.micro_batch_size == 0,
-             f"sequences per process (train.prompts_per_step={t.prompts_per_step} / train.num_processes="
-             f"{t.num_processes} * rollout.n={r.n}) is not divisible by train.micro_batch_size={t.micro_batch_size}"),
+            (
+                (t.prompts_per_step // t.num_processes * r.n) % t.micro_batch_size == 0,
+                f"sequences per process (train.prompts_per_step={t.prompts_per_step} / train.num_processes="
+                f"{t.num_processes} * rollout.n={r.n}) is not divisible by train.micro_batch_size={t.micro_batch_size}",
+            ),
             (t.lr > 0, f"train.lr={t.lr} must be > 0"),
             (t.keep_last >= 1, f"train.keep_last={t.keep_last} must be >= 1"),
-            (self.model.tiny.hidden_size % self.model.tiny.num_heads == 0,
-             f"model.tiny.hidden_size={self.model.tiny.hidden_size} is not divisible by "
-             f"model.tiny.num_heads={self.model.tiny.num_heads}"),
-            (d.synthetic.image_size % 28 == 0,
-             f"data.synthetic.image_size={d.synthetic.image_size} must be a multiple of 28 (patch 14 x merge 2)"),
+            (
+                self.model.tiny.hidden_size % self.model.tiny.num_heads == 0,
+                f"model.tiny.hidden_size={self.model.tiny.hidden_size} is not divisible by "
+                f"model.tiny.num_heads={self.model.tiny.num_heads}",
+            ),
+            (
+                d.synthetic.image_size % 28 == 0,
+                f"data.synthetic.image_size={d.synthetic.image_size} must be a multiple of 28 (patch 14 x merge 2)",
+            ),
         ]
         errors = [message for ok, message in checks if not ok]
         if errors:

@@ -43,7 +43,9 @@ class Topology:
     accelerate_config: str | None = None  # a file from params/accelerate/ (DeepSpeed, FSDP, multi-node)
 
 
-def accelerate_command(params: str | Path, overrides: list[str], topology: Topology, resume: bool) -> list[str]:
+def accelerate_command(
+    params: str | Path, overrides: list[str], topology: Topology, resume: bool
+) -> list[str]:
     """The ``accelerate launch`` command line for one training stage (tested as a list of strings)."""
     t = topology
     total = t.num_processes * t.num_machines
@@ -56,8 +58,14 @@ def accelerate_command(params: str | Path, overrides: list[str], topology: Topol
     if t.num_machines > 1:
         if not t.main_process_ip:
             raise LaunchError("multi-node launch needs main_process_ip (the address of machine rank 0)")
-        cmd += ["--machine_rank", str(t.machine_rank), "--main_process_ip", t.main_process_ip,
-                "--main_process_port", str(t.main_process_port)]
+        cmd += [
+            "--machine_rank",
+            str(t.machine_rank),
+            "--main_process_ip",
+            t.main_process_ip,
+            "--main_process_port",
+            str(t.main_process_port),
+        ]
     if not t.accelerate_config:
         cmd += ["--mixed_precision", "no", "--dynamo_backend", "no"]
     cmd += ["-m", "ocean_lib", "train", "--params", str(params)]
@@ -84,16 +92,23 @@ def train(
     run = RunDir(cfg.run_dir)
     run.path.mkdir(parents=True, exist_ok=True)
     cmd = accelerate_command(params, overrides, topology, resume)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // total))}
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // total)),
+    }
 
     from tqdm.auto import tqdm
 
     progress = tqdm(desc=cfg.logging.run_name, unit="step", disable=not cfg.logging.progress)
     tail: collections.deque[str] = collections.deque(maxlen=40)
     seen = len(run.read_metrics()) if resume else 0
-    with open(run.log, "a", encoding="utf-8") as log, subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, bufsize=1
-    ) as child:
+    with (
+        open(run.log, "a", encoding="utf-8") as log,
+        subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, bufsize=1
+        ) as child,
+    ):
         os.set_blocking(child.stdout.fileno(), False)
         while True:
             chunk = child.stdout.read()

@@ -15,12 +15,12 @@ METRICS: dict[str, str] = {
     "reward/accuracy": "mean accuracy reward over all sampled completions",
     "reward/format": "mean format reward over all sampled completions",
     "reward/std_in_group": "mean over groups of the standard deviation of overall rewards within the group",
-    "reward/timeouts": "completions whose scoring hit the reward timeout (scored 0)",
-    "reward/unknown_reward_func": "completions whose record named an unknown reward_func (scored 0)",
+    "reward/timeouts": "fraction of completions whose scoring hit the reward timeout (scored 0)",
+    "reward/unknown_reward_func": "fraction of completions whose record named an unknown reward_func (scored 0)",
     "accuracy/": "mean accuracy reward of the completions of one data source (key suffix = data_source)",
     # groups and advantages
-    "groups/zero_variance_fraction": "fraction of groups whose rewards are all equal (their advantages are 0)",
-    "groups/dropped": "groups removed by dynamic sampling before the update",
+    "groups/zero_variance_fraction": "fraction of groups whose rewards are all equal (advantage 0; dropped by "
+    "dynamic sampling when it is on)",
     "advantage/mean": "mean advantage over sampled completions (0 up to float error when std-scaled)",
     "advantage/abs_mean": "mean absolute advantage over sampled completions",
     # responses
@@ -47,7 +47,7 @@ METRICS: dict[str, str] = {
     "val/format": "format compliance of greedy validation outputs",
     "val/accuracy/": "greedy validation accuracy of one data source (key suffix = data_source)",
     # time
-    "time/step_s": "wall-clock seconds of the whole step",
+    "time/step_s": "wall-clock seconds of the whole step (the slowest process)",
     "time/generate_s": "seconds spent sampling completions",
     "time/reward_s": "seconds spent scoring completions",
     "time/reference_s": "seconds spent on reference-model log-probs",

@@ -49,7 +49,9 @@ def instruction_for(reward_func: str) -> str:
     try:
         return INSTRUCTIONS[reward_func]
     except KeyError:
-        raise ValueError(f"unknown reward_func {reward_func!r}; expected one of {sorted(INSTRUCTIONS)}") from None
+        raise ValueError(
+            f"unknown reward_func {reward_func!r}; expected one of {sorted(INSTRUCTIONS)}"
+        ) from None
 
 
 def user_text(question: str, reward_func: str, n_images: int, style: Style = "train") -> str:
@@ -101,5 +103,8 @@ def with_options(question: str, options: list[str]) -> str:
     """
     if len(options) > len(OPTION_LETTERS):
         raise ValueError(f"{len(options)} options; at most {len(OPTION_LETTERS)} can be lettered")
-    lines = [OPTION_LINE.format(letter=letter, text=text) for letter, text in zip(OPTION_LETTERS, options, strict=False)]
+    lines = [
+        OPTION_LINE.format(letter=letter, text=text)
+        for letter, text in zip(OPTION_LETTERS, options, strict=False)
+    ]
     return "\n".join([question, *lines])
