@@ -1,0 +1,275 @@
+"""The tiny Qwen2.5-VL: built offline, saved, and loaded back through the loader the real 3B model uses."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+from safetensors.torch import load_file
+from transformers import AutoProcessor
+
+from ocean_lib.config import TinyModelConfig
+from ocean_lib.models import (
+    REASONING_TAGS,
+    SPECIAL_TOKENS,
+    VISION_SPECIAL_TOKENS,
+    Qwen2_5_VLImageTextProcessor,
+    build_tiny_model,
+    build_tokenizer,
+    count_parameters,
+    load_policy,
+    vision_special_token_ids,
+)
+from ocean_lib.prompts import chat_messages, reference_completion, user_text
+
+COLOURS = ("red", "blue", "green", "yellow")
+CORPUS = [
+    user_text(f"How many {colour} objects are there?", "acc", 1)
+    + reference_completion(f"I count the {colour} shapes from left to right: {n}.", str(n))
+    for n in range(1, 13)
+    for colour in COLOURS
+]
+MIN_PIXELS, MAX_PIXELS = 56 * 56, 224 * 224
+
+
+def gray_image(side: int) -> Image.Image:
+    """A mid-gray square near the image processor's mean, as the synthetic tasks draw backgrounds."""
+    return Image.new("RGB", (side, side), (123, 117, 104))
+
+
+def prompt_text(processor, question: str) -> str:
+    return processor.apply_chat_template(
+        chat_messages(user_text(question, "acc", 1)), add_generation_prompt=True, tokenize=False
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory) -> Path:
+    return build_tiny_model(
+        TinyModelConfig(), CORPUS, tmp_path_factory.mktemp("models") / "tiny", MIN_PIXELS, MAX_PIXELS
+    )
+
+
+@pytest.fixture(scope="module")
+def policy(tiny_dir):
+    return load_policy(str(tiny_dir))
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_tokenizer(CORPUS, vocab_size=512)
+
+
+def test_build_save_load_chat_and_generate(tiny_dir, policy):
+    model, processor = policy
+    assert type(processor) is Qwen2_5_VLImageTextProcessor
+    # Without the registration AutoProcessor would silently hand back the bare tokenizer.
+    assert type(AutoProcessor.from_pretrained(tiny_dir)) is Qwen2_5_VLImageTextProcessor
+
+    text = prompt_text(processor, "How many red objects are there?")
+    assert text.startswith(
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+        "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>How many red objects are there?\n"
+    )
+    assert text.endswith("<|im_end|>\n<|im_start|>assistant\n")
+
+    inputs = processor(text=[text], images=[gray_image(112)], return_tensors="pt")
+    assert inputs["image_grid_thw"].tolist() == [[1, 8, 8]]
+    assert (inputs["input_ids"] == model.config.image_token_id).sum() == 16
+    assert inputs["mm_token_type_ids"].sum() == 16
+
+    suppressed = vision_special_token_ids(processor)
+    torch.manual_seed(0)
+    out = model.generate(**inputs, max_new_tokens=6, do_sample=True, suppress_tokens=suppressed)
+    completion = out[0, inputs["input_ids"].shape[1] :]
+    assert 1 <= len(completion) <= 6
+    assert not set(completion.tolist()) & set(suppressed)
+    assert isinstance(processor.decode(completion), str)
+
+
+def test_special_token_ids_follow_qwens_order(policy):
+    model, processor = policy
+    tok = processor.tokenizer
+    ids = dict(zip(SPECIAL_TOKENS, tok.convert_tokens_to_ids(list(SPECIAL_TOKENS)), strict=True))
+    assert list(ids.values()) == list(range(len(SPECIAL_TOKENS)))
+    assert (tok.pad_token, tok.eos_token, tok.padding_side) == ("<|endoftext|>", "<|im_end|>", "left")
+    assert vision_special_token_ids(processor) == [ids[t] for t in VISION_SPECIAL_TOKENS]
+    config = model.config
+    assert (config.image_token_id, config.video_token_id) == (ids["<|image_pad|>"], ids["<|video_pad|>"])
+    assert (config.vision_start_token_id, config.vision_end_token_id) == (
+        ids["<|vision_start|>"],
+        ids["<|vision_end|>"],
+    )
+    assert model.generation_config.eos_token_id == [ids["<|im_end|>"], ids["<|endoftext|>"]]
+    assert model.generation_config.pad_token_id == ids["<|endoftext|>"]
+    assert config.text_config.vocab_size == len(tok)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text())
+def test_tokenizer_round_trips_any_text(tokenizer, text):
+    assert tokenizer.decode(tokenizer.encode(text), skip_special_tokens=False) == text
+
+
+def test_reasoning_tags_are_single_tokens_that_survive_decoding(tokenizer):
+    completion = reference_completion("3 red, 2 blue", "5")
+    pieces = tokenizer.tokenize(completion)
+    for tag in REASONING_TAGS:
+        assert pieces.count(tag) == 1
+    ids = tokenizer.encode("<|vision_start|><|image_pad|><|vision_end|>" + completion + "<|im_end|>")
+    assert tokenizer.decode(ids, skip_special_tokens=True) == completion
+
+
+def test_build_is_deterministic_for_a_seed(tiny_dir, tmp_path):
+    again = build_tiny_model(TinyModelConfig(), CORPUS, tmp_path / "again", MIN_PIXELS, MAX_PIXELS)
+    other = build_tiny_model(TinyModelConfig(seed=1), CORPUS, tmp_path / "other", MIN_PIXELS, MAX_PIXELS)
+    assert (again / "tokenizer.json").read_bytes() == (tiny_dir / "tokenizer.json").read_bytes()
+    first, second = load_file(tiny_dir / "model.safetensors"), load_file(again / "model.safetensors")
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[name], second[name]) for name in first)
+    reseeded = load_file(other / "model.safetensors")
+    # Saved under the hub checkpoints' names (transformers 5 maps them back on save).
+    for name in ("model.embed_tokens.weight", "visual.patch_embed.proj.weight"):
+        assert not torch.equal(first[name], reseeded[name])
+
+
+def test_build_refuses_to_overwrite(tiny_dir):
+    before = sorted(p.name for p in tiny_dir.parent.iterdir())
+    with pytest.raises(FileExistsError, match="already exists"):
+        build_tiny_model(TinyModelConfig(), CORPUS, tiny_dir, MIN_PIXELS, MAX_PIXELS)
+    assert sorted(p.name for p in tiny_dir.parent.iterdir()) == before  # no staging directory left behind
+
+
+def test_parameter_count(tiny_dir, policy):
+    model, _ = policy
+    saved = load_file(tiny_dir / "model.safetensors")
+    # Tied embeddings are one tensor on disk and must count once.
+    assert count_parameters(model) == sum(t.numel() for t in saved.values())
+    # The issue asks for "about 5-30M"; the default shape with a full 1,024-token vocabulary gives ~4.5M.
+    assert 4_000_000 <= count_parameters(model) <= 30_000_000
+
+
+def test_training_forward_reproduces_generation_logprobs(policy):
+    """The trainer's forward must see generation's 3-D M-RoPE positions, via mm_token_type_ids."""
+    model, processor = policy
+    texts = [prompt_text(processor, "Count."), prompt_text(processor, "How many red objects are there?")]
+    inputs = processor(
+        text=texts, images=[gray_image(112), gray_image(168)], padding=True, return_tensors="pt"
+    )
+    assert inputs["attention_mask"][0, 0] == 0  # the shorter prompt (16 image tokens, not 36) is left-padded
+    suppressed = vision_special_token_ids(processor)
+    torch.manual_seed(0)
+    out = model.generate(
+        **inputs,
+        max_new_tokens=8,
+        do_sample=True,
+        top_k=0,
+        top_p=1.0,
+        suppress_tokens=suppressed,
+        output_logits=True,
+        output_scores=True,
+        return_dict_in_generate=True,
+    )
+    prompt_len = inputs["input_ids"].shape[1]
+    completion = out.sequences[:, prompt_len:]
+
+    def completion_logprobs(logits: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(logits.float(), -1).gather(-1, completion[..., None])[..., 0]
+
+    generated = completion_logprobs(torch.stack(out.logits, 1))  # raw logits: the model's distribution
+    sampled_from = completion_logprobs(torch.stack(out.scores, 1))  # after suppression: what was sampled
+
+    zeros = torch.zeros_like(completion)
+    batch = dict(
+        input_ids=out.sequences,
+        attention_mask=torch.cat([inputs["attention_mask"], torch.ones_like(completion)], 1),
+        pixel_values=inputs["pixel_values"],
+        image_grid_thw=inputs["image_grid_thw"],
+    )
+    with torch.no_grad():
+        logits = model(**batch, mm_token_type_ids=torch.cat([inputs["mm_token_type_ids"], zeros], 1)).logits
+        logits_1d = model(**batch).logits
+    logits = logits[:, prompt_len - 1 : -1]
+    torch.testing.assert_close(completion_logprobs(logits), generated, atol=1e-5, rtol=0)
+    # Suppressed tokens leave the sampling distribution: mask them to match what generate sampled from.
+    torch.testing.assert_close(
+        completion_logprobs(logits.index_fill(-1, torch.tensor(suppressed), float("-inf"))),
+        sampled_from,
+        atol=1e-5,
+        rtol=0,
+    )
+    # The trap: without mm_token_type_ids the model silently uses 1-D positions.
+    assert (completion_logprobs(logits_1d[:, prompt_len - 1 : -1]) - generated).abs().max() > 1e-3
+
+
+def test_loads_a_directory_in_qwens_stock_format(tiny_dir, tmp_path):
+    """Qwen's hub layout names the stock processor (which needs torchvision) and keeps pixel limits top-level."""
+    stock = tmp_path / "stock"
+    shutil.copytree(tiny_dir, stock)
+    processor_config = json.loads((stock / "processor_config.json").read_text())
+    (stock / "processor_config.json").unlink()
+    image_config = processor_config["image_processor"] | {
+        "min_pixels": MIN_PIXELS,
+        "max_pixels": 112 * 112,
+        "processor_class": "Qwen2_5_VLProcessor",
+    }
+    del image_config["size"]
+    (stock / "preprocessor_config.json").write_text(json.dumps(image_config))
+    template = (stock / "chat_template.jinja").read_text()
+    (stock / "chat_template.jinja").unlink()
+    (stock / "chat_template.json").write_text(json.dumps({"chat_template": template}))
+    tokenizer_config = json.loads((stock / "tokenizer_config.json").read_text())
+    (stock / "tokenizer_config.json").write_text(
+        json.dumps(tokenizer_config | {"processor_class": "Qwen2_5_VLProcessor"})
+    )
+
+    _, processor = load_policy(str(stock))
+    assert type(processor) is Qwen2_5_VLImageTextProcessor
+    assert processor.chat_template == template
+
+    def image_tokens(proc) -> int:
+        inputs = proc(text=[prompt_text(proc, "Count.")], images=[gray_image(224)], return_tensors="pt")
+        return int((inputs["input_ids"] == proc.image_token_id).sum())
+
+    assert image_tokens(processor) == 16  # max_pixels from the file: 224 px scaled down to 112 px
+    _, wider = load_policy(str(stock), min_pixels=MIN_PIXELS, max_pixels=224 * 224)
+    assert image_tokens(wider) == 64
+
+
+def test_missing_local_directory_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a local directory"):
+        load_policy(str(tmp_path / "no" / "such" / "model"))
+
+
+def test_hub_id_loads_from_the_cache_offline_and_says_what_to_place_where_when_absent(tiny_dir, tmp_path):
+    """Offline, a hub id resolves through the Hugging Face cache; absent from it, the error says what to do."""
+    revision = "0" * 40  # the cache layout: refs/main names the snapshot directory
+    cached = tmp_path / "hub" / "models--Qwen--Qwen2.5-VL-3B-Instruct"
+    shutil.copytree(tiny_dir, cached / "snapshots" / revision)
+    (cached / "refs").mkdir()
+    (cached / "refs" / "main").write_text(revision)
+    code = (
+        "import sys; from ocean_lib.models import load_policy; "
+        "print('LOADED', type(load_policy(sys.argv[1])[1]).__name__); load_policy(sys.argv[2])"
+    )
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path)}  # no network, a cache of our own
+    result = subprocess.run(
+        [sys.executable, "-c", code, "Qwen/Qwen2.5-VL-3B-Instruct", "Qwen/Qwen2.5-VL-7B-Instruct"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "LOADED Qwen2_5_VLImageTextProcessor" in result.stdout, result.stderr
+    assert result.returncode != 0
+    assert "FileNotFoundError: cannot load the model 'Qwen/Qwen2.5-VL-7B-Instruct'" in result.stderr
+    assert "hf download Qwen/Qwen2.5-VL-7B-Instruct --local-dir DIR" in result.stderr
