@@ -1,0 +1,553 @@
+"""Training records in Ocean-R1's parquet schema (the verl RL-dataset format), read, checked and written.
+
+One row of Ocean-R1's training (and converted benchmark) parquet files::
+
+    data_source   str                                   e.g. "geoqa_test"
+    prompt        [{role: "user", content: str}]        content = "<image> " * n_images + question + "\\n" + instruction
+    images        [{bytes: binary | null, path: str | null}]
+    ability       str                                   Ocean-R1 writes "math" everywhere
+    reward_model  {ground_truth: str, style: "rule"}
+    extra_info    {answer: str, image_paths: [str], index: int, question: str, reward_func: "acc" | "iou",
+                   reasoning: str (optional, ours)}
+
+``extra_info.reasoning`` is the one field Ocean-R1's files do not have: our procedural tasks store a short worked
+reasoning there, and a supervised warm-start imitates ``prompts.reference_completion(reasoning, answer)``. Files
+without it read as ``reasoning=None`` and are written back without the field.
+
+Sources :func:`read_records` accepts: a ``.parquet`` file, a directory of ``.parquet`` files (read in name order),
+a Hugging Face ``datasets`` directory written by ``save_to_disk``, or a hub id (``owner/name``; needs network).
+Relative image paths are opened relative to the working directory, as Ocean-R1's loader does.
+
+Every row is validated on load; a bad row raises :class:`DataError` naming file, row and field, or, with
+``on_bad_row: skip``, is left out, counted in the returned :class:`LoadReport` and logged. Nothing is dropped
+without being counted.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import os
+import re
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from ocean_lib.config import DataConfig
+from ocean_lib.io import atomic_write_bytes
+from ocean_lib.prompts import IMAGE_MARKER, reference_completion, user_text
+
+log = logging.getLogger(__name__)
+
+REWARD_FUNCS = ("acc", "iou")
+HUB_PROBE_TIMEOUT_S = 3.0
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+class DataError(ValueError):
+    """A record source that cannot be used as it is; the message names file, row and field."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The record
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """One image of a record: encoded bytes, or a path to open (bytes win when both are set)."""
+
+    bytes: bytes | None = None
+    path: str | None = None
+
+
+@dataclass
+class Record:
+    """One training or evaluation prompt with its rule-checkable ground truth (one parquet row)."""
+
+    data_source: str
+    content: str  # the single user turn, "<image> " markers first
+    images: list[ImageRef]
+    ground_truth: str
+    reward_func: str  # "acc" (answer match) or "iou" (box overlap)
+    question: str
+    answer: str
+    index: int
+    ability: str = ""
+    image_paths: list[str] = field(default_factory=list)
+    reasoning: str | None = None  # ours, for the supervised warm-start; None in Ocean-R1's files
+
+    @classmethod
+    def from_question(
+        cls,
+        *,
+        data_source: str,
+        question: str,
+        answer: str,
+        reward_func: str,
+        index: int,
+        images: list[ImageRef] | None = None,
+        ability: str = "",
+        reasoning: str | None = None,
+    ) -> Record:
+        """A record whose user turn is built by ``prompts.user_text`` (Ocean-R1's training form)."""
+        images = images or []
+        return cls(
+            data_source=data_source,
+            content=user_text(question, reward_func, len(images)),
+            images=images,
+            ground_truth=answer,
+            reward_func=reward_func,
+            question=question,
+            answer=answer,
+            index=index,
+            ability=ability,
+            image_paths=[image.path for image in images if image.path],
+            reasoning=reasoning,
+        )
+
+    @property
+    def completion(self) -> str | None:
+        """The completion a supervised warm-start imitates, if the record carries a worked reasoning."""
+        return None if self.reasoning is None else reference_completion(self.reasoning, self.answer)
+
+    def to_row(self) -> dict[str, Any]:
+        extra: dict[str, Any] = {
+            "answer": self.answer,
+            "image_paths": list(self.image_paths),
+            "index": self.index,
+            "question": self.question,
+            "reward_func": self.reward_func,
+        }
+        if self.reasoning is not None:
+            extra["reasoning"] = self.reasoning
+        return {
+            "data_source": self.data_source,
+            "prompt": [{"content": self.content, "role": "user"}],
+            "images": [{"bytes": image.bytes, "path": image.path} for image in self.images],
+            "ability": self.ability,
+            "reward_model": {"ground_truth": self.ground_truth, "style": "rule"},
+            "extra_info": extra,
+        }
+
+
+class _BadField(Exception):
+    def __init__(self, field_name: str, reason: str, kind: str = "malformed"):
+        super().__init__(f"{field_name}: {reason}")
+        self.field, self.reason, self.kind = field_name, reason, kind
+
+
+def record_from_row(row: dict[str, Any], row_index: int) -> Record:
+    """Parse one parquet row; raise ``_BadField`` naming the first field that breaks the schema.
+
+    Required: ``data_source``, ``prompt`` (exactly one user turn), ``reward_model.ground_truth`` (a non-empty
+    string), ``extra_info.reward_func``. Defaults for fields other verl files may lack: ``images`` [],
+    ``ability`` "", ``extra_info.index`` the row index, ``answer`` the ground truth, ``question`` the user text
+    without markers, ``image_paths`` the images' paths.
+    """
+
+    def need(value: Any, name: str, kind: type | tuple[type, ...]) -> Any:
+        if not isinstance(value, kind):
+            expected = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+            raise _BadField(name, f"expected {expected}, got {type(value).__name__} {value!r:.80}")
+        return value
+
+    data_source = need(row.get("data_source"), "data_source", str)
+    prompt = need(row.get("prompt"), "prompt", (list, tuple))
+    if len(prompt) != 1:
+        raise _BadField("prompt", f"expected exactly one user turn, got {len(prompt)} messages")
+    turn = need(prompt[0], "prompt[0]", dict)
+    if turn.get("role") != "user":
+        raise _BadField("prompt[0].role", f"expected 'user', got {turn.get('role')!r}")
+    content = need(turn.get("content"), "prompt[0].content", str)
+
+    images = []
+    for i, image in enumerate(need(row.get("images") or [], "images", (list, tuple))):
+        image = need(image, f"images[{i}]", dict)
+        data, path = image.get("bytes"), image.get("path")
+        if not data and not path:
+            raise _BadField(f"images[{i}]", "has neither bytes nor path")
+        images.append(ImageRef(bytes=bytes(data) if data else None, path=path or None))
+
+    reward_model = need(row.get("reward_model"), "reward_model", dict)
+    ground_truth = need(reward_model.get("ground_truth"), "reward_model.ground_truth", str)
+    if not ground_truth.strip():
+        raise _BadField("reward_model.ground_truth", "is empty")
+    if reward_model.get("style", "rule") != "rule":
+        raise _BadField("reward_model.style", f"expected 'rule', got {reward_model.get('style')!r}")
+
+    extra = need(row.get("extra_info"), "extra_info", dict)
+    reward_func = need(extra.get("reward_func"), "extra_info.reward_func", str)
+    if reward_func not in REWARD_FUNCS:
+        raise _BadField("extra_info.reward_func", f"unknown {reward_func!r}; expected one of {REWARD_FUNCS}")
+    index = extra.get("index")
+    reasoning = extra.get("reasoning")
+    return Record(
+        data_source=data_source,
+        content=content,
+        images=images,
+        ground_truth=ground_truth,
+        reward_func=reward_func,
+        question=need(extra.get("question") or _question_of(content), "extra_info.question", str),
+        answer=need(extra.get("answer") or ground_truth, "extra_info.answer", str),
+        index=row_index if index is None else need(index, "extra_info.index", int),
+        ability=need(row.get("ability") or "", "ability", str),
+        image_paths=list(extra.get("image_paths") or [image.path for image in images if image.path]),
+        reasoning=None if reasoning is None else need(reasoning, "extra_info.reasoning", str),
+    )
+
+
+def _question_of(content: str) -> str:
+    """The question part of a user turn: markers removed, the instruction line dropped."""
+    text = re.sub(r"<image>\s?", "", content).strip()
+    return text.rsplit("\n", 1)[0] if "\n" in text else text
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Validation and the load report
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BadRow:
+    """One row that was not loaded: where, which field, why, and a kind to count by."""
+
+    file: str
+    row: int
+    field: str
+    reason: str
+    kind: str  # "malformed", "missing_image" or "corrupt_image"
+
+    def __str__(self) -> str:
+        return f"{self.file}: row {self.row}, field {self.field}: {self.reason}"
+
+
+@dataclass
+class LoadReport:
+    """What a read did: rows seen, rows loaded, and every bad row."""
+
+    source: str
+    rows: int = 0
+    loaded: int = 0
+    images_checked: bool = True
+    bad_rows: list[BadRow] = field(default_factory=list)
+
+    @property
+    def skipped(self) -> int:
+        return len(self.bad_rows)
+
+    @property
+    def bad_by_kind(self) -> dict[str, int]:
+        return dict(Counter(bad.kind for bad in self.bad_rows))
+
+    @property
+    def missing_images(self) -> list[str]:
+        """Paths of images that were not found, in row order."""
+        return [
+            bad.reason.removeprefix("file not found: ")
+            for bad in self.bad_rows
+            if bad.kind == "missing_image"
+        ]
+
+    def summary(self, first: int = 3) -> str:
+        checked = "" if self.images_checked else " (images not checked)"
+        text = f"{self.source}: {self.rows} rows, {self.loaded} loaded, {self.skipped} bad{checked}"
+        if self.bad_rows:
+            kinds = ", ".join(f"{kind} {count}" for kind, count in sorted(self.bad_by_kind.items()))
+            examples = "\n  ".join(str(bad) for bad in self.bad_rows[:first])
+            text += f" ({kinds}); first:\n  {examples}"
+        return text
+
+
+class Records(list[Record]):
+    """The records a read returned, with its :class:`LoadReport` as ``.report``."""
+
+    def __init__(self, records: list[Record], report: LoadReport):
+        super().__init__(records)
+        self.report = report
+
+
+def validate_record(record: Record, cfg: DataConfig, check_images: bool = True) -> None:
+    """Raise ``_BadField`` if the record cannot be trained on.
+
+    Checks: one ``<image>`` marker per image and at most ``cfg.max_images_per_prompt`` images; an ``iou``
+    record has at most one image (its box is in that image's pixels) and a parseable box; with
+    ``check_images``, every image exists and passes PIL's ``verify`` (header, and checksums for PNG).
+    """
+    markers, n_images = record.content.count(IMAGE_MARKER), len(record.images)
+    if markers != n_images:
+        raise _BadField(
+            "prompt[0].content", f"has {markers} {IMAGE_MARKER} markers but the row has {n_images} images"
+        )
+    if n_images > cfg.max_images_per_prompt:
+        raise _BadField(
+            "images", f"{n_images} images > data.max_images_per_prompt={cfg.max_images_per_prompt}"
+        )
+    if record.reward_func == "iou":
+        if n_images > 1:
+            raise _BadField("images", f"an iou row needs at most one image (its box's frame), got {n_images}")
+        try:
+            parse_box(record.ground_truth)
+        except ValueError as error:
+            raise _BadField("reward_model.ground_truth", str(error)) from None
+    if check_images:
+        for i, image in enumerate(record.images):
+            _check_image(image, f"images[{i}]")
+
+
+def _check_image(image: ImageRef, name: str) -> None:
+    if image.bytes is None and not os.path.isfile(image.path or ""):
+        raise _BadField(f"{name}.path", f"file not found: {image.path}", kind="missing_image")
+    source = io.BytesIO(image.bytes) if image.bytes is not None else image.path
+    which = f"{name}.bytes" if image.bytes is not None else f"{name}.path"
+    try:
+        with Image.open(source) as opened:
+            opened.verify()
+    except Exception as error:  # PIL raises many types for bad data; all mean "not an image"
+        raise _BadField(which, f"not a decodable image: {error}", kind="corrupt_image") from None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reading and writing
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def read_records(
+    source: str | Path, cfg: DataConfig, check_images: bool = True, split: str = "train"
+) -> Records:
+    """Read and validate records from a parquet file or directory, a ``save_to_disk`` directory, or a hub id.
+
+    A bad row raises :class:`DataError` naming file, row and field (and how many other rows are bad), unless
+    ``cfg.on_bad_row == "skip"``: then it is left out, counted in ``result.report`` and logged as a warning.
+    ``check_images=False`` skips opening images (fast, for annotation-only use); ``split`` picks the split of
+    a hub dataset.
+    """
+    tables = _read_tables(str(source), split)
+    report = LoadReport(source=str(source), images_checked=check_images)
+    records: list[Record] = []
+    for file, table in tables:
+        for row_index, row in enumerate(table.to_pylist()):
+            report.rows += 1
+            try:
+                record = record_from_row(row, row_index)
+                validate_record(record, cfg, check_images)
+            except _BadField as bad:
+                report.bad_rows.append(BadRow(file, row_index, bad.field, bad.reason, bad.kind))
+                continue
+            records.append(record)
+    report.loaded = len(records)
+    if report.bad_rows and cfg.on_bad_row == "error":
+        first, others = report.bad_rows[0], report.skipped - 1
+        more = f"\n({others} more bad rows: {report.summary()})" if others else ""
+        raise DataError(
+            f"{first}{more}\nSet data.on_bad_row=skip to skip bad rows"
+            + (", or read with check_images=False to load the annotations alone." if check_images else ".")
+        )
+    if report.bad_rows:
+        log.warning("skipped bad rows: %s", report.summary())
+    return Records(records, report)
+
+
+def _read_tables(source: str, split: str) -> list[tuple[str, pa.Table]]:
+    path = Path(source)
+    if path.is_file():
+        return [(source, _read_parquet(path))]
+    if path.is_dir():
+        if any(
+            (path / marker).is_file() for marker in ("dataset_info.json", "state.json", "dataset_dict.json")
+        ):
+            return [(source, _read_saved_dataset(path))]
+        files = sorted(path.glob("*.parquet"))
+        if not files:
+            raise DataError(
+                f"{source}: directory has no .parquet files and is not a datasets save_to_disk directory"
+            )
+        return [(str(file), _read_parquet(file)) for file in files]
+    if source.endswith(".parquet") or not _HUB_ID.match(source):
+        raise DataError(f"{source}: no such file or directory")
+    return [(f"{source} (hub, split {split})", _read_hub(source, split))]
+
+
+def _read_parquet(path: Path) -> pa.Table:
+    try:
+        return pq.read_table(path)
+    except (pa.ArrowException, OSError) as error:
+        raise DataError(f"{path}: not a readable parquet file: {error}") from error
+
+
+def _read_saved_dataset(path: Path) -> pa.Table:
+    import datasets
+
+    try:
+        dataset = datasets.load_from_disk(str(path))
+    except Exception as error:  # datasets raises assorted types for a broken directory
+        raise DataError(f"{path}: not a readable datasets directory: {error}") from error
+    if isinstance(dataset, datasets.DatasetDict):
+        raise DataError(
+            f"{path}: holds splits {list(dataset)}; pass one split's directory, e.g. {path / 'train'}"
+        )
+    return dataset.with_format("arrow")[:]
+
+
+def _read_hub(hub_id: str, split: str) -> pa.Table:
+    """Load a hub dataset; without network fail within HUB_PROBE_TIMEOUT_S instead of retrying for minutes."""
+    import datasets
+    from huggingface_hub import constants
+
+    if not constants.HF_HUB_OFFLINE and not _reachable(constants.ENDPOINT, HUB_PROBE_TIMEOUT_S):
+        raise DataError(
+            f"{hub_id}: not a local path, and the Hugging Face hub ({constants.ENDPOINT}) is not reachable within "
+            f"{HUB_PROBE_TIMEOUT_S:.0f} s. Hub ids need network (or HF_HUB_OFFLINE=1 with a cached copy); "
+            "otherwise pass a parquet file or a save_to_disk directory."
+        )
+    try:
+        dataset = datasets.load_dataset(hub_id, split=split)
+    except Exception as error:  # network, auth, missing dataset or split: all are "cannot read this source"
+        raise DataError(f"{hub_id}: could not load split {split!r} from the hub: {error}") from error
+    return dataset.with_format("arrow")[:]
+
+
+def _reachable(url: str, timeout_s: float) -> bool:
+    """Whether a TCP connection to the URL's host opens in time (DNS included, hence the thread)."""
+    import socket
+
+    parsed = urlparse(url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((parsed.hostname, port), timeout=timeout_s).close()
+            result.append(True)
+        except OSError:
+            result.append(False)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    return bool(result and result[0])
+
+
+def records_table(records: list[Record]) -> pa.Table:
+    """The records as an arrow table with Ocean-R1's column types (``reasoning`` only if some record has it)."""
+    extra_fields = [
+        pa.field("answer", pa.string()),
+        pa.field("image_paths", pa.list_(pa.string())),
+        pa.field("index", pa.int64()),
+        pa.field("question", pa.string()),
+        pa.field("reward_func", pa.string()),
+    ]
+    if any(record.reasoning is not None for record in records):
+        extra_fields.append(pa.field("reasoning", pa.string()))
+    schema = pa.schema(
+        [
+            pa.field("data_source", pa.string()),
+            pa.field("prompt", pa.list_(pa.struct([("content", pa.string()), ("role", pa.string())]))),
+            pa.field("images", pa.list_(pa.struct([("bytes", pa.binary()), ("path", pa.string())]))),
+            pa.field("ability", pa.string()),
+            pa.field("reward_model", pa.struct([("ground_truth", pa.string()), ("style", pa.string())])),
+            pa.field("extra_info", pa.struct(extra_fields)),
+        ]
+    )
+    return pa.Table.from_pylist([record.to_row() for record in records], schema=schema)
+
+
+def write_records(records: list[Record], path: str | Path) -> Path:
+    """Write records as one parquet file, atomically (readers never see a half-written file)."""
+    buffer = io.BytesIO()
+    pq.write_table(records_table(records), buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+    return Path(path)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Images and boxes
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def fit_pixels(width: int, height: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
+    """Ocean-R1's image size rule: scale by s = sqrt(limit / (w·h)) when w·h leaves [min_pixels, max_pixels].
+
+    Down first (w·h > max_pixels), then up (w·h < min_pixels); the new sides are ⌊s·w⌋, ⌊s·h⌋, so the
+    aspect ratio is kept to within a pixel.
+    """
+    for limit, outside in (
+        (max_pixels, width * height > max_pixels),
+        (min_pixels, width * height < min_pixels),
+    ):
+        if outside:
+            scale = math.sqrt(limit / (width * height))
+            width, height = max(1, int(width * scale)), max(1, int(height * scale))
+    return width, height
+
+
+def parse_box(ground_truth: str) -> list[float]:
+    """The box of an ``iou`` ground truth: a JSON ``[x1, y1, x2, y2]`` or ``{"bbox_2d": [x1, y1, x2, y2]}``."""
+    try:
+        value = json.loads(ground_truth)
+    except json.JSONDecodeError:
+        raise ValueError(f"not a JSON box: {ground_truth!r:.80}") from None
+    box = value.get("bbox_2d") if isinstance(value, dict) else value
+    if not (
+        isinstance(box, list)
+        and len(box) == 4
+        and all(isinstance(v, int | float) and not isinstance(v, bool) for v in box)
+    ):
+        raise ValueError(f'expected [x1, y1, x2, y2] or {{"bbox_2d": [...]}}, got {ground_truth!r:.80}')
+    return [float(v) for v in box]
+
+
+def rescale_box_truth(ground_truth: str, old_size: tuple[int, int], new_size: tuple[int, int]) -> str:
+    """The ground truth with its box scaled by (new_w / old_w, new_h / old_h), rounded to whole pixels.
+
+    The JSON form of the input is kept (plain list or ``bbox_2d`` object).
+    """
+    box = parse_box(ground_truth)
+    sx, sy = new_size[0] / old_size[0], new_size[1] / old_size[1]
+    scaled = [round(v * s) for v, s in zip(box, (sx, sy, sx, sy), strict=True)]
+    value = json.loads(ground_truth)
+    return json.dumps({**value, "bbox_2d": scaled} if isinstance(value, dict) else scaled)
+
+
+def _open_image(record: Record, i: int, image: ImageRef) -> Image.Image:
+    try:
+        source = io.BytesIO(image.bytes) if image.bytes is not None else image.path
+        with Image.open(source) as opened:
+            return opened.convert("RGB")
+    except Exception as error:  # PIL raises many types for bad data
+        where = "bytes" if image.bytes is not None else f"path {image.path}"
+        raise DataError(
+            f"{record.data_source} index {record.index}, field images[{i}]: cannot open {where}: {error}"
+        ) from error
+
+
+def load_images(record: Record, cfg: DataConfig) -> list[Image.Image]:
+    """The record's images as RGB, resized by :func:`fit_pixels` within [cfg.min_pixels, cfg.max_pixels]."""
+    return load_example(record, cfg)[0]
+
+
+def load_example(record: Record, cfg: DataConfig) -> tuple[list[Image.Image], str]:
+    """The record's images (as :func:`load_images`) and its ground truth in the resized images' pixels.
+
+    For ``iou`` records the box is rescaled with its image. Ocean-R1's loader resized images without touching
+    the boxes, so a resized image there was scored against a box in the original pixels.
+    """
+    images, ground_truth = [], record.ground_truth
+    for i, image_ref in enumerate(record.images):
+        image = _open_image(record, i, image_ref)
+        size = fit_pixels(image.width, image.height, cfg.min_pixels, cfg.max_pixels)
+        if size != image.size:
+            if record.reward_func == "iou":
+                ground_truth = rescale_box_truth(ground_truth, image.size, size)
+            image = image.resize(size, Image.Resampling.BICUBIC)
+        images.append(image)
+    return images, ground_truth

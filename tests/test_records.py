@@ -1,0 +1,315 @@
+"""Records in Ocean-R1's parquet schema: round trip, the real annotation files, bad rows, images and boxes."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image, ImageDraw
+
+from ocean_lib.config import DataConfig
+from ocean_lib.data import (
+    DataError,
+    ImageRef,
+    Record,
+    fit_pixels,
+    load_example,
+    load_images,
+    parse_box,
+    read_records,
+    write_records,
+)
+from ocean_lib.data.records import HUB_PROBE_TIMEOUT_S, _reachable
+from ocean_lib.prompts import INSTRUCTIONS
+
+ANNOTATIONS = Path(__file__).resolve().parents[1].parent / "shared" / "benchmark_annotations"
+needs_shared = pytest.mark.skipif(
+    not ANNOTATIONS.is_dir(),
+    reason=f"real annotation files not present at {ANNOTATIONS} (../shared is optional)",
+)
+
+
+def png(size: tuple[int, int], box: tuple[int, int, int, int] | None = None) -> bytes:
+    """A grey PNG, with a red rectangle filling ``box`` (x2, y2 exclusive) if given."""
+    image = Image.new("RGB", size, (123, 117, 104))
+    if box:
+        ImageDraw.Draw(image).rectangle((box[0], box[1], box[2] - 1, box[3] - 1), fill=(255, 0, 0))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def sample_records() -> list[Record]:
+    return [
+        Record.from_question(
+            data_source="toy_counting",
+            question="How many red objects are there?",
+            answer="3",
+            reward_func="acc",
+            index=0,
+            images=[ImageRef(bytes=png((28, 28)))],
+            ability="counting",
+            reasoning="red objects left to right: circle, square, circle. 3 in total.",
+        ),
+        Record.from_question(
+            data_source="toy_grounding",
+            question="Find the red square and give its bounding box in pixels.",
+            answer=json.dumps({"bbox_2d": [2, 2, 26, 26]}),
+            reward_func="iou",
+            index=1,
+            images=[ImageRef(bytes=png((28, 28), (2, 2, 26, 26)), path="toy/1.png")],
+        ),
+        Record.from_question(
+            data_source="toy_text",
+            question="Angle 1 = 50°. Angle 2 is vertical to it. What is angle 2?",
+            answer="50°",
+            reward_func="acc",
+            index=2,
+        ),
+    ]
+
+
+def red_box(image: Image.Image) -> tuple[int, int, int, int]:
+    """The pixel box (x2, y2 exclusive) of the clearly red pixels."""
+    mask = Image.eval(image.convert("RGB").split()[0], lambda v: 255 if v > 200 else 0)
+    return mask.getbbox()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Round trip and sources
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_write_then_read_gives_equal_records(tmp_path):
+    records = sample_records()
+    path = write_records(records, tmp_path / "toy.parquet")
+    loaded = read_records(path, DataConfig())
+    assert list(loaded) == records
+    assert loaded.report.loaded == 3 and loaded.report.skipped == 0
+    assert loaded[0].completion == (
+        "<think>red objects left to right: circle, square, circle. 3 in total.</think><answer>3</answer>"
+    )
+    assert loaded[2].content.count("<image>") == 0 and loaded[0].content.startswith("<image> How many")
+    assert loaded[0].content.endswith("\n" + INSTRUCTIONS["acc"])
+
+
+def test_reasoning_column_only_written_when_present(tmp_path):
+    without = [r for r in sample_records() if r.reasoning is None]
+    schema = pq.read_schema(write_records(without, tmp_path / "plain.parquet"))
+    assert "reasoning" not in schema.field("extra_info").type.names
+    schema = pq.read_schema(write_records(sample_records(), tmp_path / "with.parquet"))
+    assert "reasoning" in schema.field("extra_info").type.names
+
+
+def test_directory_of_parquet_files_reads_in_name_order(tmp_path):
+    records = sample_records()
+    write_records(records[1:], tmp_path / "b.parquet")
+    write_records(records[:1], tmp_path / "a.parquet")
+    loaded = read_records(tmp_path, DataConfig())
+    assert list(loaded) == records
+
+
+def test_datasets_save_to_disk_directory(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    records = sample_records()
+    path = write_records(records, tmp_path / "toy.parquet")
+    dataset = datasets.Dataset(pq.read_table(path))
+    dataset.save_to_disk(str(tmp_path / "saved"))
+    assert list(read_records(tmp_path / "saved", DataConfig())) == records
+    datasets.DatasetDict({"train": dataset}).save_to_disk(str(tmp_path / "dict"))
+    with pytest.raises(DataError, match="holds splits \\['train'\\]"):
+        read_records(tmp_path / "dict", DataConfig())
+
+
+def test_missing_local_path_is_a_clear_error(tmp_path):
+    with pytest.raises(DataError, match="no such file or directory"):
+        read_records(tmp_path / "nope.parquet", DataConfig())
+
+
+@pytest.mark.skipif(_reachable("https://huggingface.co", HUB_PROBE_TIMEOUT_S), reason="the hub is reachable")
+def test_hub_id_fails_fast_and_clearly_offline():
+    start = time.monotonic()
+    with pytest.raises(DataError, match="not reachable.*save_to_disk directory"):
+        read_records("someone/some-dataset", DataConfig())
+    assert time.monotonic() - start < HUB_PROBE_TIMEOUT_S + 2
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The real annotation files
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@needs_shared
+@pytest.mark.parametrize("name, rows", [("cvbench_test", 2638), ("geoqa_test", 740)])
+def test_real_annotation_files_load_with_fields_intact(name, rows):
+    path = ANNOTATIONS / f"{name}.parquet"
+    raw = pq.read_table(path).to_pylist()
+    loaded = read_records(path, DataConfig(), check_images=False)
+    assert len(loaded) == len(raw) == rows
+    assert [record.to_row() for record in loaded] == raw
+    assert not loaded.report.images_checked and "images not checked" in loaded.report.summary()
+
+
+@needs_shared
+@pytest.mark.parametrize("name, rows", [("cvbench_test", 2638), ("geoqa_test", 740)])
+def test_real_annotation_files_report_their_missing_images(name, rows, caplog):
+    path = ANNOTATIONS / f"{name}.parquet"
+    first_paths = [row["images"][0]["path"] for row in pq.read_table(path).slice(0, 2).to_pylist()]
+
+    with pytest.raises(DataError) as error:
+        read_records(path, DataConfig())
+    message = str(error.value)
+    assert f"{path}: row 0, field images[0].path: file not found: {first_paths[0]}" in message
+    assert f"{rows - 1} more bad rows" in message and "on_bad_row=skip" in message
+
+    with caplog.at_level(logging.WARNING, logger="ocean_lib.data.records"):
+        loaded = read_records(path, DataConfig(on_bad_row="skip"))
+    assert len(loaded) == 0
+    report = loaded.report
+    assert (report.rows, report.loaded, report.skipped) == (rows, 0, rows)
+    assert report.bad_by_kind == {"missing_image": rows}
+    assert report.missing_images[:2] == first_paths
+    assert f"missing_image {rows}" in caplog.text and first_paths[0] in caplog.text
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Bad rows
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def write_rows(rows: list[dict], path: Path) -> Path:
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
+def good_row(index: int) -> dict:
+    row = sample_records()[0].to_row()  # fresh dicts on every call, safe to mutate
+    row["extra_info"]["index"] = index
+    return row
+
+
+def broken(mutate) -> dict:
+    row = good_row(1)
+    mutate(row)
+    return row
+
+
+MALFORMED = {
+    "prompt[0].content": lambda r: r["prompt"][0].update(
+        content=r["prompt"][0]["content"].replace("<image> ", "")
+    ),
+    "extra_info.reward_func": lambda r: r["extra_info"].update(reward_func="f1"),
+    "reward_model.ground_truth": lambda r: r["reward_model"].update(ground_truth="  "),
+    "prompt[0].role": lambda r: r["prompt"][0].update(role="assistant"),
+    "images": lambda r: r.update(
+        images=r["images"] * 5, prompt=[{"role": "user", "content": "<image> " * 5 + "q"}]
+    ),
+}
+
+
+@pytest.mark.parametrize("field", MALFORMED)
+def test_malformed_row_names_file_row_and_field(tmp_path, field):
+    path = write_rows([good_row(0), broken(MALFORMED[field]), good_row(2)], tmp_path / "bad.parquet")
+    with pytest.raises(DataError, match=re.escape(f"{path}: row 1, field {field}:")):
+        read_records(path, DataConfig())
+    loaded = read_records(path, DataConfig(on_bad_row="skip"))
+    assert [record.index for record in loaded] == [0, 2]
+    assert loaded.report.bad_by_kind == {"malformed": 1} and loaded.report.bad_rows[0].field == field
+
+
+def test_iou_row_needs_a_box(tmp_path):
+    record = sample_records()[1]
+    record.ground_truth = "the top-left square"
+    path = write_records([record], tmp_path / "box.parquet")
+    with pytest.raises(DataError, match="row 0, field reward_model.ground_truth: not a JSON box"):
+        read_records(path, DataConfig())
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_corrupt_image_is_a_bad_row(tmp_path, damage):
+    records = sample_records()
+    data = png((28, 28))
+    records[1].images = [ImageRef(bytes=b"not an image" if damage == "garbage" else data[: len(data) // 2])]
+    path = write_records(records, tmp_path / "corrupt.parquet")
+    with pytest.raises(
+        DataError, match=re.escape(f"{path}: row 1, field images[0].bytes: not a decodable image")
+    ):
+        read_records(path, DataConfig())
+    loaded = read_records(path, DataConfig(on_bad_row="skip"))
+    assert [record.index for record in loaded] == [0, 2]
+    assert loaded.report.bad_by_kind == {"corrupt_image": 1}
+    assert len(read_records(path, DataConfig(), check_images=False)) == 3  # the check is what catches it
+
+
+def test_image_paths_on_disk_are_checked_and_loaded(tmp_path):
+    (tmp_path / "ok.png").write_bytes(png((40, 30)))
+    records = sample_records()[:1]
+    records[0].images = [ImageRef(path=str(tmp_path / "ok.png"))]
+    missing = Record.from_question(
+        data_source="toy", question="q", answer="1", reward_func="acc", index=1,
+        images=[ImageRef(path=str(tmp_path / "gone.png"))],
+    )  # fmt: skip
+    path = write_records([*records, missing], tmp_path / "paths.parquet")
+    loaded = read_records(path, DataConfig(on_bad_row="skip"))
+    assert len(loaded) == 1 and loaded.report.missing_images == [str(tmp_path / "gone.png")]
+    assert load_images(loaded[0], DataConfig(min_pixels=1))[0].size == (40, 30)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Images and boxes
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "size, min_pixels, max_pixels",
+    [
+        ((200, 100), 100, 5000),
+        ((20, 10), 3136, 1003520),
+        ((56, 56), 3136, 1003520),
+        ((3000, 1000), 10, 1003520),
+    ],
+)
+def test_fit_pixels_keeps_aspect_and_limits(size, min_pixels, max_pixels):
+    width, height = fit_pixels(*size, min_pixels, max_pixels)
+    assert abs(width / height - size[0] / size[1]) < 2 / min(width, height)
+    assert width * height <= max_pixels
+    if size[0] * size[1] >= min_pixels:
+        assert width * height >= min(size[0] * size[1], max_pixels) * 0.97
+    else:
+        assert min_pixels * 0.9 <= width * height <= min_pixels
+
+
+@pytest.mark.parametrize(
+    "size, box, limits",
+    [((200, 120), (40, 20, 120, 80), {"max_pixels": 6000}), ((24, 16), (4, 2, 12, 10), {"min_pixels": 3136})],
+)
+@pytest.mark.parametrize("form", ["bbox_2d", "list"])
+def test_boxes_are_rescaled_with_their_image(size, box, limits, form):
+    truth = json.dumps({"bbox_2d": list(box)} if form == "bbox_2d" else list(box))
+    record = Record.from_question(
+        data_source="toy", question="Find the red box.", answer=truth, reward_func="iou", index=0,
+        images=[ImageRef(bytes=png(size, box))],
+    )  # fmt: skip
+    cfg = DataConfig(**limits)
+    (image,), new_truth = load_example(record, cfg)
+    assert image.size == fit_pixels(*size, cfg.min_pixels, cfg.max_pixels) != size
+    assert image.mode == "RGB"
+    assert isinstance(json.loads(new_truth), dict if form == "bbox_2d" else list)  # the form is kept
+    scaled = parse_box(new_truth)
+    drawn = red_box(image)  # where the box's content actually lies after resizing
+    assert all(abs(a - b) <= 2 for a, b in zip(scaled, drawn, strict=True)), (scaled, drawn)
+    unscaled = parse_box(truth)
+    assert any(abs(a - b) > 2 for a, b in zip(unscaled, drawn, strict=True))  # the old box would be wrong
+
+
+def test_accuracy_truth_is_untouched_by_resizing():
+    record = sample_records()[0]
+    images, truth = load_example(record, DataConfig(min_pixels=112 * 112))
+    assert images[0].size == (112, 112) and truth == "3"
