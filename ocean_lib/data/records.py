@@ -3,19 +3,20 @@
 One row of Ocean-R1's training (and converted benchmark) parquet files::
 
     data_source   str                                   e.g. "geoqa_test"
-    prompt        [{role: "user", content: str}]        content = "<image> " * n_images + question + "\\n" + instruction
+    prompt        [{role: "user", content: str}]        "<image> " * n_images + question + "\\n" + instruction
     images        [{bytes: binary | null, path: str | null}]
     ability       str                                   Ocean-R1 writes "math" everywhere
     reward_model  {ground_truth: str, style: "rule"}
     extra_info    {answer: str, image_paths: [str], index: int, question: str, reward_func: "acc" | "iou",
                    reasoning: str (optional, ours)}
 
-``extra_info.reasoning`` is the one field Ocean-R1's files do not have: our procedural tasks store a short worked
-reasoning there, and a supervised warm-start imitates ``prompts.reference_completion(reasoning, answer)``. Files
-without it read as ``reasoning=None`` and are written back without the field.
+``extra_info.reasoning`` is the one field Ocean-R1's files do not have: our procedural tasks store a short
+worked reasoning there, and a supervised warm-start imitates ``prompts.reference_completion(reasoning,
+answer)``. Files without it read as ``reasoning=None`` and are written back without the field.
 
-Sources :func:`read_records` accepts: a ``.parquet`` file, a directory of ``.parquet`` files (read in name order),
-a Hugging Face ``datasets`` directory written by ``save_to_disk``, or a hub id (``owner/name``; needs network).
+Sources :func:`read_records` accepts: a ``.parquet`` file, a directory of ``.parquet`` files (read in name
+order), a Hugging Face ``datasets`` directory written by ``save_to_disk``, or a hub id (``owner/name``;
+needs network).
 Relative image paths are opened relative to the working directory, as Ocean-R1's loader does.
 
 Every row is validated on load; a bad row raises :class:`DataError` naming file, row and field, or, with
@@ -151,8 +152,8 @@ def record_from_row(row: dict[str, Any], row_index: int) -> Record:
 
     Required: ``data_source``, ``prompt`` (exactly one user turn), ``reward_model.ground_truth`` (a non-empty
     string), ``extra_info.reward_func``. Defaults for fields other verl files may lack: ``images`` [],
-    ``ability`` "", ``extra_info.index`` the row index, ``answer`` the ground truth, ``question`` the user text
-    without markers, ``image_paths`` the images' paths.
+    ``ability`` "", ``extra_info.index`` the row index, ``answer`` the ground truth, ``question`` the user
+    text without markers, ``image_paths`` the images' paths.
     """
 
     def need(value: Any, name: str, kind: type | tuple[type, ...]) -> Any:
@@ -405,9 +406,9 @@ def _read_hub(hub_id: str, split: str) -> pa.Table:
 
     if not constants.HF_HUB_OFFLINE and not _reachable(constants.ENDPOINT, HUB_PROBE_TIMEOUT_S):
         raise DataError(
-            f"{hub_id}: not a local path, and the Hugging Face hub ({constants.ENDPOINT}) is not reachable within "
-            f"{HUB_PROBE_TIMEOUT_S:.0f} s. Hub ids need network (or HF_HUB_OFFLINE=1 with a cached copy); "
-            "otherwise pass a parquet file or a save_to_disk directory."
+            f"{hub_id}: not a local path, and the Hugging Face hub ({constants.ENDPOINT}) is not reachable "
+            f"within {HUB_PROBE_TIMEOUT_S:.0f} s. Hub ids need network (or HF_HUB_OFFLINE=1 with a cached "
+            "copy); otherwise pass a parquet file or a save_to_disk directory."
         )
     try:
         dataset = datasets.load_dataset(hub_id, split=split)
@@ -438,7 +439,7 @@ def _reachable(url: str, timeout_s: float) -> bool:
 
 
 def records_table(records: list[Record]) -> pa.Table:
-    """The records as an arrow table with Ocean-R1's column types (``reasoning`` only if some record has it)."""
+    """The records as an arrow table with Ocean-R1's column types (``reasoning`` if any record has it)."""
     extra_fields = [
         pa.field("answer", pa.string()),
         pa.field("image_paths", pa.list_(pa.string())),
@@ -491,7 +492,7 @@ def fit_pixels(width: int, height: int, min_pixels: int, max_pixels: int) -> tup
 
 
 def parse_box(ground_truth: str) -> list[float]:
-    """The box of an ``iou`` ground truth: a JSON ``[x1, y1, x2, y2]`` or ``{"bbox_2d": [x1, y1, x2, y2]}``."""
+    """The box of an ``iou`` ground truth: JSON ``[x1, y1, x2, y2]`` or ``{"bbox_2d": [x1, y1, x2, y2]}``."""
     try:
         value = json.loads(ground_truth)
     except json.JSONDecodeError:
