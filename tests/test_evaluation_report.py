@@ -1,0 +1,187 @@
+"""The result table, the VLMEvalKit export, and the benchmark downloader (against a local HTTP server)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import threading
+import time
+import zipfile
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from ocean_lib import prompts
+from ocean_lib.evaluation import MANUAL_STEPS, FetchError, export_vlmevalkit, fetch_benchmarks
+from ocean_lib.evaluation.fetch import UrlFile
+from ocean_lib.io import append_jsonl, atomic_write_json
+from ocean_lib.report import PUBLISHED_ROWS, results_table
+
+
+def entry(accuracy: float, low: float, high: float, title: str = "") -> dict:
+    return {"accuracy": accuracy, "ci95": [low, high], "n": 100, "title": title}
+
+
+def test_results_table_rows_columns_and_published_reference_rows(tmp_path):
+    base = {
+        "benchmarks": {
+            "superclevr": entry(0.5, 0.4, 0.6),
+            "refcoco_avg": entry(0.25, 0.2, 0.3),
+            "mini_counting": entry(0.125, 0.1, 0.15, "miniature counting (image)"),
+        }
+    }
+    tuned = {"benchmarks": {"superclevr": entry(0.75, 0.7, 0.8)}}
+    atomic_write_json(tmp_path / "tuned/summary.json", tuned)
+    table = results_table({"base": base, "GRPO-vis": tmp_path / "tuned"})
+
+    assert table.columns == ["superclevr", "refcoco_avg", "mini_counting"]  # published order first
+    lines = table.markdown().splitlines()
+    assert lines[0] == "| Model | SuperCLEVR | RefCOCO/+/g avg | miniature counting (image) |"
+    assert lines[2] == "| base | 50.0 ± 10.0 | 25.0 ± 5.0 | 12.5 ± 2.5 |"
+    assert lines[3] == "| GRPO-vis | 75.0 ± 5.0 | – | – |"
+    # Published rows fill only the columns they measured, without intervals.
+    assert lines[4] == "| *Qwen2.5-VL-3B-Instruct (published)* | 64.1 | 75.3 | – |"
+    assert len(lines) == 4 + len(PUBLISHED_ROWS)
+
+    rows = list(csv.DictReader(io.StringIO(table.csv())))
+    assert rows[0] == {
+        "model": "base",
+        "benchmark": "superclevr",
+        "accuracy": "50.00",
+        "ci_low": "40.00",
+        "ci_high": "60.00",
+        "reference": "0",
+    }
+    assert {
+        "model": "Ocean-R1 GRPO-vis 3B (published)",
+        "benchmark": "refcoco_avg",
+        "accuracy": "86.10",
+        "ci_low": "",
+        "ci_high": "",
+        "reference": "1",
+    } in rows
+
+    markdown, table_csv = table.write(tmp_path / "results")
+    assert markdown.read_text() == table.markdown() and table_csv.read_text() == table.csv()
+
+
+def test_results_table_without_published_columns_has_no_reference_rows():
+    table = results_table({"tiny": {"benchmarks": {"mini_spatial": entry(0.5, 0.4, 0.6)}}})
+    assert [row.label for row in table.rows] == ["tiny"]
+
+
+def test_results_table_names_a_missing_summary(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no evaluation summary"):
+        results_table({"x": tmp_path})
+
+
+def test_vlmevalkit_export_keeps_question_answer_and_full_prediction(tmp_path):
+    question = "How many chairs?\n(A) 1\n(B) 2"
+    append_jsonl(
+        tmp_path / "cvbench.jsonl",
+        [
+            {
+                "id": "2D/5",
+                "subset": "Count",
+                "prompt": prompts.user_text(question, "acc", 1, style="eval"),
+                "output": "<think>two\tchairs</think><answer>B</answer>",
+                "answer": "(B)",
+                "correct": True,
+            }
+        ],
+    )
+    path = export_vlmevalkit(tmp_path / "cvbench.jsonl", tmp_path / "cvbench.tsv")
+    rows = list(csv.DictReader(path.open(), delimiter="\t"))
+    assert rows == [
+        {
+            "index": "2D/5",
+            "question": question,
+            "answer": "(B)",
+            "prediction": "<think>two\tchairs</think><answer>B</answer>",
+            "category": "Count",
+        }
+    ]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# fetch-benchmarks
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class RangeHandler(BaseHTTPRequestHandler):
+    """Serves ``files`` and honours ``Range: bytes=N-`` like the benchmark hosts do."""
+
+    files: dict[str, bytes] = {}
+    ranges: list[str] = []
+
+    def do_GET(self):  # noqa: N802 - http.server's naming
+        data = self.files.get(self.path)
+        if data is None:
+            self.send_error(404)
+            return
+        requested = self.headers.get("Range")
+        start = int(requested.removeprefix("bytes=").rstrip("-")) if requested else 0
+        self.ranges.append(requested or "")
+        self.send_response(206 if requested else 200)
+        self.send_header("Content-Length", str(len(data) - start))
+        self.end_headers()
+        self.wfile.write(data[start:])
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server():
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), RangeHandler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+def test_fetch_downloads_resumes_a_partial_file_and_unpacks_archives(tmp_path, server):
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zipped:
+        zipped.writestr("images/0.png", b"png bytes")
+    annotations = b'{"image_path": "0.png"}\n' * 1000
+    RangeHandler.files = {"/bench/test.jsonl": annotations, "/bench/images.zip": archive.getvalue()}
+    RangeHandler.ranges = []
+    partial = tmp_path / "bench/test.jsonl.part"
+    partial.parent.mkdir()
+    partial.write_bytes(annotations[:4000])  # an interrupted earlier download
+    sources = {
+        "bench": (
+            UrlFile(f"{server}/bench/test.jsonl", "bench"),
+            UrlFile(f"{server}/bench/images.zip", "bench"),
+        )
+    }
+
+    fetched = fetch_benchmarks(tmp_path, ["bench"], sources=sources)
+    assert (tmp_path / "bench/test.jsonl").read_bytes() == annotations
+    assert "bytes=4000-" in RangeHandler.ranges  # continued, not restarted
+    assert (tmp_path / "bench/images/0.png").read_bytes() == b"png bytes"
+    assert fetched == {"bench": [tmp_path / "bench/test.jsonl", tmp_path / "bench/images.zip"]}
+
+    RangeHandler.ranges = []
+    fetch_benchmarks(tmp_path, ["bench"], sources=sources)  # everything present: nothing downloaded again
+    assert RangeHandler.ranges == []
+
+
+def test_fetch_offline_fails_at_once_with_the_manual_steps(tmp_path):
+    sources = {"bench": (UrlFile("http://127.0.0.1:9/bench/test.jsonl", "bench"),)}  # port 9: nothing listens
+    start = time.monotonic()
+    with pytest.raises(FetchError) as caught:
+        fetch_benchmarks(tmp_path, ["bench"], sources=sources)
+    assert time.monotonic() - start < 10
+    assert "cannot reach http://127.0.0.1:9" in str(caught.value) and MANUAL_STEPS in str(caught.value)
+    assert not any(Path(tmp_path).iterdir())
+
+
+def test_manual_steps_cover_every_real_benchmark():
+    from ocean_lib.evaluation import BENCHMARKS
+
+    for name in BENCHMARKS:
+        if not name.startswith("mini_"):
+            assert f"`{name}`" in MANUAL_STEPS, name

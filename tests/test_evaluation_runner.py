@@ -1,0 +1,247 @@
+"""The evaluation runner end to end with the real tiny model: real annotation files with placeholder images, the
+miniature's parquet splits, the missing-image stop, sharding, and resuming after a kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import ANNOTATIONS, grey_image
+
+from ocean_lib.config import load_config
+from ocean_lib.data import synthetic
+from ocean_lib.data.records import read_records, rescale_box_truth
+from ocean_lib.evaluation import BENCHMARKS, MissingImagesError, SettingsMismatchError, run
+from ocean_lib.io import read_jsonl
+
+OVERRIDES = {
+    "eval.batch_size": 2,
+    "eval.bootstrap_samples": 200,
+    "data.min_pixels": 3136,
+    "data.max_pixels": 112 * 112,
+    "data.synthetic.families": ["counting", "grounding"],
+    "data.synthetic.text_only": True,
+    "data.synthetic.n_train": 4,
+    "data.synthetic.n_test": 12,
+    "rollout.max_new_tokens": 24,
+    "logging.progress": False,
+}
+
+
+def config(tmp_path: Path, **extra):
+    values = {
+        **OVERRIDES,
+        "eval.data_root": str(tmp_path / "bench"),
+        "eval.output_dir": str(tmp_path / "eval"),
+        "data.synthetic.output_dir": str(tmp_path / "mini"),
+        **extra,
+    }
+    return load_config(None, [f"{key}={json.dumps(value)}" for key, value in values.items()])
+
+
+def check_rows_against_items(rows, items, benchmark, cap):
+    """Each line belongs to its item, holds the output, and carries the verdict of the benchmark's own rule."""
+    assert [row["id"] for row in rows] == [item.id for item in items]
+    for row, item in zip(rows, items, strict=True):
+        assert row["prompt"] == item.prompt and row["answer"] == item.answer
+        assert 1 <= row["n_tokens"] <= cap
+        verdict = BENCHMARKS[benchmark].score(row["output"], item)
+        assert (row["correct"], row["extracted"]) == (verdict.correct, verdict.extracted)
+
+
+@pytest.mark.skipif(not ANNOTATIONS.is_dir(), reason=f"real annotation files not present at {ANNOTATIONS}")
+def test_real_annotations_evaluate_end_to_end_with_placeholder_images(tmp_path, tiny_model_dir):
+    root = tmp_path / "bench"
+    layout = {
+        "superclevr": "super_clevr_test_5k.jsonl",
+        "geoqa": "geoqa_test_prompts.jsonl",
+        "cvbench": "cvbench_test.parquet",
+    }
+    for directory, name in layout.items():
+        (root / directory).mkdir(parents=True)
+        (root / directory / name).symlink_to(ANNOTATIONS / name)
+    names = ["superclevr", "geoqa", "cvbench_parquet"]
+    for name in names:  # mid-grey placeholders for the first three items, found by their file names
+        benchmark = BENCHMARKS[name]
+        (root / benchmark.image_root).mkdir(parents=True, exist_ok=True)
+        for item in benchmark.load_items(root)[:3]:
+            grey_image(56).save(root / benchmark.image_root / Path(item.images[0].source).name)
+
+    cfg = config(tmp_path)
+    summary = run(tiny_model_dir, names, cfg, max_new_tokens_cap=8, max_items=3)
+
+    for name in names:
+        items = BENCHMARKS[name].load_items(root)[:3]
+        rows = list(read_jsonl(tmp_path / "eval/tiny" / f"{name}.jsonl"))
+        check_rows_against_items(rows, items, name, cap=8)
+        entry = summary["benchmarks"][name]
+        assert (entry["n"], entry["complete"], entry["settings"]["max_new_tokens"]) == (3, True, 8)
+        assert entry["accuracy"] == sum(row["correct"] for row in rows) / 3
+        assert entry["ci95"][0] <= entry["accuracy"] <= entry["ci95"][1]
+        assert entry["format_rate"] == sum(row["format_ok"] for row in rows) / 3
+        assert entry["mean_output_tokens"] == sum(row["n_tokens"] for row in rows) / 3
+    assert set(summary["benchmarks"]["cvbench_parquet"]["per_subset"]) <= {
+        "Count",
+        "Relation",
+        "Depth",
+        "Distance",
+    }
+    assert json.loads((tmp_path / "eval/tiny/summary.json").read_text()) == summary
+
+
+def test_missing_images_stop_the_run_before_the_model_is_loaded(tmp_path):
+    images = tmp_path / "bench/superclevr/images"
+    images.mkdir(parents=True)
+    rows = [{"image_path": f"{name}.png", "question": "How many?", "ground_truth": 1} for name in "abcd"]
+    (images.parent / "super_clevr_test_5k.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    grey_image(28).save(images / "a.png")
+    (images / "b.png").write_bytes(b"not a png")
+
+    # The model path does not exist: reaching the model loader would raise a different error.
+    with pytest.raises(MissingImagesError) as caught:
+        run(tmp_path / "no-such-model", ["superclevr"], config(tmp_path))
+    message = str(caught.value)
+    assert "superclevr: 3 of 4 images missing or unreadable" in message
+    assert str(images.resolve()) in message
+    assert (
+        "b.png (unreadable" in message and "c.png (not found)" in message and "d.png (not found)" in message
+    )
+    assert not list((tmp_path / "eval").rglob("*.jsonl"))
+
+
+@pytest.fixture(scope="module")
+def mini(tmp_path_factory):
+    """The miniature's held-out parquet splits, written by the real builder."""
+    tmp_path = tmp_path_factory.mktemp("mini")
+    synthetic.build(config(tmp_path))
+    return tmp_path
+
+
+def test_miniature_image_and_text_only_benchmarks_with_resized_grounding_images(
+    mini, tiny_model_dir, tmp_path
+):
+    # 112-px pictures and max_pixels 56x56: images are halved, so the boxes scored against must be halved too.
+    cfg = config(mini, **{"eval.output_dir": str(tmp_path), "data.max_pixels": 56 * 56})
+    summary = run(
+        tiny_model_dir,
+        ["mini_grounding", "mini_counting_text"],
+        cfg,
+        max_new_tokens_cap=6,
+        max_items=4,
+        model_name="tiny_small_images",
+    )
+    records = read_records(mini / "mini/test/grounding.parquet", cfg.data)[:4]
+    rows = list(read_jsonl(tmp_path / "tiny_small_images/mini_grounding.jsonl"))
+    assert [row["answer"] for row in rows] == [
+        rescale_box_truth(r.ground_truth, (112, 112), (56, 56)) for r in records
+    ]
+    text_rows = list(read_jsonl(tmp_path / "tiny_small_images/mini_counting_text.jsonl"))
+    assert len(text_rows) == 4 and all("<image>" not in row["prompt"] for row in text_rows)
+    assert summary["benchmarks"]["mini_grounding"]["settings"]["max_pixels"] == 56 * 56
+
+
+def test_shards_are_merged_into_one_summary(mini, tiny_model_dir):
+    cfg = config(mini)
+    for index in (0, 1):
+        summary = run(
+            tiny_model_dir,
+            ["mini_counting"],
+            cfg,
+            max_new_tokens_cap=4,
+            max_items=6,
+            model_name="sharded",
+            shard=(index, 2),
+        )
+    directory = mini / "eval/sharded"
+    assert [len(list(read_jsonl(directory / f"mini_counting.shard-{k}-of-2.jsonl"))) for k in (0, 1)] == [
+        3,
+        3,
+    ]
+    entry = summary["benchmarks"]["mini_counting"]
+    assert (entry["n"], entry["complete"]) == (6, True)
+    items = BENCHMARKS["mini_counting"].load_items(mini / "mini")[:6]
+    rows = {
+        row["id"]: row
+        for k in (0, 1)
+        for row in read_jsonl(directory / f"mini_counting.shard-{k}-of-2.jsonl")
+    }
+    check_rows_against_items([rows[item.id] for item in items], items, "mini_counting", cap=4)
+
+
+def test_a_killed_evaluation_resumes_without_recomputing_finished_items(mini, tiny_model_dir, tmp_path):
+    params = tmp_path / "params.yaml"
+    values = {
+        **OVERRIDES,
+        "eval.batch_size": 1,
+        "eval.data_root": str(mini / "bench"),
+        "eval.output_dir": str(tmp_path / "eval"),
+        "data.synthetic.output_dir": str(mini / "mini"),
+    }
+    tree: dict = {}
+    for key, value in values.items():
+        *parents, leaf = key.split(".")
+        node = tree
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    params.write_text(yaml.safe_dump(tree))
+    script = (
+        "import argparse, sys\n"
+        "from ocean_lib.evaluation import add_eval_arguments, main_eval\n"
+        "sys.exit(main_eval(add_eval_arguments(argparse.ArgumentParser()).parse_args()))\n"
+    )
+    command = [
+        sys.executable,
+        "-c",
+        script,
+        "--model",
+        str(tiny_model_dir),
+        "--params",
+        str(params),
+        "--benchmarks",
+        "mini_counting",
+        "--max-new-tokens",
+        "12",
+        "--max-items",
+        "10",
+    ]
+    output = tmp_path / "eval/tiny/mini_counting.jsonl"
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if output.exists() and len(output.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.02)
+    assert process.poll() is None, (
+        f"evaluation ended before it could be killed: {process.stderr.read()[-2000:]}"
+    )
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    before = list(read_jsonl(output))
+    assert 3 <= len(before) < 10
+
+    cfg = load_config(params, [])
+    summary = run(tiny_model_dir, ["mini_counting"], cfg, max_new_tokens_cap=12, max_items=10)
+    after = list(read_jsonl(output))
+    assert after[: len(before)] == before  # finished items were kept, not regenerated
+    assert len(after) == 10 and len({row["id"] for row in after}) == 10
+    assert (
+        summary["benchmarks"]["mini_counting"]["n"],
+        summary["benchmarks"]["mini_counting"]["complete"],
+    ) == (10, True)
+
+    # Resuming with another generation budget would mix two settings in one file: refused.
+    with pytest.raises(SettingsMismatchError, match="max_new_tokens: 12 -> 5"):
+        run(tiny_model_dir, ["mini_counting"], cfg, max_new_tokens_cap=5, max_items=10)
