@@ -261,21 +261,26 @@ def response_length_per_step(rollouts: pd.DataFrame) -> pd.DataFrame:
 def think_answer_disagreement_rate_per_step(rollouts: pd.DataFrame) -> pd.DataFrame:
     """How often the answer in ``<answer>`` disagrees with a number reached in ``<think>``, per step.
 
-    The reward code sets the diagnostic ``think_answer_disagree`` on each completion it scores: true when the
-    reasoning in ``<think>`` reaches a number that is not the answer given in ``<answer>`` (see
-    :mod:`ocean_lib.rewards` for the exact extraction), false when they agree, and null (or absent) when it
-    cannot be checked (no think or no answer block). It matters because Ocean-R1's accuracy reward first
-    matches the *whole* completion symbolically, so a number that appears only in ``<think>`` can earn credit
-    while the stated answer is something else: a rising rate means the model is learning to hedge rather than
-    to answer.
+    The reward code (``ocean_lib.rewards.rules.think_answer_disagree``) sets the diagnostic
+    ``think_answer_disagree`` on every ``acc`` completion it scores: true when the last number in the
+    ``<think>`` span differs (as a float) from the last number in the last ``<answer>`` span, as in
+    ``<think>... so 5</think><answer>6</answer>``. It is false when they are equal *and* when either span is
+    missing or holds no number, so the rate below is a lower bound on disagreement among completions that state
+    a number in both places. ``iou`` completions (boxes, not numbers) are not counted; a null diagnostic counts
+    as not checked.
 
-    Columns, indexed by ``step``: ``n`` (completions), ``checked`` (completions where the diagnostic is true or
-    false), ``disagree`` (true ones), ``rate`` = disagree / checked (NaN when nothing was checked).
+    Why it matters: Ocean-R1's accuracy reward first matches the *whole* completion symbolically, so a number
+    that appears only in ``<think>`` can earn credit while the stated answer is something else. A rising rate
+    means the model is learning to hedge in its reasoning rather than to answer.
+
+    Columns, indexed by ``step``: ``n`` (completions), ``checked`` (``acc`` completions with a true or false
+    diagnostic), ``disagree`` (true ones), ``rate`` = disagree / checked (NaN when nothing was checked).
     """
     column = "reward/think_answer_disagree"
     values = rollouts[column] if column in rollouts else pd.Series(None, index=rollouts.index, dtype=object)
-    checked = values.map(lambda v: isinstance(v, bool | np.bool_))
-    disagree = values.map(lambda v: v is True or v is np.True_)
+    scored_as_acc = rollouts["reward_func"].ne("iou") if "reward_func" in rollouts else True
+    checked = values.map(lambda v: isinstance(v, bool | np.bool_)) & scored_as_acc
+    disagree = values.map(lambda v: v is True or v is np.True_) & checked
     frame = pd.DataFrame({"step": rollouts["step"], "checked": checked, "disagree": disagree})
     grouped = frame.groupby("step")
     table = pd.DataFrame(

@@ -320,6 +320,13 @@ def test_think_answer_disagreement_rate_per_step(rollouts):
     assert math.isnan(rates.loc[2, "rate"])
 
 
+def test_disagreement_rate_leaves_out_box_answers(tmp_path):
+    run = RunDir(tmp_path)
+    run.log_rollouts([rollout(1, "a", disagree=True), rollout(1, "b", disagree=True, reward_func="iou")])
+    rates = think_answer_disagreement_rate_per_step(load_rollouts(run))
+    assert rates.loc[1, ["n", "checked", "disagree", "rate"]].tolist() == [2, 1, 1, 1.0]
+
+
 def test_disagreement_rate_without_the_diagnostic_is_unknown(rollouts):
     rates = think_answer_disagreement_rate_per_step(rollouts.drop(columns="reward/think_answer_disagree"))
     assert rates["checked"].tolist() == [0, 0] and rates["rate"].isna().all()
