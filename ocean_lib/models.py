@@ -28,6 +28,7 @@ Two facts about transformers 5.x that the rest of the project depends on:
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import tempfile
 from collections.abc import Iterable
@@ -114,7 +115,8 @@ def build_tokenizer(corpus: Iterable[str], vocab_size: int) -> PreTrainedTokeniz
 
     ``vocab_size`` counts everything: 256 byte symbols, Qwen's 7 special tokens, the 4 reasoning tags and the
     learned merges. A corpus with few distinct pairs may stop short of it; the result is then smaller.
-    Digits are split one per token (as Qwen does), so numbers tokenise the same wherever they appear.
+    Digits are split one per token (as Qwen does), so numbers tokenise the same wherever they appear; unlike
+    Qwen's, merges may span words (see below).
     """
     fixed = BYTE_ALPHABET_SIZE + len(SPECIAL_TOKENS) + len(REASONING_TAGS)
     if vocab_size <= fixed:
@@ -122,8 +124,14 @@ def build_tokenizer(corpus: Iterable[str], vocab_size: int) -> PreTrainedTokeniz
             f"vocab_size={vocab_size} must exceed {fixed} (bytes, special tokens and reasoning tags)"
         )
     bpe = Tokenizer(models.BPE())
+    # No word-splitting regex: merges may cross spaces, so the corpus' recurring phrases (the instruction,
+    # the system turn, "objects left to right") become a few tokens each. For a model this small, short
+    # sequences are most of the speed. Digits stay one per token.
     bpe.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
     )
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
@@ -132,7 +140,10 @@ def build_tokenizer(corpus: Iterable[str], vocab_size: int) -> PreTrainedTokeniz
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    bpe.train_from_iterator(corpus, trainer)
+    # The chat template's own words occur in every prompt: let BPE see them as often as the corpus' lines.
+    template_words = ["system\nYou are a helpful assistant.", "\nuser\n", "\nassistant\n"]
+    lines = list(corpus)
+    bpe.train_from_iterator(itertools.chain(lines, template_words * max(1, len(lines) // 3)), trainer)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=bpe,
         eos_token=EOS_TOKEN,
