@@ -199,6 +199,23 @@ class LoggingConfig:
 
 
 @dataclass
+class StudyConfig:
+    """The study that ``python -m ocean_lib reproduce`` runs: its stages and how they differ.
+
+    Each stage is this params file plus the stage's overrides; the pipeline adds the run name, the output
+    directory and the initial weights (warm-start -> GRPO-text; warm-start -> stage 1 -> stage 2).
+    """
+
+    output_dir: str = knob("outputs/mini", "directory of the study: data, model, runs, eval, notebooks, report")
+    warmstart: list[str] = knob([], "overrides of the supervised warm-start that makes the 'Instruct' base")
+    grpo_text: list[str] = knob([], "overrides of GRPO on the text-only twins (the GRPO-text row)")
+    grpo_vis_stage1: list[str] = knob([], "overrides of visual GRPO stage 1 (reasoning: geometry, spatial)")
+    grpo_vis_stage2: list[str] = knob([], "overrides of visual GRPO stage 2 (perception: counting, grounding)")
+    benchmarks: list[str] = knob([], "benchmarks of the result table (the miniature's held-out splits)")
+    notebook_timeout_s: int = knob(3600, "longest a single notebook cell may run, seconds")
+
+
+@dataclass
 class RunConfig:
     data: DataConfig = field(
         default_factory=DataConfig, metadata={"help": "training records and image limits"}
@@ -218,6 +235,7 @@ class RunConfig:
     logging: LoggingConfig = field(
         default_factory=LoggingConfig, metadata={"help": "run directory and progress"}
     )
+    study: StudyConfig = field(default_factory=StudyConfig, metadata={"help": "the stages of a reproduction"})
 
     @property
     def run_dir(self) -> Path:

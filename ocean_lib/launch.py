@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import collections
 import os
+import queue
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 from ocean_lib.config import load_config
-from ocean_lib.io import read_jsonl
 from ocean_lib.run_dir import RunDir
 
 
@@ -76,6 +77,12 @@ def accelerate_command(
     return cmd
 
 
+def _pump(stream: Any, lines: queue.Queue[str | None]) -> None:
+    for line in stream:
+        lines.put(line)
+    lines.put(None)
+
+
 def train(
     params: str | Path,
     overrides: list[str] | None = None,
@@ -103,30 +110,38 @@ def train(
     progress = tqdm(desc=cfg.logging.run_name, unit="step", disable=not cfg.logging.progress)
     tail: collections.deque[str] = collections.deque(maxlen=40)
     seen = len(run.read_metrics()) if resume else 0
+    lines: queue.Queue[str | None] = queue.Queue()
     with (
         open(run.log, "a", encoding="utf-8") as log,
         subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, bufsize=1
         ) as child,
     ):
-        os.set_blocking(child.stdout.fileno(), False)
-        while True:
-            chunk = child.stdout.read()
-            if chunk:
-                log.write(chunk)
-                log.flush()
-                tail.extend(chunk.splitlines())
+        # A thread drains the child's output so that a full pipe never blocks it while we poll metrics.
+        threading.Thread(target=_pump, args=(child.stdout, lines), daemon=True).start()
+        finished = False
+        while not finished:
+            time.sleep(0.5)
+            while not finished:
+                try:
+                    line = lines.get_nowait()
+                except queue.Empty:
+                    break
+                if line is None:
+                    finished = True
+                    continue
+                log.write(line)
+                tail.append(line.rstrip("\n"))
                 if echo:
-                    sys.stdout.write(chunk)
-            rows = list(read_jsonl(run.metrics)) if run.metrics.exists() else []
+                    sys.stdout.write(line)
+            log.flush()
+            rows = run.read_metrics()
             if len(rows) > seen:
                 if on_metrics is not None:
                     on_metrics(rows)
                 progress.update(len(rows) - seen)
                 seen = len(rows)
-            if child.poll() is not None and not chunk:
-                break
-            time.sleep(0.5)
+        child.wait()
     progress.close()
     if child.returncode != 0:
         lines = "\n".join(tail)

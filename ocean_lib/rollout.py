@@ -61,8 +61,20 @@ class RolloutBatch:
 
 class RolloutEngine(Protocol):
     def generate(
-        self, prompts: list[Prompt], n: int = 1, *, greedy: bool = False, max_new_tokens: int | None = None
-    ) -> RolloutBatch: ...
+        self,
+        prompts: list[Prompt],
+        n: int = 1,
+        *,
+        greedy: bool = False,
+        max_new_tokens: int | None = None,
+        seeds: list[int] | None = None,
+    ) -> RolloutBatch:
+        """Sample ``n`` completions per prompt (greedy: the argmax path, repeated ``n`` times).
+
+        ``seeds`` (one per prompt) makes each prompt's samples a function of its seed alone, whatever else
+        is in the batch and however many processes share the work; without them the global RNG is used.
+        """
+        ...
 
 
 def make_engine(model: Any, processor: Any, cfg: RolloutConfig) -> RolloutEngine:
@@ -163,7 +175,13 @@ class HFRolloutEngine:
 
     @torch.no_grad()
     def generate(
-        self, prompts: list[Prompt], n: int = 1, *, greedy: bool = False, max_new_tokens: int | None = None
+        self,
+        prompts: list[Prompt],
+        n: int = 1,
+        *,
+        greedy: bool = False,
+        max_new_tokens: int | None = None,
+        seeds: list[int] | None = None,
     ) -> RolloutBatch:
         cfg, model = self.cfg, self.model
         max_new = cfg.max_new_tokens if max_new_tokens is None else max_new_tokens
@@ -199,10 +217,19 @@ class HFRolloutEngine:
         next_position = positions.amax(-1).repeat_interleave(n, 1) + 1  # [3, R]
 
         # 2. Decode: sample, record the policy log-prob, feed the token back.
+        generators = None
+        if seeds is not None and not greedy:
+            if len(seeds) != len(prompts):
+                raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
+            generators = [
+                torch.Generator(device).manual_seed(seed * 1_000 + j) for seed in seeds for j in range(n)
+            ]
         tokens, logps = [], []
         done = torch.zeros(rows, dtype=torch.bool, device=device)
         for step in range(max_new):
-            token, logp = self._sample(next_logits, greedy=greedy, allow_eos=step >= cfg.min_new_tokens)
+            token, logp = self._sample(
+                next_logits, greedy=greedy, allow_eos=step >= cfg.min_new_tokens, generators=generators
+            )
             token = torch.where(done, torch.full_like(token, self.pad_id), token)
             tokens.append(token)
             logps.append(torch.where(done, torch.zeros_like(logp), logp))
@@ -243,21 +270,38 @@ class HFRolloutEngine:
         )
 
     def _sample(
-        self, logits: torch.Tensor, *, greedy: bool, allow_eos: bool
+        self,
+        logits: torch.Tensor,
+        *,
+        greedy: bool,
+        allow_eos: bool,
+        generators: list[torch.Generator] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Pick the next token from [R, V] logits; return it and its log-prob under the (tempered) policy."""
+        """Pick the next token from [R, V] logits; return it and its log-prob under the (tempered) policy.
+
+        Sampling is Gumbel-max (argmax of logits/T + Gumbel noise), which draws from softmax(logits/T) exactly
+        and lets every row take its noise from its own generator.
+        """
         cfg = self.cfg
-        temperature = 1.0 if greedy or cfg.temperature == 0 else cfg.temperature
+        greedy = greedy or cfg.temperature == 0
+        temperature = 1.0 if greedy else cfg.temperature
         policy_logp = torch.log_softmax(logits / temperature, dim=-1)
         allowed = logits.clone()
         allowed[:, self.suppressed.to(logits.device)] = float("-inf")
         if not allow_eos:
             allowed[:, self.eos_id] = float("-inf")
-        if greedy or cfg.temperature == 0:
+        if greedy:
             token = allowed.argmax(-1)
         else:
             allowed = _filter_top_k_top_p(allowed / temperature, cfg.top_k, cfg.top_p)
-            token = torch.multinomial(torch.softmax(allowed, -1), 1).squeeze(1)
+            if generators is None:
+                uniform = torch.rand_like(allowed)
+            else:
+                uniform = torch.stack(
+                    [torch.rand(allowed.shape[1], generator=g, device=allowed.device) for g in generators]
+                )
+            gumbel = -torch.log(-torch.log(uniform.clamp_min(1e-20)))
+            token = (allowed + gumbel).argmax(-1)
         return token, policy_logp.gather(1, token.unsqueeze(1)).squeeze(1)
 
 

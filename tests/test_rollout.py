@@ -95,3 +95,14 @@ def test_completion_mask_runs_through_the_first_eos():
     eos, pad = 9, 0
     ids = torch.tensor([[5, 9, 0, 0], [5, 6, 7, 8], [9, 0, 0, 0]])
     assert _mask_through_eos(ids, eos, pad).tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
+
+
+def test_seeded_samples_do_not_depend_on_the_rest_of_the_batch(tiny_model_dir):
+    model, processor = load_policy(str(tiny_model_dir))
+    engine = make_engine(model, processor, RolloutConfig(max_new_tokens=12, temperature=1.0))
+    a, b = _prompts()[:2]
+    forward = engine.generate([a, b], n=2, seeds=[5, 6])
+    backward = engine.generate([b, a], n=2, seeds=[6, 5])
+    assert forward.texts == backward.texts[2:] + backward.texts[:2]
+    other_seed = engine.generate([a, b], n=2, seeds=[7, 6])
+    assert other_seed.texts[2:] == forward.texts[2:] and other_seed.texts[:2] != forward.texts[:2]

@@ -1,0 +1,178 @@
+"""The study: Ocean-R1's experiment as a chain of training stages, evaluations and notebooks.
+
+::
+
+    tiny model (random init, offline)        or  Qwen2.5-VL-3B-Instruct at real scale
+      └─ warm-start (SFT)  = "base", the Instruct starting point of the miniature
+           ├─ GRPO on text-only twins       = "GRPO-text"
+           └─ GRPO-vis stage 1 (reasoning)  → GRPO-vis stage 2 (perception + replay) = "GRPO-vis"
+
+Everything lives under ``study.output_dir``: ``data/``, ``models/``, ``runs/<stage>/``, ``eval/<model>/``,
+``notebooks/`` (executed), ``report.html``, ``results.md``, ``results.csv`` and ``figures/``. Every stage is the
+study's params file plus its overrides (``study.<stage>`` in the params file), so one file describes the study.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ocean_lib.config import RunConfig, load_config, to_dict
+from ocean_lib.io import atomic_write_text
+from ocean_lib.run_dir import RunDir
+
+# stage -> the stage whose final weights it starts from (None: the params file's model.name_or_path)
+STAGES: dict[str, str | None] = {
+    "warmstart": None,
+    "grpo_text": "warmstart",
+    "grpo_vis_stage1": "warmstart",
+    "grpo_vis_stage2": "grpo_vis_stage1",
+}
+# result-table row -> the stage whose final weights it evaluates
+MODELS: dict[str, str] = {"base": "warmstart", "GRPO-text": "grpo_text", "GRPO-vis": "grpo_vis_stage2"}
+NOTEBOOKS = ["00_grpo_walkthrough", "01_data", "02_train", "03_evaluate", "04_aha_moments", "05_results"]
+NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
+
+
+def study_dir(cfg: RunConfig) -> Path:
+    return Path(cfg.study.output_dir)
+
+
+def stage_overrides(cfg: RunConfig, stage: str) -> list[str]:
+    """What turns the study's params into one stage's run: its own overrides, run directory and start weights."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; stages are {list(STAGES)}")
+    parent = STAGES[stage]
+    start = cfg.model.name_or_path if parent is None else str(run_dir(cfg, parent).final)
+    return [
+        *getattr(cfg.study, stage),
+        f"model.name_or_path={start}",
+        f"logging.output_dir={study_dir(cfg) / 'runs'}",
+        f"logging.run_name={stage}",
+    ]
+
+
+def stage_config(params: str | Path, overrides: list[str], stage: str) -> RunConfig:
+    cfg = load_config(params, overrides)
+    return load_config(params, [*overrides, *stage_overrides(cfg, stage)])
+
+
+def run_dir(cfg: RunConfig, stage: str) -> RunDir:
+    return RunDir(study_dir(cfg) / "runs" / stage)
+
+
+def prepare(cfg: RunConfig) -> dict[str, Any]:
+    """Build the procedural data and the offline tiny model if they are not there yet (miniature only)."""
+    from ocean_lib.data import synthetic
+
+    manifest = Path(cfg.data.synthetic.output_dir) / "manifest.json"
+    built = json.loads(manifest.read_text()) if manifest.exists() else None
+    if built is None or built.get("synthetic") != to_dict(cfg.data.synthetic):
+        built = synthetic.build(cfg)
+    model_dir = Path(cfg.model.name_or_path)
+    if not model_dir.exists() and cfg.model.name_or_path.startswith(str(study_dir(cfg))):
+        build_tiny_model(cfg)
+    return {"data": built, "model": str(model_dir)}
+
+
+def build_tiny_model(cfg: RunConfig) -> Path:
+    """The miniature Qwen2.5-VL at ``model.name_or_path``, its tokenizer trained on the procedural tasks' text."""
+    from ocean_lib.data import synthetic
+    from ocean_lib.models import build_tiny_model as build
+
+    return build(cfg.model.tiny, synthetic.corpus(cfg), cfg.model.name_or_path, cfg.data.min_pixels,
+                 cfg.data.max_pixels)
+
+
+def train_stage(
+    params: str | Path,
+    overrides: list[str],
+    stage: str,
+    on_metrics: Callable[[list[dict[str, Any]]], None] | None = None,
+    num_processes: int = 1,
+) -> Path:
+    """Train one stage as an accelerate-launched subprocess; a finished stage returns at once."""
+    from ocean_lib import launch
+
+    cfg = load_config(params, overrides)
+    topology = launch.Topology(num_processes=num_processes)
+    return launch.train(params, [*overrides, *stage_overrides(cfg, stage)], topology, resume=True,
+                        on_metrics=on_metrics)
+
+
+def evaluate(cfg: RunConfig, labels: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    """Evaluate the study's models on ``study.benchmarks``; cached items are not generated again."""
+    from ocean_lib import evaluation
+
+    eval_cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, output_dir=str(study_dir(cfg) / "eval")))
+    summaries = {}
+    for label in labels or list(MODELS):
+        final = run_dir(cfg, MODELS[label]).final
+        summaries[label] = evaluation.run(final, cfg.study.benchmarks, eval_cfg, model_name=label)
+    return summaries
+
+
+def eval_dir(cfg: RunConfig, label: str) -> Path:
+    return study_dir(cfg) / "eval" / label
+
+
+def reproduce(params: str | Path, overrides: list[str] | None = None, force: bool = False) -> Path:
+    """Run the notebooks in order with papermill, then write an HTML report of all of them.
+
+    Stops at the first failing notebook, naming the notebook, the cell and the error. Re-running skips
+    finished work (training stages resume, evaluations reuse their caches) unless ``force`` clears the study.
+    """
+    import papermill
+
+    overrides = list(overrides or [])
+    started = time.perf_counter()
+    cfg = load_config(params, overrides)
+    out = study_dir(cfg)
+    if force and out.exists():
+        shutil.rmtree(out)
+    executed = out / "notebooks"
+    executed.mkdir(parents=True, exist_ok=True)
+    for name in NOTEBOOKS:
+        t0 = time.perf_counter()
+        print(f"[reproduce] {name} ...", file=sys.stderr, flush=True)
+        try:
+            papermill.execute_notebook(
+                str(NOTEBOOK_DIR / f"{name}.ipynb"), str(executed / f"{name}.ipynb"),
+                parameters={"params": str(params), "overrides": overrides},
+                cwd=str(Path.cwd()), kernel_name="python3", progress_bar=False,
+                execution_timeout=cfg.study.notebook_timeout_s,
+            )
+        except papermill.PapermillExecutionError as error:
+            raise RuntimeError(
+                f"notebook {name} failed in cell {error.exec_count} ({error.ename}: {error.evalue}); "
+                f"the executed notebook is {executed / f'{name}.ipynb'}"
+            ) from None
+        print(f"[reproduce] {name} done in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    report = write_report(out)
+    minutes = (time.perf_counter() - started) / 60
+    print(f"[reproduce] finished in {minutes:.1f} min: {report}, {out / 'results.md'}, {out / 'figures'}")
+    return report
+
+
+def write_report(out: Path) -> Path:
+    """One HTML page holding every executed notebook, in order."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    merged = None
+    for name in NOTEBOOKS:
+        notebook = nbformat.read(out / "notebooks" / f"{name}.ipynb", as_version=4)
+        if merged is None:
+            merged = notebook
+        else:
+            merged.cells.extend(notebook.cells)
+    body, _ = HTMLExporter().from_notebook_node(merged)
+    report = out / "report.html"
+    atomic_write_text(report, body)
+    return report

@@ -1,0 +1,638 @@
+"""The GRPO trainer: one loop, readable top to bottom.
+
+Each step (``grpo_step``) is the recipe of Ocean-R1 / verl, in order:
+
+1. take this step's prompts (a seeded permutation of the records; each process its own slice);
+2. sample ``n`` completions per prompt (:mod:`ocean_lib.rollout`);
+3. score them with the rule-based reward (:mod:`ocean_lib.rewards`);
+4. normalise rewards within each group into advantages (:func:`ocean_lib.grpo.group_advantages`);
+5. reference log-probs from the frozen initial weights, when the KL coefficient is not 0;
+6. micro-batched forward/backward of the clipped policy loss (:func:`ocean_lib.grpo.policy_loss`), gradients
+   accumulated and all-reduced once, clipped, one AdamW step (Ocean-R1: one optimizer step per batch);
+7. metrics (reduced as sums and counts over all processes), rollouts and checkpoints into the run directory.
+
+``objective: sft`` runs the supervised warm-start through the same loop: step 2 becomes the record's reference
+completion and step 6 minimises its cross-entropy.
+
+Determinism: the data order is a function of (seed, epoch) and every step re-seeds the samplers from
+(seed, step, rank), so a run resumed from a checkpoint replays exactly what an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from ocean_lib import grpo
+from ocean_lib.config import RunConfig, save_config
+from ocean_lib.data import Record, load_example, read_records
+from ocean_lib.metrics import check_registered
+from ocean_lib.models import load_policy
+from ocean_lib.prompts import Prompt
+from ocean_lib.rewards import score_batch
+from ocean_lib.rollout import RolloutBatch, encode_prompts, make_engine, mrope_positions, select_images
+from ocean_lib.run_dir import RunDir, prune_checkpoints, publish_dir, read_state
+
+
+class TrainingError(RuntimeError):
+    """The run cannot continue (non-finite loss or reward, wrong process count, existing run directory)."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Entry point
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def train(cfg: RunConfig, resume: bool = False) -> Path:
+    """Run (or resume) one training stage; return the directory of the final weights."""
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    if accelerator.num_processes != cfg.train.num_processes:
+        raise TrainingError(
+            f"train.num_processes={cfg.train.num_processes} but {accelerator.num_processes} process(es) started; "
+            "on CPU launch with `accelerate launch --multi_gpu --num_processes N` (`--cpu` starts only one)"
+        )
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // accelerator.num_processes))
+    if cfg.train.deterministic:
+        torch.use_deterministic_algorithms(True)
+
+    run = RunDir(cfg.run_dir)
+    start_step, checkpoint = _resume_point(run, cfg, resume, accelerator.is_main_process)
+    if run.is_finished():
+        return run.final
+    if accelerator.is_main_process:
+        save_config(cfg, run.config)
+
+    load = dict(
+        dtype=cfg.model.dtype,
+        attn_implementation=cfg.model.attn_implementation,
+        min_pixels=cfg.data.min_pixels,
+        max_pixels=cfg.data.max_pixels,
+    )
+    model, processor = load_policy(str(checkpoint or cfg.model.name_or_path), **load)
+    reference = None
+    if cfg.train.objective == "grpo" and cfg.algorithm.kl_coef > 0:
+        # The reference is the stage's initial policy (Ocean-R1: stage 2's reference is stage 1's result).
+        reference = load_policy(cfg.model.name_or_path, **load)[0] if checkpoint else copy.deepcopy(model)
+        reference.requires_grad_(False).eval().to(accelerator.device)
+    if cfg.model.freeze_vision_tower:
+        model.model.visual.requires_grad_(False)
+    if cfg.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad],
+        lr=cfg.train.lr,
+        weight_decay=cfg.train.weight_decay,
+        betas=(cfg.train.adam_beta1, cfg.train.adam_beta2),
+    )
+    warmup = cfg.train.warmup_steps
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0
+    )
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    if checkpoint is not None:
+        optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
+        scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", weights_only=True))
+
+    records = [r for path in cfg.data.train_files for r in read_records(path, cfg.data)]
+    val_records = [r for path in cfg.data.val_files for r in read_records(path, cfg.data)]
+    schedule = Schedule(len(records), cfg)
+    total = schedule.total_steps
+    state = TrainState(accelerator, model, reference, processor, optimizer, scheduler, cfg, run)
+
+    progress = _progress(total, start_step, enabled=cfg.logging.progress and accelerator.is_main_process)
+    for step in range(start_step + 1, total + 1):
+        t0 = time.perf_counter()
+        _seed(cfg.train.seed, step, accelerator.process_index)
+        indices = schedule.indices(step, accelerator.process_index, accelerator.num_processes)
+        rows = [records[i] for i in indices]
+        if cfg.train.objective == "grpo":
+            # Each prompt's samples depend on (seed, step, record) only: the same for any number of processes.
+            seeds = [cfg.train.seed * 1_000_003 + step * 100_003 + i for i in indices]
+            tally, rollout_rows = grpo_step(state, rows, step, seeds)
+        else:
+            tally, rollout_rows = sft_step(state, rows, step)
+        if val_records and cfg.train.val_every and step % cfg.train.val_every == 0:
+            with tally.timer("time/validate_s"):
+                validate(state, val_records, tally)
+        tally.add("time/step_s", time.perf_counter() - t0, reduce="max")
+        metrics = tally.reduce(accelerator)
+        metrics.update(step=step, epoch=schedule.epoch(step), lr=scheduler.get_last_lr()[0])
+        _check_finite(metrics, run)
+        rollout_rows = _gather(accelerator, rollout_rows)
+        if accelerator.is_main_process:
+            check_registered(set(metrics))
+            run.log_metrics(metrics)
+            run.log_rollouts(_subsample(rollout_rows, cfg.logging.rollouts_per_step, step))
+            progress.update(1)
+            progress.set_postfix(
+                {k: f"{metrics[k]:.3f}" for k in ("reward/overall", "loss/sft") if k in metrics}
+            )
+        if cfg.train.save_every and step % cfg.train.save_every == 0 and step < total:
+            save_checkpoint(state, run.checkpoint(step), step, schedule.epoch(step))
+            if accelerator.is_main_process:
+                prune_checkpoints(run, cfg.train.keep_last)
+    progress.close()
+    save_checkpoint(state, run.final, total, schedule.epoch(total) if total else 0)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return run.final
+
+
+@dataclass
+class TrainState:
+    accelerator: Any
+    model: Any  # the prepared (possibly DDP-wrapped) policy
+    reference: Any | None
+    processor: Any
+    optimizer: Any
+    scheduler: Any
+    cfg: RunConfig
+    run: RunDir
+
+    @property
+    def policy(self) -> Any:
+        """The bare transformers model (for generation, positions and saving)."""
+        return self.accelerator.unwrap_model(self.model)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# One GRPO step
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def grpo_step(
+    state: TrainState, records: list[Record], step: int, seeds: list[int]
+) -> tuple[Tally, list[dict[str, Any]]]:
+    cfg, acc, tally = state.cfg, state.accelerator, Tally()
+    n, alg = cfg.rollout.n, cfg.algorithm
+
+    # 1-2. Sample a group of n completions for each prompt.
+    prompts, truths = zip(*(prompt_of(r, cfg) for r in records), strict=True)
+    with tally.timer("time/generate_s"):
+        batch = make_engine(state.policy, state.processor, cfg.rollout).generate(list(prompts), n=n, seeds=seeds)
+    rows_of = [records[i // n] for i in range(len(batch.texts))]
+
+    # 3. Score every completion with the rule-based reward.
+    with tally.timer("time/reward_s"):
+        scores = score_batch(
+            batch.texts,
+            [truths[i // n] for i in range(len(batch.texts))],
+            [r.reward_func for r in rows_of],
+            cfg.reward,
+        )
+    rewards = torch.tensor([s.overall for s in scores], dtype=torch.float32)
+
+    # 4. Group-normalised advantages; groups whose rewards are all equal carry no signal.
+    advantages = grpo.group_advantages(rewards, n, eps=alg.adv_eps, scale=alg.scale_rewards)
+    flat_groups = grpo.zero_variance_groups(rewards, n)
+    keep = torch.ones(len(rewards), dtype=torch.bool)
+    if alg.dynamic_sampling:
+        keep = ~flat_groups.repeat_interleave(n)
+    kept_rows = keep.nonzero().squeeze(1)
+
+    # 5. Reference (and, for several updates per batch, old) log-probs, without gradients.
+    mb = cfg.train.micro_batch_size
+    ref_logprobs = old_logprobs = None
+    if state.reference is not None:
+        with tally.timer("time/reference_s"):
+            ref_logprobs = _logprobs_no_grad(state.reference, state.policy, batch, kept_rows, mb, cfg)
+    if alg.updates_per_batch > 1:
+        old_logprobs = _logprobs_no_grad(state.model, state.policy, batch, kept_rows, mb, cfg)
+
+    # 6. Micro-batched clipped-loss updates; normalisers are global so micro-batch losses add up exactly.
+    num_tokens = acc.reduce(batch.completion_mask[kept_rows].sum().float(), "sum").item()
+    num_seqs = acc.reduce(torch.tensor(float(len(kept_rows))), "sum").item()
+    loss_sum = 0.0  # the batch loss is the sum of the micro-batch losses (global normalisers)
+    with tally.timer("time/update_s"):
+        for _ in range(alg.updates_per_batch):
+            for chunk, positions in _micro_batches(kept_rows, mb):
+                logp, entropy, mask = completion_logprobs(
+                    state.model,
+                    state.policy,
+                    batch,
+                    chunk,
+                    cfg.rollout.temperature,
+                    entropy="loss" if alg.entropy_coef > 0 else "metric",
+                )
+                width = mask.shape[1]
+                old = logp.detach() if old_logprobs is None else old_logprobs[positions, :width]
+                loss, stats = grpo.policy_loss(
+                    logp,
+                    old,
+                    advantages[chunk].to(logp.device),
+                    mask,
+                    clip_low=alg.clip_low,
+                    clip_high=alg.clip_high,
+                    dual_clip=alg.dual_clip,
+                    ref_logprobs=None
+                    if ref_logprobs is None
+                    else ref_logprobs[positions, :width].to(logp.device),
+                    kl_coef=alg.kl_coef,
+                    kl_estimator=alg.kl_estimator,
+                    entropy=entropy,
+                    entropy_coef=alg.entropy_coef,
+                    loss_agg=alg.loss_agg,
+                    num_tokens=num_tokens,
+                    num_sequences=num_seqs,
+                    max_len=cfg.rollout.max_new_tokens,
+                )
+                tally.merge(stats, POLICY_METRICS)
+                loss_sum += float(loss.detach())
+                gap = (logp.detach().cpu() - batch.logprobs[chunk, :width]).abs() * mask.cpu()
+                tally.add("response/sampler_logprob_gap", float(gap.sum()), count=float(mask.sum()))
+                _backward(state, loss, sync=positions[-1] == len(kept_rows) - 1)
+            _optimizer_step(state, tally)
+    # Each process holds its share of the global loss: a count of 1/W makes the reduced "mean" their sum.
+    tally.add("loss/total", loss_sum / alg.updates_per_batch, count=1 / acc.num_processes)
+
+    # 7. Metrics (sums and counts) and rollout records.
+    _tally_rewards(tally, scores, rows_of, rewards, advantages, flat_groups, batch, n)
+    rollout_rows = [
+        {
+            "step": step,
+            "prompt_id": f"{r.data_source}:{r.index}",
+            "data_source": r.data_source,
+            "reward_func": r.reward_func,
+            "image": r.image_paths[0] if r.image_paths else None,
+            "prompt": r.question,
+            "ground_truth": truths[i // n],
+            "completion": text,
+            "reward": s.to_dict(),
+            "advantage": float(advantages[i]),
+            "length": int(length),
+            "finished": bool(fin),
+        }
+        for i, (r, text, s, length, fin) in enumerate(
+            zip(rows_of, batch.texts, scores, batch.completion_lengths, batch.finished, strict=True)
+        )
+    ]
+    return tally, rollout_rows
+
+
+def prompt_of(record: Record, cfg: RunConfig) -> tuple[Prompt, str]:
+    """The model input of a record and its ground truth (boxes rescaled with resized images)."""
+    images, truth = load_example(record, cfg.data)
+    return Prompt(record.content, images), truth
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# One supervised warm-start step
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def sft_step(state: TrainState, records: list[Record], step: int) -> tuple[Tally, list[dict[str, Any]]]:
+    """Teacher-forced cross-entropy on each record's reference completion (completion tokens only)."""
+    cfg, acc, tally = state.cfg, state.accelerator, Tally()
+    prompts, completions = [], []
+    for record in records:
+        if record.completion is None:
+            raise TrainingError(
+                f"objective sft needs extra_info.reasoning; record {record.data_source}:{record.index} has none"
+            )
+        prompts.append(prompt_of(record, cfg)[0])
+        completions.append(record.completion)
+    batch = teacher_forced_batch(state.processor, prompts, completions)
+    all_rows = torch.arange(len(prompts))
+    num_tokens = acc.reduce(batch.completion_mask.sum().float(), "sum").item()
+    with tally.timer("time/update_s"):
+        for chunk, positions in _micro_batches(all_rows, cfg.train.micro_batch_size):
+            logp, _, mask = completion_logprobs(state.model, state.policy, batch, chunk, temperature=1.0)
+            token_nll = -(logp * mask).sum()
+            tally.add("loss/sft", float(token_nll.detach()), count=float(mask.sum()))
+            _backward(state, token_nll / num_tokens, sync=positions[-1] == len(all_rows) - 1)
+        _optimizer_step(state, tally)
+    tally.add("response/length_mean", float(batch.completion_mask.sum()), count=len(prompts))
+    return tally, []
+
+
+def teacher_forced_batch(processor: Any, prompts: list[Prompt], completions: list[str]) -> RolloutBatch:
+    """A RolloutBatch (n = 1) holding given completions, so SFT uses the same forward as GRPO."""
+    inputs = encode_prompts(processor, prompts)
+    tokenizer = processor.tokenizer
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    ids = [tokenizer(text, add_special_tokens=False)["input_ids"] + [eos] for text in completions]
+    width = max(map(len, ids))
+    completion_ids = torch.full((len(ids), width), tokenizer.pad_token_id, dtype=torch.long)
+    completion_mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for i, row in enumerate(ids):
+        completion_ids[i, : len(row)] = torch.tensor(row)
+        completion_mask[i, : len(row)] = 1
+    return RolloutBatch(
+        prompt_ids=inputs["input_ids"],
+        prompt_mask=inputs["attention_mask"],
+        prompt_token_types=inputs["mm_token_type_ids"],
+        completion_ids=completion_ids,
+        completion_mask=completion_mask,
+        logprobs=torch.zeros(completion_ids.shape),
+        pixel_values=inputs.get("pixel_values"),
+        image_grid_thw=inputs.get("image_grid_thw"),
+        images_per_prompt=[len(p.images) for p in prompts],
+        n=1,
+        texts=completions,
+        finished=[True] * len(completions),
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The training forward: log-probs of completion tokens given prompt and images
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def completion_logprobs(
+    model: Any,
+    policy: Any,
+    batch: RolloutBatch,
+    rows: torch.Tensor,
+    temperature: float,
+    entropy: Literal["none", "metric", "loss"] = "none",
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Per-token log-probs (and entropies) of the completions of ``rows``, trimmed to the rows' longest one.
+
+    ``entropy``: "none" skips it; "metric" computes it without gradient (for logging); "loss" keeps its graph.
+
+    Returns ``(logprobs [r, w], entropy [r, w] or None, mask [r, w])`` with ``w`` the longest completion among
+    ``rows``. The forward sees exactly what the sampler saw: the same images, token types and 3-D positions
+    (``model`` may be DDP-wrapped; ``policy`` is the bare model used to compute positions).
+    """
+    prompt_mask = batch.prompt_mask[rows]
+    first = int((prompt_mask.sum(0) > 0).nonzero()[0])  # drop columns that are padding in every row
+    width = int(batch.completion_mask[rows].sum(-1).max())
+    completion = batch.completion_ids[rows, :width]
+    completion_mask = batch.completion_mask[rows, :width]
+    ids = torch.cat([batch.prompt_ids[rows, first:], completion], 1)
+    mask = torch.cat([prompt_mask[:, first:], completion_mask], 1)
+    types = torch.cat([batch.prompt_token_types[rows, first:], torch.zeros_like(completion)], 1)
+    pixel_values, grid = select_images(
+        batch.pixel_values, batch.image_grid_thw, batch.images_per_prompt, batch.prompt_index[rows]
+    )
+    device = next(policy.parameters()).device
+    ids, mask, types = ids.to(device), mask.to(device), types.to(device)
+    grid = None if grid is None else grid.to(device)
+    positions = mrope_positions(policy, ids, mask, types, grid)
+    logits = model(
+        input_ids=ids,
+        attention_mask=mask,
+        position_ids=positions,
+        image_grid_thw=grid,
+        pixel_values=None if pixel_values is None else pixel_values.to(device),
+        logits_to_keep=width + 1,
+    ).logits[:, :-1]
+    temperature = temperature if temperature > 0 else 1.0
+    logprobs = grpo.token_logprobs(logits, completion.to(device), temperature=temperature)
+    entropies = None
+    if entropy == "loss":
+        entropies = grpo.token_entropy(logits, temperature=temperature)
+    elif entropy == "metric":
+        with torch.no_grad():
+            entropies = grpo.token_entropy(logits.detach(), temperature=temperature)
+    return logprobs, entropies, completion_mask.to(device).to(logprobs.dtype)
+
+
+def _logprobs_no_grad(
+    model: Any, policy: Any, batch: RolloutBatch, rows: torch.Tensor, micro: int, cfg: RunConfig
+) -> torch.Tensor:
+    """Log-probs of ``rows`` under ``model`` without gradients, as one [len(rows), Lc] tensor (0-padded)."""
+    out = torch.zeros(len(rows), batch.completion_ids.shape[1])
+    with torch.no_grad():
+        for chunk, positions in _micro_batches(rows, micro):
+            logp, _, _ = completion_logprobs(model, policy, batch, chunk, cfg.rollout.temperature)
+            out[positions, : logp.shape[1]] = logp.float().cpu()
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Validation, checkpoints, resume
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def validate(state: TrainState, records: list[Record], tally: Tally) -> None:
+    """Greedy generation on this process's share of the validation records, scored by the training reward."""
+    cfg, acc = state.cfg, state.accelerator
+    mine = records[acc.process_index :: acc.num_processes]
+    engine = make_engine(state.policy, state.processor, cfg.rollout)
+    for start in range(0, len(mine), cfg.eval.batch_size):
+        chunk = mine[start : start + cfg.eval.batch_size]
+        prompts, truths = zip(*(prompt_of(r, cfg) for r in chunk), strict=True)
+        texts = engine.generate(list(prompts), n=1, greedy=True).texts
+        for record, score in zip(
+            chunk, score_batch(texts, list(truths), [r.reward_func for r in chunk], cfg.reward), strict=True
+        ):
+            tally.add("val/accuracy", score.accuracy)
+            tally.add(f"val/accuracy/{record.data_source}", score.accuracy)
+            tally.add("val/format", score.format)
+
+
+def save_checkpoint(state: TrainState, target: Path, step: int, epoch: int) -> None:
+    """Policy + processor in save_pretrained format, plus optimizer and scheduler; published atomically."""
+    acc = state.accelerator
+    weights = acc.get_state_dict(
+        state.model
+    )  # collective: every process must call it (ZeRO-3 gathers shards)
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        tmp = target.parent / f".tmp_{target.name}"
+        tmp.mkdir(parents=True, exist_ok=True)
+        state.policy.save_pretrained(tmp, state_dict=weights, safe_serialization=True)
+        state.processor.save_pretrained(tmp)
+        torch.save(state.optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(state.scheduler.state_dict(), tmp / "scheduler.pt")
+        publish_dir(tmp, target, {"step": step, "epoch": epoch, "seed": state.cfg.train.seed})
+    acc.wait_for_everyone()
+
+
+def _resume_point(run: RunDir, cfg: RunConfig, resume: bool, is_main: bool) -> tuple[int, Path | None]:
+    """(steps already done, checkpoint to load) for this run; refuses to overwrite an existing run."""
+    if not resume:
+        if run.metrics.exists() and run.read_metrics():
+            raise TrainingError(
+                f"{run.path} already holds a run; pass --resume to continue it or pick a new run_name"
+            )
+        return 0, None
+    if run.is_finished():
+        return read_state(run.final)["step"], None
+    last = run.last_checkpoint()
+    if last is None:
+        if is_main:
+            run.trim_to_step(0)
+        return 0, None
+    step, path = last
+    if is_main:
+        run.trim_to_step(step)
+    return step, path
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Small pieces
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class Schedule:
+    """Which records each step trains on: a seeded permutation per epoch, cut into global batches."""
+
+    def __init__(self, n_records: int, cfg: RunConfig):
+        self.per_step = cfg.train.prompts_per_step
+        if n_records < self.per_step:
+            raise TrainingError(f"{n_records} training records < train.prompts_per_step={self.per_step}")
+        self.steps_per_epoch = n_records // self.per_step
+        self.n_records, self.seed, self.shuffle = n_records, cfg.train.seed, cfg.data.shuffle
+        planned = self.steps_per_epoch * cfg.train.epochs
+        self.total_steps = min(planned, cfg.train.max_steps) if cfg.train.max_steps else planned
+
+    def epoch(self, step: int) -> int:
+        return (step - 1) // self.steps_per_epoch
+
+    def indices(self, step: int, rank: int, world: int) -> list[int]:
+        epoch, within = divmod(step - 1, self.steps_per_epoch)
+        if self.shuffle:
+            order = torch.randperm(
+                self.n_records, generator=torch.Generator().manual_seed(self.seed * 1000 + epoch)
+            )
+        else:
+            order = torch.arange(self.n_records)
+        batch = order[within * self.per_step : (within + 1) * self.per_step].tolist()
+        share = self.per_step // world
+        return batch[rank * share : (rank + 1) * share]
+
+
+# grpo.policy_loss's statistic names -> registered metric keys.
+POLICY_METRICS = {
+    "pg_loss": "loss/policy",
+    "kl": "kl/mean",
+    "entropy": "entropy/mean",
+    "clipfrac": "clip/fraction",
+    "clipfrac_low": "clip/low_fraction",
+    "clipfrac_high": "clip/high_fraction",
+    "clipfrac_dual": "clip/dual_fraction",
+    "ratio_mean": "ratio/mean",
+    "ratio_min": "ratio/min",
+    "ratio_max": "ratio/max",
+}
+
+
+@dataclass
+class Tally:
+    """A step's metrics as grpo.Stats (sums and counts, minima, maxima), reduced exactly over processes."""
+
+    stats: grpo.Stats = field(default_factory=dict)
+
+    def add(self, key: str, value: float, count: float = 1.0, reduce: str = "mean") -> None:
+        self.stats = grpo.merge_stats(self.stats, {key: grpo.Stat(float(value), float(count), reduce)})
+
+    def merge(self, stats: grpo.Stats, rename: dict[str, str]) -> None:
+        self.stats = grpo.merge_stats(self.stats, {rename[k]: v for k, v in stats.items()})
+
+    @contextlib.contextmanager
+    def timer(self, key: str):
+        """Seconds spent in the block; over processes the slowest one counts."""
+        t0 = time.perf_counter()
+        yield
+        self.add(key, time.perf_counter() - t0, reduce="max")
+
+    def reduce(self, accelerator: Any) -> dict[str, float]:
+        parts = [self.stats]
+        if accelerator.num_processes > 1:
+            from accelerate.utils import gather_object
+
+            parts = gather_object([self.stats])
+        return grpo.stat_values(grpo.merge_stats(*parts))
+
+
+def _tally_rewards(
+    tally: Tally, scores, rows, rewards, advantages, flat_groups, batch: RolloutBatch, n: int
+) -> None:
+    for score, record in zip(scores, rows, strict=True):
+        tally.add("reward/overall", score.overall)
+        tally.add("reward/accuracy", score.accuracy)
+        tally.add("reward/format", score.format)
+        tally.add(f"accuracy/{record.data_source}", score.accuracy)
+        tally.add("reward/timeouts", float(score.timed_out))
+        tally.add("reward/unknown_reward_func", float(score.unknown_reward_func))
+    groups = rewards.view(-1, n)
+    tally.add("reward/std_in_group", float(groups.std(-1, unbiased=True).sum()), count=len(groups))
+    tally.add("groups/zero_variance_fraction", float(flat_groups.sum()), count=len(flat_groups))
+    tally.add("advantage/mean", float(advantages.sum()), count=len(advantages))
+    tally.add("advantage/abs_mean", float(advantages.abs().sum()), count=len(advantages))
+    lengths = batch.completion_mask.sum(-1).float()
+    tally.add("response/length_mean", float(lengths.sum()), count=len(lengths))
+    tally.add("response/length_max", float(lengths.max()), reduce="max")
+    tally.add("response/clipped_fraction", float(sum(not f for f in batch.finished)), count=len(lengths))
+
+
+def _micro_batches(rows: torch.Tensor, size: int):
+    """Yield (row ids, their positions within ``rows``) in chunks of ``size``; one empty-safe chunk at least."""
+    positions = torch.arange(len(rows))
+    if len(rows) == 0:
+        raise TrainingError("no sequences to train on this step (all groups dropped by dynamic sampling)")
+    for start in range(0, len(rows), size):
+        yield rows[start : start + size], positions[start : start + size]
+
+
+def _backward(state: TrainState, loss: torch.Tensor, sync: bool) -> None:
+    """Accumulate gradients; all-reduce only on the last micro-batch. DDP averages over processes, so the
+    globally normalised loss is scaled by the process count to make the average a sum."""
+    acc = state.accelerator
+    context = contextlib.nullcontext() if sync else acc.no_sync(state.model)
+    with context:
+        acc.backward(loss * acc.num_processes)
+
+
+def _optimizer_step(state: TrainState, tally: Tally) -> None:
+    cfg, acc = state.cfg, state.accelerator
+    params = [p for p in state.model.parameters() if p.requires_grad]
+    max_norm = cfg.train.grad_clip if cfg.train.grad_clip > 0 else math.inf
+    norm = acc.clip_grad_norm_(params, max_norm)
+    tally.add("grad/norm", float(norm))
+    state.optimizer.step()
+    state.scheduler.step()
+    state.optimizer.zero_grad(set_to_none=True)
+
+
+def _check_finite(metrics: dict[str, float], run: RunDir) -> None:
+    bad = [
+        k
+        for k in ("loss/total", "loss/sft", "reward/overall", "grad/norm")
+        if k in metrics and not math.isfinite(metrics[k])
+    ]
+    if bad:
+        last = run.last_checkpoint()
+        kept = f"the last good checkpoint is {last[1]}" if last else "no checkpoint was written yet"
+        raise TrainingError(
+            f"non-finite {', '.join(f'{k}={metrics[k]}' for k in bad)} at step "
+            f"{metrics.get('step')}; stopping; {kept}"
+        )
+
+
+def _gather(accelerator: Any, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    if accelerator.num_processes == 1:
+        return rows
+    from accelerate.utils import gather_object
+
+    return gather_object(rows)
+
+
+def _subsample(rows: list[dict[str, Any]], limit: int, step: int) -> list[dict[str, Any]]:
+    if limit < 0 or len(rows) <= limit:
+        return rows
+    picked = torch.randperm(len(rows), generator=torch.Generator().manual_seed(step))[:limit]
+    return [rows[i] for i in sorted(picked.tolist())]
+
+
+def _seed(seed: int, step: int, rank: int) -> None:
+    torch.manual_seed(seed * 1_000_003 + step * 1_009 + rank)
+
+
+def _progress(total: int, done: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=done, desc="train", unit="step", disable=not enabled, dynamic_ncols=True)
