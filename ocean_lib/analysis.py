@@ -25,6 +25,7 @@ repetitions (no nested quantifiers), so a scan is linear in the scanned length, 
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -219,11 +220,9 @@ def reflection_counts_per_step(rollouts: pd.DataFrame) -> pd.DataFrame:
     that pattern's number of occurrences summed over the step's completions (divide by ``n`` for a rate).
     """
     names = list(REFLECTION_LEXICON)
+    counted = [Counter(name for name, _, _ in find_reflections(text)) for text in rollouts["completion"]]
     per_completion = pd.DataFrame(
-        [
-            [sum(1 for found in find_reflections(text) if found[0] == name) for name in names]
-            for text in rollouts["completion"]
-        ],
+        [[counts[name] for name in names] for counts in counted],
         columns=names,
         index=rollouts.index,
         dtype=int,
