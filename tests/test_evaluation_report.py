@@ -185,3 +185,19 @@ def test_manual_steps_cover_every_real_benchmark():
     for name in BENCHMARKS:
         if not name.startswith("mini_"):
             assert f"`{name}`" in MANUAL_STEPS, name
+
+
+def test_group_average_is_the_mean_of_split_accuracies_over_the_summarised_items(tmp_path):
+    from ocean_lib.config import RunConfig
+    from ocean_lib.evaluation import group_average
+
+    verdicts = {"refcoco": [True, True, False, False], "refcocop": [True], "refcocog": [False, False]}
+    for name, correct in verdicts.items():
+        rows = [{"id": f"{name}/{i}", "correct": c} for i, c in enumerate(correct)]
+        append_jsonl(tmp_path / f"{name}.jsonl", rows + [{"id": "stale", "correct": True}])  # not summarised
+        atomic_write_json(tmp_path / f"{name}.ids.json", [row["id"] for row in rows])
+    average = group_average(tmp_path, ["refcoco", "refcocop", "refcocog"], RunConfig())
+    assert average["accuracy"] == pytest.approx((0.5 + 1.0 + 0.0) / 3)
+    assert (average["n"], average["complete"]) == (7, True)
+    assert average["ci95"][0] <= average["accuracy"] <= average["ci95"][1]
+    assert group_average(tmp_path, ["refcoco", "mmmu"], RunConfig()) is None  # mmmu never summarised

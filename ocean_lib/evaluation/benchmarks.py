@@ -32,9 +32,9 @@ from typing import Any, Literal
 import pyarrow.parquet as pq
 
 from ocean_lib import prompts
-from ocean_lib.config import RewardConfig
-from ocean_lib.data.records import parse_box
-from ocean_lib.rewards import extract_answer_span, first_int_box, iou, math_equivalent, score
+from ocean_lib.config import DataConfig, RewardConfig
+from ocean_lib.data.records import Record, parse_box, read_records
+from ocean_lib.rewards import extract_answer_span, first_int_box, iou, math_equivalent, parse_options, score
 
 
 class BenchmarkDataError(ValueError):
@@ -135,7 +135,8 @@ def score_option_exact(output: str, item: Item) -> Verdict:
     span = extract_answer_span(output, "first")
     answer = (output if span is None else span).strip()
     letter = item.answer.strip().strip("()")
-    text = item.options[prompts.OPTION_LETTERS.index(letter)] if item.options else letter
+    position = prompts.OPTION_LETTERS.find(letter)
+    text = item.options[position] if 0 <= position < len(item.options) else letter
     return Verdict(answer, answer in option_forms(letter, text))
 
 
@@ -238,13 +239,6 @@ def _where(path: Path, index: int, name: str) -> str:
     return f"{path}: row {index} field {name!r}"
 
 
-def options_in_question(question: str) -> tuple[str, ...]:
-    """Option texts written as ``(A) text`` lines in a question (CV-Bench's layout), in letter order."""
-    found = dict(re.findall(r"^\(([A-Z])\) ?(.*)$", question, flags=re.MULTILINE))
-    letters = prompts.OPTION_LETTERS[: len(found)]
-    return tuple(found[letter] for letter in letters) if set(found) == set(letters) else ()
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Loaders: (annotation files, image root) -> items
 # ----------------------------------------------------------------------------------------------------------------
@@ -287,49 +281,25 @@ def cvbench_task(question: str) -> str:
 
 
 def load_training_parquet(
-    files: list[Path], image_root: Path, subset_of: Callable[[dict[str, Any]], str] = lambda row: ""
+    files: list[Path], image_root: Path, subset_of: Callable[[Record], str] = lambda record: ""
 ) -> list[Item]:
     """Ocean-R1's training-format parquet (``geoqa_test.parquet``, ``cvbench_test.parquet``, the miniature's
-    test splits): the stored user turn is the prompt, ``reward_model.ground_truth`` the answer, and images are
-    embedded bytes or paths resolved under ``image_root``."""
+    test splits), read and validated by :func:`ocean_lib.data.records.read_records`: the stored user turn is
+    the prompt, ``reward_model.ground_truth`` the answer; images are embedded bytes or paths resolved under
+    ``image_root``; options are the question's ``(A) …`` lines."""
     items = []
     for path in files:
-        for index, row in enumerate(read_rows(path)):
-            turns = field_of(row, "prompt", path, index, list)
-            if (
-                len(turns) != 1
-                or not isinstance(turns[0], dict)
-                or not isinstance(turns[0].get("content"), str)
-            ):
-                raise BenchmarkDataError(
-                    f"{path}: row {index} field 'prompt' must be one {{role, content}} turn"
-                )
-            content = turns[0]["content"]
-            truth = field_of(
-                field_of(row, "reward_model", path, index, dict), "ground_truth", path, index, str
-            )
-            info = row.get("extra_info") or {}
+        for record in read_records(path, DataConfig(), check_images=False):
             images = tuple(
-                image_ref(image, image_root, _where(path, index, f"images[{k}]"))
-                for k, image in enumerate(row.get("images") or [])
+                ImageRef(source="<embedded bytes>", data=image.bytes)
+                if image.bytes is not None
+                else ImageRef(source=image.path or "", path=resolve_image(image.path or "", image_root))
+                for image in record.images
             )
-            n_markers, question = prompts.split_image_markers(content)
-            if n_markers != len(images):
-                raise BenchmarkDataError(
-                    f"{path}: row {index} field 'prompt' has {n_markers} <image> markers for {len(images)} images"
-                )
-            options = options_in_question(info.get("question") or question)
+            item_id = str(record.index) if len(files) == 1 else f"{path.stem}/{record.index}"
+            options = tuple(parse_options(record.question).values())
             items.append(
-                Item(
-                    id=str(info.get("index", index))
-                    if len(files) == 1
-                    else f"{path.stem}/{info.get('index', index)}",
-                    prompt=content,
-                    answer=truth,
-                    images=images,
-                    subset=subset_of(row),
-                    options=options,
-                )
+                Item(item_id, record.content, record.ground_truth, images, subset_of(record), options)
             )
     return items
 
@@ -619,9 +589,7 @@ def _registry() -> dict[str, Benchmark]:
     math = partial(
         Benchmark, score=score_math_answer, reward_func="acc", max_new_tokens=2048, note=RULE_BASED_NOTE
     )
-    cvbench_task_of = partial(
-        load_training_parquet, subset_of=lambda row: cvbench_task(row["extra_info"]["question"])
-    )
+    cvbench_task_of = partial(load_training_parquet, subset_of=lambda record: cvbench_task(record.question))
     benchmarks = [
         counting("superclevr", "SuperCLEVR counting (5k)", ("superclevr/super_clevr_test_5k.jsonl",), "superclevr/images"),
         counting("superclevr200", "SuperCLEVR counting (R1-V 200)", ("superclevr/superclevr_test200_counting_problems.jsonl",), "superclevr"),

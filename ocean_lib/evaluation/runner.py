@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from ocean_lib import prompts
 from ocean_lib.config import RunConfig, load_config, to_dict
-from ocean_lib.data.records import fit_pixels, rescale_box_truth
+from ocean_lib.data.records import DataError, fit_pixels, rescale_box_truth
 from ocean_lib.evaluation.benchmarks import REC_SPLITS, Benchmark, BenchmarkDataError, Item, get_benchmark
 from ocean_lib.evaluation.stats import bootstrap_accuracy
 from ocean_lib.io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
@@ -485,7 +485,13 @@ def main_eval(args: argparse.Namespace) -> int:
             state.wait_for_everyone()
             if state.is_main_process:
                 summary = run(args.model, names, cfg, progress=False, **options)
-    except (MissingImagesError, SettingsMismatchError, BenchmarkDataError, FileNotFoundError) as error:
+    except (
+        MissingImagesError,
+        SettingsMismatchError,
+        BenchmarkDataError,
+        DataError,
+        FileNotFoundError,
+    ) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except KeyError as error:  # an unknown benchmark name
