@@ -13,6 +13,7 @@ import urllib.request
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from fnmatch import fnmatch
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -95,7 +96,12 @@ class HubFiles:
                 local_dir=root / self.directory,
             )
         )
-        files = [p for p in local.rglob("*") if p.is_file() and ".cache" not in p.parts]
+        files = sorted(
+            p
+            for p in local.rglob("*")
+            if p.is_file()
+            and any(fnmatch(p.relative_to(local).as_posix(), pattern) for pattern in self.patterns)
+        )
         if not files:
             raise FileNotFoundError(
                 f"{self.repo}: no file matches {list(self.patterns)}; see the manual steps"
