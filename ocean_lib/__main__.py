@@ -19,6 +19,8 @@ def _params(parser: argparse.ArgumentParser, required: bool = True) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ocean_lib.evaluation.runner import add_eval_arguments
+
     parser = argparse.ArgumentParser(prog="python -m ocean_lib", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -60,12 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     model = p.add_subparsers(dest="model_command", required=True, metavar="MODEL_COMMAND")
     _params(model.add_parser("build-tiny", help="train the BPE tokenizer and save a random tiny Qwen2.5-VL"))
 
-    p = commands.add_parser("eval", help="evaluate a checkpoint on benchmarks")
-    _params(p, required=False)
-    p.add_argument("--model", required=True, help="checkpoint directory or hub id")
-    p.add_argument(
-        "--benchmarks", default=None, help="comma-separated benchmark names (default: eval.benchmarks)"
-    )
+    add_eval_arguments(commands.add_parser("eval", help="evaluate a checkpoint on benchmarks"))
 
     p = commands.add_parser("reproduce", help="run the study's notebooks end to end with papermill")
     _params(p)

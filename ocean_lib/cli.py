@@ -56,9 +56,9 @@ def _data(args: argparse.Namespace) -> int:
         from ocean_lib.data import fetch
 
         return fetch.fetch_training(args.root, args.stage)
-    from ocean_lib.evaluation import fetch_benchmarks
+    from ocean_lib.evaluation import main_fetch_benchmarks
 
-    return fetch_benchmarks(args.root, None if args.only is None else args.only.split(","))
+    return main_fetch_benchmarks(args.root, args.only)
 
 
 def _model(args: argparse.Namespace) -> int:
@@ -69,13 +69,9 @@ def _model(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from ocean_lib import evaluation
+    from ocean_lib.evaluation import main_eval
 
-    cfg = load_config(args.params, args.overrides)
-    names = args.benchmarks.split(",") if args.benchmarks else cfg.eval.benchmarks
-    summaries = evaluation.run(args.model, names, cfg)
-    print(json.dumps(summaries, indent=2, default=str))
-    return 0
+    return main_eval(args)
 
 
 def _reproduce(args: argparse.Namespace) -> int:

@@ -99,14 +99,19 @@ class Record:
         images: list[ImageRef] | None = None,
         ability: str = "",
         reasoning: str | None = None,
+        ground_truth: str | None = None,
     ) -> Record:
-        """A record whose user turn is built by ``prompts.user_text`` (Ocean-R1's training form)."""
+        """A record whose user turn is built by ``prompts.user_text`` (Ocean-R1's training form).
+
+        ``ground_truth`` defaults to ``answer``; grounding records differ: the reward's truth is a bare box
+        list while the answer a model should write is the JSON object the instruction asks for.
+        """
         images = images or []
         return cls(
             data_source=data_source,
             content=user_text(question, reward_func, len(images)),
             images=images,
-            ground_truth=answer,
+            ground_truth=answer if ground_truth is None else ground_truth,
             reward_func=reward_func,
             question=question,
             answer=answer,
@@ -404,7 +409,7 @@ def _read_hub(hub_id: str, split: str) -> pa.Table:
     import datasets
     from huggingface_hub import constants
 
-    if not constants.HF_HUB_OFFLINE and not _reachable(constants.ENDPOINT, HUB_PROBE_TIMEOUT_S):
+    if not constants.HF_HUB_OFFLINE and not reachable(constants.ENDPOINT, HUB_PROBE_TIMEOUT_S):
         raise DataError(
             f"{hub_id}: not a local path, and the Hugging Face hub ({constants.ENDPOINT}) is not reachable "
             f"within {HUB_PROBE_TIMEOUT_S:.0f} s. Hub ids need network (or HF_HUB_OFFLINE=1 with a cached "
@@ -417,7 +422,7 @@ def _read_hub(hub_id: str, split: str) -> pa.Table:
     return dataset.with_format("arrow")[:]
 
 
-def _reachable(url: str, timeout_s: float) -> bool:
+def reachable(url: str, timeout_s: float) -> bool:
     """Whether a TCP connection to the URL's host opens in time (DNS included, hence the thread)."""
     import socket
 

@@ -47,7 +47,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from ocean_lib.config import RunConfig, SyntheticConfig
-from ocean_lib.data.records import ImageRef, Record, write_records
+from ocean_lib.data.records import ImageRef, Record, parse_box, write_records
 from ocean_lib.io import atomic_write_bytes, atomic_write_json
 from ocean_lib.prompts import INSTRUCTIONS, reference_completion, user_text
 
@@ -796,6 +796,8 @@ def task_record(task: Task, index: int, text_only: bool = False) -> Record:
         images=[] if text_only else [ImageRef(bytes=png_bytes(task.image()))],
         ability=task.family,
         reasoning=task.reasoning,
+        # Ocean-R1's iou truth is a bare [x1, y1, x2, y2]; the completion answers with {"bbox_2d": [...]}.
+        ground_truth=json.dumps([int(v) for v in parse_box(task.answer)]) if task.reward_func == "iou" else None,
     )
 
 

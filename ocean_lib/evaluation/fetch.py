@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 
 from tqdm.auto import tqdm
 
-from ocean_lib.data.records import _reachable
+from ocean_lib.data.records import reachable
 
 PROBE_TIMEOUT_S = 5.0
 CHUNK = 1 << 20
@@ -206,7 +206,7 @@ def fetch_benchmarks(
     if unknown:
         raise FetchError(f"no download source for {unknown}; known: {', '.join([*sources, *ALIASES])}")
     hosts = {source.host for name in names for source in sources[name]}
-    unreachable = sorted(h for h in hosts if not _reachable(h, PROBE_TIMEOUT_S))
+    unreachable = sorted(h for h in hosts if not reachable(h, PROBE_TIMEOUT_S))
     if unreachable:
         raise FetchError(
             f"cannot reach {', '.join(unreachable)} (no network?). Nothing was downloaded.\n\n{MANUAL_STEPS}"
