@@ -341,7 +341,7 @@ class VLLMRolloutEngine:
             "tensor_parallel_size": cfg.vllm_tensor_parallel_size,
             "gpu_memory_utilization": cfg.vllm_gpu_memory_utilization,
             "max_model_len": cfg.vllm_max_model_len,
-            "limit_mm_per_prompt": {"image": max_images},
+            "limit_mm_per_prompt": {"image": max_images, "video": 0},  # no videos: skip their profiling
             "mm_processor_kwargs": mm_processor_kwargs(self.processor),
             "enable_sleep_mode": cfg.vllm_sleep_between_rollouts,
             # the ranks of one tensor-parallel group must sample identically
