@@ -304,3 +304,13 @@ def smooth(values: Iterable[float], weight: float) -> np.ndarray:
         moving = weight * moving + (1.0 - weight) * value
         out[t - 1] = moving / (1.0 - weight**t)
     return out
+
+
+def data_mix(records: Iterable[Any]) -> pd.DataFrame:
+    """How many records of each data source and reward function (``Record`` objects), largest first."""
+    counts = Counter((r.data_source, r.reward_func, len(r.images)) for r in records)
+    frame = pd.DataFrame(
+        [{"data_source": s, "reward_func": f, "images": i, "records": n} for (s, f, i), n in counts.items()],
+        columns=["data_source", "reward_func", "images", "records"],
+    )
+    return frame.sort_values("records", ascending=False, ignore_index=True)

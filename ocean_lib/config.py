@@ -272,11 +272,6 @@ class RunConfig:
                 f"train.prompts_per_step={t.prompts_per_step} is not divisible by train.num_processes={t.num_processes}",
             ),
             (t.micro_batch_size >= 1, f"train.micro_batch_size={t.micro_batch_size} must be >= 1"),
-            (
-                (t.prompts_per_step // t.num_processes * r.n) % t.micro_batch_size == 0,
-                f"sequences per process (train.prompts_per_step={t.prompts_per_step} / train.num_processes="
-                f"{t.num_processes} * rollout.n={r.n}) is not divisible by train.micro_batch_size={t.micro_batch_size}",
-            ),
             (t.lr > 0, f"train.lr={t.lr} must be > 0"),
             (t.keep_last >= 1, f"train.keep_last={t.keep_last} must be >= 1"),
             (

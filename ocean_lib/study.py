@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import sys
 import time
@@ -71,10 +72,13 @@ def prepare(cfg: RunConfig) -> dict[str, Any]:
     """Build the procedural data and the offline tiny model if they are not there yet (miniature only)."""
     from ocean_lib.data import synthetic
 
-    manifest = Path(cfg.data.synthetic.output_dir) / "manifest.json"
-    built = json.loads(manifest.read_text()) if manifest.exists() else None
-    if built is None or built.get("synthetic") != to_dict(cfg.data.synthetic):
-        built = synthetic.build(cfg)
+    built = None
+    synthetic_dir = cfg.data.synthetic.output_dir
+    if any(str(f).startswith(synthetic_dir) for f in cfg.data.train_files):
+        manifest = Path(synthetic_dir) / "manifest.json"
+        built = json.loads(manifest.read_text()) if manifest.exists() else None
+        if built is None or built.get("synthetic") != to_dict(cfg.data.synthetic):
+            built = synthetic.build(cfg)
     model_dir = Path(cfg.model.name_or_path)
     if not model_dir.exists() and cfg.model.name_or_path.startswith(str(study_dir(cfg))):
         build_tiny_model(cfg)
@@ -86,8 +90,13 @@ def build_tiny_model(cfg: RunConfig) -> Path:
     from ocean_lib.data import synthetic
     from ocean_lib.models import build_tiny_model as build
 
-    return build(cfg.model.tiny, synthetic.corpus(cfg), cfg.model.name_or_path, cfg.data.min_pixels,
-                 cfg.data.max_pixels)
+    return build(
+        cfg.model.tiny,
+        synthetic.corpus(cfg),
+        cfg.model.name_or_path,
+        cfg.data.min_pixels,
+        cfg.data.max_pixels,
+    )
 
 
 def train_stage(
@@ -102,15 +111,18 @@ def train_stage(
 
     cfg = load_config(params, overrides)
     topology = launch.Topology(num_processes=num_processes)
-    return launch.train(params, [*overrides, *stage_overrides(cfg, stage)], topology, resume=True,
-                        on_metrics=on_metrics)
+    return launch.train(
+        params, [*overrides, *stage_overrides(cfg, stage)], topology, resume=True, on_metrics=on_metrics
+    )
 
 
 def evaluate(cfg: RunConfig, labels: list[str] | None = None) -> dict[str, dict[str, Any]]:
     """Evaluate the study's models on ``study.benchmarks``; cached items are not generated again."""
     from ocean_lib import evaluation
 
-    eval_cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, output_dir=str(study_dir(cfg) / "eval")))
+    eval_cfg = dataclasses.replace(
+        cfg, eval=dataclasses.replace(cfg.eval, output_dir=str(study_dir(cfg) / "eval"))
+    )
     summaries = {}
     for label in labels or list(MODELS):
         final = run_dir(cfg, MODELS[label]).final
@@ -143,9 +155,12 @@ def reproduce(params: str | Path, overrides: list[str] | None = None, force: boo
         print(f"[reproduce] {name} ...", file=sys.stderr, flush=True)
         try:
             papermill.execute_notebook(
-                str(NOTEBOOK_DIR / f"{name}.ipynb"), str(executed / f"{name}.ipynb"),
+                str(NOTEBOOK_DIR / f"{name}.ipynb"),
+                str(executed / f"{name}.ipynb"),
                 parameters={"params": str(params), "overrides": overrides},
-                cwd=str(Path.cwd()), kernel_name="python3", progress_bar=False,
+                cwd=str(Path.cwd()),
+                kernel_name="python3",
+                progress_bar=False,
                 execution_timeout=cfg.study.notebook_timeout_s,
             )
         except papermill.PapermillExecutionError as error:
@@ -176,3 +191,63 @@ def write_report(out: Path) -> Path:
     report = out / "report.html"
     atomic_write_text(report, body)
     return report
+
+
+def results(cfg: RunConfig) -> Any:
+    """The result table (rows: base, GRPO-text, GRPO-vis; columns: the study's benchmarks and their average,
+    each with a 95% CI), written as ``results.md`` and ``results.csv`` in the study directory."""
+    from ocean_lib.evaluation import group_average
+    from ocean_lib.report import load_summary, results_table
+
+    summaries = {}
+    for label in MODELS:
+        summary = load_summary(eval_dir(cfg, label))
+        average = group_average(eval_dir(cfg, label), cfg.study.benchmarks, cfg)
+        if average is not None:
+            summary["benchmarks"]["average"] = average
+        summaries[label] = summary
+    table = results_table(summaries, columns=[*cfg.study.benchmarks, "average"])
+    table.write(study_dir(cfg) / "results")
+    return table
+
+
+def open_study(params: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """What every notebook does first: work from the project root (JupyterLab starts notebooks in
+    ``notebooks/``, papermill in the root), load the study's config and make sure its data and model exist."""
+    root = NOTEBOOK_DIR.parent
+    if not Path(params).exists() and (root / params).exists():
+        os.chdir(root)
+    cfg = load_config(params, overrides)
+    prepare(cfg)
+    return cfg
+
+
+def figure_path(cfg: RunConfig, name: str) -> Path:
+    """``<study>/figures/<name>.png`` (the directory is created)."""
+    directory = study_dir(cfg) / "figures"
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory / f"{name}.png"
+
+
+def paired_comparison(cfg: RunConfig, a: str = "base", b: str = "GRPO-vis") -> list[dict[str, Any]]:
+    """Model ``b`` against model ``a`` on the same items of every study benchmark: accuracy change with its
+    paired-bootstrap 95% interval, the discordant pairs and McNemar's exact p-value."""
+    from ocean_lib.evaluation import compare_predictions
+
+    rows = []
+    for name in cfg.study.benchmarks:
+        c = compare_predictions(eval_dir(cfg, a) / f"{name}.jsonl", eval_dir(cfg, b) / f"{name}.jsonl")
+        rows.append(
+            {
+                "benchmark": name,
+                "n": c.n,
+                a: 100 * c.accuracy_a,
+                b: 100 * c.accuracy_b,
+                "change": 100 * c.delta.value,
+                "change ci95": (100 * c.delta.low, 100 * c.delta.high),
+                f"only {a} right": c.only_a,
+                f"only {b} right": c.only_b,
+                "McNemar p": c.p_mcnemar,
+            }
+        )
+    return rows

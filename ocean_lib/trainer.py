@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import io
 import math
 import os
 import time
@@ -34,6 +35,7 @@ import torch
 from ocean_lib import grpo
 from ocean_lib.config import RunConfig, save_config
 from ocean_lib.data import Record, load_example, read_records
+from ocean_lib.io import atomic_write_bytes
 from ocean_lib.metrics import check_registered
 from ocean_lib.models import load_policy
 from ocean_lib.prompts import Prompt
@@ -180,7 +182,9 @@ def grpo_step(
     # 1-2. Sample a group of n completions for each prompt.
     prompts, truths = zip(*(prompt_of(r, cfg) for r in records), strict=True)
     with tally.timer("time/generate_s"):
-        batch = make_engine(state.policy, state.processor, cfg.rollout).generate(list(prompts), n=n, seeds=seeds)
+        batch = make_engine(state.policy, state.processor, cfg.rollout).generate(
+            list(prompts), n=n, seeds=seeds
+        )
     rows_of = [records[i // n] for i in range(len(batch.texts))]
 
     # 3. Score every completion with the rule-based reward.
@@ -258,13 +262,14 @@ def grpo_step(
 
     # 7. Metrics (sums and counts) and rollout records.
     _tally_rewards(tally, scores, rows_of, rewards, advantages, flat_groups, batch, n)
+    image_refs = [_image_ref(state.run, r, p) for r, p in zip(records, prompts, strict=True)]
     rollout_rows = [
         {
             "step": step,
             "prompt_id": f"{r.data_source}:{r.index}",
             "data_source": r.data_source,
             "reward_func": r.reward_func,
-            "image": r.image_paths[0] if r.image_paths else None,
+            "image": image_refs[i // n],
             "prompt": r.question,
             "ground_truth": truths[i // n],
             "completion": text,
@@ -567,6 +572,24 @@ def _tally_rewards(
     tally.add("response/length_mean", float(lengths.sum()), count=len(lengths))
     tally.add("response/length_max", float(lengths.max()), reduce="max")
     tally.add("response/clipped_fraction", float(sum(not f for f in batch.finished)), count=len(lengths))
+
+
+def _image_ref(run: RunDir, record: Record, prompt: Prompt) -> str | None:
+    """Where the rollout browser finds a prompt's (first) image: its path on disk, or for images embedded as
+    bytes a 256-px thumbnail saved once under ``<run>/images/`` (path relative to the run directory)."""
+    if record.image_paths:
+        return record.image_paths[0]
+    if not prompt.images:
+        return None
+    relative = f"images/{record.data_source}_{record.index}.png"
+    target = run.path / relative
+    if not target.exists():
+        thumbnail = prompt.images[0].copy()
+        thumbnail.thumbnail((256, 256))
+        buffer = io.BytesIO()
+        thumbnail.save(buffer, format="PNG")
+        atomic_write_bytes(target, buffer.getvalue())
+    return relative
 
 
 def _micro_batches(rows: torch.Tensor, size: int):

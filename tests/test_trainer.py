@@ -49,6 +49,8 @@ def test_grpo_run_writes_a_complete_run_directory(tiny_model_dir, mini_data_dir,
     rollouts = list(read_jsonl(run.rollouts))
     assert len(rollouts) == 2 * 4 * 4
     assert {"step", "prompt_id", "data_source", "completion", "reward", "advantage", "length"} <= set(rollouts[0])
+    # Embedded images are saved once as thumbnails the rollout browser can show (paths relative to the run).
+    assert all((run.path / r["image"]).is_file() for r in rollouts)
     # Advantages are group-normalised: each group of 4 sums to zero.
     for start in range(0, len(rollouts), 4):
         assert sum(r["advantage"] for r in rollouts[start : start + 4]) == pytest.approx(0.0, abs=1e-4)
