@@ -22,7 +22,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ocean_lib.data.records import HUB_PROBE_TIMEOUT_S, DataError, _reachable
+from ocean_lib.data.records import HUB_PROBE_TIMEOUT_S, DataError, reachable
 
 STAGE_DATA = {
     "1": "minglingfeng/Ocean_R1_visual_data_stage1",
@@ -97,7 +97,7 @@ def fetch_training(root: str, stage: str, models: tuple[str, ...] = (BASE_MODEL,
     from huggingface_hub import constants, snapshot_download
 
     plan = training_downloads(root, stage, models)
-    if constants.HF_HUB_OFFLINE or not _reachable(constants.ENDPOINT, HUB_PROBE_TIMEOUT_S):
+    if constants.HF_HUB_OFFLINE or not reachable(constants.ENDPOINT, HUB_PROBE_TIMEOUT_S):
         why = (
             "HF_HUB_OFFLINE is set"
             if constants.HF_HUB_OFFLINE
