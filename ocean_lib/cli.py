@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from ocean_lib.config import load_config
 
@@ -92,6 +93,7 @@ def _bench(args: argparse.Namespace) -> int:
     )
     if not script.exists():
         raise SystemExit(f"{script} not found: benchmarks run from a source checkout of ocean_lib")
+    sys.argv = [str(script)]  # the script parses its own arguments, not the CLI's
     runpy.run_path(str(script), run_name="__main__")
     return 0
 

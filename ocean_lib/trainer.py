@@ -21,7 +21,6 @@ Determinism: the data order is a function of (seed, epoch) and every step re-see
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
 import math
 import os
@@ -43,6 +42,8 @@ from ocean_lib.rewards import score_batch
 from ocean_lib.rollout import RolloutBatch, encode_prompts, make_engine, mrope_positions, select_images
 from ocean_lib.run_dir import RunDir, prune_checkpoints, publish_dir, read_state
 
+SHARDED_STATE = "sharded_state"  # accelerate.save_state folder of a DeepSpeed checkpoint
+
 
 class TrainingError(RuntimeError):
     """The run cannot continue (non-finite loss or reward, wrong process count, existing run directory)."""
@@ -56,8 +57,18 @@ class TrainingError(RuntimeError):
 def train(cfg: RunConfig, resume: bool = False) -> Path:
     """Run (or resume) one training stage; return the directory of the final weights."""
     from accelerate import Accelerator
+    from accelerate.utils import DistributedType
 
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    # bf16 runs keep fp32 master weights and compute under autocast: AdamW steps of lr 1e-6 vanish when
+    # applied to bf16 weights directly.
+    precision = "bf16" if cfg.model.dtype == "bfloat16" else "no"
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=precision)
+    deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
+    if deepspeed and accelerator.state.deepspeed_plugin.zero_stage == 3 and cfg.rollout.backend == "hf":
+        raise TrainingError(
+            "DeepSpeed ZeRO-3 with rollout.backend=hf would deadlock (every forward gathers weights across ranks "
+            "and ranks stop decoding at different steps); use rollout.backend=vllm or ZeRO-2"
+        )
     if accelerator.num_processes != cfg.train.num_processes:
         raise TrainingError(
             f"train.num_processes={cfg.train.num_processes} but {accelerator.num_processes} process(es) started; "
@@ -75,21 +86,22 @@ def train(cfg: RunConfig, resume: bool = False) -> Path:
         save_config(cfg, run.config)
 
     load = dict(
-        dtype=cfg.model.dtype,
         attn_implementation=cfg.model.attn_implementation,
         min_pixels=cfg.data.min_pixels,
         max_pixels=cfg.data.max_pixels,
     )
-    model, processor = load_policy(str(checkpoint or cfg.model.name_or_path), **load)
+    model, processor = load_policy(str(checkpoint or cfg.model.name_or_path), dtype="float32", **load)
     reference = None
     if cfg.train.objective == "grpo" and cfg.algorithm.kl_coef > 0:
-        # The reference is the stage's initial policy (Ocean-R1: stage 2's reference is stage 1's result).
-        reference = load_policy(cfg.model.name_or_path, **load)[0] if checkpoint else copy.deepcopy(model)
+        # The reference is the stage's initial policy (Ocean-R1: stage 2's reference is stage 1's result),
+        # frozen, in the compute dtype.
+        reference = load_policy(cfg.model.name_or_path, dtype=cfg.model.dtype, **load)[0]
         reference.requires_grad_(False).eval().to(accelerator.device)
     if cfg.model.freeze_vision_tower:
         model.model.visual.requires_grad_(False)
     if cfg.model.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        # Non-reentrant: the reentrant variant breaks with frozen parameters under DDP/ZeRO.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad],
@@ -102,7 +114,9 @@ def train(cfg: RunConfig, resume: bool = False) -> Path:
         optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0
     )
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    if checkpoint is not None:
+    if checkpoint is not None and (checkpoint / SHARDED_STATE).is_dir():
+        accelerator.load_state(str(checkpoint / SHARDED_STATE))  # DeepSpeed: every rank reads its shard
+    elif checkpoint is not None:
         optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
         scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", weights_only=True))
 
@@ -110,7 +124,8 @@ def train(cfg: RunConfig, resume: bool = False) -> Path:
     val_records = [r for path in cfg.data.val_files for r in read_records(path, cfg.data)]
     schedule = Schedule(len(records), cfg)
     total = schedule.total_steps
-    state = TrainState(accelerator, model, reference, processor, optimizer, scheduler, cfg, run)
+    state = TrainState(accelerator, model, reference, processor, optimizer, scheduler, cfg, run, deepspeed)
+    state.engine = make_engine(state.policy, processor, cfg.rollout)  # once: a vLLM engine is expensive
 
     progress = _progress(total, start_step, enabled=cfg.logging.progress and accelerator.is_main_process)
     for step in range(start_step + 1, total + 1):
@@ -161,6 +176,8 @@ class TrainState:
     scheduler: Any
     cfg: RunConfig
     run: RunDir
+    deepspeed: bool = False
+    engine: Any = None  # the rollout engine, made once per process
 
     @property
     def policy(self) -> Any:
@@ -181,10 +198,8 @@ def grpo_step(
 
     # 1-2. Sample a group of n completions for each prompt.
     prompts, truths = zip(*(prompt_of(r, cfg) for r in records), strict=True)
-    with tally.timer("time/generate_s"):
-        batch = make_engine(state.policy, state.processor, cfg.rollout).generate(
-            list(prompts), n=n, seeds=seeds
-        )
+    with tally.timer("time/generate_s"), acc.autocast():
+        batch = state.engine.generate(list(prompts), n=n, seeds=seeds)
     rows_of = [records[i // n] for i in range(len(batch.texts))]
 
     # 3. Score every completion with the rule-based reward.
@@ -425,11 +440,11 @@ def validate(state: TrainState, records: list[Record], tally: Tally) -> None:
     """Greedy generation on this process's share of the validation records, scored by the training reward."""
     cfg, acc = state.cfg, state.accelerator
     mine = records[acc.process_index :: acc.num_processes]
-    engine = make_engine(state.policy, state.processor, cfg.rollout)
     for start in range(0, len(mine), cfg.eval.batch_size):
         chunk = mine[start : start + cfg.eval.batch_size]
         prompts, truths = zip(*(prompt_of(r, cfg) for r in chunk), strict=True)
-        texts = engine.generate(list(prompts), n=1, greedy=True).texts
+        with acc.autocast():
+            texts = state.engine.generate(list(prompts), n=1, greedy=True).texts
         for record, score in zip(
             chunk, score_batch(texts, list(truths), [r.reward_func for r in chunk], cfg.reward), strict=True
         ):
@@ -441,17 +456,20 @@ def validate(state: TrainState, records: list[Record], tally: Tally) -> None:
 def save_checkpoint(state: TrainState, target: Path, step: int, epoch: int) -> None:
     """Policy + processor in save_pretrained format, plus optimizer and scheduler; published atomically."""
     acc = state.accelerator
-    weights = acc.get_state_dict(
-        state.model
-    )  # collective: every process must call it (ZeRO-3 gathers shards)
-    acc.wait_for_everyone()
+    tmp = target.parent / f".tmp_{target.name}"
+    weights = acc.get_state_dict(state.model)  # every process calls it: ZeRO-3 gathers the shards
     if acc.is_main_process:
-        tmp = target.parent / f".tmp_{target.name}"
         tmp.mkdir(parents=True, exist_ok=True)
         state.policy.save_pretrained(tmp, state_dict=weights, safe_serialization=True)
         state.processor.save_pretrained(tmp)
-        torch.save(state.optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(state.scheduler.state_dict(), tmp / "scheduler.pt")
+        if not state.deepspeed:
+            torch.save(state.optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(state.scheduler.state_dict(), tmp / "scheduler.pt")
+    acc.wait_for_everyone()
+    if state.deepspeed:  # the optimizer states are sharded over ranks: each rank writes its own
+        acc.save_state(str(tmp / SHARDED_STATE))
+        acc.wait_for_everyone()
+    if acc.is_main_process:
         publish_dir(tmp, target, {"step": step, "epoch": epoch, "seed": state.cfg.train.seed})
     acc.wait_for_everyone()
 
@@ -605,7 +623,8 @@ def _backward(state: TrainState, loss: torch.Tensor, sync: bool) -> None:
     """Accumulate gradients; all-reduce only on the last micro-batch. DDP averages over processes, so the
     globally normalised loss is scaled by the process count to make the average a sum."""
     acc = state.accelerator
-    context = contextlib.nullcontext() if sync else acc.no_sync(state.model)
+    acc.sync_gradients = sync  # DeepSpeed steps its engine on backward only when this is set
+    context = contextlib.nullcontext() if sync or state.deepspeed else acc.no_sync(state.model)
     with context:
         acc.backward(loss * acc.num_processes)
 
@@ -619,6 +638,8 @@ def _optimizer_step(state: TrainState, tally: Tally) -> None:
     state.optimizer.step()
     state.scheduler.step()
     state.optimizer.zero_grad(set_to_none=True)
+    if hasattr(state.engine, "sync_weights"):  # vLLM samples from its own copy of the weights
+        state.engine.sync_weights(state.model)
 
 
 def _check_finite(metrics: dict[str, float], run: RunDir) -> None:
