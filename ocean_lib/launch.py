@@ -90,6 +90,7 @@ def train(
     resume: bool = False,
     on_metrics: Callable[[list[dict[str, Any]]], None] | None = None,
     echo: bool = False,
+    callback_interval_s: float = 10.0,
 ) -> Path:
     """Launch one stage and wait for it; return the run's ``final/`` directory."""
     overrides = list(overrides or [])
@@ -110,6 +111,7 @@ def train(
     progress = tqdm(desc=cfg.logging.run_name, unit="step", disable=not cfg.logging.progress)
     tail: collections.deque[str] = collections.deque(maxlen=40)
     seen = len(run.read_metrics()) if resume else 0
+    shown, last_call = 0, 0.0
     lines: queue.Queue[str | None] = queue.Queue()
     with (
         open(run.log, "a", encoding="utf-8") as log,
@@ -137,10 +139,16 @@ def train(
             log.flush()
             rows = run.read_metrics()
             if len(rows) > seen:
-                if on_metrics is not None:
-                    on_metrics(rows)
                 progress.update(len(rows) - seen)
                 seen = len(rows)
+            # Redrawing live plots costs CPU the training needs: at most every callback_interval_s.
+            if (
+                on_metrics is not None
+                and seen > shown
+                and (finished or time.time() - last_call >= callback_interval_s)
+            ):
+                on_metrics(rows)
+                shown, last_call = seen, time.time()
         child.wait()
     progress.close()
     if child.returncode != 0:
