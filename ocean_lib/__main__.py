@@ -6,19 +6,8 @@ import argparse
 import sys
 
 
-def _params(parser: argparse.ArgumentParser, required: bool = True) -> None:
-    parser.add_argument("--params", required=required, help="params/*.yaml file describing the run")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one config value, e.g. --set train.lr=3e-5 (repeatable)",
-    )
-
-
 def build_parser() -> argparse.ArgumentParser:
+    from ocean_lib.config import add_params_arguments
     from ocean_lib.evaluation.runner import add_eval_arguments
 
     parser = argparse.ArgumentParser(prog="python -m ocean_lib", description=__doc__)
@@ -27,11 +16,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser(
         "train", help="run one training stage in this process (accelerate launch calls this)"
     )
-    _params(p)
+    add_params_arguments(p)
     p.add_argument("--resume", action="store_true", help="continue from the run's last complete checkpoint")
 
     p = commands.add_parser("launch", help="run one training stage as an accelerate-launched subprocess")
-    _params(p)
+    add_params_arguments(p)
     p.add_argument(
         "--num-processes", type=int, default=1, help="processes per machine (GPUs, or CPU workers)"
     )
@@ -48,7 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
         "data", help="build the miniature data, or fetch Ocean-R1's data and the benchmarks"
     )
     data = p.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
-    _params(data.add_parser("build", help="write the procedural tasks as parquet files and a preview PNG"))
+    add_params_arguments(
+        data.add_parser("build", help="write the procedural tasks as parquet files and a preview PNG")
+    )
     fetch = data.add_parser(
         "fetch-training", help="download Ocean-R1's training data and base model (network)"
     )
@@ -60,12 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("model", help="build the miniature model")
     model = p.add_subparsers(dest="model_command", required=True, metavar="MODEL_COMMAND")
-    _params(model.add_parser("build-tiny", help="train the BPE tokenizer and save a random tiny Qwen2.5-VL"))
+    add_params_arguments(
+        model.add_parser("build-tiny", help="train the BPE tokenizer and save a random tiny Qwen2.5-VL")
+    )
 
     add_eval_arguments(commands.add_parser("eval", help="evaluate a checkpoint on benchmarks"))
 
     p = commands.add_parser("reproduce", help="run the study's notebooks end to end with papermill")
-    _params(p)
+    add_params_arguments(p)
     p.add_argument("--force", action="store_true", help="re-run stages that already finished")
 
     p = commands.add_parser(

@@ -10,6 +10,7 @@ The resolved config is saved as ``config.yaml`` beside every run's outputs and l
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 import types
@@ -206,11 +207,15 @@ class StudyConfig:
     directory and the initial weights (warm-start -> GRPO-text; warm-start -> stage 1 -> stage 2).
     """
 
-    output_dir: str = knob("outputs/mini", "directory of the study: data, model, runs, eval, notebooks, report")
+    output_dir: str = knob(
+        "outputs/mini", "directory of the study: data, model, runs, eval, notebooks, report"
+    )
     warmstart: list[str] = knob([], "overrides of the supervised warm-start that makes the 'Instruct' base")
     grpo_text: list[str] = knob([], "overrides of GRPO on the text-only twins (the GRPO-text row)")
     grpo_vis_stage1: list[str] = knob([], "overrides of visual GRPO stage 1 (reasoning: geometry, spatial)")
-    grpo_vis_stage2: list[str] = knob([], "overrides of visual GRPO stage 2 (perception: counting, grounding)")
+    grpo_vis_stage2: list[str] = knob(
+        [], "overrides of visual GRPO stage 2 (perception: counting, grounding)"
+    )
     benchmarks: list[str] = knob([], "benchmarks of the result table (the miniature's held-out splits)")
     notebook_timeout_s: int = knob(3600, "longest a single notebook cell may run, seconds")
 
@@ -293,6 +298,20 @@ class RunConfig:
 # ----------------------------------------------------------------------------------------------------------------
 # Loading, overriding, saving
 # ----------------------------------------------------------------------------------------------------------------
+
+
+def add_params_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    """The ``--params`` and ``--set`` options every command that loads a config takes."""
+    default = "" if required else " (default: built-in defaults)"
+    parser.add_argument("--params", required=required, default=None, help=f"params/*.yaml file{default}")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config value, e.g. --set train.lr=3e-5 (repeatable)",
+    )
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:

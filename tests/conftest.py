@@ -53,8 +53,15 @@ def mini_data_dir(tmp_path_factory) -> Path:
     from ocean_lib.data import synthetic
 
     out = tmp_path_factory.mktemp("data") / "mini"
-    cfg = load_config(None, [f"data.synthetic.output_dir={out}", "data.synthetic.n_train=16",
-                             "data.synthetic.n_test=8", "data.synthetic.text_only=true"])
+    cfg = load_config(
+        None,
+        [
+            f"data.synthetic.output_dir={out}",
+            "data.synthetic.n_train=16",
+            "data.synthetic.n_test=8",
+            "data.synthetic.text_only=true",
+        ],
+    )
     synthetic.build(cfg)
     return out
 
@@ -62,9 +69,19 @@ def mini_data_dir(tmp_path_factory) -> Path:
 def tiny_overrides(model_dir: Path, data_dir: Path, run_root: Path, name: str = "run") -> list[str]:
     """A GRPO run small enough for a test: 4 prompts x 4 samples, 16 new tokens, 2 steps."""
     return [
-        f"model.name_or_path={model_dir}", f"data.train_files=[{data_dir}/train]",
-        "data.min_pixels=3136", "data.max_pixels=200704",
-        "train.prompts_per_step=4", "rollout.n=4", "train.micro_batch_size=8", "rollout.max_new_tokens=16",
-        "train.max_steps=2", "train.save_every=1", "train.lr=1e-3", "train.deterministic=true",
-        f"logging.output_dir={run_root}", f"logging.run_name={name}", "logging.progress=false",
+        f"model.name_or_path={model_dir}",
+        f"data.train_files=[{data_dir}/train]",
+        "data.min_pixels=3136",
+        "data.max_pixels=200704",
+        "train.prompts_per_step=4",
+        "rollout.n=4",
+        "train.micro_batch_size=8",
+        "rollout.max_new_tokens=16",
+        "train.max_steps=2",
+        "train.save_every=1",
+        "train.lr=1e-3",
+        "train.deterministic=true",
+        f"logging.output_dir={run_root}",
+        f"logging.run_name={name}",
+        "logging.progress=false",
     ]

@@ -25,7 +25,9 @@ def test_notebook_contract(path):
     nb = nbformat.read(path, as_version=4)
     tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(tagged) == 1, "exactly one cell tagged 'parameters'"
-    assert re.search(r"^params = ", tagged[0].source, re.M) and re.search(r"^overrides = ", tagged[0].source, re.M)
+    assert re.search(r"^params = ", tagged[0].source, re.M) and re.search(
+        r"^overrides = ", tagged[0].source, re.M
+    )
     code = [c for c in nb.cells if c.cell_type == "code"]
     for cell in code:
         assert not re.search(r"^\s*(def|class)\s", cell.source, re.M), "computation belongs in ocean_lib"
@@ -52,7 +54,9 @@ def test_reproduce_runs_the_study_end_to_end(tmp_path, monkeypatch):
     assert report == out / "report.html" and report.stat().st_size > 10_000
     html = report.read_text()
     for name in study.NOTEBOOKS:  # every notebook's title made it into the report
-        title = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4).cells[0].source.splitlines()[0]
+        title = (
+            nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4).cells[0].source.splitlines()[0]
+        )
         assert title.lstrip("# ").split("·")[-1].strip() in html
     for stage in study.STAGES:
         run = study.run_dir(cfg, stage)

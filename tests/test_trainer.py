@@ -48,7 +48,9 @@ def test_grpo_run_writes_a_complete_run_directory(tiny_model_dir, mini_data_dir,
         assert m["response/sampler_logprob_gap"] < 1e-4
     rollouts = list(read_jsonl(run.rollouts))
     assert len(rollouts) == 2 * 4 * 4
-    assert {"step", "prompt_id", "data_source", "completion", "reward", "advantage", "length"} <= set(rollouts[0])
+    assert {"step", "prompt_id", "data_source", "completion", "reward", "advantage", "length"} <= set(
+        rollouts[0]
+    )
     # Embedded images are saved once as thumbnails the rollout browser can show (paths relative to the run).
     assert all((run.path / r["image"]).is_file() for r in rollouts)
     # Advantages are group-normalised: each group of 4 sums to zero.
@@ -72,8 +74,14 @@ def test_an_existing_run_is_never_overwritten(tiny_model_dir, mini_data_dir, tmp
 def test_micro_batches_accumulate_to_the_full_batch(tiny_model_dir, mini_data_dir, tmp_path):
     runs = {}
     for micro in (16, 2):
-        cfg = _config(tiny_model_dir, mini_data_dir, tmp_path, "train.max_steps=1",
-                      f"train.micro_batch_size={micro}", name=f"micro{micro}")
+        cfg = _config(
+            tiny_model_dir,
+            mini_data_dir,
+            tmp_path,
+            "train.max_steps=1",
+            f"train.micro_batch_size={micro}",
+            name=f"micro{micro}",
+        )
         train(cfg)
         runs[micro] = RunDir(cfg.run_dir).read_metrics()[0]
     for key in ("loss/total", "grad/norm", "kl/mean", "entropy/mean", "reward/overall"):
@@ -81,8 +89,9 @@ def test_micro_batches_accumulate_to_the_full_batch(tiny_model_dir, mini_data_di
 
 
 def test_nonfinite_loss_stops_and_names_the_last_good_checkpoint(tiny_model_dir, mini_data_dir, tmp_path):
-    cfg = _config(tiny_model_dir, mini_data_dir, tmp_path, "train.lr=1e30", "train.max_steps=3",
-                  "train.grad_clip=0")
+    cfg = _config(
+        tiny_model_dir, mini_data_dir, tmp_path, "train.lr=1e30", "train.max_steps=3", "train.grad_clip=0"
+    )
     with pytest.raises(TrainingError, match=r"non-finite .*step_1"):
         train(cfg)
     assert [step for step, _ in RunDir(cfg.run_dir).complete_checkpoints()] == [1]
@@ -115,8 +124,12 @@ def test_killed_run_resumes_to_the_same_result(tiny_model_dir, mini_data_dir, tm
     params = tmp_path / "killed.yaml"
     save_config(killed, params)
     run = RunDir(killed.run_dir)
-    child = subprocess.Popen([sys.executable, "-m", "ocean_lib", "train", "--params", str(params)],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    child = subprocess.Popen(
+        [sys.executable, "-m", "ocean_lib", "train", "--params", str(params)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.time() + 240
     while len(run.complete_checkpoints()) < 2 and time.time() < deadline and child.poll() is None:
         time.sleep(0.05)

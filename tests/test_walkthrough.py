@@ -11,8 +11,16 @@ from ocean_lib.walkthrough import group_update
 
 
 def test_group_update_unrolls_one_grpo_step(tiny_model_dir, mini_data_dir):
-    cfg = load_config(None, ["rollout.n=6", "rollout.max_new_tokens=10", "train.lr=1e-2",
-                             "data.min_pixels=3136", "data.max_pixels=200704"])
+    cfg = load_config(
+        None,
+        [
+            "rollout.n=6",
+            "rollout.max_new_tokens=10",
+            "train.lr=1e-2",
+            "data.min_pixels=3136",
+            "data.max_pixels=200704",
+        ],
+    )
     model, processor = load_policy(str(tiny_model_dir))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     record = read_records(mini_data_dir / "train" / "counting.parquet", cfg.data)[0]

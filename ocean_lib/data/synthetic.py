@@ -797,7 +797,9 @@ def task_record(task: Task, index: int, text_only: bool = False) -> Record:
         ability=task.family,
         reasoning=task.reasoning,
         # Ocean-R1's iou truth is a bare [x1, y1, x2, y2]; the completion answers with {"bbox_2d": [...]}.
-        ground_truth=json.dumps([int(v) for v in parse_box(task.answer)]) if task.reward_func == "iou" else None,
+        ground_truth=json.dumps([int(v) for v in parse_box(task.answer)])
+        if task.reward_func == "iou"
+        else None,
     )
 
 

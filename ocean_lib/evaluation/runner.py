@@ -37,7 +37,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ocean_lib import prompts
-from ocean_lib.config import RunConfig, load_config, to_dict
+from ocean_lib.config import RunConfig, add_params_arguments, load_config, to_dict
 from ocean_lib.data.records import DataError, fit_pixels, rescale_box_truth
 from ocean_lib.evaluation.benchmarks import REC_SPLITS, Benchmark, BenchmarkDataError, Item, get_benchmark
 from ocean_lib.evaluation.stats import bootstrap_accuracy
@@ -431,15 +431,7 @@ def export_vlmevalkit(jsonl: str | Path, destination: str | Path) -> Path:
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The ``eval`` subcommand's arguments."""
-    parser.add_argument("--params", default=None, help="params/*.yaml file (default: built-in defaults)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one config value, e.g. --set eval.data_root=/data/bench (repeatable)",
-    )
+    add_params_arguments(parser, required=False)
     parser.add_argument("--model", required=True, help="checkpoint directory or hub id")
     parser.add_argument(
         "--benchmarks", default=None, help="comma-separated benchmark names (default: eval.benchmarks)"
