@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from transformers import PreTrainedModel
 
 from ocean_lib import grpo
 from ocean_lib.config import RunConfig, save_config
@@ -400,14 +401,17 @@ def completion_logprobs(
     ids, mask, types = ids.to(device), mask.to(device), types.to(device)
     grid = None if grid is None else grid.to(device)
     positions = mrope_positions(policy, ids, mask, types, grid)
-    logits = model(
-        input_ids=ids,
-        attention_mask=mask,
-        position_ids=positions,
-        image_grid_thw=grid,
-        pixel_values=None if pixel_values is None else pixel_values.to(device),
-        logits_to_keep=width + 1,
-    ).logits[:, :-1]
+    if _can_run_prompts_once(model, batch.prompt_index[rows], width):
+        logits = _logits_running_prompts_once(model, batch, rows, ids, mask, positions, width)
+    else:
+        logits = model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            image_grid_thw=grid,
+            pixel_values=None if pixel_values is None else pixel_values.to(device),
+            logits_to_keep=width + 1,
+        ).logits[:, :-1]
     temperature = temperature if temperature > 0 else 1.0
     logprobs = grpo.token_logprobs(logits, completion.to(device), temperature=temperature)
     entropies = None
@@ -417,6 +421,74 @@ def completion_logprobs(
         with torch.no_grad():
             entropies = grpo.token_entropy(logits.detach(), temperature=temperature)
     return logprobs, entropies, completion_mask.to(device).to(logprobs.dtype)
+
+
+def _can_run_prompts_once(model: Any, prompt_index: torch.Tensor, width: int) -> bool:
+    """Whether ``_logits_running_prompts_once`` applies: some rows share a prompt, the completions are longer
+    than one token, the model keeps a KV cache in a training forward (gradient checkpointing drops it), its
+    attention reads a left-padded cache (sdpa, eager), and it is a plain module or DDP-wrapped (a DeepSpeed
+    engine must see exactly one forward per backward)."""
+    bare = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+    return (
+        width > 1
+        and len(prompt_index.unique()) < len(prompt_index)
+        and isinstance(bare, PreTrainedModel)
+        and not bare.is_activation_checkpointing
+        and bare.config._attn_implementation in ("sdpa", "eager")
+    )
+
+
+def _logits_running_prompts_once(
+    model: Any,
+    batch: RolloutBatch,
+    rows: torch.Tensor,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    positions: torch.Tensor,
+    width: int,
+) -> torch.Tensor:
+    """The completion logits [r, w, V] of ``completion_logprobs``, each distinct prompt run through the model once.
+
+    A GRPO group is n completions of one prompt, so the plain forward encodes every image and prompt token n
+    times. Here the distinct prompts fill a KV cache (keeping its autograd graph), each row reads its prompt's
+    keys and values, and only the completions run per row: the same maths (equal to float rounding, tested),
+    with the prompt's and the vision tower's work done once per group. ``ids``, ``mask`` and ``positions`` are
+    the plain forward's inputs (prompt columns, then ``width`` completion columns).
+    """
+    from transformers import DynamicCache
+
+    bare = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+    device = ids.device
+    # Row i answers prompts[row_prompt[i]]; first_row[k] is a row of prompt k.
+    prompts, row_prompt = batch.prompt_index[rows].unique(return_inverse=True)
+    first_row = torch.tensor([row_prompt.tolist().index(k) for k in range(len(prompts))], device=device)
+    row_prompt = row_prompt.to(device)
+    pixel_values, grid = select_images(
+        batch.pixel_values, batch.image_grid_thw, batch.images_per_prompt, prompts
+    )
+    prompt_len = ids.shape[1] - width
+    cache = DynamicCache(config=bare.config)
+    # The bare module runs the prompts, so that a DDP wrapper sees one forward (the completions') per backward.
+    prompt_logits = bare(
+        input_ids=ids[first_row, :prompt_len],
+        attention_mask=mask[first_row, :prompt_len],
+        position_ids=positions[:, first_row, :prompt_len],
+        pixel_values=None if pixel_values is None else pixel_values.to(device),
+        image_grid_thw=None if grid is None else grid.to(device),
+        cache=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    ).logits
+    cache.batch_select_indices(row_prompt)
+    completion_logits = model(
+        input_ids=ids[:, prompt_len:-1],
+        attention_mask=mask[:, :-1],
+        position_ids=positions[:, :, prompt_len:-1],
+        cache=cache,
+        use_cache=True,
+    ).logits
+    # A prompt's last position predicts the first token of each of its completions.
+    return torch.cat([prompt_logits[row_prompt], completion_logits], 1)
 
 
 def _logprobs_no_grad(
