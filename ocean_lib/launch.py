@@ -123,7 +123,7 @@ def train(
         threading.Thread(target=_pump, args=(child.stdout, lines), daemon=True).start()
         finished = False
         while not finished:
-            time.sleep(0.5)
+            time.sleep(1.0)
             while not finished:
                 try:
                     line = lines.get_nowait()
