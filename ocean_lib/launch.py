@@ -104,6 +104,8 @@ def train(
         **os.environ,
         "PYTHONUNBUFFERED": "1",
         "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // total)),
+        # Busy-waiting OpenMP threads make small matmuls ~100x slower whenever another job holds a core.
+        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
     }
 
     from tqdm.auto import tqdm
