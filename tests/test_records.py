@@ -26,7 +26,7 @@ from ocean_lib.data import (
     read_records,
     write_records,
 )
-from ocean_lib.data.records import HUB_PROBE_TIMEOUT_S, _reachable
+from ocean_lib.data.records import HUB_PROBE_TIMEOUT_S, reachable
 from ocean_lib.prompts import INSTRUCTIONS
 
 ANNOTATIONS = Path(__file__).resolve().parents[1].parent / "shared" / "benchmark_annotations"
@@ -133,7 +133,7 @@ def test_missing_local_path_is_a_clear_error(tmp_path):
         read_records(tmp_path / "nope.parquet", DataConfig())
 
 
-@pytest.mark.skipif(_reachable("https://huggingface.co", HUB_PROBE_TIMEOUT_S), reason="the hub is reachable")
+@pytest.mark.skipif(reachable("https://huggingface.co", HUB_PROBE_TIMEOUT_S), reason="the hub is reachable")
 def test_hub_id_fails_fast_and_clearly_offline():
     start = time.monotonic()
     with pytest.raises(DataError, match="not reachable.*save_to_disk directory"):
