@@ -103,7 +103,9 @@ class ModelConfig:
     )
     gradient_checkpointing: bool = knob(False, "recompute activations in backward (Ocean-R1: true)")
     freeze_vision_tower: bool = knob(False, "train the language model only")
-    lora_rank: int = knob(0, "LoRA rank for the language model; 0 trains all weights (Ocean-R1: 0)")
+    lora_rank: int = knob(
+        0, "LoRA rank; 0 trains all weights (Ocean-R1: 0). Not implemented yet: > 0 is refused"
+    )
     tiny: TinyModelConfig = field(
         default_factory=TinyModelConfig, metadata={"help": "shape of the offline-built miniature model"}
     )

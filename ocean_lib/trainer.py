@@ -62,6 +62,10 @@ def train(cfg: RunConfig, resume: bool = False) -> Path:
 
     # bf16 runs keep fp32 master weights and compute under autocast: AdamW steps of lr 1e-6 vanish when
     # applied to bf16 weights directly.
+    if cfg.model.lora_rank:
+        raise TrainingError(
+            f"model.lora_rank={cfg.model.lora_rank}: LoRA training is not implemented yet; use 0"
+        )
     precision = "bf16" if cfg.model.dtype == "bfloat16" else "no"
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=precision)
     deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED

@@ -141,3 +141,9 @@ def test_killed_run_resumes_to_the_same_result(tiny_model_dir, mini_data_dir, tm
     assert _comparable(run.read_metrics()) == _comparable(RunDir(reference.run_dir).read_metrics())
     wa, wb = _weights(RunDir(reference.run_dir).final), _weights(run.final)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_unimplemented_lora_is_refused_not_ignored(tiny_model_dir, mini_data_dir, tmp_path):
+    cfg = _config(tiny_model_dir, mini_data_dir, tmp_path, "model.lora_rank=8")
+    with pytest.raises(TrainingError, match="lora_rank=8"):
+        train(cfg)
