@@ -93,12 +93,16 @@ def make_engine(model: Any, processor: Any, cfg: RolloutConfig) -> RolloutEngine
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def prompt_text(processor: Any, prompt: Prompt) -> str:
+    """The chat-templated text of a prompt, one ``<|vision_start|><|image_pad|><|vision_end|>`` per image."""
+    return processor.apply_chat_template(
+        chat_messages(prompt.content), add_generation_prompt=True, tokenize=False
+    )
+
+
 def encode_prompts(processor: Any, prompts: list[Prompt]) -> dict[str, torch.Tensor]:
     """Chat-template and tokenize prompts (left-padded), encoding each image once."""
-    texts = [
-        processor.apply_chat_template(chat_messages(p.content), add_generation_prompt=True, tokenize=False)
-        for p in prompts
-    ]
+    texts = [prompt_text(processor, p) for p in prompts]
     for p in prompts:
         n_markers, _ = split_image_markers(p.content)
         if n_markers != len(p.images):

@@ -42,8 +42,8 @@ from typing import Any
 import torch
 
 from ocean_lib.config import DataConfig, RolloutConfig
-from ocean_lib.prompts import Prompt, chat_messages
-from ocean_lib.rollout import RolloutBatch, encode_prompts
+from ocean_lib.prompts import Prompt
+from ocean_lib.rollout import RolloutBatch, encode_prompts, prompt_text
 
 # Engines of this process, by their construction arguments (one in practice: see the module docstring).
 _ENGINES: dict[tuple[Any, ...], _Engine] = {}
@@ -96,13 +96,6 @@ def mm_processor_kwargs(processor: Any) -> dict[str, Any]:
     """Image-processor arguments that make vLLM resize images exactly as training does."""
     low, high = pixel_limits(processor)
     return {"size": {"shortest_edge": low, "longest_edge": high}}
-
-
-def prompt_text(processor: Any, prompt: Prompt) -> str:
-    """The chat-templated text of a prompt, one ``<|vision_start|><|image_pad|><|vision_end|>`` per image."""
-    return processor.apply_chat_template(
-        chat_messages(prompt.content), add_generation_prompt=True, tokenize=False
-    )
 
 
 def vllm_requests(texts: Sequence[str], prompts: Sequence[Prompt]) -> list[dict[str, Any]]:
