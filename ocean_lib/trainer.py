@@ -256,20 +256,13 @@ def grpo_step(
                     old,
                     advantages[chunk].to(logp.device),
                     mask,
-                    clip_low=alg.clip_low,
-                    clip_high=alg.clip_high,
-                    dual_clip=alg.dual_clip,
                     ref_logprobs=None
                     if ref_logprobs is None
                     else ref_logprobs[positions, :width].to(logp.device),
-                    kl_coef=alg.kl_coef,
-                    kl_estimator=alg.kl_estimator,
                     entropy=entropy,
-                    entropy_coef=alg.entropy_coef,
-                    loss_agg=alg.loss_agg,
                     num_tokens=num_tokens,
                     num_sequences=num_seqs,
-                    max_len=cfg.rollout.max_new_tokens,
+                    **loss_settings(cfg),
                 )
                 tally.merge(stats, POLICY_METRICS)
                 loss_sum += float(loss.detach())
@@ -303,6 +296,21 @@ def grpo_step(
         )
     ]
     return tally, rollout_rows
+
+
+def loss_settings(cfg: RunConfig) -> dict[str, Any]:
+    """The keyword arguments of ``grpo.policy_loss`` that come straight from the config."""
+    alg = cfg.algorithm
+    return dict(
+        clip_low=alg.clip_low,
+        clip_high=alg.clip_high,
+        dual_clip=alg.dual_clip,
+        kl_coef=alg.kl_coef,
+        kl_estimator=alg.kl_estimator,
+        entropy_coef=alg.entropy_coef,
+        loss_agg=alg.loss_agg,
+        max_len=cfg.rollout.max_new_tokens,
+    )
 
 
 def prompt_of(record: Record, cfg: RunConfig) -> tuple[Prompt, str]:

@@ -19,7 +19,7 @@ from ocean_lib.data import Record
 from ocean_lib.prompts import Prompt
 from ocean_lib.rewards import RewardBreakdown, score_batch
 from ocean_lib.rollout import RolloutBatch, make_engine
-from ocean_lib.trainer import completion_logprobs, prompt_of
+from ocean_lib.trainer import completion_logprobs, loss_settings, prompt_of
 
 
 @dataclass
@@ -86,16 +86,9 @@ def group_update(model: Any, processor: Any, record: Record, cfg: RunConfig, see
         logp.detach(),
         advantages,
         mask,
-        clip_low=alg.clip_low,
-        clip_high=alg.clip_high,
-        dual_clip=alg.dual_clip,
         ref_logprobs=ref_logp,
-        kl_coef=alg.kl_coef,
-        kl_estimator=alg.kl_estimator,
         entropy=entropy,
-        entropy_coef=alg.entropy_coef,
-        loss_agg=alg.loss_agg,
-        max_len=cfg.rollout.max_new_tokens,
+        **loss_settings(cfg),
     )
     loss.backward()
     optimizer.step()
