@@ -92,6 +92,12 @@ class TinyModelConfig:
     seed: int = knob(0, "seed of the random initial weights and of the tokenizer corpus")
 
 
+LANGUAGE_MODEL_LINEARS = (
+    r".*language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
+)
+"""LoRA's default targets: every linear layer of the language model's blocks (not the vision tower or LM head)."""
+
+
 @dataclass
 class ModelConfig:
     name_or_path: str = knob(
@@ -103,8 +109,16 @@ class ModelConfig:
     )
     gradient_checkpointing: bool = knob(False, "recompute activations in backward (Ocean-R1: true)")
     freeze_vision_tower: bool = knob(False, "train the language model only")
-    lora_rank: int = knob(
-        0, "LoRA rank; 0 trains all weights (Ocean-R1: 0). Not implemented yet: > 0 is refused"
+    lora_rank: int = knob(0, "LoRA adapter rank; 0 trains all weights (Ocean-R1: 0). See ocean_lib/lora.py")
+    lora_alpha: float = knob(
+        32.0, "LoRA scale numerator: adapter updates are scaled by lora_alpha / lora_rank"
+    )
+    lora_target_modules: str = knob(
+        LANGUAGE_MODEL_LINEARS,
+        "regex (full match) of the module names given adapters; default: the LM's linears",
+    )
+    reference_on_cpu: bool = knob(
+        False, "keep the frozen KL reference on the CPU and run it there (slower; frees accelerator memory)"
     )
     tiny: TinyModelConfig = field(
         default_factory=TinyModelConfig, metadata={"help": "shape of the offline-built miniature model"}
@@ -164,6 +178,10 @@ class TrainConfig:
     )
     prompts_per_step: int = knob(256, "prompts per rollout batch, all processes together (Ocean-R1: 256)")
     micro_batch_size: int = knob(4, "sequences per forward/backward on one process")
+    micro_batch_tokens: int = knob(
+        0,
+        "if > 0, length-bucketed micro-batches: sequences sorted by length, packed up to this many padded tokens",
+    )
     num_processes: int = knob(1, "training processes the run expects (accelerate launch --num_processes)")
     lr: float = knob(1e-6, "AdamW learning rate (Ocean-R1: 1e-6)")
     warmup_steps: int = knob(0, "linear warm-up from 0 to lr over this many steps, then constant")
@@ -279,6 +297,12 @@ class RunConfig:
                 f"train.prompts_per_step={t.prompts_per_step} is not divisible by train.num_processes={t.num_processes}",
             ),
             (t.micro_batch_size >= 1, f"train.micro_batch_size={t.micro_batch_size} must be >= 1"),
+            (
+                t.micro_batch_tokens >= 0,
+                f"train.micro_batch_tokens={t.micro_batch_tokens} must be >= 0 (0: off)",
+            ),
+            (self.model.lora_rank >= 0, f"model.lora_rank={self.model.lora_rank} must be >= 0 (0: no LoRA)"),
+            (self.model.lora_alpha > 0, f"model.lora_alpha={self.model.lora_alpha} must be > 0"),
             (t.lr > 0, f"train.lr={t.lr} must be > 0"),
             (t.keep_last >= 1, f"train.keep_last={t.keep_last} must be >= 1"),
             (
@@ -338,6 +362,22 @@ def save_config(cfg: RunConfig, path: str | Path) -> None:
     from ocean_lib.io import atomic_write_text
 
     atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def config_changes(before: RunConfig, after: RunConfig) -> dict[str, tuple[Any, Any]]:
+    """Every leaf knob whose value differs: dotted name -> (value in ``before``, value in ``after``)."""
+
+    def leaves(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            if isinstance(value, dict):
+                out.update(leaves(value, f"{prefix}{key}."))
+            else:
+                out[f"{prefix}{key}"] = value
+        return out
+
+    a, b = leaves(to_dict(before)), leaves(to_dict(after))
+    return {key: (a.get(key), b.get(key)) for key in a.keys() | b.keys() if a.get(key) != b.get(key)}
 
 
 def from_dict(raw: dict[str, Any], where: str = "<dict>") -> RunConfig:

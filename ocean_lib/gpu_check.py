@@ -65,6 +65,7 @@ def main() -> int:
         checks: list[tuple[str, Callable[[], str]]] = [
             ("bf16 generation", work.generation),
             ("training step", work.training_step),
+            ("LoRA step", work.lora_step),
             ("DeepSpeed ZeRO-2", work.deepspeed_step),
             ("vLLM backend", work.vllm_rollout),
         ]
@@ -195,7 +196,7 @@ class Workspace:
             raise AssertionError(f"training forward disagrees with the sampler: mean |Δ log p| = {gap:.3g}")
         return f"{len(batch.texts)} samples, mean |Δ log p| vs training forward {gap:.1e}"
 
-    def _train(self, name: str, accelerate_config: str | None) -> str:
+    def _train(self, name: str, accelerate_config: str | None, extra: tuple[str, ...] = ()) -> str:
         from ocean_lib import launch
 
         attention = "flash_attention_2" if importlib.util.find_spec("flash_attn") else "sdpa"
@@ -215,6 +216,7 @@ class Workspace:
             f"logging.output_dir={self.root / 'runs'}",
             f"logging.run_name={name}",
             "logging.progress=false",
+            *extra,
         ]
         topology = launch.Topology(num_processes=1, accelerate_config=accelerate_config)
         final = launch.train(RECIPE, overrides, topology)
@@ -231,6 +233,12 @@ class Workspace:
         if not RECIPE.is_file():
             raise Skip(f"{RECIPE} not found (run from a source checkout)")
         return self._train("plain", None)
+
+    def lora_step(self) -> str:
+        if not RECIPE.is_file():
+            raise Skip(f"{RECIPE} not found (run from a source checkout)")
+        extra = ("model.lora_rank=8", "model.reference_on_cpu=true", "train.micro_batch_tokens=2048")
+        return "LoRA r=8, CPU reference, length buckets, " + self._train("lora", None, extra)
 
     def deepspeed_step(self) -> str:
         if importlib.util.find_spec("deepspeed") is None:

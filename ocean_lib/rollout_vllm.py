@@ -42,6 +42,7 @@ from typing import Any
 import torch
 
 from ocean_lib.config import DataConfig, RolloutConfig
+from ocean_lib.lora import peft_model
 from ocean_lib.prompts import Prompt
 from ocean_lib.rollout import RolloutBatch, encode_prompts, prompt_text
 
@@ -420,15 +421,15 @@ class VLLMRolloutEngine:
         """
         named = list(model.named_parameters())
         sharded = any(hasattr(p, "ds_id") for _, p in named)
-        peft_model = _peft_model(model)
-        if peft_model is not None and sharded:
+        adapters = peft_model(model)
+        if adapters is not None and sharded:
             raise NotImplementedError(
                 "LoRA with DeepSpeed ZeRO-3 and vLLM rollouts is not supported; use ZeRO-2"
             )
         target = _vllm_model(self.engine.llm)
         self._wake({"weights"})
         params = dict(named)
-        with _merged(peft_model):
+        with _merged(adapters):
             for group in weight_groups(name for name, _ in named):
                 with _gathered([params[name] for name in group], sharded):
                     batch = [
@@ -492,21 +493,14 @@ def _gathered(tensors: list[torch.Tensor], sharded: bool):
     return deepspeed.zero.GatheredParameters(tensors, modifier_rank=None)
 
 
-def _peft_model(model: Any) -> Any | None:
-    """The PEFT model inside DDP/DeepSpeed wrappers, if the policy has LoRA adapters."""
-    while hasattr(model, "module"):
-        model = model.module
-    return model if hasattr(model, "merge_adapter") else None
-
-
 @contextlib.contextmanager
-def _merged(peft_model: Any | None):
+def _merged(adapters: Any | None):
     """LoRA adapters merged into the base weights inside the block (nothing to do without adapters)."""
-    if peft_model is None:
+    if adapters is None:
         yield
         return
-    peft_model.merge_adapter()
+    adapters.merge_adapter()
     try:
         yield
     finally:
-        peft_model.unmerge_adapter()
+        adapters.unmerge_adapter()

@@ -33,9 +33,10 @@ import torch
 from transformers import PreTrainedModel
 
 from ocean_lib import grpo
-from ocean_lib.config import RunConfig, save_config
+from ocean_lib.config import RunConfig, config_changes, load_config, save_config
 from ocean_lib.data import Record, load_example, read_records
 from ocean_lib.io import atomic_write_bytes
+from ocean_lib.lora import ADAPTER_DIR, attach_lora, merged_state_dict, peft_model
 from ocean_lib.metrics import check_registered
 from ocean_lib.models import load_policy
 from ocean_lib.prompts import Prompt
@@ -62,10 +63,6 @@ def train(cfg: RunConfig, resume: bool = False) -> Path:
 
     # bf16 runs keep fp32 master weights and compute under autocast: AdamW steps of lr 1e-6 vanish when
     # applied to bf16 weights directly.
-    if cfg.model.lora_rank:
-        raise TrainingError(
-            f"model.lora_rank={cfg.model.lora_rank}: LoRA training is not implemented yet; use 0"
-        )
     precision = "bf16" if cfg.model.dtype == "bfloat16" else "no"
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=precision)
     deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
@@ -95,18 +92,26 @@ def train(cfg: RunConfig, resume: bool = False) -> Path:
         min_pixels=cfg.data.min_pixels,
         max_pixels=cfg.data.max_pixels,
     )
-    model, processor = load_policy(str(checkpoint or cfg.model.name_or_path), dtype="float32", **load)
+    lora = cfg.model.lora_rank > 0
+    # With LoRA the frozen weights always come from the start; a checkpoint holds the adapter (lora.py).
+    start = cfg.model.name_or_path if lora or checkpoint is None else str(checkpoint)
+    model, processor = load_policy(start, dtype="float32", **load)
     reference = None
-    if cfg.train.objective == "grpo" and cfg.algorithm.kl_coef > 0:
+    if cfg.train.objective == "grpo" and cfg.algorithm.kl_coef > 0 and not lora:
         # The reference is the stage's initial policy (Ocean-R1: stage 2's reference is stage 1's result),
-        # frozen, in the compute dtype.
+        # frozen, in the compute dtype. (With LoRA it is the policy with its adapters off: no copy.)
         reference = load_policy(cfg.model.name_or_path, dtype=cfg.model.dtype, **load)[0]
-        reference.requires_grad_(False).eval().to(accelerator.device)
+        reference.requires_grad_(False).eval().to("cpu" if cfg.model.reference_on_cpu else accelerator.device)
     if cfg.model.freeze_vision_tower:
         model.model.visual.requires_grad_(False)
     if cfg.model.gradient_checkpointing:
         # Non-reentrant: the reentrant variant breaks with frozen parameters under DDP/ZeRO.
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if lora:
+        torch.manual_seed(cfg.train.seed)  # the adapters' initial A matrices
+        m = cfg.model
+        adapter = checkpoint / ADAPTER_DIR if checkpoint is not None else None
+        model = attach_lora(model, m.lora_rank, m.lora_alpha, m.lora_target_modules, adapter)
 
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad],
@@ -186,8 +191,10 @@ class TrainState:
 
     @property
     def policy(self) -> Any:
-        """The bare transformers model (for generation, positions and saving)."""
-        return self.accelerator.unwrap_model(self.model)
+        """The bare transformers model (for generation, positions and saving); with LoRA, adapters included."""
+        bare = self.accelerator.unwrap_model(self.model)
+        adapters = peft_model(bare)
+        return adapters.get_base_model() if adapters is not None else bare
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -226,21 +233,21 @@ def grpo_step(
     kept_rows = keep.nonzero().squeeze(1)
 
     # 5. Reference (and, for several updates per batch, old) log-probs, without gradients.
-    mb = cfg.train.micro_batch_size
     ref_logprobs = old_logprobs = None
-    if state.reference is not None:
+    if alg.kl_coef > 0:
         with tally.timer("time/reference_s"):
-            ref_logprobs = _logprobs_no_grad(state.reference, state.policy, batch, kept_rows, mb, cfg)
+            ref_logprobs = reference_logprobs(state, batch, kept_rows)
     if alg.updates_per_batch > 1:
-        old_logprobs = _logprobs_no_grad(state.model, state.policy, batch, kept_rows, mb, cfg)
+        old_logprobs = _logprobs_no_grad(state.model, state.policy, batch, kept_rows, cfg)
 
     # 6. Micro-batched clipped-loss updates; normalisers are global so micro-batch losses add up exactly.
     num_tokens = acc.reduce(batch.completion_mask[kept_rows].sum().float(), "sum").item()
     num_seqs = acc.reduce(torch.tensor(float(len(kept_rows))), "sum").item()
     loss_sum = 0.0  # the batch loss is the sum of the micro-batch losses (global normalisers)
     with tally.timer("time/update_s"):
+        micro_batches = _micro_batches(kept_rows, batch, cfg.train)
         for _ in range(alg.updates_per_batch):
-            for chunk, positions in _micro_batches(kept_rows, mb):
+            for k, (chunk, positions) in enumerate(micro_batches):
                 logp, entropy, mask = completion_logprobs(
                     state.model,
                     state.policy,
@@ -268,7 +275,7 @@ def grpo_step(
                 loss_sum += float(loss.detach())
                 gap = (logp.detach().cpu() - batch.logprobs[chunk, :width]).abs() * mask.cpu()
                 tally.add("response/sampler_logprob_gap", float(gap.sum()), count=float(mask.sum()))
-                _backward(state, loss, sync=positions[-1] == len(kept_rows) - 1)
+                _backward(state, loss, sync=k == len(micro_batches) - 1)
             _optimizer_step(state, tally)
     # Each process holds its share of the global loss: a count of 1/W makes the reduced "mean" their sum.
     tally.add("loss/total", loss_sum / alg.updates_per_batch, count=1 / acc.num_processes)
@@ -339,11 +346,12 @@ def sft_step(state: TrainState, records: list[Record], step: int) -> tuple[Tally
     all_rows = torch.arange(len(prompts))
     num_tokens = acc.reduce(batch.completion_mask.sum().float(), "sum").item()
     with tally.timer("time/update_s"):
-        for chunk, positions in _micro_batches(all_rows, cfg.train.micro_batch_size):
+        micro_batches = _micro_batches(all_rows, batch, cfg.train)
+        for k, (chunk, _) in enumerate(micro_batches):
             logp, _, mask = completion_logprobs(state.model, state.policy, batch, chunk, temperature=1.0)
             token_nll = -(logp * mask).sum()
             tally.add("loss/sft", float(token_nll.detach()), count=float(mask.sum()))
-            _backward(state, token_nll / num_tokens, sync=positions[-1] == len(all_rows) - 1)
+            _backward(state, token_nll / num_tokens, sync=k == len(micro_batches) - 1)
         _optimizer_step(state, tally)
     tally.add("response/length_mean", float(batch.completion_mask.sum()), count=len(prompts))
     return tally, []
@@ -440,7 +448,7 @@ def _can_run_prompts_once(model: Any, prompt_index: torch.Tensor, width: int) ->
     than one token, the model keeps a KV cache in a training forward (gradient checkpointing drops it), its
     attention reads a left-padded cache (sdpa, eager), and it is a plain module or DDP-wrapped (a DeepSpeed
     engine must see exactly one forward per backward)."""
-    bare = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+    bare = _bare(model)
     return (
         width > 1
         and len(prompt_index.unique()) < len(prompt_index)
@@ -469,7 +477,7 @@ def _logits_running_prompts_once(
     """
     from transformers import DynamicCache
 
-    bare = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+    bare = _bare(model)
     device = ids.device
     # Row i answers prompts[row_prompt[i]]; first_row[k] is a row of prompt k.
     prompts, row_prompt = batch.prompt_index[rows].unique(return_inverse=True)
@@ -503,13 +511,22 @@ def _logits_running_prompts_once(
     return torch.cat([prompt_logits[row_prompt], completion_logits], 1)
 
 
+def reference_logprobs(state: TrainState, batch: RolloutBatch, rows: torch.Tensor) -> torch.Tensor:
+    """Log-probs of ``rows`` under the frozen initial policy: its own copy (on the training device, or on the CPU
+    with ``model.reference_on_cpu``), or, with LoRA, the policy itself with its adapters switched off."""
+    if state.reference is not None:
+        return _logprobs_no_grad(state.reference, state.reference, batch, rows, state.cfg)
+    with peft_model(state.model).disable_adapter():
+        return _logprobs_no_grad(state.model, state.policy, batch, rows, state.cfg)
+
+
 def _logprobs_no_grad(
-    model: Any, policy: Any, batch: RolloutBatch, rows: torch.Tensor, micro: int, cfg: RunConfig
+    model: Any, policy: Any, batch: RolloutBatch, rows: torch.Tensor, cfg: RunConfig
 ) -> torch.Tensor:
     """Log-probs of ``rows`` under ``model`` without gradients, as one [len(rows), Lc] tensor (0-padded)."""
     out = torch.zeros(len(rows), batch.completion_ids.shape[1])
     with torch.no_grad():
-        for chunk, positions in _micro_batches(rows, micro):
+        for chunk, positions in _micro_batches(rows, batch, cfg.train):
             logp, _, _ = completion_logprobs(model, policy, batch, chunk, cfg.rollout.temperature)
             out[positions, : logp.shape[1]] = logp.float().cpu()
     return out
@@ -544,6 +561,13 @@ def save_checkpoint(state: TrainState, target: Path, step: int, epoch: int) -> N
     weights = acc.get_state_dict(state.model)  # every process calls it: ZeRO-3 gathers the shards
     if acc.is_main_process:
         tmp.mkdir(parents=True, exist_ok=True)
+        adapters = peft_model(state.model)
+        if adapters is not None:
+            adapters.save_pretrained(
+                tmp / ADAPTER_DIR, state_dict=weights
+            )  # keeps only the adapter's tensors
+            m = state.cfg.model
+            weights = merged_state_dict(weights, scaling=m.lora_alpha / m.lora_rank)
         state.policy.save_pretrained(tmp, state_dict=weights, safe_serialization=True)
         state.processor.save_pretrained(tmp)
         if not state.deepspeed:
@@ -566,6 +590,8 @@ def _resume_point(run: RunDir, cfg: RunConfig, resume: bool, is_main: bool) -> t
                 f"{run.path} already holds a run; pass --resume to continue it or pick a new run_name"
             )
         return 0, None
+    if run.config.exists():
+        _check_resumable(run, cfg)
     if run.is_finished():
         return read_state(run.final)["step"], None
     last = run.last_checkpoint()
@@ -577,6 +603,25 @@ def _resume_point(run: RunDir, cfg: RunConfig, resume: bool, is_main: bool) -> t
     if is_main:
         run.trim_to_step(step)
     return step, path
+
+
+# Knobs that do not change what a run computes: a resumed (or reused finished) run may differ in these only.
+RESUME_MAY_CHANGE = ("logging.progress", "train.save_every", "train.keep_last", "eval.", "study.")
+
+
+def _check_resumable(run: RunDir, cfg: RunConfig) -> None:
+    """Refuse to continue (or reuse the result of) a run that was started with other settings."""
+    changes = {
+        key: values
+        for key, values in config_changes(load_config(run.config), cfg).items()
+        if not key.startswith(RESUME_MAY_CHANGE)
+    }
+    if changes:
+        listed = ", ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in sorted(changes.items()))
+        raise TrainingError(
+            f"{run.path} was trained with other settings ({listed}); resuming would mix two runs. Pick a new "
+            "logging.run_name (or study.output_dir), or delete the run (`reproduce --force` clears a study)"
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -694,13 +739,48 @@ def _image_ref(run: RunDir, record: Record, prompt: Prompt) -> str | None:
     return relative
 
 
-def _micro_batches(rows: torch.Tensor, size: int):
-    """Yield (row ids, their positions within ``rows``) in chunks of ``size``; one empty-safe chunk at least."""
-    positions = torch.arange(len(rows))
+def _bare(model: Any) -> Any:
+    """The transformers model inside DDP and PEFT wrappers (LoRA layers, injected in place, stay active).
+
+    A DeepSpeed engine is returned as it is: it must see exactly one forward per backward."""
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        model = model.module
+    adapters = peft_model(model) if not hasattr(model, "module") else None
+    return adapters.get_base_model() if adapters is not None else model
+
+
+def pack_micro_batches(lengths: list[int], size: int, max_tokens: int = 0) -> list[list[int]]:
+    """Cut positions ``0..len(lengths)-1`` into micro-batches of at most ``size`` sequences.
+
+    ``max_tokens == 0``: consecutive runs (a group's samples stay together, so its prompt runs once).
+    ``max_tokens > 0``, length-bucketed: positions sorted longest first and packed greedily while
+    ``sequences × longest length ≤ max_tokens`` (the padded cost of the forward); a longer sequence goes alone.
+    Long responses then share micro-batches with long ones and short with short, instead of padding every short
+    response to the longest in a mixed batch. Any partition gives the same gradient: the loss normalisers are
+    global (see ``grpo_step``).
+    """
+    if max_tokens <= 0:
+        return [list(range(start, min(start + size, len(lengths)))) for start in range(0, len(lengths), size)]
+    chunks: list[list[int]] = []
+    for position in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        chunk = chunks[-1] if chunks else None
+        # Sorted longest first: the chunk's first sequence is its longest.
+        if chunk and len(chunk) < size and (len(chunk) + 1) * lengths[chunk[0]] <= max_tokens:
+            chunk.append(position)
+        else:
+            chunks.append([position])
+    return chunks
+
+
+def _micro_batches(
+    rows: torch.Tensor, batch: RolloutBatch, train: Any
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(row ids, their positions within ``rows``) per micro-batch (:func:`pack_micro_batches`)."""
     if len(rows) == 0:
         raise TrainingError("no sequences to train on this step (all groups dropped by dynamic sampling)")
-    for start in range(0, len(rows), size):
-        yield rows[start : start + size], positions[start : start + size]
+    lengths = (batch.prompt_mask.sum(1)[batch.prompt_index] + batch.completion_mask.sum(1))[rows]
+    chunks = pack_micro_batches(lengths.tolist(), train.micro_batch_size, train.micro_batch_tokens)
+    return [(rows[chunk], torch.tensor(chunk)) for chunk in chunks]
 
 
 def _backward(state: TrainState, loss: torch.Tensor, sync: bool) -> None:

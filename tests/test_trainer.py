@@ -1,11 +1,15 @@
 """The GRPO trainer end to end on the real tiny model: run directory, accumulation, processes, resume, errors."""
 
+import dataclasses
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
+import peft
 import pytest
 import torch
 from conftest import tiny_overrides
@@ -13,10 +17,11 @@ from conftest import tiny_overrides
 from ocean_lib import launch
 from ocean_lib.config import load_config, save_config
 from ocean_lib.io import read_jsonl
+from ocean_lib.lora import ADAPTER_DIR, attach_lora
 from ocean_lib.metrics import is_registered
 from ocean_lib.models import load_policy
 from ocean_lib.run_dir import RunDir
-from ocean_lib.trainer import TrainingError, train
+from ocean_lib.trainer import TrainingError, pack_micro_batches, train
 
 NOT_COMPARABLE = ("time/",)  # wall-clock metrics differ between any two runs
 
@@ -69,23 +74,79 @@ def test_an_existing_run_is_never_overwritten(tiny_model_dir, mini_data_dir, tmp
         train(cfg)
     assert train(cfg, resume=True) == RunDir(cfg.run_dir).final  # finished: nothing to do
     assert len(RunDir(cfg.run_dir).read_metrics()) == 1
+    # A finished run is reused only for the settings it was trained with: a changed knob is named, not ignored.
+    changed = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, lr=cfg.train.lr * 2))
+    with pytest.raises(TrainingError, match=r"train\.lr .*->"):
+        train(changed, resume=True)
+    quiet = dataclasses.replace(cfg, logging=dataclasses.replace(cfg.logging, progress=False))
+    assert train(quiet, resume=True) == RunDir(cfg.run_dir).final  # display knobs may change
 
 
 def test_micro_batches_accumulate_to_the_full_batch(tiny_model_dir, mini_data_dir, tmp_path):
+    # (objective, sequences, token budget): one micro-batch; consecutive pairs; length-bucketed packs (the SFT
+    # reference answers differ in length, so its packs are not consecutive: [[0, 2], [3, 1]] here).
+    variants = [("grpo", 16, 0), ("grpo", 2, 0), ("grpo", 16, 450), ("sft", 16, 0), ("sft", 16, 450)]
     runs = {}
-    for micro in (16, 2):
+    for objective, micro, tokens in variants:
         cfg = _config(
             tiny_model_dir,
             mini_data_dir,
             tmp_path,
             "train.max_steps=1",
+            f"train.objective={objective}",
             f"train.micro_batch_size={micro}",
-            name=f"micro{micro}",
+            f"train.micro_batch_tokens={tokens}",
+            name=f"{objective}_{micro}_{tokens}",
         )
         train(cfg)
-        runs[micro] = RunDir(cfg.run_dir).read_metrics()[0]
-    for key in ("loss/total", "grad/norm", "kl/mean", "entropy/mean", "reward/overall"):
-        assert runs[2][key] == pytest.approx(runs[16][key], rel=1e-5, abs=1e-7), key
+        runs[objective, micro, tokens] = RunDir(cfg.run_dir).read_metrics()[0]
+    for objective, micro, tokens in variants[1:]:
+        full = runs[objective, 16, 0]
+        keys = (
+            ("loss/total", "grad/norm", "kl/mean", "entropy/mean")
+            if objective == "grpo"
+            else ("loss/sft", "grad/norm")
+        )
+        for key in keys:
+            assert runs[objective, micro, tokens][key] == pytest.approx(full[key], rel=1e-5, abs=1e-7), (
+                key,
+                objective,
+                micro,
+                tokens,
+            )
+
+
+def test_a_reference_kept_on_the_cpu_gives_the_same_step(tiny_model_dir, mini_data_dir, tmp_path):
+    steps = {}
+    for on_cpu in (False, True):
+        cfg = _config(
+            tiny_model_dir,
+            mini_data_dir,
+            tmp_path,
+            "train.max_steps=2",
+            f"model.reference_on_cpu={on_cpu}",
+            name=f"reference_on_cpu_{on_cpu}",
+        )
+        train(cfg)
+        steps[on_cpu] = RunDir(cfg.run_dir).read_metrics()[-1]
+    assert steps[True]["kl/mean"] > 0  # step 2: the policy has moved away from the reference
+    for key in ("kl/mean", "loss/total", "grad/norm"):
+        assert steps[True][key] == pytest.approx(steps[False][key], rel=1e-6), key
+
+
+def test_length_bucketed_micro_batches_pack_alike_lengths_within_the_budget():
+    lengths = [90, 30, 85, 32, 300, 31, 88, 29]
+    chunks = pack_micro_batches(lengths, size=8, max_tokens=200)
+    assert sorted(p for chunk in chunks for p in chunk) == list(range(len(lengths)))  # each exactly once
+    assert chunks[0] == [4]  # longer than the budget: alone
+    for chunk in chunks:
+        longest = max(lengths[p] for p in chunk)
+        assert len(chunk) == 1 or len(chunk) * longest <= 200
+    padded = sum(len(c) * max(lengths[p] for p in c) for c in chunks)
+    consecutive = pack_micro_batches(lengths, size=2)
+    assert consecutive == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    assert padded < sum(len(c) * max(lengths[p] for p in c) for c in consecutive)
+    assert all(len(c) <= 2 for c in pack_micro_batches(lengths, size=2, max_tokens=10_000))  # size still caps
 
 
 def test_nonfinite_loss_stops_and_names_the_last_good_checkpoint(tiny_model_dir, mini_data_dir, tmp_path):
@@ -143,7 +204,46 @@ def test_killed_run_resumes_to_the_same_result(tiny_model_dir, mini_data_dir, tm
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def test_unimplemented_lora_is_refused_not_ignored(tiny_model_dir, mini_data_dir, tmp_path):
-    cfg = _config(tiny_model_dir, mini_data_dir, tmp_path, "model.lora_rank=8")
-    with pytest.raises(TrainingError, match="lora_rank=8"):
-        train(cfg)
+LORA = ["model.lora_rank=4", "model.lora_alpha=8", "train.lr=1e-2"]
+
+
+def test_lora_trains_only_the_adapters_and_saves_merged_weights(tiny_model_dir, mini_data_dir, tmp_path):
+    cfg = _config(tiny_model_dir, mini_data_dir, tmp_path, *LORA)
+    final = train(cfg)
+    metrics = RunDir(cfg.run_dir).read_metrics()
+    assert metrics[0]["kl/mean"] == 0.0  # B starts at 0: the policy is the reference
+    # The reference is the policy with its adapters off, so once they have moved the KL term sees it.
+    assert metrics[1]["kl/mean"] > 0.0
+    assert all(m["response/sampler_logprob_gap"] < 1e-4 for m in metrics)  # sampler and trainer agree
+
+    before, after = _weights(tiny_model_dir), _weights(final)
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    targeted = re.compile(cfg.model.lora_target_modules + r"\.weight")
+    assert changed and all(targeted.fullmatch(k) for k in changed)  # nothing outside the adapted layers moved
+
+    # The merged checkpoint computes what base + adapter computes.
+    base, processor = load_policy(str(tiny_model_dir))
+    adapted = peft.PeftModel.from_pretrained(base, str(final / ADAPTER_DIR)).eval()
+    merged, _ = load_policy(str(final))
+    ids = processor.tokenizer("<think>3 red cubes</think><answer>3</answer>", return_tensors="pt").input_ids
+    with torch.no_grad():
+        torch.testing.assert_close(merged(input_ids=ids).logits, adapted(input_ids=ids).logits)
+
+
+def test_a_lora_run_resumes_from_its_adapter_exactly(tiny_model_dir, mini_data_dir, tmp_path):
+    cfg = _config(tiny_model_dir, mini_data_dir, tmp_path, *LORA, "train.max_steps=3")
+    run = RunDir(cfg.run_dir)
+    uninterrupted = _weights(train(cfg))
+    metrics = _comparable(run.read_metrics())
+    shutil.rmtree(run.final)  # as if killed during step 3: only step_1 and step_2 were saved
+    shutil.rmtree(run.checkpoint(2))
+    train(cfg, resume=True)
+    assert _comparable(run.read_metrics()) == metrics
+    resumed = _weights(run.final)
+    assert all(torch.equal(uninterrupted[k], resumed[k]) for k in uninterrupted)
+
+
+def test_lora_targets_that_match_nothing_are_an_error(tiny_model_dir):
+    model, _ = load_policy(str(tiny_model_dir))
+    with pytest.raises(ValueError, match="lora_target_modules='nothing': .*not found"):
+        attach_lora(model, rank=4, alpha=8, target_modules="nothing")
