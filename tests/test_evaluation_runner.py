@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -245,3 +246,15 @@ def test_a_killed_evaluation_resumes_without_recomputing_finished_items(mini, ti
     # Resuming with another generation budget would mix two settings in one file: refused.
     with pytest.raises(SettingsMismatchError, match="max_new_tokens: 12 -> 5"):
         run(tiny_model_dir, ["mini_counting"], cfg, max_new_tokens_cap=5, max_items=10)
+
+
+def test_answers_of_a_model_retrained_in_place_are_not_reused(mini, tiny_model_dir, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    cfg = config(mini, **{"eval.output_dir": str(tmp_path / "eval")})
+    run(model, ["mini_counting"], cfg, max_new_tokens_cap=4, max_items=2, model_name="m")
+    run(model, ["mini_counting"], cfg, max_new_tokens_cap=4, max_items=2, model_name="m")  # untouched: reused
+    weights = model / "model.safetensors"
+    weights.write_bytes(weights.read_bytes())  # as a new training run's save would: same path, new file
+    with pytest.raises(SettingsMismatchError, match="weights: '[0-9a-f]+' -> '[0-9a-f]+'"):
+        run(model, ["mini_counting"], cfg, max_new_tokens_cap=4, max_items=2, model_name="m")

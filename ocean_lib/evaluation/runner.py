@@ -25,6 +25,7 @@ import argparse
 import csv
 import dataclasses
 import io
+import hashlib
 import json
 import re
 import sys
@@ -121,6 +122,7 @@ def run_settings(
     return {
         "benchmark": benchmark.name,
         "model": str(Path(model_path).resolve()) if Path(model_path).exists() else str(model_path),
+        "weights": weights_fingerprint(model_path),
         "max_new_tokens": generation_budget(benchmark, cfg, cap),
         "decoding": "greedy",
         "backend": cfg.rollout.backend,
@@ -129,6 +131,17 @@ def run_settings(
         "max_pixels": cfg.data.max_pixels,
         "scoring": benchmark.score.__name__,
     }
+
+
+def weights_fingerprint(model_path: str | Path) -> str:
+    """Name, size and modification time of a local checkpoint's weight files, hashed: a model retrained in
+    place gets a new fingerprint, so its old answers are not reused. A hub id gives "" (its revision is fixed)."""
+    path = Path(model_path)
+    if not path.is_dir():
+        return ""
+    files = sorted(p for pattern in ("*.safetensors", "*.bin") for p in path.glob(pattern))
+    listing = "".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns};" for p in files)
+    return hashlib.sha256(listing.encode()).hexdigest()[:16]
 
 
 def check_settings(path: Path, settings: dict[str, Any]) -> None:
