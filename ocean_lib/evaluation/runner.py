@@ -24,8 +24,8 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
-import io
 import hashlib
+import io
 import json
 import re
 import sys
