@@ -6,9 +6,11 @@ Each step (``grpo_step``) is the recipe of Ocean-R1 / verl, in order:
 2. sample ``n`` completions per prompt (:mod:`ocean_lib.rollout`);
 3. score them with the rule-based reward (:mod:`ocean_lib.rewards`);
 4. normalise rewards within each group into advantages (:func:`ocean_lib.grpo.group_advantages`);
-5. reference log-probs from the frozen initial weights, when the KL coefficient is not 0;
-6. micro-batched forward/backward of the clipped policy loss (:func:`ocean_lib.grpo.policy_loss`), gradients
-   accumulated and all-reduced once, clipped, one AdamW step (Ocean-R1: one optimizer step per batch);
+5. reference log-probs from the frozen initial weights, when the KL coefficient is not 0 (with LoRA: the policy
+   with its adapters off, :mod:`ocean_lib.lora`);
+6. micro-batched (optionally length-bucketed) forward/backward of the clipped policy loss
+   (:func:`ocean_lib.grpo.policy_loss`), gradients accumulated and all-reduced once, clipped, one AdamW step
+   (Ocean-R1: one optimizer step per batch);
 7. metrics (reduced as sums and counts over all processes), rollouts and checkpoints into the run directory.
 
 ``objective: sft`` runs the supervised warm-start through the same loop: step 2 becomes the record's reference
