@@ -38,6 +38,10 @@ STAGES: dict[str, str | None] = {
 # result-table row -> the stage whose final weights it evaluates
 MODELS: dict[str, str] = {"base": "warmstart", "GRPO-text": "grpo_text", "GRPO-vis": "grpo_vis_stage2"}
 NOTEBOOKS = ["00_grpo_walkthrough", "01_data", "02_train", "03_evaluate", "04_aha_moments", "05_results"]
+"""The notebooks in reading order (the report's order)."""
+EXECUTION_ORDER = ["01_data", "02_train", "00_grpo_walkthrough", "03_evaluate", "04_aha_moments", "05_results"]
+"""The order ``reproduce`` runs them in: the walkthrough after training, so that its group comes from the
+warm-started base and holds right and wrong answers (a random model's are all wrong, and every advantage is 0)."""
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 
 
@@ -135,7 +139,7 @@ def eval_dir(cfg: RunConfig, label: str) -> Path:
 
 
 def reproduce(params: str | Path, overrides: list[str] | None = None, force: bool = False) -> Path:
-    """Run the notebooks in order with papermill, then write an HTML report of all of them.
+    """Run the notebooks with papermill (:data:`EXECUTION_ORDER`), then write an HTML report of all of them.
 
     Stops at the first failing notebook, naming the notebook, the cell and the error. Re-running skips
     finished work (training stages resume, evaluations reuse their caches) unless ``force`` clears the study.
@@ -150,7 +154,7 @@ def reproduce(params: str | Path, overrides: list[str] | None = None, force: boo
         shutil.rmtree(out)
     executed = out / "notebooks"
     executed.mkdir(parents=True, exist_ok=True)
-    for name in NOTEBOOKS:
+    for name in EXECUTION_ORDER:
         t0 = time.perf_counter()
         print(f"[reproduce] {name} ...", file=sys.stderr, flush=True)
         try:

@@ -18,6 +18,7 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
 def test_the_pipeline_runs_every_notebook_there_is():
     assert [p.stem for p in NOTEBOOKS] == study.NOTEBOOKS
+    assert sorted(study.EXECUTION_ORDER) == study.NOTEBOOKS  # each once, whatever the order
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -58,6 +59,9 @@ def test_reproduce_runs_the_study_end_to_end(tmp_path, monkeypatch):
             nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4).cells[0].source.splitlines()[0]
         )
         assert title.lstrip("# ").split("·")[-1].strip() in html
+    # The walkthrough ran after training: its group was sampled from the warm-started base.
+    walkthrough = (out / "notebooks" / "00_grpo_walkthrough.ipynb").read_text()
+    assert f"policy: {study.run_dir(cfg, 'warmstart').final}" in walkthrough
     for stage in study.STAGES:
         run = study.run_dir(cfg, stage)
         assert run.is_finished() and len(run.read_metrics()) == 2
