@@ -24,6 +24,7 @@ from ocean_lib.run_dir import RunDir
 from ocean_lib.trainer import TrainingError, pack_micro_batches, train
 
 NOT_COMPARABLE = ("time/",)  # wall-clock metrics differ between any two runs
+LORA = ["model.lora_rank=4", "model.lora_alpha=8", "train.lr=1e-2"]  # adapters move visibly in one step
 
 
 def _config(tiny_model_dir, mini_data_dir, tmp_path, *extra, name="run"):
@@ -159,11 +160,12 @@ def test_nonfinite_loss_stops_and_names_the_last_good_checkpoint(tiny_model_dir,
 
 
 @pytest.mark.slow
-def test_two_processes_take_the_same_step_as_one(tiny_model_dir, mini_data_dir, tmp_path):
-    one = _config(tiny_model_dir, mini_data_dir, tmp_path, "train.max_steps=1", name="one")
+@pytest.mark.parametrize("extra", [[], LORA], ids=["full", "lora"])
+def test_two_processes_take_the_same_step_as_one(tiny_model_dir, mini_data_dir, tmp_path, extra):
+    one = _config(tiny_model_dir, mini_data_dir, tmp_path, "train.max_steps=1", *extra, name="one")
     train(one)
     params = tmp_path / "two.yaml"
-    two = _config(tiny_model_dir, mini_data_dir, tmp_path, "train.max_steps=1", name="two")
+    two = _config(tiny_model_dir, mini_data_dir, tmp_path, "train.max_steps=1", *extra, name="two")
     save_config(two, params)
     launch.train(params, topology=launch.Topology(num_processes=2))
     a, b = RunDir(one.run_dir).read_metrics()[0], RunDir(two.run_dir).read_metrics()[0]
@@ -202,9 +204,6 @@ def test_killed_run_resumes_to_the_same_result(tiny_model_dir, mini_data_dir, tm
     assert _comparable(run.read_metrics()) == _comparable(RunDir(reference.run_dir).read_metrics())
     wa, wb = _weights(RunDir(reference.run_dir).final), _weights(run.final)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
-
-
-LORA = ["model.lora_rank=4", "model.lora_alpha=8", "train.lr=1e-2"]
 
 
 def test_lora_trains_only_the_adapters_and_saves_merged_weights(tiny_model_dir, mini_data_dir, tmp_path):
