@@ -7,6 +7,7 @@ import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ocean_lib.cli import BENCH_SCRIPTS
     from ocean_lib.config import add_params_arguments
     from ocean_lib.evaluation.runner import add_eval_arguments
 
@@ -62,9 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="re-run stages that already finished")
 
     p = commands.add_parser(
-        "bench", help="benchmarks: grpo (a step against TRL) or rewards (scoring throughput)"
+        "bench",
+        help="benchmarks: grpo (a step against TRL), rewards (scoring throughput), micro-batches (length buckets)",
     )
-    p.add_argument("which", choices=["grpo", "rewards"], help="which benchmark")
+    p.add_argument("which", choices=list(BENCH_SCRIPTS), help="which benchmark")
 
     commands.add_parser("gpu-check", help="check bf16, flash-attention, DeepSpeed and vLLM on one GPU")
     return parser

@@ -8,6 +8,9 @@ import sys
 
 from ocean_lib.config import load_config
 
+BENCH_SCRIPTS = {"grpo": "grpo_step.py", "rewards": "rewards.py", "micro-batches": "micro_batches.py"}
+"""``python -m ocean_lib bench <name>`` runs ``bench/<script>`` (scripts live beside the package in a checkout)."""
+
 
 def run(args: argparse.Namespace) -> int:
     handler = {
@@ -86,11 +89,7 @@ def _bench(args: argparse.Namespace) -> int:
     import runpy
     from pathlib import Path
 
-    script = (
-        Path(__file__).resolve().parents[1]
-        / "bench"
-        / ("grpo_step.py" if args.which == "grpo" else "rewards.py")
-    )
+    script = Path(__file__).resolve().parents[1] / "bench" / BENCH_SCRIPTS[args.which]
     if not script.exists():
         raise SystemExit(f"{script} not found: benchmarks run from a source checkout of ocean_lib")
     sys.argv = [str(script)]  # the script parses its own arguments, not the CLI's

@@ -39,7 +39,14 @@ STAGES: dict[str, str | None] = {
 MODELS: dict[str, str] = {"base": "warmstart", "GRPO-text": "grpo_text", "GRPO-vis": "grpo_vis_stage2"}
 NOTEBOOKS = ["00_grpo_walkthrough", "01_data", "02_train", "03_evaluate", "04_aha_moments", "05_results"]
 """The notebooks in reading order (the report's order)."""
-EXECUTION_ORDER = ["01_data", "02_train", "00_grpo_walkthrough", "03_evaluate", "04_aha_moments", "05_results"]
+EXECUTION_ORDER = [
+    "01_data",
+    "02_train",
+    "00_grpo_walkthrough",
+    "03_evaluate",
+    "04_aha_moments",
+    "05_results",
+]
 """The order ``reproduce`` runs them in: the walkthrough after training, so that its group comes from the
 warm-started base and holds right and wrong answers (a random model's are all wrong, and every advantage is 0)."""
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"

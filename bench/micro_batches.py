@@ -1,0 +1,172 @@
+"""Length-bucketed micro-batches (``train.micro_batch_tokens``) against consecutive ones, side by side.
+
+The work: one GRPO batch's forward and backward, as the trainer's update runs it (``trainer.completion_logprobs``
+per micro-batch, a token-mean loss with the batch's global token count, gradients accumulated). The batch: the
+miniature's tiny Qwen2.5-VL (default shape, built here), 8 procedural prompts with their pictures, 8 completions
+each (64 sequences), completion lengths drawn once from a long tail like a rollout's (log-normal, median
+``--median`` tokens, clipped to ``--max-len``: most answers short, a few running to the limit). Both sides cap a
+micro-batch at 8 sequences; the bucketed side also packs at most ``--tokens`` padded tokens. Before timing,
+the script checks that both sides produce the same gradient (any partition does: the normalisers are global).
+
+Two settings, because the trade-off differs: with gradient checkpointing (the real-scale recipe) every
+micro-batch runs the plain forward and bucketing only removes padding; without it (the miniature), consecutive
+micro-batches hold whole groups and run each prompt once (``trainer._logits_running_prompts_once``), which
+bucketing, mixing groups, gives up. The sides alternate round by round so that they see the same machine load;
+the last line printed is the speed-up with checkpointing.
+
+    python bench/micro_batches.py [--rounds 5] [--tokens 1024] [--median 48] [--max-len 512]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ocean_lib.config import load_config
+from ocean_lib.data import synthetic
+from ocean_lib.models import build_tiny_model, load_policy, vision_special_token_ids
+from ocean_lib.prompts import Prompt
+from ocean_lib.rollout import RolloutBatch, encode_prompts
+from ocean_lib.trainer import completion_logprobs, pack_micro_batches, prompt_of
+
+PROMPTS, GROUP, MICRO = 8, 8, 8
+
+
+def make_batch(processor, cfg, median: int, max_len: int, seed: int = 0) -> RolloutBatch:
+    """8 prompts × 8 completions of random tokens with long-tailed lengths (the loss does not care what they say)."""
+    records = [
+        synthetic.task_record(synthetic.sample_task(family, (11, i)), i)
+        for i, family in enumerate(synthetic.FAMILIES * (PROMPTS // len(synthetic.FAMILIES)))
+    ]
+    prompts: list[Prompt] = [prompt_of(r, cfg)[0] for r in records]
+    inputs = encode_prompts(processor, prompts)
+    rng = np.random.default_rng(seed)
+    rows = PROMPTS * GROUP
+    lengths = np.clip(np.round(rng.lognormal(np.log(median), 1.0, rows)), 8, max_len).astype(int)
+    special = set(processor.tokenizer.all_special_ids) | set(vision_special_token_ids(processor))
+    ordinary = np.array([i for i in range(len(processor.tokenizer)) if i not in special])
+    completion_ids = torch.from_numpy(rng.choice(ordinary, (rows, int(lengths.max()))))
+    completion_mask = (torch.arange(completion_ids.shape[1]) < torch.from_numpy(lengths)[:, None]).long()
+    repeat = lambda t: t.repeat_interleave(GROUP, 0)  # noqa: E731 - one row per completion
+    return RolloutBatch(
+        prompt_ids=repeat(inputs["input_ids"]),
+        prompt_mask=repeat(inputs["attention_mask"]),
+        prompt_token_types=repeat(inputs["mm_token_type_ids"]),
+        completion_ids=completion_ids,
+        completion_mask=completion_mask,
+        logprobs=torch.zeros(completion_ids.shape),
+        pixel_values=inputs["pixel_values"],
+        image_grid_thw=inputs["image_grid_thw"],
+        images_per_prompt=[len(p.images) for p in prompts],
+        n=GROUP,
+        texts=[""] * rows,
+        finished=[True] * rows,
+    )
+
+
+def micro_batches(batch: RolloutBatch, tokens: int) -> list[list[int]]:
+    lengths = (batch.prompt_mask.sum(1) + batch.completion_mask.sum(1)).tolist()
+    return pack_micro_batches(lengths, MICRO, tokens)
+
+
+def padded_fraction(batch: RolloutBatch, chunks: list[list[int]]) -> float:
+    """Share of the computed (row, position) slots that are padding (prompt columns trimmed as the trainer does)."""
+    real = computed = 0
+    for chunk in chunks:
+        rows = torch.tensor(chunk)
+        prompt = batch.prompt_mask[rows]
+        first = int((prompt.sum(0) > 0).nonzero()[0])
+        width = prompt.shape[1] - first + int(batch.completion_mask[rows].sum(1).max())
+        computed += len(chunk) * width
+        real += int(prompt.sum() + batch.completion_mask[rows].sum())
+    return 1 - real / computed
+
+
+def forward_backward(model, batch: RolloutBatch, chunks: list[list[int]]) -> float:
+    """One batch's update work: per micro-batch log-probs, token-mean loss over the whole batch, backward."""
+    model.zero_grad(set_to_none=True)
+    total = float(batch.completion_mask.sum())
+    start = time.perf_counter()
+    for chunk in chunks:
+        logp, _, mask = completion_logprobs(model, model, batch, torch.tensor(chunk), temperature=1.0)
+        (-(logp * mask).sum() / total).backward()
+    return time.perf_counter() - start
+
+
+def gradients(model) -> list[torch.Tensor]:
+    return [p.grad.detach().clone() for p in model.parameters() if p.grad is not None]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=5, help="alternating measured rounds per setting")
+    parser.add_argument(
+        "--tokens", type=int, default=1024, help="the bucketed side's train.micro_batch_tokens"
+    )
+    parser.add_argument("--median", type=int, default=48, help="median completion length, tokens")
+    parser.add_argument("--max-len", type=int, default=512, help="longest completion, tokens")
+    args = parser.parse_args()
+    if "OMP_WAIT_POLICY" not in os.environ:  # see bench/grpo_step.py: spinning OpenMP threads on shared cores
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+        os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+
+    with tempfile.TemporaryDirectory(prefix="micro_batch_bench_") as tmp:
+        cfg = load_config(None, ["data.min_pixels=3136", "data.max_pixels=200704"])
+        model_dir = build_tiny_model(
+            cfg.model.tiny, synthetic.corpus(cfg, per_level=100), Path(tmp) / "tiny", 3136, 200704
+        )
+        model, processor = load_policy(str(model_dir))
+        batch = make_batch(processor, cfg, args.median, args.max_len)
+        sides = {"consecutive": micro_batches(batch, 0), "bucketed": micro_batches(batch, args.tokens)}
+        lengths = batch.completion_mask.sum(1)
+        print(
+            f"{len(lengths)} completions, lengths median {int(lengths.median())}, max {int(lengths.max())}; "
+            f"micro-batches: consecutive {len(sides['consecutive'])}, bucketed {len(sides['bucketed'])} "
+            f"(≤ {MICRO} sequences, ≤ {args.tokens} padded tokens)"
+        )
+        for name, chunks in sides.items():
+            print(f"{name:>12}: {padded_fraction(batch, chunks):.0%} of computed token slots are padding")
+
+        speedups = {}
+        for checkpointing in (True, False):
+            if checkpointing:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                model.gradient_checkpointing_disable()
+            model.train()
+            grads = {}
+            for name, chunks in sides.items():  # warm-up, and the same gradient on both sides
+                forward_backward(model, batch, chunks)
+                grads[name] = gradients(model)
+            worst = max(
+                float((a - b).abs().max() / (a.abs().max() + 1e-12))
+                for a, b in zip(grads["consecutive"], grads["bucketed"], strict=True)
+            )
+            assert worst < 1e-4, f"the two sides' gradients differ (worst relative difference {worst:.2e})"
+            seconds: dict[str, list[float]] = {name: [] for name in sides}
+            for r in range(args.rounds):
+                for name in list(sides) if r % 2 == 0 else list(sides)[::-1]:
+                    seconds[name].append(forward_backward(model, batch, sides[name]))
+            medians = {name: statistics.median(values) for name, values in seconds.items()}
+            speedups[checkpointing] = medians["consecutive"] / medians["bucketed"]
+            label = "with gradient checkpointing" if checkpointing else "without (prompts run once per group)"
+            print(
+                f"{label}: consecutive {medians['consecutive']:.2f} s, bucketed {medians['bucketed']:.2f} s "
+                f"per batch (median of {args.rounds}; gradients agree to {worst:.1e})"
+            )
+        print(f"without checkpointing, consecutive / bucketed: {speedups[False]:.2f}x")
+        print(f"with gradient checkpointing, consecutive / bucketed: {speedups[True]:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
