@@ -1,0 +1,32 @@
+"""The benchmark scripts still run end to end (on small sizes); their numbers are not asserted: timing is not a test."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def run_script(name: str, *args: str) -> list[str]:
+    done = subprocess.run(
+        [sys.executable, str(BENCH / name), *args], capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout.strip().splitlines()
+
+
+def test_reward_bench_checks_identical_verdicts_and_prints_a_ratio():
+    lines = run_script("rewards.py", "--n", "400", "--rounds", "2", "--warm", "50")
+    assert re.fullmatch(r"identical verdicts on all 400; speed-up: [0-9.]+x", lines[-1])
+
+
+@pytest.mark.slow
+def test_micro_batch_bench_checks_equal_gradients_and_prints_ratios():
+    lines = run_script(
+        "micro_batches.py", "--rounds", "1", "--median", "16", "--max-len", "64", "--tokens", "400"
+    )
+    assert re.search(r"bucketed: \d+% of computed token slots are padding", "\n".join(lines))
+    assert re.fullmatch(r"with gradient checkpointing, consecutive / bucketed: [0-9.]+x", lines[-1])
