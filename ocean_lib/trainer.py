@@ -565,9 +565,8 @@ def save_checkpoint(state: TrainState, target: Path, step: int, epoch: int) -> N
         tmp.mkdir(parents=True, exist_ok=True)
         adapters = peft_model(state.model)
         if adapters is not None:
-            adapters.save_pretrained(
-                tmp / ADAPTER_DIR, state_dict=weights
-            )  # keeps only the adapter's tensors
+            # PEFT keeps only the adapter's tensors of the full state dict (gathered under ZeRO-3).
+            adapters.save_pretrained(tmp / ADAPTER_DIR, state_dict=weights)
             m = state.cfg.model
             weights = merged_state_dict(weights, scaling=m.lora_alpha / m.lora_rank)
         state.policy.save_pretrained(tmp, state_dict=weights, safe_serialization=True)
