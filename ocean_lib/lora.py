@@ -17,6 +17,7 @@ What changes elsewhere, and why:
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -49,9 +50,21 @@ def attach_lora(model: Any, rank: int, alpha: float, target_modules: str, adapte
 
 def peft_model(model: Any) -> Any | None:
     """The PEFT model inside DDP/DeepSpeed wrappers, or None when the policy has no adapters."""
-    while hasattr(model, "module"):
+    while isinstance(getattr(model, "module", None), torch.nn.Module):
         model = model.module
-    return model if hasattr(model, "disable_adapter") and hasattr(model, "get_base_model") else None
+    return model if _is_peft(model) else None
+
+
+def unwrap_peft(model: Any) -> Any:
+    """The transformers model inside ``model`` if ``model`` itself is a PEFT model (its LoRA layers, injected in
+    place, stay active), else ``model`` unchanged. Other wrappers, such as a DeepSpeed engine, are not looked into."""
+    return model.get_base_model() if _is_peft(model) else model
+
+
+def _is_peft(model: Any) -> bool:
+    # Only attach_lora makes PEFT models, after importing peft: runs without LoRA never pay for that import.
+    peft = sys.modules.get("peft")
+    return peft is not None and isinstance(model, peft.PeftModel)
 
 
 def merged_state_dict(weights: dict[str, torch.Tensor], scaling: float) -> dict[str, torch.Tensor]:

@@ -35,10 +35,10 @@ import torch
 from transformers import PreTrainedModel
 
 from ocean_lib import grpo
-from ocean_lib.config import RunConfig, config_changes, load_config, save_config
+from ocean_lib.config import RunConfig, TrainConfig, config_changes, load_config, save_config
 from ocean_lib.data import Record, load_example, read_records
 from ocean_lib.io import atomic_write_bytes
-from ocean_lib.lora import ADAPTER_DIR, attach_lora, merged_state_dict, peft_model
+from ocean_lib.lora import ADAPTER_DIR, attach_lora, merged_state_dict, peft_model, unwrap_peft
 from ocean_lib.metrics import check_registered
 from ocean_lib.models import load_policy
 from ocean_lib.prompts import Prompt
@@ -194,9 +194,7 @@ class TrainState:
     @property
     def policy(self) -> Any:
         """The bare transformers model (for generation, positions and saving); with LoRA, adapters included."""
-        bare = self.accelerator.unwrap_model(self.model)
-        adapters = peft_model(bare)
-        return adapters.get_base_model() if adapters is not None else bare
+        return unwrap_peft(self.accelerator.unwrap_model(self.model))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -234,20 +232,21 @@ def grpo_step(
         keep = ~flat_groups.repeat_interleave(n)
     kept_rows = keep.nonzero().squeeze(1)
 
-    # 5. Reference (and, for several updates per batch, old) log-probs, without gradients.
+    # 5. Reference (and, for several updates per batch, old) log-probs, without gradients, in the micro-batches
+    #    the update will use.
+    micro_batches = _micro_batches(kept_rows, batch, cfg.train)
     ref_logprobs = old_logprobs = None
     if alg.kl_coef > 0:
         with tally.timer("time/reference_s"):
-            ref_logprobs = reference_logprobs(state, batch, kept_rows)
+            ref_logprobs = reference_logprobs(state, batch, micro_batches)
     if alg.updates_per_batch > 1:
-        old_logprobs = _logprobs_no_grad(state.model, state.policy, batch, kept_rows, cfg)
+        old_logprobs = _logprobs_no_grad(state.model, state.policy, batch, micro_batches, cfg)
 
     # 6. Micro-batched clipped-loss updates; normalisers are global so micro-batch losses add up exactly.
     num_tokens = acc.reduce(batch.completion_mask[kept_rows].sum().float(), "sum").item()
     num_seqs = acc.reduce(torch.tensor(float(len(kept_rows))), "sum").item()
     loss_sum = 0.0  # the batch loss is the sum of the micro-batch losses (global normalisers)
     with tally.timer("time/update_s"):
-        micro_batches = _micro_batches(kept_rows, batch, cfg.train)
         for _ in range(alg.updates_per_batch):
             for k, (chunk, positions) in enumerate(micro_batches):
                 logp, entropy, mask = completion_logprobs(
@@ -513,22 +512,23 @@ def _logits_running_prompts_once(
     return torch.cat([prompt_logits[row_prompt], completion_logits], 1)
 
 
-def reference_logprobs(state: TrainState, batch: RolloutBatch, rows: torch.Tensor) -> torch.Tensor:
-    """Log-probs of ``rows`` under the frozen initial policy: its own copy (on the training device, or on the CPU
-    with ``model.reference_on_cpu``), or, with LoRA, the policy itself with its adapters switched off."""
+def reference_logprobs(state: TrainState, batch: RolloutBatch, micro_batches: MicroBatches) -> torch.Tensor:
+    """Log-probs under the frozen initial policy: its own copy (on the training device, or on the CPU with
+    ``model.reference_on_cpu``), or, with LoRA, the policy itself with its adapters switched off."""
     if state.reference is not None:
-        return _logprobs_no_grad(state.reference, state.reference, batch, rows, state.cfg)
+        return _logprobs_no_grad(state.reference, state.reference, batch, micro_batches, state.cfg)
     with peft_model(state.model).disable_adapter():
-        return _logprobs_no_grad(state.model, state.policy, batch, rows, state.cfg)
+        return _logprobs_no_grad(state.model, state.policy, batch, micro_batches, state.cfg)
 
 
 def _logprobs_no_grad(
-    model: Any, policy: Any, batch: RolloutBatch, rows: torch.Tensor, cfg: RunConfig
+    model: Any, policy: Any, batch: RolloutBatch, micro_batches: MicroBatches, cfg: RunConfig
 ) -> torch.Tensor:
-    """Log-probs of ``rows`` under ``model`` without gradients, as one [len(rows), Lc] tensor (0-padded)."""
-    out = torch.zeros(len(rows), batch.completion_ids.shape[1])
+    """Log-probs of the micro-batches' rows under ``model`` without gradients, as one [rows, Lc] tensor (0-padded),
+    row ``i`` holding position ``i`` of the micro-batches."""
+    out = torch.zeros(sum(len(chunk) for chunk, _ in micro_batches), batch.completion_ids.shape[1])
     with torch.no_grad():
-        for chunk, positions in _micro_batches(rows, batch, cfg.train):
+        for chunk, positions in micro_batches:
             logp, _, _ = completion_logprobs(model, policy, batch, chunk, cfg.rollout.temperature)
             out[positions, : logp.shape[1]] = logp.float().cpu()
     return out
@@ -746,8 +746,7 @@ def _bare(model: Any) -> Any:
     A DeepSpeed engine is returned as it is: it must see exactly one forward per backward."""
     if isinstance(model, torch.nn.parallel.DistributedDataParallel):
         model = model.module
-    adapters = peft_model(model) if not hasattr(model, "module") else None
-    return adapters.get_base_model() if adapters is not None else model
+    return unwrap_peft(model)
 
 
 def pack_micro_batches(lengths: list[int], size: int, max_tokens: int = 0) -> list[list[int]]:
@@ -773,9 +772,11 @@ def pack_micro_batches(lengths: list[int], size: int, max_tokens: int = 0) -> li
     return chunks
 
 
-def _micro_batches(
-    rows: torch.Tensor, batch: RolloutBatch, train: Any
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
+# Per micro-batch: (row ids of the batch, their positions within the rows being trained on).
+MicroBatches = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+def _micro_batches(rows: torch.Tensor, batch: RolloutBatch, train: TrainConfig) -> MicroBatches:
     """(row ids, their positions within ``rows``) per micro-batch (:func:`pack_micro_batches`)."""
     if len(rows) == 0:
         raise TrainingError("no sequences to train on this step (all groups dropped by dynamic sampling)")
