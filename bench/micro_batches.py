@@ -73,8 +73,7 @@ def make_batch(processor, cfg, median: int, max_len: int, seed: int = 0) -> Roll
 
 
 def micro_batches(batch: RolloutBatch, tokens: int) -> list[list[int]]:
-    lengths = (batch.prompt_mask.sum(1) + batch.completion_mask.sum(1)).tolist()
-    return pack_micro_batches(lengths, MICRO, tokens)
+    return pack_micro_batches(batch.lengths.tolist(), MICRO, tokens)
 
 
 def padded_fraction(batch: RolloutBatch, chunks: list[list[int]]) -> float:

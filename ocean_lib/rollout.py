@@ -55,6 +55,11 @@ class RolloutBatch:
         return self.completion_mask.sum(-1).tolist()
 
     @property
+    def lengths(self) -> torch.Tensor:
+        """[R] real tokens of each row, its prompt's (padding excluded) plus its completion's."""
+        return self.prompt_mask.sum(-1) + self.completion_mask.sum(-1)
+
+    @property
     def prompt_index(self) -> torch.Tensor:
         return torch.arange(len(self.texts)) // self.n
 

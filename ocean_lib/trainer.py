@@ -780,8 +780,9 @@ def _micro_batches(rows: torch.Tensor, batch: RolloutBatch, train: TrainConfig) 
     """(row ids, their positions within ``rows``) per micro-batch (:func:`pack_micro_batches`)."""
     if len(rows) == 0:
         raise TrainingError("no sequences to train on this step (all groups dropped by dynamic sampling)")
-    lengths = (batch.prompt_mask.sum(1)[batch.prompt_index] + batch.completion_mask.sum(1))[rows]
-    chunks = pack_micro_batches(lengths.tolist(), train.micro_batch_size, train.micro_batch_tokens)
+    chunks = pack_micro_batches(
+        batch.lengths[rows].tolist(), train.micro_batch_size, train.micro_batch_tokens
+    )
     return [(rows[chunk], torch.tensor(chunk)) for chunk in chunks]
 
 

@@ -9,6 +9,7 @@ from ocean_lib.prompts import Prompt, user_text
 from ocean_lib.rollout import (
     _filter_top_k_top_p,
     _mask_through_eos,
+    encode_prompts,
     make_engine,
     mrope_positions,
     select_images,
@@ -52,6 +53,11 @@ def test_training_forward_reproduces_sampler_logprobs(tiny_model_dir):
     torch.manual_seed(0)
     batch = engine.generate(_prompts(), n=3)
     assert len(batch.texts) == 9 and batch.prompt_index.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    # Each row's length counts its own prompt's tokens (three prompt lengths here) and its own completion's.
+    alone = [int(encode_prompts(processor, [p])["attention_mask"].sum()) for p in _prompts()]
+    assert len(set(alone)) == 3
+    expected = [alone[i // 3] + batch.completion_lengths[i] for i in range(9)]
+    assert batch.lengths.tolist() == expected
     mask = batch.completion_mask.bool()
     gap = (_forward_logprobs(model, batch) - batch.logprobs)[mask].abs().max()
     assert gap < 1e-5
