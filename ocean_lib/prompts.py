@@ -32,6 +32,8 @@ GROUNDING_INSTRUCTION = (
 )
 
 INSTRUCTIONS: dict[str, str] = {"acc": THINK_INSTRUCTION, "iou": GROUNDING_INSTRUCTION}
+REWARD_FUNCS = tuple(INSTRUCTIONS)
+"""The reward functions a record may name (``extra_info.reward_func``); each has its instruction above."""
 
 Style = Literal["train", "eval"]
 

@@ -62,6 +62,7 @@ def sample_records() -> list[Record]:
             data_source="toy_grounding",
             question="Find the red square and give its bounding box in pixels.",
             answer=json.dumps({"bbox_2d": [2, 2, 26, 26]}),
+            ground_truth="[2, 2, 26, 26]",  # the reward's truth is the bare box (the answer is the object)
             reward_func="iou",
             index=1,
             images=[ImageRef(bytes=png((28, 28), (2, 2, 26, 26)), path="toy/1.png")],
@@ -229,6 +230,11 @@ def test_iou_row_needs_a_box(tmp_path):
     record.ground_truth = "the top-left square"
     path = write_records([record], tmp_path / "box.parquet")
     with pytest.raises(DataError, match="row 0, field reward_model.ground_truth: not a JSON box"):
+        read_records(path, DataConfig())
+    # The answer's object form is not a ground truth: the iou reward reads a bare list and would score 0.
+    record.ground_truth = json.dumps({"bbox_2d": [2, 2, 26, 26]})
+    path = write_records([record], tmp_path / "object.parquet")
+    with pytest.raises(DataError, match=r"row 0, field reward_model.ground_truth: expected a bare \[x1"):
         read_records(path, DataConfig())
 
 

@@ -45,11 +45,10 @@ from PIL import Image
 
 from ocean_lib.config import DataConfig
 from ocean_lib.io import atomic_write_bytes
-from ocean_lib.prompts import IMAGE_MARKER, reference_completion, user_text
+from ocean_lib.prompts import IMAGE_MARKER, REWARD_FUNCS, reference_completion, user_text
 
 log = logging.getLogger(__name__)
 
-REWARD_FUNCS = ("acc", "iou")
 HUB_PROBE_TIMEOUT_S = 3.0
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
@@ -302,7 +301,7 @@ def validate_record(record: Record, cfg: DataConfig, check_images: bool = True) 
         if n_images > 1:
             raise _BadField("images", f"an iou row needs at most one image (its box's frame), got {n_images}")
         try:
-            parse_box(record.ground_truth)
+            parse_box(record.ground_truth, allow_object=False)
         except ValueError as error:
             raise _BadField("reward_model.ground_truth", str(error)) from None
     if check_images:
@@ -496,19 +495,25 @@ def fit_pixels(width: int, height: int, min_pixels: int, max_pixels: int) -> tup
     return width, height
 
 
-def parse_box(ground_truth: str) -> list[float]:
-    """The box of an ``iou`` ground truth: JSON ``[x1, y1, x2, y2]`` or ``{"bbox_2d": [x1, y1, x2, y2]}``."""
+def parse_box(text: str, allow_object: bool = True) -> list[float]:
+    """A box written as JSON: ``[x1, y1, x2, y2]``, or (``allow_object``) ``{"bbox_2d": [x1, y1, x2, y2]}``.
+
+    Answers and benchmark annotations come in both forms. A training record's ``iou`` ground truth must be the
+    bare list (``allow_object=False``), Ocean-R1's format: the ``iou`` reward reads only a list, and would score
+    every completion 0 against an object.
+    """
+    expected = '[x1, y1, x2, y2] or {"bbox_2d": [...]}' if allow_object else "a bare [x1, y1, x2, y2]"
     try:
-        value = json.loads(ground_truth)
+        value = json.loads(text)
     except json.JSONDecodeError:
-        raise ValueError(f"not a JSON box: {ground_truth!r:.80}") from None
-    box = value.get("bbox_2d") if isinstance(value, dict) else value
+        raise ValueError(f"not a JSON box: {text!r:.80}") from None
+    box = value.get("bbox_2d") if isinstance(value, dict) and allow_object else value
     if not (
         isinstance(box, list)
         and len(box) == 4
         and all(isinstance(v, int | float) and not isinstance(v, bool) for v in box)
     ):
-        raise ValueError(f'expected [x1, y1, x2, y2] or {{"bbox_2d": [...]}}, got {ground_truth!r:.80}')
+        raise ValueError(f"expected {expected}, got {text!r:.80}")
     return [float(v) for v in box]
 
 

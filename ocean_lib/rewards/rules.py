@@ -53,7 +53,8 @@ from typing import Any, Literal
 
 from Levenshtein import ratio
 
-REWARD_FUNCS = ("acc", "iou")
+from ocean_lib.prompts import REWARD_FUNCS
+
 TAGS = ("<think>", "</think>", "<answer>", "</answer>")
 _OPEN, _CLOSE = "<answer>", "</answer>"
 
