@@ -300,9 +300,9 @@ def _clean(text: str) -> str:
 
 
 def _float_verdict(student: str, truth: str) -> float | None:
-    """1.0/0.0 when both cleaned answers read as Python floats (equal or not), else ``None``."""
+    """1.0/0.0 when both (cleaned) answers read as Python floats, equal or not, else ``None``."""
     try:
-        return 1.0 if float(_clean(student)) == float(_clean(truth)) else 0.0
+        return 1.0 if float(student) == float(truth) else 0.0
     except ValueError:
         return None
 
@@ -364,14 +364,14 @@ def ocean_string_match(completion: str, ground_truth: str) -> float:
     student, truth = _tighten_operators(student), _tighten_operators(truth)
     if student == truth:
         return 1.0
-    if _DIGIT.search(truth):
-        similarity = _float_verdict(student, truth)
-        if similarity is None:
-            similarity = ratio(_clean(student), _clean(truth))
-    elif (letter := choice_letter(truth)) is not None:
+    numeric = _DIGIT.search(truth) is not None
+    if not numeric and (letter := choice_letter(truth)) is not None:
         similarity = 1.0 if choice_letter(student) == letter else 0.0
     else:
-        similarity = ratio(_clean(student), _clean(truth))
+        student, truth = _clean(student), _clean(truth)
+        similarity = _float_verdict(student, truth) if numeric else None
+        if similarity is None:
+            similarity = ratio(student, truth)
     return _partial_credit(similarity)
 
 
