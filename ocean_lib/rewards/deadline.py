@@ -122,12 +122,15 @@ class _Worker:
     )  # (first call, bytes) of chunks not yet read
     deadline: float = math.inf  # for in_flight[0]
 
-    def has_room(self, nbytes: int) -> bool:
-        """Whether a chunk of ``nbytes`` can be sent now without any risk of blocking."""
+    def has_slots(self) -> bool:
+        """Whether another chunk of calls may be queued on this worker (checked before pickling one)."""
+        return not self.in_flight or len(self.in_flight) + CHUNK <= MAX_IN_FLIGHT
+
+    def has_pipe_room(self, nbytes: int) -> bool:
+        """Whether a message of ``nbytes`` can be sent now without any risk of blocking."""
         if not self.in_flight:
             return True  # an idle worker is reading its pipe
-        unread = sum(size for _, size in self.unread)
-        return len(self.in_flight) + CHUNK <= MAX_IN_FLIGHT and unread + nbytes + 64 <= self.pipe_bytes
+        return sum(size for _, size in self.unread) + nbytes + 64 <= self.pipe_bytes
 
     def stop(self) -> None:
         self.process.kill()
@@ -254,9 +257,9 @@ class DeadlinePool:
             batch.retry.appendleft(chunk)
             self._workers = [self._spawn() for _ in range(self.size)]
         for worker in list(self._workers):
-            while worker.ready and (chunk := batch.next_chunk()) is not None:
+            while worker.ready and worker.has_slots() and (chunk := batch.next_chunk()) is not None:
                 message = bytes(ForkingPickler.dumps([batch.calls[i] for i in chunk]))
-                if not worker.has_room(len(message)):
+                if not worker.has_pipe_room(len(message)):
                     batch.retry.appendleft(chunk)
                     break
                 try:
