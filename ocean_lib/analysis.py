@@ -179,7 +179,8 @@ def split_completion(text: str) -> tuple[str, str, str]:
     """(think, answer, rest) of a completion, for display. Plain string search, linear time.
 
     ``think`` is the content of the first ``<think>`` block; ``answer`` of the *last* ``<answer>`` block after
-    it (the span the ``acc`` reward's string match reads); an unclosed block runs to the end of the text.
+    it; an unclosed block runs to the end of the text (for display: on malformed text, such as nested or
+    unclosed tags, the reward may read another span, which its breakdown records as ``answer_extracted``).
     ``rest`` is the text outside those two blocks (preamble, text between or after them), one piece per line.
     Missing blocks are empty strings; everything is stripped.
     """

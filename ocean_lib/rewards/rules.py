@@ -99,7 +99,9 @@ def answer_spans(text: str) -> list[str]:
     return list(_spans(text))
 
 
-@functools.lru_cache(maxsize=8)  # format, accuracy and diagnostics of one completion all ask for its spans
+@functools.lru_cache(
+    maxsize=8
+)  # the accuracy rules and the think/answer diagnostic of one completion reuse them
 def _spans(text: str) -> tuple[str, ...]:
     spans, start = [], 0
     while (open_at := text.find(_OPEN, start)) >= 0:
@@ -353,8 +355,9 @@ def ocean_string_match(completion: str, ground_truth: str) -> float:
     Then :func:`_partial_credit`.
     """
     truth = ground_truth_answer(ground_truth)
-    spans = _spans(completion)
-    student = (spans[-1] if spans else completion).strip()
+    student = extract_answer_span(completion, "last")
+    if student is None:
+        student = completion.strip()
     if not truth or not student:
         return 0.0
     if truth[0] == "$" and truth[-1] == "$":
