@@ -47,11 +47,12 @@ import torch
 
 from ocean_lib.config import RunConfig, load_config
 from ocean_lib.data import Record, synthetic
-from ocean_lib.models import build_tiny_model, load_policy, vision_special_token_ids
+from ocean_lib.models import load_policy, vision_special_token_ids
 from ocean_lib.prompts import split_image_markers
 from ocean_lib.rewards import score_batch
 from ocean_lib.rollout import encode_prompts, make_engine
 from ocean_lib.run_dir import RunDir
+from ocean_lib.study import build_tiny_model
 from ocean_lib.trainer import TrainState, grpo_step, prompt_of
 
 THREADS = 2
@@ -101,17 +102,6 @@ def run_config(model_dir: Path, run_root: Path, n: int = GROUP, new_tokens: int 
             f"logging.output_dir={run_root}",
             "logging.progress=false",
         ],
-    )
-
-
-def build_model(root: Path, cfg: RunConfig) -> Path:
-    """The miniature's tiny Qwen2.5-VL (default shape), its tokenizer trained on the procedural tasks' text."""
-    return build_tiny_model(
-        cfg.model.tiny,
-        synthetic.corpus(cfg, per_level=100),
-        root / "tiny",
-        cfg.data.min_pixels,
-        cfg.data.max_pixels,
     )
 
 
@@ -484,7 +474,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="grpo_bench_") as tmp:
         root = Path(tmp)
         cfg = run_config(root / "tiny", root / "runs")
-        model_dir = build_model(root, cfg)
+        model_dir = build_tiny_model(cfg, corpus_per_level=100)  # the default shape, at model.name_or_path
         records = bench_records()
         loads = {"load_average_before": os.getloadavg()}
         print(

@@ -25,16 +25,16 @@ import statistics
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from ocean_lib.config import load_config
 from ocean_lib.data import synthetic
-from ocean_lib.models import build_tiny_model, load_policy, vision_special_token_ids
+from ocean_lib.models import load_policy, vision_special_token_ids
 from ocean_lib.prompts import Prompt
 from ocean_lib.rollout import RolloutBatch, encode_prompts
+from ocean_lib.study import build_tiny_model
 from ocean_lib.trainer import completion_logprobs, pack_micro_batches, prompt_of
 
 PROMPTS, GROUP, MICRO = 8, 8, 8
@@ -120,11 +120,10 @@ def main() -> None:
     torch.manual_seed(0)
 
     with tempfile.TemporaryDirectory(prefix="micro_batch_bench_") as tmp:
-        cfg = load_config(None, ["data.min_pixels=3136", "data.max_pixels=200704"])
-        model_dir = build_tiny_model(
-            cfg.model.tiny, synthetic.corpus(cfg, per_level=100), Path(tmp) / "tiny", 3136, 200704
+        cfg = load_config(
+            None, ["data.min_pixels=3136", "data.max_pixels=200704", f"model.name_or_path={tmp}/tiny"]
         )
-        model, processor = load_policy(str(model_dir))
+        model, processor = load_policy(str(build_tiny_model(cfg, corpus_per_level=100)))
         batch = make_batch(processor, cfg, args.median, args.max_len)
         sides = {"consecutive": micro_batches(batch, 0), "bucketed": micro_batches(batch, args.tokens)}
         lengths = batch.completion_mask.sum(1)

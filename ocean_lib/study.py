@@ -96,14 +96,15 @@ def prepare(cfg: RunConfig) -> dict[str, Any]:
     return {"data": built, "model": str(model_dir)}
 
 
-def build_tiny_model(cfg: RunConfig) -> Path:
-    """The miniature Qwen2.5-VL at ``model.name_or_path``, its tokenizer trained on the procedural tasks' text."""
+def build_tiny_model(cfg: RunConfig, corpus_per_level: int = 300) -> Path:
+    """The miniature Qwen2.5-VL at ``model.name_or_path``, its tokenizer trained on the procedural tasks' text
+    (``corpus_per_level`` tasks per family and difficulty: fewer build faster, for benchmarks)."""
     from ocean_lib.data import synthetic
     from ocean_lib.models import build_tiny_model as build
 
     return build(
         cfg.model.tiny,
-        synthetic.corpus(cfg),
+        synthetic.corpus(cfg, per_level=corpus_per_level),
         cfg.model.name_or_path,
         cfg.data.min_pixels,
         cfg.data.max_pixels,
