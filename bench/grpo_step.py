@@ -50,10 +50,10 @@ from ocean_lib.data import Record, synthetic
 from ocean_lib.models import load_policy, vision_special_token_ids
 from ocean_lib.prompts import split_image_markers
 from ocean_lib.rewards import score_batch
-from ocean_lib.rollout import encode_prompts, make_engine
+from ocean_lib.rollout import encode_prompts
 from ocean_lib.run_dir import RunDir
 from ocean_lib.study import build_tiny_model
-from ocean_lib.trainer import TrainState, grpo_step, prompt_of
+from ocean_lib.trainer import build_state, grpo_step, prompt_of
 
 THREADS = 2
 PROMPTS = 4
@@ -122,22 +122,13 @@ class OurSide:
         from accelerate import Accelerator
 
         self.cfg, self.records = cfg, records
-        accelerator = Accelerator(cpu=True)
-        # As trainer.train builds them: the policy, and the reference loaded again from the same weights.
-        model, processor = load_policy(cfg.model.name_or_path)
-        reference = load_policy(cfg.model.name_or_path)[0].requires_grad_(False).eval()
-        optimizer = torch.optim.AdamW(
-            model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
-        )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
-        model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-        run = RunDir(Path(cfg.run_dir))  # grpo_step saves each prompt's thumbnail there
-        self.state = TrainState(accelerator, model, reference, processor, optimizer, scheduler, cfg, run)
-        self.state.engine = make_engine(self.state.policy, processor, cfg.rollout)
+        # Built as trainer.train builds it (policy, frozen reference, AdamW, rollout engine); grpo_step saves each
+        # prompt's thumbnail in the run directory.
+        self.state = build_state(cfg, Accelerator(cpu=True), RunDir(Path(cfg.run_dir)))
         # The trainer times generation, reward, reference and the whole update; split the optimizer step out.
         self.optimizer_s = 0.0
-        optimizer.optimizer.register_step_pre_hook(lambda *_: self._mark())
-        optimizer.optimizer.register_step_post_hook(lambda *_: self._lap())
+        self.state.optimizer.optimizer.register_step_pre_hook(lambda *_: self._mark())
+        self.state.optimizer.optimizer.register_step_post_hook(lambda *_: self._lap())
         self.steps: list[dict[str, float]] = []
 
     def _mark(self) -> None:

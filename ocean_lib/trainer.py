@@ -61,14 +61,16 @@ class TrainingError(RuntimeError):
 def train(cfg: RunConfig, resume: bool = False) -> Path:
     """Run (or resume) one training stage; return the directory of the final weights."""
     from accelerate import Accelerator
-    from accelerate.utils import DistributedType
 
     # bf16 runs keep fp32 master weights and compute under autocast: AdamW steps of lr 1e-6 vanish when
     # applied to bf16 weights directly.
     precision = "bf16" if cfg.model.dtype == "bfloat16" else "no"
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=precision)
-    deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
-    if deepspeed and accelerator.state.deepspeed_plugin.zero_stage == 3 and cfg.rollout.backend == "hf":
+    if (
+        _is_deepspeed(accelerator)
+        and accelerator.state.deepspeed_plugin.zero_stage == 3
+        and cfg.rollout.backend == "hf"
+    ):
         raise TrainingError(
             "DeepSpeed ZeRO-3 with rollout.backend=hf would deadlock (every forward gathers weights across ranks "
             "and ranks stop decoding at different steps); use rollout.backend=vllm or ZeRO-2"
@@ -89,6 +91,54 @@ def train(cfg: RunConfig, resume: bool = False) -> Path:
     if accelerator.is_main_process:
         save_config(cfg, run.config)
 
+    records = [r for path in cfg.data.train_files for r in read_records(path, cfg.data)]
+    val_records = [r for path in cfg.data.val_files for r in read_records(path, cfg.data)]
+    schedule = Schedule(len(records), cfg)
+    total = schedule.total_steps
+    state = build_state(cfg, accelerator, run, checkpoint)
+
+    progress = _progress(total, start_step, enabled=cfg.logging.progress and accelerator.is_main_process)
+    for step in range(start_step + 1, total + 1):
+        t0 = time.perf_counter()
+        _seed(cfg.train.seed, step, accelerator.process_index)
+        indices = schedule.indices(step, accelerator.process_index, accelerator.num_processes)
+        rows = [records[i] for i in indices]
+        if cfg.train.objective == "grpo":
+            # Each prompt's samples depend on (seed, step, record) only: the same for any number of processes.
+            seeds = [cfg.train.seed * 1_000_003 + step * 100_003 + i for i in indices]
+            tally, rollout_rows = grpo_step(state, rows, step, seeds)
+        else:
+            tally, rollout_rows = sft_step(state, rows, step)
+        if val_records and cfg.train.val_every and step % cfg.train.val_every == 0:
+            with tally.timer("time/validate_s"):
+                validate(state, val_records, tally)
+        tally.add("time/step_s", time.perf_counter() - t0, reduce="max")
+        metrics = tally.reduce(accelerator)
+        metrics.update(step=step, epoch=schedule.epoch(step), lr=state.scheduler.get_last_lr()[0])
+        _check_finite(metrics, run)
+        rollout_rows = _gather(accelerator, rollout_rows)
+        if accelerator.is_main_process:
+            check_registered(set(metrics))
+            run.log_metrics(metrics)
+            run.log_rollouts(_subsample(rollout_rows, cfg.logging.rollouts_per_step, step))
+            progress.update(1)
+            progress.set_postfix(
+                {k: f"{metrics[k]:.3f}" for k in ("reward/overall", "loss/sft") if k in metrics}
+            )
+        if cfg.train.save_every and step % cfg.train.save_every == 0 and step < total:
+            save_checkpoint(state, run.checkpoint(step), step, schedule.epoch(step))
+            if accelerator.is_main_process:
+                prune_checkpoints(run, cfg.train.keep_last)
+    progress.close()
+    save_checkpoint(state, run.final, total, schedule.epoch(total) if total else 0)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return run.final
+
+
+def build_state(cfg: RunConfig, accelerator: Any, run: RunDir, checkpoint: Path | None = None) -> TrainState:
+    """Everything a step needs: the policy (with LoRA adapters if asked), its frozen KL reference, AdamW and its
+    schedule, prepared by ``accelerator`` and restored from ``checkpoint`` if given, and the rollout engine."""
     load = dict(
         attn_implementation=cfg.model.attn_implementation,
         min_pixels=cfg.data.min_pixels,
@@ -132,50 +182,11 @@ def train(cfg: RunConfig, resume: bool = False) -> Path:
         optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
         scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", weights_only=True))
 
-    records = [r for path in cfg.data.train_files for r in read_records(path, cfg.data)]
-    val_records = [r for path in cfg.data.val_files for r in read_records(path, cfg.data)]
-    schedule = Schedule(len(records), cfg)
-    total = schedule.total_steps
-    state = TrainState(accelerator, model, reference, processor, optimizer, scheduler, cfg, run, deepspeed)
+    state = TrainState(
+        accelerator, model, reference, processor, optimizer, scheduler, cfg, run, _is_deepspeed(accelerator)
+    )
     state.engine = make_engine(state.policy, processor, cfg.rollout)  # once: a vLLM engine is expensive
-
-    progress = _progress(total, start_step, enabled=cfg.logging.progress and accelerator.is_main_process)
-    for step in range(start_step + 1, total + 1):
-        t0 = time.perf_counter()
-        _seed(cfg.train.seed, step, accelerator.process_index)
-        indices = schedule.indices(step, accelerator.process_index, accelerator.num_processes)
-        rows = [records[i] for i in indices]
-        if cfg.train.objective == "grpo":
-            # Each prompt's samples depend on (seed, step, record) only: the same for any number of processes.
-            seeds = [cfg.train.seed * 1_000_003 + step * 100_003 + i for i in indices]
-            tally, rollout_rows = grpo_step(state, rows, step, seeds)
-        else:
-            tally, rollout_rows = sft_step(state, rows, step)
-        if val_records and cfg.train.val_every and step % cfg.train.val_every == 0:
-            with tally.timer("time/validate_s"):
-                validate(state, val_records, tally)
-        tally.add("time/step_s", time.perf_counter() - t0, reduce="max")
-        metrics = tally.reduce(accelerator)
-        metrics.update(step=step, epoch=schedule.epoch(step), lr=scheduler.get_last_lr()[0])
-        _check_finite(metrics, run)
-        rollout_rows = _gather(accelerator, rollout_rows)
-        if accelerator.is_main_process:
-            check_registered(set(metrics))
-            run.log_metrics(metrics)
-            run.log_rollouts(_subsample(rollout_rows, cfg.logging.rollouts_per_step, step))
-            progress.update(1)
-            progress.set_postfix(
-                {k: f"{metrics[k]:.3f}" for k in ("reward/overall", "loss/sft") if k in metrics}
-            )
-        if cfg.train.save_every and step % cfg.train.save_every == 0 and step < total:
-            save_checkpoint(state, run.checkpoint(step), step, schedule.epoch(step))
-            if accelerator.is_main_process:
-                prune_checkpoints(run, cfg.train.keep_last)
-    progress.close()
-    save_checkpoint(state, run.final, total, schedule.epoch(total) if total else 0)
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    return run.final
+    return state
 
 
 @dataclass
@@ -738,6 +749,12 @@ def _image_ref(run: RunDir, record: Record, prompt: Prompt) -> str | None:
         thumbnail.save(buffer, format="PNG")
         atomic_write_bytes(target, buffer.getvalue())
     return relative
+
+
+def _is_deepspeed(accelerator: Any) -> bool:
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type == DistributedType.DEEPSPEED
 
 
 def _bare(model: Any) -> Any:
