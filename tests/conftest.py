@@ -7,7 +7,7 @@ from PIL import Image
 
 from ocean_lib.config import TinyModelConfig
 from ocean_lib.models import build_tiny_model
-from ocean_lib.prompts import reference_completion, user_text
+from ocean_lib.prompts import Prompt, reference_completion, user_text
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 ANNOTATIONS = SHARED / "benchmark_annotations"
@@ -44,6 +44,16 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 def grey_image(size: int, shade: int = 0) -> Image.Image:
     """A mid-grey image near the processor's mean colour (a white background stops the vision tower learning)."""
     return Image.new("RGB", (size, size), (123 - shade, 117 - shade, 104 - shade))
+
+
+def mixed_prompts() -> list[Prompt]:
+    """Two image sizes (16 and 36 image tokens) and a text-only prompt: every row of a batch of them is
+    left-padded differently and the 3-D positions differ per row."""
+    return [
+        Prompt(user_text("How many red cubes are there?", "acc", 1), [grey_image(112)]),
+        Prompt(user_text("How many red cubes are there? Case 7.", "acc", 1), [grey_image(168, shade=20)]),
+        Prompt(user_text("How many cubes?", "acc", 0), []),
+    ]
 
 
 @pytest.fixture(scope="session")

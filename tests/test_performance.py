@@ -8,11 +8,10 @@ from dataclasses import replace
 
 import pytest
 import torch
-from conftest import grey_image
+from conftest import mixed_prompts
 
 from ocean_lib.config import RolloutConfig
 from ocean_lib.models import load_policy
-from ocean_lib.prompts import Prompt, user_text
 from ocean_lib.rollout import make_engine
 from ocean_lib.trainer import completion_logprobs
 
@@ -22,11 +21,7 @@ GROUP = 3
 @pytest.fixture(scope="module")
 def sampled(tiny_model_dir):
     model, processor = load_policy(str(tiny_model_dir))
-    prompts = [
-        Prompt(user_text("How many red cubes are there?", "acc", 1), [grey_image(112)]),
-        Prompt(user_text("How many red cubes are there? Case 7.", "acc", 1), [grey_image(168, shade=20)]),
-        Prompt(user_text("How many cubes?", "acc", 0), []),
-    ]
+    prompts = mixed_prompts()
     engine = make_engine(model, processor, RolloutConfig(max_new_tokens=12, min_new_tokens=12))
     batch = engine.generate(prompts, n=GROUP, seeds=[1, 2, 3])
     # A random model seldom samples EOS: end some completions early by hand, so right padding is exercised.

@@ -1,11 +1,10 @@
 """The HF rollout engine: shared prefill, suppressed vision tokens, and log-probs the trainer reproduces."""
 
 import torch
-from conftest import grey_image
+from conftest import mixed_prompts
 
 from ocean_lib.config import RolloutConfig
 from ocean_lib.models import load_policy, vision_special_token_ids
-from ocean_lib.prompts import Prompt, user_text
 from ocean_lib.rollout import (
     _filter_top_k_top_p,
     _mask_through_eos,
@@ -14,16 +13,6 @@ from ocean_lib.rollout import (
     mrope_positions,
     select_images,
 )
-
-
-def _prompts():
-    # Two image sizes (16 and 36 image tokens) and a text-only prompt: every row of the batch is left-padded
-    # differently and the 3-D positions differ per row.
-    return [
-        Prompt(user_text("How many red cubes are there?", "acc", 1), [grey_image(112)]),
-        Prompt(user_text("How many red cubes are there? Case 7.", "acc", 1), [grey_image(168, shade=20)]),
-        Prompt(user_text("How many cubes?", "acc", 0), []),
-    ]
 
 
 def _forward_logprobs(model, batch, with_positions=True):
@@ -51,10 +40,10 @@ def test_training_forward_reproduces_sampler_logprobs(tiny_model_dir):
     model, processor = load_policy(str(tiny_model_dir))
     engine = make_engine(model, processor, RolloutConfig(max_new_tokens=12, temperature=1.0))
     torch.manual_seed(0)
-    batch = engine.generate(_prompts(), n=3)
+    batch = engine.generate(mixed_prompts(), n=3)
     assert len(batch.texts) == 9 and batch.prompt_index.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
     # Each row's length counts its own prompt's tokens (three prompt lengths here) and its own completion's.
-    alone = [int(encode_prompts(processor, [p])["attention_mask"].sum()) for p in _prompts()]
+    alone = [int(encode_prompts(processor, [p])["attention_mask"].sum()) for p in mixed_prompts()]
     assert len(set(alone)) == 3
     expected = [alone[i // 3] + batch.completion_lengths[i] for i in range(9)]
     assert batch.lengths.tolist() == expected
@@ -70,7 +59,7 @@ def test_vision_tokens_are_never_sampled_and_groups_share_one_prefill(tiny_model
     model, processor = load_policy(str(tiny_model_dir))
     engine = make_engine(model, processor, RolloutConfig(max_new_tokens=16, temperature=2.0))
     torch.manual_seed(1)
-    batch = engine.generate(_prompts()[:2], n=4)
+    batch = engine.generate(mixed_prompts()[:2], n=4)
     banned = set(vision_special_token_ids(processor))
     assert banned.isdisjoint(batch.completion_ids[batch.completion_mask.bool()].tolist())
     # The images were encoded once per prompt, not once per sample.
@@ -83,8 +72,8 @@ def test_vision_tokens_are_never_sampled_and_groups_share_one_prefill(tiny_model
 def test_greedy_group_equals_single_greedy_and_min_new_tokens_holds(tiny_model_dir):
     model, processor = load_policy(str(tiny_model_dir))
     engine = make_engine(model, processor, RolloutConfig(max_new_tokens=10, min_new_tokens=10))
-    one = engine.generate(_prompts(), n=1, greedy=True)
-    three = engine.generate(_prompts(), n=3, greedy=True)
+    one = engine.generate(mixed_prompts(), n=1, greedy=True)
+    three = engine.generate(mixed_prompts(), n=3, greedy=True)
     assert three.texts == [t for t in one.texts for _ in range(3)]
     assert three.completion_lengths == [10] * 9
 
@@ -106,7 +95,7 @@ def test_completion_mask_runs_through_the_first_eos():
 def test_seeded_samples_do_not_depend_on_the_rest_of_the_batch(tiny_model_dir):
     model, processor = load_policy(str(tiny_model_dir))
     engine = make_engine(model, processor, RolloutConfig(max_new_tokens=12, temperature=1.0))
-    a, b = _prompts()[:2]
+    a, b = mixed_prompts()[:2]
     forward = engine.generate([a, b], n=2, seeds=[5, 6])
     backward = engine.generate([b, a], n=2, seeds=[6, 5])
     assert forward.texts == backward.texts[2:] + backward.texts[:2]
