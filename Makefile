@@ -33,12 +33,12 @@ $(STAMP): pyproject.toml $(LOCK)
 reproduce: $(STAMP)
 	$(BIN)/python -m ocean_lib reproduce --params $(PARAMS)
 
-test: $(STAMP)
+test: lint
 	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check ocean_lib tests bench
-	$(BIN)/ruff format --check ocean_lib tests bench
+	$(BIN)/ruff check ocean_lib tests bench notebooks
+	$(BIN)/ruff format --check ocean_lib tests bench notebooks
 
 bench: $(STAMP)
 	$(BIN)/python -m ocean_lib bench grpo

@@ -45,15 +45,16 @@ from typing import Any
 
 import torch
 
+from ocean_lib.batch import encode_prompts
 from ocean_lib.config import RunConfig, load_config
 from ocean_lib.data import Record, synthetic
 from ocean_lib.models import load_policy, vision_special_token_ids
 from ocean_lib.prompts import split_image_markers
 from ocean_lib.rewards import score_batch
-from ocean_lib.rollout import encode_prompts
 from ocean_lib.run_dir import RunDir
-from ocean_lib.study import build_tiny_model
-from ocean_lib.trainer import build_state, grpo_step, prompt_of
+from ocean_lib.run_state import build_state
+from ocean_lib.study import build_miniature_model
+from ocean_lib.trainer import grpo_step, prompt_of
 
 THREADS = 2
 PROMPTS = 4
@@ -465,7 +466,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="grpo_bench_") as tmp:
         root = Path(tmp)
         cfg = run_config(root / "tiny", root / "runs")
-        model_dir = build_tiny_model(cfg, corpus_per_level=100)  # the default shape, at model.name_or_path
+        model_dir = build_miniature_model(
+            cfg, corpus_per_level=100
+        )  # the default shape, at model.name_or_path
         records = bench_records()
         loads = {"load_average_before": os.getloadavg()}
         print(

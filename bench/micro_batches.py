@@ -1,6 +1,6 @@
 """Length-bucketed micro-batches (``train.micro_batch_tokens``) against consecutive ones, side by side.
 
-The work: one GRPO batch's forward and backward, as the trainer's update runs it (``trainer.completion_logprobs``
+The work: one GRPO batch's forward and backward, as the trainer's update runs it (``forward.completion_logprobs``
 per micro-batch, a token-mean loss with the batch's global token count, gradients accumulated). The batch: the
 miniature's tiny Qwen2.5-VL (default shape, built here), 8 procedural prompts with their pictures, 8 completions
 each (64 sequences), completion lengths drawn once from a long tail like a rollout's (log-normal, median
@@ -10,7 +10,7 @@ the script checks that both sides produce the same gradient (any partition does:
 
 Two settings, because the trade-off differs: with gradient checkpointing (the real-scale recipe) every
 micro-batch runs the plain forward and bucketing only removes padding; without it (the miniature), consecutive
-micro-batches hold whole groups and run each prompt once (``trainer._logits_running_prompts_once``), which
+micro-batches hold whole groups and run each prompt once (``forward._logits_running_prompts_once``), which
 bucketing, mixing groups, gives up. The sides alternate round by round so that they see the same machine load;
 the last line printed is the speed-up with checkpointing.
 
@@ -29,13 +29,14 @@ import time
 import numpy as np
 import torch
 
+from ocean_lib.batch import RolloutBatch, encode_prompts
 from ocean_lib.config import load_config
 from ocean_lib.data import synthetic
+from ocean_lib.forward import completion_logprobs, pack_micro_batches
 from ocean_lib.models import load_policy, vision_special_token_ids
 from ocean_lib.prompts import Prompt
-from ocean_lib.rollout import RolloutBatch, encode_prompts
-from ocean_lib.study import build_tiny_model
-from ocean_lib.trainer import completion_logprobs, pack_micro_batches, prompt_of
+from ocean_lib.study import build_miniature_model
+from ocean_lib.trainer import prompt_of
 
 PROMPTS, GROUP, MICRO = 8, 8, 8
 
@@ -123,7 +124,7 @@ def main() -> None:
         cfg = load_config(
             None, ["data.min_pixels=3136", "data.max_pixels=200704", f"model.name_or_path={tmp}/tiny"]
         )
-        model, processor = load_policy(str(build_tiny_model(cfg, corpus_per_level=100)))
+        model, processor = load_policy(str(build_miniature_model(cfg, corpus_per_level=100)))
         batch = make_batch(processor, cfg, args.median, args.max_len)
         sides = {"consecutive": micro_batches(batch, 0), "bucketed": micro_batches(batch, args.tokens)}
         lengths = batch.completion_mask.sum(1)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import json
 import types
 import typing
 from dataclasses import dataclass, field
@@ -220,22 +221,45 @@ class LoggingConfig:
 
 
 @dataclass
-class StudyConfig:
-    """The study that ``python -m ocean_lib reproduce`` runs: its stages and how they differ.
+class StageConfig:
+    """One training stage of the study: the weights it starts from, the knobs it sets, the row it becomes."""
 
-    Each stage is this params file plus the stage's overrides; the pipeline adds the run name, the output
-    directory and the initial weights (warm-start -> GRPO-text; warm-start -> stage 1 -> stage 2).
+    starts_from: str = knob(
+        "", "the stage whose final weights this stage starts from ('': model.name_or_path)"
+    )
+    row: str = knob("", "the result-table row that evaluates this stage's final weights ('': none)")
+    set: dict[str, Any] = knob(
+        {}, "knobs this stage sets on the study's params, as a nested mapping, e.g. {train: {max_steps: 40}}"
+    )
+
+    def overrides(self) -> list[str]:
+        """``set`` as ``section.key=value`` override strings (values written as JSON, which YAML reads back)."""
+
+        def leaves(tree: dict[str, Any], prefix: str) -> list[str]:
+            out = []
+            for key, value in tree.items():
+                if isinstance(value, dict):
+                    out += leaves(value, f"{prefix}{key}.")
+                else:
+                    out.append(f"{prefix}{key}={json.dumps(value)}")
+            return out
+
+        return leaves(self.set, "")
+
+
+@dataclass
+class StudyConfig:
+    """The study that ``python -m ocean_lib reproduce`` runs: its training stages, evaluated rows and notebooks.
+
+    Each stage is this params file plus the stage's ``set``; the pipeline adds the run name, the output
+    directory and the initial weights (the final weights of ``starts_from``). Stages run in the order written,
+    and a stage may start only from one written before it.
     """
 
     output_dir: str = knob(
         "outputs/mini", "directory of the study: data, model, runs, eval, notebooks, report"
     )
-    warmstart: list[str] = knob([], "overrides of the supervised warm-start that makes the 'Instruct' base")
-    grpo_text: list[str] = knob([], "overrides of GRPO on the text-only twins (the GRPO-text row)")
-    grpo_vis_stage1: list[str] = knob([], "overrides of visual GRPO stage 1 (reasoning: geometry, spatial)")
-    grpo_vis_stage2: list[str] = knob(
-        [], "overrides of visual GRPO stage 2 (perception: counting, grounding)"
-    )
+    stages: dict[str, StageConfig] = knob({}, "the training stages, in order: name -> stage")
     benchmarks: list[str] = knob([], "benchmarks of the result table (the miniature's held-out splits)")
     notebook_timeout_s: int = knob(3600, "longest a single notebook cell may run, seconds")
 
@@ -315,6 +339,21 @@ class RunConfig:
                 f"data.synthetic.image_size={d.synthetic.image_size} must be a multiple of 28 (patch 14 x merge 2)",
             ),
         ]
+        earlier: list[str] = []
+        for name, stage in self.study.stages.items():
+            checks.append(
+                (
+                    stage.starts_from in ("", *earlier),
+                    f"study.stages.{name}.starts_from={stage.starts_from!r} must name a stage written before it "
+                    f"({', '.join(earlier) or 'none'}) or be ''",
+                )
+            )
+            checks.append(("study" not in stage.set, f"study.stages.{name}.set cannot set study knobs"))
+            earlier.append(name)
+        rows = [stage.row for stage in self.study.stages.values() if stage.row]
+        checks.append(
+            (len(rows) == len(set(rows)), f"study.stages: two stages are evaluated as one row ({rows})")
+        )
         errors = [message for ok, message in checks if not ok]
         if errors:
             raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
@@ -349,7 +388,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"override {item!r} is not of the form section.key=value")
         _set_dotted(raw, key.strip(), yaml.safe_load(value) if value.strip() else "")
     where = str(path) if path is not None else "<defaults>"
-    return _build(RunConfig, raw, prefix="", where=where).validate()
+    cfg = _build(RunConfig, raw, prefix="", where=where).validate()
+    for name, stage in cfg.study.stages.items():
+        # A stage's knobs are checked now, not when the stage starts: a typo fails before any training.
+        stage_raw = _deep_merge({k: v for k, v in raw.items() if k != "study"}, stage.set)
+        _build(RunConfig, stage_raw, prefix="", where=f"{where}, study.stages.{name}.set").validate()
+    return cfg
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -476,6 +520,14 @@ def _coerce(value: Any, annotation: Any, name: str, where: str) -> Any:
             return None
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], name, where)
+    if annotation is Any:
+        return value
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            fail("a mapping with string keys")
+        if dataclasses.is_dataclass(args[1]):
+            return {k: _build(args[1], v, prefix=f"{name}.{k}.", where=where) for k, v in value.items()}
+        return {k: _coerce(v, args[1], f"{name}.{k}", where) for k, v in value.items()}
     if origin is list:
         if not isinstance(value, list):
             fail("a list")

@@ -29,9 +29,10 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-RECIPE = REPO / "params" / "qwen25vl_3b_stage1.yaml"
-ZERO2 = REPO / "params" / "accelerate" / "single_node_zero2.yaml"
+from ocean_lib.paths import PROJECT_ROOT
+
+RECIPE = PROJECT_ROOT / "params" / "qwen25vl_3b_stage1.yaml"
+ZERO2 = PROJECT_ROOT / "params" / "accelerate" / "single_node_zero2.yaml"
 
 
 class Skip(Exception):
@@ -171,7 +172,7 @@ class Workspace:
 
     def _gap(self, model, batch) -> float:
         """Mean |log p(sampler) - log p(training forward)| over the completion tokens."""
-        from ocean_lib.trainer import completion_logprobs
+        from ocean_lib.forward import completion_logprobs
 
         rows = torch.arange(len(batch.texts))
         with torch.no_grad():
@@ -250,7 +251,7 @@ class Workspace:
         # The repository's config, with its DeepSpeed JSON path made absolute (we launch from anywhere).
         config = yaml.safe_load(ZERO2.read_text())
         ds = config["deepspeed_config"]
-        ds["deepspeed_config_file"] = str(REPO / ds["deepspeed_config_file"])
+        ds["deepspeed_config_file"] = str(PROJECT_ROOT / ds["deepspeed_config_file"])
         local = self.root / "zero2.yaml"
         local.write_text(yaml.safe_dump(config))
         return "ZeRO-2, " + self._train("zero2", str(local))

@@ -6,6 +6,13 @@ The trainer refuses to log a key that is not registered here (tested), so a note
 
 from __future__ import annotations
 
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from ocean_lib import grpo
+
 METRICS: dict[str, str] = {
     "step": "optimizer steps completed (1-based)",
     "epoch": "pass over the training data this step's prompts came from (0-based)",
@@ -67,3 +74,46 @@ def check_registered(keys: list[str] | set[str]) -> None:
     unknown = sorted(k for k in keys if not is_registered(k))
     if unknown:
         raise KeyError(f"metric keys not registered in ocean_lib/metrics.py: {unknown}")
+
+
+# grpo.policy_loss's statistic names -> registered metric keys.
+POLICY_METRICS = {
+    "pg_loss": "loss/policy",
+    "kl": "kl/mean",
+    "entropy": "entropy/mean",
+    "clipfrac": "clip/fraction",
+    "clipfrac_low": "clip/low_fraction",
+    "clipfrac_high": "clip/high_fraction",
+    "clipfrac_dual": "clip/dual_fraction",
+    "ratio_mean": "ratio/mean",
+    "ratio_min": "ratio/min",
+    "ratio_max": "ratio/max",
+}
+
+
+@dataclass
+class Tally:
+    """A step's metrics as grpo.Stats (sums and counts, minima, maxima), reduced exactly over processes."""
+
+    stats: grpo.Stats = field(default_factory=dict)
+
+    def add(self, key: str, value: float, count: float = 1.0, reduce: str = "mean") -> None:
+        self.stats = grpo.merge_stats(self.stats, {key: grpo.Stat(float(value), float(count), reduce)})
+
+    def merge(self, stats: grpo.Stats, rename: dict[str, str]) -> None:
+        self.stats = grpo.merge_stats(self.stats, {rename[k]: v for k, v in stats.items()})
+
+    @contextlib.contextmanager
+    def timer(self, key: str):
+        """Seconds spent in the block; over processes the slowest one counts."""
+        t0 = time.perf_counter()
+        yield
+        self.add(key, time.perf_counter() - t0, reduce="max")
+
+    def reduce(self, accelerator: Any) -> dict[str, float]:
+        parts = [self.stats]
+        if accelerator.num_processes > 1:
+            from accelerate.utils import gather_object
+
+            parts = gather_object([self.stats])
+        return grpo.stat_values(grpo.merge_stats(*parts))

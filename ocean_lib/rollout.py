@@ -7,11 +7,8 @@ One interface, two backends:
   vision tower never sees the same image twice in a rollout.
 * ``vllm`` (GPU, ``gpu`` extra): see :mod:`ocean_lib.rollout_vllm`.
 
-Qwen2.5-VL places tokens with 3-D rotary positions (M-RoPE: time, height, width for image tokens; equal for
-text). transformers can only build them when it is given ``mm_token_type_ids``; without them it silently
-falls back to 1-D positions and log-probs drift by 0.02-0.1 nats. We therefore compute positions ourselves,
-with :func:`mrope_positions`, and pass them explicitly to both the sampler and the training forward, so the
-two agree to float precision (tested).
+Both compute Qwen2.5-VL's 3-D rotary positions explicitly (:func:`ocean_lib.batch.mrope_positions`), as the
+training forward does, so sampler and trainer log-probs agree to float precision (tested).
 
 The log-probs returned are ``log softmax(logits / temperature)`` of the sampled token over the full
 vocabulary: the policy's own probability, before top-k/top-p filtering and before the vision special tokens
@@ -21,47 +18,13 @@ the first update is exactly 1.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
 
+from ocean_lib.batch import RolloutBatch, encode_prompts, mrope_positions
 from ocean_lib.config import RolloutConfig
-from ocean_lib.prompts import Prompt, chat_messages, split_image_markers
-
-
-@dataclass
-class RolloutBatch:
-    """``n`` completions for each of ``P`` prompts, rows grouped by prompt (row ``i`` answers prompt ``i // n``).
-
-    Shapes: ``R = P * n`` rows; ``Lp`` prompt tokens (left-padded); ``Lc`` completion tokens (right-padded).
-    """
-
-    prompt_ids: torch.Tensor  # [R, Lp] long, left-padded
-    prompt_mask: torch.Tensor  # [R, Lp] long, 1 = real token
-    prompt_token_types: torch.Tensor  # [R, Lp] int, 0 text / 1 image, the processor's mm_token_type_ids
-    completion_ids: torch.Tensor  # [R, Lc] long, pad after EOS
-    completion_mask: torch.Tensor  # [R, Lc] long, 1 up to and including EOS
-    logprobs: torch.Tensor  # [R, Lc] float32, sampler log-probs (0 where masked)
-    pixel_values: torch.Tensor | None  # [sum of patches of the P prompts' images, patch_dim]
-    image_grid_thw: torch.Tensor | None  # [images of the P prompts, 3]
-    images_per_prompt: list[int]  # [P]
-    n: int
-    texts: list[str]  # [R] decoded completions, special tokens removed
-    finished: list[bool]  # [R] ended with EOS (False = cut at max_new_tokens)
-
-    @property
-    def completion_lengths(self) -> list[int]:
-        return self.completion_mask.sum(-1).tolist()
-
-    @property
-    def lengths(self) -> torch.Tensor:
-        """[R] real tokens of each row, its prompt's (padding excluded) plus its completion's."""
-        return self.prompt_mask.sum(-1) + self.completion_mask.sum(-1)
-
-    @property
-    def prompt_index(self) -> torch.Tensor:
-        return torch.arange(len(self.texts)) // self.n
+from ocean_lib.prompts import Prompt
 
 
 class RolloutEngine(Protocol):
@@ -91,78 +54,6 @@ def make_engine(model: Any, processor: Any, cfg: RolloutConfig) -> RolloutEngine
 
         return VLLMRolloutEngine(model, processor, cfg)
     raise ValueError(f"unknown rollout.backend {cfg.backend!r}; expected 'hf' or 'vllm'")
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Shared with the trainer: inputs, positions, image selection
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def prompt_text(processor: Any, prompt: Prompt) -> str:
-    """The chat-templated text of a prompt, one ``<|vision_start|><|image_pad|><|vision_end|>`` per image."""
-    return processor.apply_chat_template(
-        chat_messages(prompt.content), add_generation_prompt=True, tokenize=False
-    )
-
-
-def encode_prompts(processor: Any, prompts: list[Prompt]) -> dict[str, torch.Tensor]:
-    """Chat-template and tokenize prompts (left-padded), encoding each image once."""
-    texts = [prompt_text(processor, p) for p in prompts]
-    for p in prompts:
-        n_markers, _ = split_image_markers(p.content)
-        if n_markers != len(p.images):
-            raise ValueError(
-                f"prompt has {n_markers} <image> markers but {len(p.images)} images: {p.content[:80]!r}"
-            )
-    images = [image for p in prompts for image in p.images]
-    inputs = processor(text=texts, images=images or None, padding=True, return_tensors="pt")
-    if "mm_token_type_ids" not in inputs:  # text-only batches: every token is text
-        inputs["mm_token_type_ids"] = torch.zeros_like(inputs["input_ids"])
-    return dict(inputs)
-
-
-def mrope_positions(
-    model: Any,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    token_types: torch.Tensor,
-    image_grid_thw: torch.Tensor | None,
-) -> torch.Tensor:
-    """Qwen2.5-VL's 3-D rotary positions, shape [3, B, L] (padding positions are 0).
-
-    Text tokens advance all three axes together; the tokens of an image take (t, h, w) grid positions. With no
-    image in the batch this reduces to ordinary positions counted over the attention mask.
-    """
-    if image_grid_thw is None or not bool(token_types.any()):
-        positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        return positions.unsqueeze(0).expand(3, -1, -1)
-    positions, _ = model.model.get_rope_index(
-        input_ids, mm_token_type_ids=token_types, image_grid_thw=image_grid_thw, attention_mask=attention_mask
-    )
-    return positions
-
-
-def select_images(
-    pixel_values: torch.Tensor | None,
-    image_grid_thw: torch.Tensor | None,
-    images_per_prompt: list[int],
-    prompt_indices: torch.Tensor,
-) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Gather the image patches (and grids) of the given prompts, in order, repeating a prompt as often as listed.
-
-    ``pixel_values`` is flat over patches: image ``k`` owns ``prod(image_grid_thw[k])`` consecutive rows.
-    """
-    if pixel_values is None or image_grid_thw is None:
-        return None, None
-    patches = image_grid_thw.prod(-1)
-    image_blocks = list(torch.split(pixel_values, patches.tolist()))
-    first_image = [0]
-    for count in images_per_prompt:
-        first_image.append(first_image[-1] + count)
-    picked = [k for p in prompt_indices.tolist() for k in range(first_image[p], first_image[p + 1])]
-    if not picked:
-        return None, None
-    return torch.cat([image_blocks[k] for k in picked]), image_grid_thw[picked]
 
 
 # ----------------------------------------------------------------------------------------------------------------

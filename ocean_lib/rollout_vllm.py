@@ -10,7 +10,7 @@ What travels where:
 * **Prompts**: the chat-templated text with one image placeholder per image, plus the PIL images as
   ``multi_modal_data``; vLLM's own Qwen2.5-VL processor expands the placeholders, with the pixel limits read from
   *our* processor (so from ``data.min_pixels``/``data.max_pixels``). The prompt half of the returned batch is
-  :func:`ocean_lib.rollout.encode_prompts`, exactly what the training forward expects; vLLM's prompt token ids
+  :func:`ocean_lib.batch.encode_prompts`, exactly what the training forward expects; vLLM's prompt token ids
   are compared with ours and any difference stops the run (training would otherwise score completions against
   a prompt the sampler never saw).
 * **Log-probs**: vLLM returns the sampled token's log-prob (``logprobs=0``). Its kernels differ from the
@@ -41,10 +41,10 @@ from typing import Any
 
 import torch
 
+from ocean_lib.batch import RolloutBatch, encode_prompts, prompt_text
 from ocean_lib.config import DataConfig, RolloutConfig
 from ocean_lib.lora import peft_model
 from ocean_lib.prompts import Prompt
-from ocean_lib.rollout import RolloutBatch, encode_prompts, prompt_text
 
 # Engines of this process, by their construction arguments (one in practice: see the module docstring).
 _ENGINES: dict[tuple[Any, ...], _Engine] = {}

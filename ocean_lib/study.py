@@ -8,8 +8,9 @@
            └─ GRPO-vis stage 1 (reasoning)  → GRPO-vis stage 2 (perception + replay) = "GRPO-vis"
 
 Everything lives under ``study.output_dir``: ``data/``, ``models/``, ``runs/<stage>/``, ``eval/<model>/``,
-``notebooks/`` (executed), ``report.html``, ``results.md``, ``results.csv`` and ``figures/``. Every stage is the
-study's params file plus its overrides (``study.<stage>`` in the params file), so one file describes the study.
+``notebooks/`` (executed), ``report.html``, ``results.md``, ``results.csv`` and ``figures/``. The stage graph is
+data: ``study.stages`` in the params file names each stage, the stage it starts from, the knobs it sets and the
+result row it becomes (:class:`ocean_lib.config.StageConfig`), so one file describes the study.
 """
 
 from __future__ import annotations
@@ -26,17 +27,9 @@ from typing import Any
 
 from ocean_lib.config import RunConfig, load_config, to_dict
 from ocean_lib.io import atomic_write_text
+from ocean_lib.paths import PROJECT_ROOT
 from ocean_lib.run_dir import RunDir
 
-# stage -> the stage whose final weights it starts from (None: the params file's model.name_or_path)
-STAGES: dict[str, str | None] = {
-    "warmstart": None,
-    "grpo_text": "warmstart",
-    "grpo_vis_stage1": "warmstart",
-    "grpo_vis_stage2": "grpo_vis_stage1",
-}
-# result-table row -> the stage whose final weights it evaluates
-MODELS: dict[str, str] = {"base": "warmstart", "GRPO-text": "grpo_text", "GRPO-vis": "grpo_vis_stage2"}
 NOTEBOOKS = ["00_grpo_walkthrough", "01_data", "02_train", "03_evaluate", "04_aha_moments", "05_results"]
 """The notebooks in reading order (the report's order)."""
 EXECUTION_ORDER = [
@@ -49,30 +42,30 @@ EXECUTION_ORDER = [
 ]
 """The order ``reproduce`` runs them in: the walkthrough after training, so that its group comes from the
 warm-started base and holds right and wrong answers (a random model's are all wrong, and every advantage is 0)."""
-NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
+NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
 
 
 def study_dir(cfg: RunConfig) -> Path:
     return Path(cfg.study.output_dir)
 
 
+def rows(cfg: RunConfig) -> dict[str, str]:
+    """The result table's rows, in stage order: row label -> the stage whose final weights it evaluates."""
+    return {stage.row: name for name, stage in cfg.study.stages.items() if stage.row}
+
+
 def stage_overrides(cfg: RunConfig, stage: str) -> list[str]:
-    """What turns the study's params into one stage's run: its own overrides, run directory and start weights."""
-    if stage not in STAGES:
-        raise ValueError(f"unknown stage {stage!r}; stages are {list(STAGES)}")
-    parent = STAGES[stage]
-    start = cfg.model.name_or_path if parent is None else str(run_dir(cfg, parent).final)
+    """What turns the study's params into one stage's run: its own knobs, run directory and start weights."""
+    if stage not in cfg.study.stages:
+        raise ValueError(f"unknown stage {stage!r}; study.stages are {list(cfg.study.stages)}")
+    parent = cfg.study.stages[stage].starts_from
+    start = str(run_dir(cfg, parent).final) if parent else cfg.model.name_or_path
     return [
-        *getattr(cfg.study, stage),
+        *cfg.study.stages[stage].overrides(),
         f"model.name_or_path={start}",
         f"logging.output_dir={study_dir(cfg) / 'runs'}",
         f"logging.run_name={stage}",
     ]
-
-
-def stage_config(params: str | Path, overrides: list[str], stage: str) -> RunConfig:
-    cfg = load_config(params, overrides)
-    return load_config(params, [*overrides, *stage_overrides(cfg, stage)])
 
 
 def run_dir(cfg: RunConfig, stage: str) -> RunDir:
@@ -92,17 +85,17 @@ def prepare(cfg: RunConfig) -> dict[str, Any]:
             built = synthetic.build(cfg)
     model_dir = Path(cfg.model.name_or_path)
     if not model_dir.exists() and cfg.model.name_or_path.startswith(str(study_dir(cfg))):
-        build_tiny_model(cfg)
+        build_miniature_model(cfg)
     return {"data": built, "model": str(model_dir)}
 
 
-def build_tiny_model(cfg: RunConfig, corpus_per_level: int = 300) -> Path:
+def build_miniature_model(cfg: RunConfig, corpus_per_level: int = 300) -> Path:
     """The miniature Qwen2.5-VL at ``model.name_or_path``, its tokenizer trained on the procedural tasks' text
     (``corpus_per_level`` tasks per family and difficulty: fewer build faster, for benchmarks)."""
     from ocean_lib.data import synthetic
-    from ocean_lib.models import build_tiny_model as build
+    from ocean_lib.models import build_tiny_model
 
-    return build(
+    return build_tiny_model(
         cfg.model.tiny,
         synthetic.corpus(cfg, per_level=corpus_per_level),
         cfg.model.name_or_path,
@@ -136,8 +129,9 @@ def evaluate(cfg: RunConfig, labels: list[str] | None = None) -> dict[str, dict[
         cfg, eval=dataclasses.replace(cfg.eval, output_dir=str(study_dir(cfg) / "eval"))
     )
     summaries = {}
-    for label in labels or list(MODELS):
-        final = run_dir(cfg, MODELS[label]).final
+    stage_of = rows(cfg)
+    for label in labels or list(stage_of):
+        final = run_dir(cfg, stage_of[label]).final
         summaries[label] = evaluation.run(final, cfg.study.benchmarks, eval_cfg, model_name=label)
     return summaries
 
@@ -212,7 +206,7 @@ def results(cfg: RunConfig) -> Any:
     from ocean_lib.report import load_summary, results_table
 
     summaries = {}
-    for label in MODELS:
+    for label in rows(cfg):
         summary = load_summary(eval_dir(cfg, label))
         average = group_average(eval_dir(cfg, label), cfg.study.benchmarks, cfg)
         if average is not None:
@@ -226,9 +220,8 @@ def results(cfg: RunConfig) -> Any:
 def open_study(params: str | Path, overrides: list[str] | None = None) -> RunConfig:
     """What every notebook does first: work from the project root (JupyterLab starts notebooks in
     ``notebooks/``, papermill in the root), load the study's config and make sure its data and model exist."""
-    root = NOTEBOOK_DIR.parent
-    if not Path(params).exists() and (root / params).exists():
-        os.chdir(root)
+    if not Path(params).exists() and (PROJECT_ROOT / params).exists():
+        os.chdir(PROJECT_ROOT)
     cfg = load_config(params, overrides)
     prepare(cfg)
     return cfg

@@ -3,7 +3,7 @@
 Each step (``grpo_step``) is the recipe of Ocean-R1 / verl, in order:
 
 1. take this step's prompts (a seeded permutation of the records; each process its own slice);
-2. sample ``n`` completions per prompt (:mod:`ocean_lib.rollout`);
+2. sample ``n`` completions per prompt (:mod:`ocean_lib.rollout`, handing back a :class:`ocean_lib.batch.RolloutBatch`);
 3. score them with the rule-based reward (:mod:`ocean_lib.rewards`);
 4. normalise rewards within each group into advantages (:func:`ocean_lib.grpo.group_advantages`);
 5. reference log-probs from the frozen initial weights, when the KL coefficient is not 0 (with LoRA: the policy
@@ -27,31 +27,30 @@ import io
 import math
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from transformers import PreTrainedModel
 
 from ocean_lib import grpo
-from ocean_lib.config import RunConfig, TrainConfig, config_changes, load_config, save_config
+from ocean_lib.batch import RolloutBatch, teacher_forced_batch
+from ocean_lib.config import RunConfig, save_config
 from ocean_lib.data import Record, load_example, read_records
+from ocean_lib.forward import completion_logprobs, logprobs_no_grad, micro_batches, reference_logprobs
 from ocean_lib.io import atomic_write_bytes
-from ocean_lib.lora import ADAPTER_DIR, attach_lora, merged_state_dict, peft_model, unwrap_peft
-from ocean_lib.metrics import check_registered
-from ocean_lib.models import load_policy
+from ocean_lib.metrics import POLICY_METRICS, Tally, check_registered
 from ocean_lib.prompts import Prompt
 from ocean_lib.rewards import score_batch
-from ocean_lib.rollout import RolloutBatch, encode_prompts, make_engine, mrope_positions, select_images
-from ocean_lib.run_dir import RunDir, prune_checkpoints, publish_dir, read_state
-
-SHARDED_STATE = "sharded_state"  # accelerate.save_state folder of a DeepSpeed checkpoint
-
-
-class TrainingError(RuntimeError):
-    """The run cannot continue (non-finite loss or reward, wrong process count, existing run directory)."""
-
+from ocean_lib.run_dir import RunDir, prune_checkpoints
+from ocean_lib.run_state import (
+    TrainingError,
+    TrainState,
+    build_state,
+    is_deepspeed,
+    loss_settings,
+    resume_point,
+    save_checkpoint,
+)
 
 # ----------------------------------------------------------------------------------------------------------------
 # Entry point
@@ -67,7 +66,7 @@ def train(cfg: RunConfig, resume: bool = False) -> Path:
     precision = "bf16" if cfg.model.dtype == "bfloat16" else "no"
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=precision)
     if (
-        _is_deepspeed(accelerator)
+        is_deepspeed(accelerator)
         and accelerator.state.deepspeed_plugin.zero_stage == 3
         and cfg.rollout.backend == "hf"
     ):
@@ -85,7 +84,7 @@ def train(cfg: RunConfig, resume: bool = False) -> Path:
         torch.use_deterministic_algorithms(True)
 
     run = RunDir(cfg.run_dir)
-    start_step, checkpoint = _resume_point(run, cfg, resume, accelerator.is_main_process)
+    start_step, checkpoint = resume_point(run, cfg, resume, accelerator.is_main_process)
     if run.is_finished():
         return run.final
     if accelerator.is_main_process:
@@ -136,78 +135,6 @@ def train(cfg: RunConfig, resume: bool = False) -> Path:
     return run.final
 
 
-def build_state(cfg: RunConfig, accelerator: Any, run: RunDir, checkpoint: Path | None = None) -> TrainState:
-    """Everything a step needs: the policy (with LoRA adapters if asked), its frozen KL reference, AdamW and its
-    schedule, prepared by ``accelerator`` and restored from ``checkpoint`` if given, and the rollout engine."""
-    load = dict(
-        attn_implementation=cfg.model.attn_implementation,
-        min_pixels=cfg.data.min_pixels,
-        max_pixels=cfg.data.max_pixels,
-    )
-    lora = cfg.model.lora_rank > 0
-    # With LoRA the frozen weights always come from the start; a checkpoint holds the adapter (lora.py).
-    start = cfg.model.name_or_path if lora or checkpoint is None else str(checkpoint)
-    model, processor = load_policy(start, dtype="float32", **load)
-    reference = None
-    if cfg.train.objective == "grpo" and cfg.algorithm.kl_coef > 0 and not lora:
-        # The reference is the stage's initial policy (Ocean-R1: stage 2's reference is stage 1's result),
-        # frozen, in the compute dtype. (With LoRA it is the policy with its adapters off: no copy.)
-        reference = load_policy(cfg.model.name_or_path, dtype=cfg.model.dtype, **load)[0]
-        reference.requires_grad_(False).eval().to("cpu" if cfg.model.reference_on_cpu else accelerator.device)
-    if cfg.model.freeze_vision_tower:
-        model.model.visual.requires_grad_(False)
-    if cfg.model.gradient_checkpointing:
-        # Non-reentrant: the reentrant variant breaks with frozen parameters under DDP/ZeRO.
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if lora:
-        torch.manual_seed(cfg.train.seed)  # the adapters' initial A matrices
-        m = cfg.model
-        adapter = checkpoint / ADAPTER_DIR if checkpoint is not None else None
-        model = attach_lora(model, m.lora_rank, m.lora_alpha, m.lora_target_modules, adapter)
-
-    optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad],
-        lr=cfg.train.lr,
-        weight_decay=cfg.train.weight_decay,
-        betas=(cfg.train.adam_beta1, cfg.train.adam_beta2),
-    )
-    warmup = cfg.train.warmup_steps
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0
-    )
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    if checkpoint is not None and (checkpoint / SHARDED_STATE).is_dir():
-        accelerator.load_state(str(checkpoint / SHARDED_STATE))  # DeepSpeed: every rank reads its shard
-    elif checkpoint is not None:
-        optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
-        scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", weights_only=True))
-
-    state = TrainState(
-        accelerator, model, reference, processor, optimizer, scheduler, cfg, run, _is_deepspeed(accelerator)
-    )
-    state.engine = make_engine(state.policy, processor, cfg.rollout)  # once: a vLLM engine is expensive
-    return state
-
-
-@dataclass
-class TrainState:
-    accelerator: Any
-    model: Any  # the prepared (possibly DDP-wrapped) policy
-    reference: Any | None
-    processor: Any
-    optimizer: Any
-    scheduler: Any
-    cfg: RunConfig
-    run: RunDir
-    deepspeed: bool = False
-    engine: Any = None  # the rollout engine, made once per process
-
-    @property
-    def policy(self) -> Any:
-        """The bare transformers model (for generation, positions and saving); with LoRA, adapters included."""
-        return unwrap_peft(self.accelerator.unwrap_model(self.model))
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # One GRPO step
 # ----------------------------------------------------------------------------------------------------------------
@@ -216,6 +143,13 @@ class TrainState:
 def grpo_step(
     state: TrainState, records: list[Record], step: int, seeds: list[int]
 ) -> tuple[Tally, list[dict[str, Any]]]:
+    """One GRPO step on this process's share of the step's prompts (``seeds``: one per prompt).
+
+    The loss of every micro-batch is normalised by global counts: ``num_tokens`` and ``num_seqs`` are summed over
+    all micro-batches and all processes (step 6), so the micro-batch losses add up to the loss of the whole step.
+    The per-process scaling lives in :func:`_backward`: DDP and DeepSpeed average gradients over processes, so
+    each process's loss is multiplied by the process count to turn that average into the sum.
+    """
     cfg, acc, tally = state.cfg, state.accelerator, Tally()
     n, alg = cfg.rollout.n, cfg.algorithm
 
@@ -245,13 +179,17 @@ def grpo_step(
 
     # 5. Reference (and, for several updates per batch, old) log-probs, without gradients, in the micro-batches
     #    the update will use.
-    micro_batches = _micro_batches(kept_rows, batch, cfg.train)
+    if len(kept_rows) == 0:
+        raise TrainingError("no sequences to train on this step (all groups dropped by dynamic sampling)")
+    chunks = micro_batches(kept_rows, batch, cfg.train)
     ref_logprobs = old_logprobs = None
     if alg.kl_coef > 0:
         with tally.timer("time/reference_s"):
-            ref_logprobs = reference_logprobs(state, batch, micro_batches)
+            ref_logprobs = reference_logprobs(
+                state.model, state.policy, state.reference, batch, chunks, cfg.rollout.temperature
+            )
     if alg.updates_per_batch > 1:
-        old_logprobs = _logprobs_no_grad(state.model, state.policy, batch, micro_batches, cfg)
+        old_logprobs = logprobs_no_grad(state.model, state.policy, batch, chunks, cfg.rollout.temperature)
 
     # 6. Micro-batched clipped-loss updates; normalisers are global so micro-batch losses add up exactly.
     num_tokens = acc.reduce(batch.completion_mask[kept_rows].sum().float(), "sum").item()
@@ -259,7 +197,7 @@ def grpo_step(
     loss_sum = 0.0  # the batch loss is the sum of the micro-batch losses (global normalisers)
     with tally.timer("time/update_s"):
         for _ in range(alg.updates_per_batch):
-            for k, (chunk, positions) in enumerate(micro_batches):
+            for k, (chunk, positions) in enumerate(chunks):
                 logp, entropy, mask = completion_logprobs(
                     state.model,
                     state.policy,
@@ -287,7 +225,7 @@ def grpo_step(
                 loss_sum += float(loss.detach())
                 gap = (logp.detach().cpu() - batch.logprobs[chunk, :width]).abs() * mask.cpu()
                 tally.add("response/sampler_logprob_gap", float(gap.sum()), count=float(mask.sum()))
-                _backward(state, loss, sync=k == len(micro_batches) - 1)
+                _backward(state, loss, sync=k == len(chunks) - 1)
             _optimizer_step(state, tally)
     # Each process holds its share of the global loss: a count of 1/W makes the reduced "mean" their sum.
     tally.add("loss/total", loss_sum / alg.updates_per_batch, count=1 / acc.num_processes)
@@ -317,21 +255,6 @@ def grpo_step(
     return tally, rollout_rows
 
 
-def loss_settings(cfg: RunConfig) -> dict[str, Any]:
-    """The keyword arguments of ``grpo.policy_loss`` that come straight from the config."""
-    alg = cfg.algorithm
-    return dict(
-        clip_low=alg.clip_low,
-        clip_high=alg.clip_high,
-        dual_clip=alg.dual_clip,
-        kl_coef=alg.kl_coef,
-        kl_estimator=alg.kl_estimator,
-        entropy_coef=alg.entropy_coef,
-        loss_agg=alg.loss_agg,
-        max_len=cfg.rollout.max_new_tokens,
-    )
-
-
 def prompt_of(record: Record, cfg: RunConfig) -> tuple[Prompt, str]:
     """The model input of a record and its ground truth (boxes rescaled with resized images)."""
     images, truth = load_example(record, cfg.data)
@@ -358,195 +281,19 @@ def sft_step(state: TrainState, records: list[Record], step: int) -> tuple[Tally
     all_rows = torch.arange(len(prompts))
     num_tokens = acc.reduce(batch.completion_mask.sum().float(), "sum").item()
     with tally.timer("time/update_s"):
-        micro_batches = _micro_batches(all_rows, batch, cfg.train)
-        for k, (chunk, _) in enumerate(micro_batches):
+        chunks = micro_batches(all_rows, batch, cfg.train)
+        for k, (chunk, _) in enumerate(chunks):
             logp, _, mask = completion_logprobs(state.model, state.policy, batch, chunk, temperature=1.0)
             token_nll = -(logp * mask).sum()
             tally.add("loss/sft", float(token_nll.detach()), count=float(mask.sum()))
-            _backward(state, token_nll / num_tokens, sync=k == len(micro_batches) - 1)
+            _backward(state, token_nll / num_tokens, sync=k == len(chunks) - 1)
         _optimizer_step(state, tally)
     tally.add("response/length_mean", float(batch.completion_mask.sum()), count=len(prompts))
     return tally, []
 
 
-def teacher_forced_batch(processor: Any, prompts: list[Prompt], completions: list[str]) -> RolloutBatch:
-    """A RolloutBatch (n = 1) holding given completions, so SFT uses the same forward as GRPO."""
-    inputs = encode_prompts(processor, prompts)
-    tokenizer = processor.tokenizer
-    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    ids = [tokenizer(text, add_special_tokens=False)["input_ids"] + [eos] for text in completions]
-    width = max(map(len, ids))
-    completion_ids = torch.full((len(ids), width), tokenizer.pad_token_id, dtype=torch.long)
-    completion_mask = torch.zeros((len(ids), width), dtype=torch.long)
-    for i, row in enumerate(ids):
-        completion_ids[i, : len(row)] = torch.tensor(row)
-        completion_mask[i, : len(row)] = 1
-    return RolloutBatch(
-        prompt_ids=inputs["input_ids"],
-        prompt_mask=inputs["attention_mask"],
-        prompt_token_types=inputs["mm_token_type_ids"],
-        completion_ids=completion_ids,
-        completion_mask=completion_mask,
-        logprobs=torch.zeros(completion_ids.shape),
-        pixel_values=inputs.get("pixel_values"),
-        image_grid_thw=inputs.get("image_grid_thw"),
-        images_per_prompt=[len(p.images) for p in prompts],
-        n=1,
-        texts=completions,
-        finished=[True] * len(completions),
-    )
-
-
 # ----------------------------------------------------------------------------------------------------------------
-# The training forward: log-probs of completion tokens given prompt and images
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def completion_logprobs(
-    model: Any,
-    policy: Any,
-    batch: RolloutBatch,
-    rows: torch.Tensor,
-    temperature: float,
-    entropy: Literal["none", "metric", "loss"] = "none",
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """Per-token log-probs (and entropies) of the completions of ``rows``, trimmed to the rows' longest one.
-
-    ``entropy``: "none" skips it; "metric" computes it without gradient (for logging); "loss" keeps its graph.
-
-    Returns ``(logprobs [r, w], entropy [r, w] or None, mask [r, w])`` with ``w`` the longest completion among
-    ``rows``. The forward sees exactly what the sampler saw: the same images, token types and 3-D positions
-    (``model`` may be DDP-wrapped; ``policy`` is the bare model used to compute positions).
-    """
-    prompt_mask = batch.prompt_mask[rows]
-    first = int((prompt_mask.sum(0) > 0).nonzero()[0])  # drop columns that are padding in every row
-    width = int(batch.completion_mask[rows].sum(-1).max())
-    completion = batch.completion_ids[rows, :width]
-    completion_mask = batch.completion_mask[rows, :width]
-    ids = torch.cat([batch.prompt_ids[rows, first:], completion], 1)
-    mask = torch.cat([prompt_mask[:, first:], completion_mask], 1)
-    types = torch.cat([batch.prompt_token_types[rows, first:], torch.zeros_like(completion)], 1)
-    pixel_values, grid = select_images(
-        batch.pixel_values, batch.image_grid_thw, batch.images_per_prompt, batch.prompt_index[rows]
-    )
-    device = next(policy.parameters()).device
-    ids, mask, types = ids.to(device), mask.to(device), types.to(device)
-    grid = None if grid is None else grid.to(device)
-    positions = mrope_positions(policy, ids, mask, types, grid)
-    if _can_run_prompts_once(model, batch.prompt_index[rows], width):
-        logits = _logits_running_prompts_once(model, batch, rows, ids, mask, positions, width)
-    else:
-        logits = model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=positions,
-            image_grid_thw=grid,
-            pixel_values=None if pixel_values is None else pixel_values.to(device),
-            logits_to_keep=width + 1,
-        ).logits[:, :-1]
-    temperature = temperature if temperature > 0 else 1.0
-    logprobs = grpo.token_logprobs(logits, completion.to(device), temperature=temperature)
-    entropies = None
-    if entropy == "loss":
-        entropies = grpo.token_entropy(logits, temperature=temperature)
-    elif entropy == "metric":
-        with torch.no_grad():
-            entropies = grpo.token_entropy(logits.detach(), temperature=temperature)
-    return logprobs, entropies, completion_mask.to(device).to(logprobs.dtype)
-
-
-def _can_run_prompts_once(model: Any, prompt_index: torch.Tensor, width: int) -> bool:
-    """Whether ``_logits_running_prompts_once`` applies: some rows share a prompt, the completions are longer
-    than one token, the model keeps a KV cache in a training forward (gradient checkpointing drops it), its
-    attention reads a left-padded cache (sdpa, eager), and it is a plain module or DDP-wrapped (a DeepSpeed
-    engine must see exactly one forward per backward)."""
-    bare = _bare(model)
-    return (
-        width > 1
-        and len(prompt_index.unique()) < len(prompt_index)
-        and isinstance(bare, PreTrainedModel)
-        and not bare.is_activation_checkpointing
-        and bare.config._attn_implementation in ("sdpa", "eager")
-    )
-
-
-def _logits_running_prompts_once(
-    model: Any,
-    batch: RolloutBatch,
-    rows: torch.Tensor,
-    ids: torch.Tensor,
-    mask: torch.Tensor,
-    positions: torch.Tensor,
-    width: int,
-) -> torch.Tensor:
-    """The completion logits [r, w, V] of ``completion_logprobs``, each distinct prompt run through the model once.
-
-    A GRPO group is n completions of one prompt, so the plain forward encodes every image and prompt token n
-    times. Here the distinct prompts fill a KV cache (keeping its autograd graph), each row reads its prompt's
-    keys and values, and only the completions run per row: the same maths (equal to float rounding, tested),
-    with the prompt's and the vision tower's work done once per group. ``ids``, ``mask`` and ``positions`` are
-    the plain forward's inputs (prompt columns, then ``width`` completion columns).
-    """
-    from transformers import DynamicCache
-
-    bare = _bare(model)
-    device = ids.device
-    # Row i answers prompts[row_prompt[i]]; first_row[k] is a row of prompt k.
-    prompts, row_prompt = batch.prompt_index[rows].unique(return_inverse=True)
-    first_row = torch.tensor([row_prompt.tolist().index(k) for k in range(len(prompts))], device=device)
-    row_prompt = row_prompt.to(device)
-    pixel_values, grid = select_images(
-        batch.pixel_values, batch.image_grid_thw, batch.images_per_prompt, prompts
-    )
-    prompt_len = ids.shape[1] - width
-    cache = DynamicCache(config=bare.config)
-    # The bare module runs the prompts, so that a DDP wrapper sees one forward (the completions') per backward.
-    prompt_logits = bare(
-        input_ids=ids[first_row, :prompt_len],
-        attention_mask=mask[first_row, :prompt_len],
-        position_ids=positions[:, first_row, :prompt_len],
-        pixel_values=None if pixel_values is None else pixel_values.to(device),
-        image_grid_thw=None if grid is None else grid.to(device),
-        cache=cache,
-        use_cache=True,
-        logits_to_keep=1,
-    ).logits
-    cache.batch_select_indices(row_prompt)
-    completion_logits = model(
-        input_ids=ids[:, prompt_len:-1],
-        attention_mask=mask[:, :-1],
-        position_ids=positions[:, :, prompt_len:-1],
-        cache=cache,
-        use_cache=True,
-    ).logits
-    # A prompt's last position predicts the first token of each of its completions.
-    return torch.cat([prompt_logits[row_prompt], completion_logits], 1)
-
-
-def reference_logprobs(state: TrainState, batch: RolloutBatch, micro_batches: MicroBatches) -> torch.Tensor:
-    """Log-probs under the frozen initial policy: its own copy (on the training device, or on the CPU with
-    ``model.reference_on_cpu``), or, with LoRA, the policy itself with its adapters switched off."""
-    if state.reference is not None:
-        return _logprobs_no_grad(state.reference, state.reference, batch, micro_batches, state.cfg)
-    with peft_model(state.model).disable_adapter():
-        return _logprobs_no_grad(state.model, state.policy, batch, micro_batches, state.cfg)
-
-
-def _logprobs_no_grad(
-    model: Any, policy: Any, batch: RolloutBatch, micro_batches: MicroBatches, cfg: RunConfig
-) -> torch.Tensor:
-    """Log-probs of the micro-batches' rows under ``model`` without gradients, as one [rows, Lc] tensor (0-padded),
-    row ``i`` holding position ``i`` of the micro-batches."""
-    out = torch.zeros(sum(len(chunk) for chunk, _ in micro_batches), batch.completion_ids.shape[1])
-    with torch.no_grad():
-        for chunk, positions in micro_batches:
-            logp, _, _ = completion_logprobs(model, policy, batch, chunk, cfg.rollout.temperature)
-            out[positions, : logp.shape[1]] = logp.float().cpu()
-    return out
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Validation, checkpoints, resume
+# Validation
 # ----------------------------------------------------------------------------------------------------------------
 
 
@@ -565,75 +312,6 @@ def validate(state: TrainState, records: list[Record], tally: Tally) -> None:
             tally.add("val/accuracy", score.accuracy)
             tally.add(f"val/accuracy/{record.data_source}", score.accuracy)
             tally.add("val/format", score.format)
-
-
-def save_checkpoint(state: TrainState, target: Path, step: int, epoch: int) -> None:
-    """Policy + processor in save_pretrained format, plus optimizer and scheduler; published atomically."""
-    acc = state.accelerator
-    tmp = target.parent / f".tmp_{target.name}"
-    weights = acc.get_state_dict(state.model)  # every process calls it: ZeRO-3 gathers the shards
-    if acc.is_main_process:
-        tmp.mkdir(parents=True, exist_ok=True)
-        adapters = peft_model(state.model)
-        if adapters is not None:
-            # PEFT keeps only the adapter's tensors of the full state dict (gathered under ZeRO-3).
-            adapters.save_pretrained(tmp / ADAPTER_DIR, state_dict=weights)
-            m = state.cfg.model
-            weights = merged_state_dict(weights, scaling=m.lora_alpha / m.lora_rank)
-        state.policy.save_pretrained(tmp, state_dict=weights, safe_serialization=True)
-        state.processor.save_pretrained(tmp)
-        if not state.deepspeed:
-            torch.save(state.optimizer.state_dict(), tmp / "optimizer.pt")
-            torch.save(state.scheduler.state_dict(), tmp / "scheduler.pt")
-    acc.wait_for_everyone()
-    if state.deepspeed:  # the optimizer states are sharded over ranks: each rank writes its own
-        acc.save_state(str(tmp / SHARDED_STATE))
-        acc.wait_for_everyone()
-    if acc.is_main_process:
-        publish_dir(tmp, target, {"step": step, "epoch": epoch, "seed": state.cfg.train.seed})
-    acc.wait_for_everyone()
-
-
-def _resume_point(run: RunDir, cfg: RunConfig, resume: bool, is_main: bool) -> tuple[int, Path | None]:
-    """(steps already done, checkpoint to load) for this run; refuses to overwrite an existing run."""
-    if not resume:
-        if run.metrics.exists() and run.read_metrics():
-            raise TrainingError(
-                f"{run.path} already holds a run; pass --resume to continue it or pick a new run_name"
-            )
-        return 0, None
-    if run.config.exists():
-        _check_resumable(run, cfg)
-    if run.is_finished():
-        return read_state(run.final)["step"], None
-    last = run.last_checkpoint()
-    if last is None:
-        if is_main:
-            run.trim_to_step(0)
-        return 0, None
-    step, path = last
-    if is_main:
-        run.trim_to_step(step)
-    return step, path
-
-
-# Knobs that do not change what a run computes: a resumed (or reused finished) run may differ in these only.
-RESUME_MAY_CHANGE = ("logging.progress", "train.save_every", "train.keep_last", "eval.", "study.")
-
-
-def _check_resumable(run: RunDir, cfg: RunConfig) -> None:
-    """Refuse to continue (or reuse the result of) a run that was started with other settings."""
-    changes = {
-        key: values
-        for key, values in config_changes(load_config(run.config), cfg).items()
-        if not key.startswith(RESUME_MAY_CHANGE)
-    }
-    if changes:
-        listed = ", ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in sorted(changes.items()))
-        raise TrainingError(
-            f"{run.path} was trained with other settings ({listed}); resuming would mix two runs. Pick a new "
-            "logging.run_name (or study.output_dir), or delete the run (`reproduce --force` clears a study)"
-        )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -667,49 +345,6 @@ class Schedule:
         batch = order[within * self.per_step : (within + 1) * self.per_step].tolist()
         share = self.per_step // world
         return batch[rank * share : (rank + 1) * share]
-
-
-# grpo.policy_loss's statistic names -> registered metric keys.
-POLICY_METRICS = {
-    "pg_loss": "loss/policy",
-    "kl": "kl/mean",
-    "entropy": "entropy/mean",
-    "clipfrac": "clip/fraction",
-    "clipfrac_low": "clip/low_fraction",
-    "clipfrac_high": "clip/high_fraction",
-    "clipfrac_dual": "clip/dual_fraction",
-    "ratio_mean": "ratio/mean",
-    "ratio_min": "ratio/min",
-    "ratio_max": "ratio/max",
-}
-
-
-@dataclass
-class Tally:
-    """A step's metrics as grpo.Stats (sums and counts, minima, maxima), reduced exactly over processes."""
-
-    stats: grpo.Stats = field(default_factory=dict)
-
-    def add(self, key: str, value: float, count: float = 1.0, reduce: str = "mean") -> None:
-        self.stats = grpo.merge_stats(self.stats, {key: grpo.Stat(float(value), float(count), reduce)})
-
-    def merge(self, stats: grpo.Stats, rename: dict[str, str]) -> None:
-        self.stats = grpo.merge_stats(self.stats, {rename[k]: v for k, v in stats.items()})
-
-    @contextlib.contextmanager
-    def timer(self, key: str):
-        """Seconds spent in the block; over processes the slowest one counts."""
-        t0 = time.perf_counter()
-        yield
-        self.add(key, time.perf_counter() - t0, reduce="max")
-
-    def reduce(self, accelerator: Any) -> dict[str, float]:
-        parts = [self.stats]
-        if accelerator.num_processes > 1:
-            from accelerate.utils import gather_object
-
-            parts = gather_object([self.stats])
-        return grpo.stat_values(grpo.merge_stats(*parts))
 
 
 def _tally_rewards(
@@ -749,58 +384,6 @@ def _image_ref(run: RunDir, record: Record, prompt: Prompt) -> str | None:
         thumbnail.save(buffer, format="PNG")
         atomic_write_bytes(target, buffer.getvalue())
     return relative
-
-
-def _is_deepspeed(accelerator: Any) -> bool:
-    from accelerate.utils import DistributedType
-
-    return accelerator.distributed_type == DistributedType.DEEPSPEED
-
-
-def _bare(model: Any) -> Any:
-    """The transformers model inside DDP and PEFT wrappers (LoRA layers, injected in place, stay active).
-
-    A DeepSpeed engine is returned as it is: it must see exactly one forward per backward."""
-    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
-        model = model.module
-    return unwrap_peft(model)
-
-
-def pack_micro_batches(lengths: list[int], size: int, max_tokens: int = 0) -> list[list[int]]:
-    """Cut positions ``0..len(lengths)-1`` into micro-batches of at most ``size`` sequences.
-
-    ``max_tokens == 0``: consecutive runs (a group's samples stay together, so its prompt runs once).
-    ``max_tokens > 0``, length-bucketed: positions sorted longest first and packed greedily while
-    ``sequences × longest length ≤ max_tokens`` (the padded cost of the forward); a longer sequence goes alone.
-    Long responses then share micro-batches with long ones and short with short, instead of padding every short
-    response to the longest in a mixed batch. Any partition gives the same gradient: the loss normalisers are
-    global (see ``grpo_step``).
-    """
-    if max_tokens <= 0:
-        return [list(range(start, min(start + size, len(lengths)))) for start in range(0, len(lengths), size)]
-    chunks: list[list[int]] = []
-    for position in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
-        chunk = chunks[-1] if chunks else None
-        # Sorted longest first: the chunk's first sequence is its longest.
-        if chunk and len(chunk) < size and (len(chunk) + 1) * lengths[chunk[0]] <= max_tokens:
-            chunk.append(position)
-        else:
-            chunks.append([position])
-    return chunks
-
-
-# Per micro-batch: (row ids of the batch, their positions within the rows being trained on).
-MicroBatches = list[tuple[torch.Tensor, torch.Tensor]]
-
-
-def _micro_batches(rows: torch.Tensor, batch: RolloutBatch, train: TrainConfig) -> MicroBatches:
-    """(row ids, their positions within ``rows``) per micro-batch (:func:`pack_micro_batches`)."""
-    if len(rows) == 0:
-        raise TrainingError("no sequences to train on this step (all groups dropped by dynamic sampling)")
-    chunks = pack_micro_batches(
-        batch.lengths[rows].tolist(), train.micro_batch_size, train.micro_batch_tokens
-    )
-    return [(rows[chunk], torch.tensor(chunk)) for chunk in chunks]
 
 
 def _backward(state: TrainState, loss: torch.Tensor, sync: bool) -> None:

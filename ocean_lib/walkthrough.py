@@ -14,12 +14,15 @@ from typing import Any
 import torch
 
 from ocean_lib import grpo
+from ocean_lib.batch import RolloutBatch
 from ocean_lib.config import RunConfig
 from ocean_lib.data import Record
+from ocean_lib.forward import completion_logprobs
 from ocean_lib.prompts import Prompt
 from ocean_lib.rewards import RewardBreakdown, score_batch
-from ocean_lib.rollout import RolloutBatch, make_engine
-from ocean_lib.trainer import completion_logprobs, loss_settings, prompt_of
+from ocean_lib.rollout import make_engine
+from ocean_lib.run_state import loss_settings, make_optimizer
+from ocean_lib.trainer import prompt_of
 
 
 @dataclass
@@ -75,7 +78,7 @@ def group_update(model: Any, processor: Any, record: Record, cfg: RunConfig, see
     advantages = grpo.group_advantages(rewards, n, eps=alg.adv_eps, scale=alg.scale_rewards)
 
     # 4. The clipped policy loss with its KL term, then one optimizer step.
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    optimizer = make_optimizer(model, cfg.train)
     logp, entropy, mask = completion_logprobs(
         model, model, batch, rows, cfg.rollout.temperature, entropy="loss"
     )

@@ -11,6 +11,10 @@ from ocean_lib.prompts import Prompt, reference_completion, user_text
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 ANNOTATIONS = SHARED / "benchmark_annotations"
+needs_shared = pytest.mark.skipif(
+    not ANNOTATIONS.is_dir(),
+    reason=f"real annotation files not present at {ANNOTATIONS} (../shared is optional)",
+)
 
 # Small enough to build in about a second, the real architecture all the same.
 TINY = TinyModelConfig(

@@ -10,6 +10,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import ANNOTATIONS, needs_shared
 from PIL import Image
 
 from ocean_lib import prompts
@@ -26,11 +27,6 @@ from ocean_lib.evaluation.benchmarks import (
     score_whole_output_math,
 )
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "benchmark_annotations"
-needs_shared = pytest.mark.skipif(
-    not SHARED.is_dir(),
-    reason=f"real annotation files not present at {SHARED} (../shared/benchmark_annotations)",
-)
 THINK = "<think>I look at the picture.</think>"
 
 
@@ -67,12 +63,12 @@ REAL_LAYOUT = {  # file in ../shared -> where the registry expects it under the 
 def real_root(tmp_path) -> Path:
     for name, directory in REAL_LAYOUT.items():
         (tmp_path / directory).mkdir(exist_ok=True)
-        (tmp_path / directory / name).symlink_to(SHARED / name)
+        (tmp_path / directory / name).symlink_to(ANNOTATIONS / name)
     return tmp_path
 
 
 def jsonl_rows(name: str) -> list[dict]:
-    return [json.loads(line) for line in (SHARED / name).read_text().splitlines() if line.strip()]
+    return [json.loads(line) for line in (ANNOTATIONS / name).read_text().splitlines() if line.strip()]
 
 
 @needs_shared
@@ -102,7 +98,7 @@ def test_real_question_files_parse_with_fields_intact(real_root, benchmark, file
 )
 def test_real_training_format_files_parse_with_fields_intact(real_root, benchmark, file, count):
     items = BENCHMARKS[benchmark].load_items(real_root)
-    rows = pq.read_table(SHARED / file).to_pylist()
+    rows = pq.read_table(ANNOTATIONS / file).to_pylist()
     assert len(items) == len(rows) == count
     for item, row in zip(items, rows, strict=True):
         assert item.prompt == row["prompt"][0]["content"]
@@ -142,8 +138,8 @@ def test_real_image_paths_resolve_under_the_image_root_by_their_trailing_compone
 def test_resolve_image_prefers_the_longest_matching_suffix(tmp_path):
     place_image(tmp_path / "a/b/c.png")
     place_image(tmp_path / "c.png")
-    assert resolve_image("/elsewhere/a/b/c.png", tmp_path) == tmp_path / "a/b/c.png"
-    assert resolve_image("./x/c.png", tmp_path) == tmp_path / "c.png"
+    assert resolve_image("/elsewhere/a/b/c.png", tmp_path) == str(tmp_path / "a/b/c.png")
+    assert resolve_image("./x/c.png", tmp_path) == str(tmp_path / "c.png")
     assert resolve_image("missing.png", tmp_path) is None
 
 
@@ -242,7 +238,7 @@ def test_cvbench_own_layout_loader(tmp_path):
         ("3D/1200", "Depth", "(B)", ("lamp", "desk")),
     ]
     assert items[1].prompt == f"<image> Which is closer?\n(A) lamp\n(B) desk {prompts.THINK_INSTRUCTION}"
-    assert items[0].images[0].data == rows[0]["image"]["bytes"]
+    assert items[0].images[0].bytes == rows[0]["image"]["bytes"]
 
 
 def test_mathvista_loader_letters_multiple_choice_answers(tmp_path):
@@ -396,7 +392,7 @@ def test_mmmu_loader_puts_every_image_first_and_keeps_the_references(tmp_path):
     write_parquet(tmp_path / "mmmu/Math/validation-00000-of-00001.parquet", rows[1:])
     art, math = BENCHMARKS["mmmu"].load_items(tmp_path)
     assert art.prompt.startswith("<image> <image> Compare <image 1> with <image 2>.\n(A) Baroque\n(B) Gothic")
-    assert [image.data for image in art.images] == [rows[0]["image_1"]["bytes"], rows[0]["image_2"]["bytes"]]
+    assert [image.bytes for image in art.images] == [rows[0]["image_1"]["bytes"], rows[0]["image_2"]["bytes"]]
     assert (art.subset, len(art.options), math.subset, len(math.options)) == (
         "Art_Theory",
         3,

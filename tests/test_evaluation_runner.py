@@ -17,8 +17,7 @@ import yaml
 from conftest import ANNOTATIONS, grey_image
 
 from ocean_lib.config import load_config
-from ocean_lib.data import synthetic
-from ocean_lib.data.records import read_records, rescale_box_truth
+from ocean_lib.data import read_records, rescale_box_truth, synthetic
 from ocean_lib.evaluation import BENCHMARKS, MissingImagesError, SettingsMismatchError, run
 from ocean_lib.io import read_jsonl
 
@@ -193,15 +192,11 @@ def test_a_killed_evaluation_resumes_without_recomputing_finished_items(mini, ti
             node = node.setdefault(part, {})
         node[leaf] = value
     params.write_text(yaml.safe_dump(tree))
-    script = (
-        "import argparse, sys\n"
-        "from ocean_lib.evaluation import add_eval_arguments, main_eval\n"
-        "sys.exit(main_eval(add_eval_arguments(argparse.ArgumentParser()).parse_args()))\n"
-    )
     command = [
         sys.executable,
-        "-c",
-        script,
+        "-m",
+        "ocean_lib",
+        "eval",
         "--model",
         str(tiny_model_dir),
         "--params",

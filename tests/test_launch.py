@@ -17,7 +17,7 @@ from accelerate.commands.config.config_args import load_config_from_file
 from accelerate.commands.launch import _validate_launch_command, launch_command_parser
 from accelerate.utils import DeepSpeedPlugin
 
-from ocean_lib.__main__ import build_parser
+from ocean_lib.cli import build_parser
 from ocean_lib.config import load_config
 from ocean_lib.launch import LaunchError, Topology, accelerate_command
 

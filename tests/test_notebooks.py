@@ -44,9 +44,9 @@ def test_reproduce_runs_the_study_end_to_end(tmp_path, monkeypatch):
         f"data.synthetic.output_dir={tmp_path}/ci/data",
         f"model.name_or_path={tmp_path}/ci/models/tiny",
         f"data.train_files=[{tmp_path}/ci/data/train]",
-        f'study.grpo_text=["data.train_files=[{tmp_path}/ci/data/train_text]", train.max_steps=2]',
-        f'study.grpo_vis_stage1=["data.train_files=[{tmp_path}/ci/data/train/geometry.parquet]", train.max_steps=2]',
-        f'study.grpo_vis_stage2=["data.train_files=[{tmp_path}/ci/data/train/counting.parquet]", train.max_steps=2]',
+        f"study.stages.grpo_text.set.data.train_files=[{tmp_path}/ci/data/train_text]",
+        f"study.stages.grpo_vis_stage1.set.data.train_files=[{tmp_path}/ci/data/train/geometry.parquet]",
+        f"study.stages.grpo_vis_stage2.set.data.train_files=[{tmp_path}/ci/data/train/counting.parquet]",
     ]
     report = study.reproduce("params/ci.yaml", overrides)
     out = tmp_path / "ci"
@@ -62,16 +62,16 @@ def test_reproduce_runs_the_study_end_to_end(tmp_path, monkeypatch):
     # The walkthrough ran after training: its group was sampled from the warm-started base.
     walkthrough = (out / "notebooks" / "00_grpo_walkthrough.ipynb").read_text()
     assert f"policy: {study.run_dir(cfg, 'warmstart').final}" in walkthrough
-    for stage in study.STAGES:
+    for stage in cfg.study.stages:
         run = study.run_dir(cfg, stage)
         assert run.is_finished() and len(run.read_metrics()) == 2
-    for label in study.MODELS:
+    for label in study.rows(cfg):
         summary = json.loads((study.eval_dir(cfg, label) / "summary.json").read_text())
         for name in cfg.study.benchmarks:
             entry = summary["benchmarks"][name]
             assert entry["n"] == cfg.data.synthetic.n_test and 0.0 <= entry["accuracy"] <= 1.0
     results = (out / "results.md").read_text()
-    assert all(label in results for label in study.MODELS) and "average" in results
+    assert all(label in results for label in study.rows(cfg)) and "average" in results
     assert (out / "results.csv").read_text().count("\n") == 1 + 3 * (len(cfg.study.benchmarks) + 1)
     figures = {p.stem for p in (out / "figures").glob("*.png")}
     assert {"examples", "warmstart", "training_curves", "benchmarks", "reflections", "results"} <= figures
@@ -80,5 +80,5 @@ def test_reproduce_runs_the_study_end_to_end(tmp_path, monkeypatch):
     before = {p: p.stat().st_mtime for p in (out / "eval").rglob("*.jsonl")}
     study.reproduce("params/ci.yaml", overrides)
     assert {p: p.stat().st_mtime for p in (out / "eval").rglob("*.jsonl")} == before
-    assert all(len(study.run_dir(cfg, stage).read_metrics()) == 2 for stage in study.STAGES)
+    assert all(len(study.run_dir(cfg, stage).read_metrics()) == 2 for stage in cfg.study.stages)
     shutil.rmtree(out)

@@ -11,9 +11,9 @@ import torch
 from conftest import mixed_prompts
 
 from ocean_lib.config import RolloutConfig
+from ocean_lib.forward import completion_logprobs
 from ocean_lib.models import load_policy
 from ocean_lib.rollout import make_engine
-from ocean_lib.trainer import completion_logprobs
 
 GROUP = 3
 

@@ -19,7 +19,7 @@ from ocean_lib.analysis import (
     response_length_per_step,
     think_answer_disagreement_rate_per_step,
 )
-from ocean_lib.data.records import ImageRef, Record
+from ocean_lib.data import ImageRef, Record
 from ocean_lib.plots import (
     LiveCurves,
     benchmark_bars,

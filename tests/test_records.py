@@ -12,6 +12,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import ANNOTATIONS, needs_shared
 from PIL import Image, ImageDraw
 
 from ocean_lib.config import DataConfig
@@ -28,12 +29,6 @@ from ocean_lib.data import (
 )
 from ocean_lib.data.records import HUB_PROBE_TIMEOUT_S, reachable
 from ocean_lib.prompts import INSTRUCTIONS
-
-ANNOTATIONS = Path(__file__).resolve().parents[1].parent / "shared" / "benchmark_annotations"
-needs_shared = pytest.mark.skipif(
-    not ANNOTATIONS.is_dir(),
-    reason=f"real annotation files not present at {ANNOTATIONS} (../shared is optional)",
-)
 
 
 def png(size: tuple[int, int], box: tuple[int, int, int, int] | None = None) -> bytes:

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from conftest import ANNOTATIONS
 
 from ocean_lib.config import RewardConfig
 from ocean_lib.rewards import (
@@ -20,15 +20,14 @@ from ocean_lib.rewards import (
     first_int_box,
     format_ok,
     iou,
+    literal_box,
     math_equivalent,
-    parse_box,
     parse_options,
     reference_accuracy,
     score,
     score_batch,
 )
 
-ANNOTATIONS = Path(__file__).resolve().parents[2] / "shared" / "benchmark_annotations"
 CFG = RewardConfig(num_workers=2, timeout_s=2.0)
 
 
@@ -418,7 +417,7 @@ BOXES = [
 
 @pytest.mark.parametrize("text, parsed", BOXES)
 def test_parse_box_is_literal_only(text, parsed):
-    assert parse_box(text) == parsed
+    assert literal_box(text) == parsed
 
 
 # (text, box)

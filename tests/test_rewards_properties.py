@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from ocean_lib.config import RewardConfig
 from ocean_lib.rewards import (
     choice_letter,
+    literal_box,
     math_equivalent,
-    parse_box,
     reference_accuracy,
     rules,
     score,
@@ -228,6 +228,6 @@ def test_model_output_never_runs(tmp_path):
             score(payload, "[1, 2, 3, 4]" if reward_func == "iou" else "3", reward_func, cfg)
             reference_accuracy(payload, payload, reward_func, mode)
         math_equivalent(payload, payload)
-        parse_box(payload)
-        parse_box(rules.ground_truth_answer(payload).replace("$", ""))
+        literal_box(payload)
+        literal_box(rules.ground_truth_answer(payload).replace("$", ""))
     assert not marker.exists()

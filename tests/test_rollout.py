@@ -3,16 +3,10 @@
 import torch
 from conftest import mixed_prompts
 
+from ocean_lib.batch import encode_prompts, mrope_positions, select_images
 from ocean_lib.config import RolloutConfig
 from ocean_lib.models import load_policy, vision_special_token_ids
-from ocean_lib.rollout import (
-    _filter_top_k_top_p,
-    _mask_through_eos,
-    encode_prompts,
-    make_engine,
-    mrope_positions,
-    select_images,
-)
+from ocean_lib.rollout import _filter_top_k_top_p, _mask_through_eos, make_engine
 
 
 def _forward_logprobs(model, batch, with_positions=True):

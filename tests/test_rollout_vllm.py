@@ -12,10 +12,11 @@ import torch
 from conftest import grey_image
 from safetensors import safe_open
 
+from ocean_lib.batch import encode_prompts
 from ocean_lib.config import RolloutConfig
 from ocean_lib.models import load_policy, vision_special_token_ids
 from ocean_lib.prompts import Prompt, user_text
-from ocean_lib.rollout import encode_prompts, make_engine
+from ocean_lib.rollout import make_engine
 from ocean_lib.rollout_vllm import (
     RolloutMismatch,
     VLLMRolloutEngine,

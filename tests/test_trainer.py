@@ -16,12 +16,13 @@ from conftest import tiny_overrides
 
 from ocean_lib import launch
 from ocean_lib.config import load_config, save_config
+from ocean_lib.forward import pack_micro_batches
 from ocean_lib.io import read_jsonl
 from ocean_lib.lora import ADAPTER_DIR, attach_lora
 from ocean_lib.metrics import is_registered
 from ocean_lib.models import load_policy
 from ocean_lib.run_dir import RunDir
-from ocean_lib.trainer import TrainingError, pack_micro_batches, train
+from ocean_lib.trainer import TrainingError, train
 
 NOT_COMPARABLE = ("time/",)  # wall-clock metrics differ between any two runs
 LORA = ["model.lora_rank=4", "model.lora_alpha=8", "train.lr=1e-2"]  # adapters move visibly in one step

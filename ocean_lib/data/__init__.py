@@ -1,19 +1,23 @@
 """Training records in Ocean-R1's parquet schema, and the procedural tasks of the miniature study."""
 
+from ocean_lib.data.images import (
+    ImageError,
+    ImageRef,
+    fit_pixels,
+    parse_box,
+    prepare_images,
+    rescale_box_truth,
+)
 from ocean_lib.data.records import (
     REWARD_FUNCS,
     BadRow,
     DataError,
-    ImageRef,
     LoadReport,
     Record,
     Records,
-    fit_pixels,
     load_example,
     load_images,
-    parse_box,
     read_records,
-    rescale_box_truth,
     write_records,
 )
 
@@ -21,6 +25,7 @@ __all__ = [
     "REWARD_FUNCS",
     "BadRow",
     "DataError",
+    "ImageError",
     "ImageRef",
     "LoadReport",
     "Record",
@@ -29,6 +34,7 @@ __all__ = [
     "load_example",
     "load_images",
     "parse_box",
+    "prepare_images",
     "read_records",
     "rescale_box_truth",
     "write_records",

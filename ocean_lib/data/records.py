@@ -27,9 +27,7 @@ without being counted.
 from __future__ import annotations
 
 import io
-import json
 import logging
-import math
 import os
 import re
 import threading
@@ -44,6 +42,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from ocean_lib.config import DataConfig
+from ocean_lib.data.images import ImageError, ImageRef, parse_box, prepare_images
 from ocean_lib.io import atomic_write_bytes
 from ocean_lib.prompts import IMAGE_MARKER, REWARD_FUNCS, reference_completion, user_text
 
@@ -60,14 +59,6 @@ class DataError(ValueError):
 # ----------------------------------------------------------------------------------------------------------------
 # The record
 # ----------------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ImageRef:
-    """One image of a record: encoded bytes, or a path to open (bytes win when both are set)."""
-
-    bytes: bytes | None = None
-    path: str | None = None
 
 
 @dataclass
@@ -475,70 +466,8 @@ def write_records(records: list[Record], path: str | Path) -> Path:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Images and boxes
+# Images as model input
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def fit_pixels(width: int, height: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
-    """Ocean-R1's image size rule: scale by s = sqrt(limit / (w·h)) when w·h leaves [min_pixels, max_pixels].
-
-    Down first (w·h > max_pixels), then up (w·h < min_pixels); the new sides are ⌊s·w⌋, ⌊s·h⌋, so the
-    aspect ratio is kept to within a pixel.
-    """
-    for limit, outside in (
-        (max_pixels, width * height > max_pixels),
-        (min_pixels, width * height < min_pixels),
-    ):
-        if outside:
-            scale = math.sqrt(limit / (width * height))
-            width, height = max(1, int(width * scale)), max(1, int(height * scale))
-    return width, height
-
-
-def parse_box(text: str, allow_object: bool = True) -> list[float]:
-    """A box written as JSON: ``[x1, y1, x2, y2]``, or (``allow_object``) ``{"bbox_2d": [x1, y1, x2, y2]}``.
-
-    Answers and benchmark annotations come in both forms. A training record's ``iou`` ground truth must be the
-    bare list (``allow_object=False``), Ocean-R1's format: the ``iou`` reward reads only a list, and would score
-    every completion 0 against an object.
-    """
-    expected = '[x1, y1, x2, y2] or {"bbox_2d": [...]}' if allow_object else "a bare [x1, y1, x2, y2]"
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError:
-        raise ValueError(f"not a JSON box: {text!r:.80}") from None
-    box = value.get("bbox_2d") if isinstance(value, dict) and allow_object else value
-    if not (
-        isinstance(box, list)
-        and len(box) == 4
-        and all(isinstance(v, int | float) and not isinstance(v, bool) for v in box)
-    ):
-        raise ValueError(f"expected {expected}, got {text!r:.80}")
-    return [float(v) for v in box]
-
-
-def rescale_box_truth(ground_truth: str, old_size: tuple[int, int], new_size: tuple[int, int]) -> str:
-    """The ground truth with its box scaled by (new_w / old_w, new_h / old_h), rounded to whole pixels.
-
-    The JSON form of the input is kept (plain list or ``bbox_2d`` object).
-    """
-    box = parse_box(ground_truth)
-    sx, sy = new_size[0] / old_size[0], new_size[1] / old_size[1]
-    scaled = [round(v * s) for v, s in zip(box, (sx, sy, sx, sy), strict=True)]
-    value = json.loads(ground_truth)
-    return json.dumps({**value, "bbox_2d": scaled} if isinstance(value, dict) else scaled)
-
-
-def _open_image(record: Record, i: int, image: ImageRef) -> Image.Image:
-    try:
-        source = io.BytesIO(image.bytes) if image.bytes is not None else image.path
-        with Image.open(source) as opened:
-            return opened.convert("RGB")
-    except Exception as error:  # PIL raises many types for bad data
-        where = "bytes" if image.bytes is not None else f"path {image.path}"
-        raise DataError(
-            f"{record.data_source} index {record.index}, field images[{i}]: cannot open {where}: {error}"
-        ) from error
 
 
 def load_images(record: Record, cfg: DataConfig) -> list[Image.Image]:
@@ -547,18 +476,14 @@ def load_images(record: Record, cfg: DataConfig) -> list[Image.Image]:
 
 
 def load_example(record: Record, cfg: DataConfig) -> tuple[list[Image.Image], str]:
-    """The record's images (as :func:`load_images`) and its ground truth in the resized images' pixels.
-
-    For ``iou`` records the box is rescaled with its image. Ocean-R1's loader resized images without touching
-    the boxes, so a resized image there was scored against a box in the original pixels.
-    """
-    images, ground_truth = [], record.ground_truth
-    for i, image_ref in enumerate(record.images):
-        image = _open_image(record, i, image_ref)
-        size = fit_pixels(image.width, image.height, cfg.min_pixels, cfg.max_pixels)
-        if size != image.size:
-            if record.reward_func == "iou":
-                ground_truth = rescale_box_truth(ground_truth, image.size, size)
-            image = image.resize(size, Image.Resampling.BICUBIC)
-        images.append(image)
-    return images, ground_truth
+    """The record's images as model input and its ground truth in their pixels (:func:`prepare_images`)."""
+    try:
+        return prepare_images(
+            record.images,
+            record.ground_truth,
+            box_truth=record.reward_func == "iou",
+            min_pixels=cfg.min_pixels,
+            max_pixels=cfg.max_pixels,
+        )
+    except ImageError as error:
+        raise DataError(f"{record.data_source} index {record.index}, field {error}") from error

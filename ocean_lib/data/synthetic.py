@@ -47,7 +47,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from ocean_lib.config import RunConfig, SyntheticConfig
-from ocean_lib.data.records import ImageRef, Record, parse_box, write_records
+from ocean_lib.data.images import ImageRef, parse_box
+from ocean_lib.data.records import Record, write_records
 from ocean_lib.io import atomic_write_bytes, atomic_write_json
 from ocean_lib.prompts import INSTRUCTIONS, reference_completion, user_text
 

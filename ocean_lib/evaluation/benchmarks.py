@@ -24,7 +24,7 @@ import ast
 import json
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
@@ -33,7 +33,8 @@ import pyarrow.parquet as pq
 
 from ocean_lib import prompts
 from ocean_lib.config import DataConfig, RewardConfig
-from ocean_lib.data.records import Record, parse_box, read_records
+from ocean_lib.data.images import ImageRef, parse_box
+from ocean_lib.data.records import Record, read_records
 from ocean_lib.rewards import extract_answer_span, first_int_box, iou, math_equivalent, parse_options, score
 
 
@@ -44,23 +45,6 @@ class BenchmarkDataError(ValueError):
 # ----------------------------------------------------------------------------------------------------------------
 # Items
 # ----------------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ImageRef:
-    """One image of an item: embedded bytes, or a file found under the benchmark's image root.
-
-    ``source`` is the reference as the annotation wrote it (kept for error messages); ``path`` is the file it
-    resolved to, or None when no file matched.
-    """
-
-    source: str
-    path: Path | None = None
-    data: bytes | None = field(default=None, repr=False)
-
-    @property
-    def found(self) -> bool:
-        return self.data is not None or self.path is not None
 
 
 @dataclass(frozen=True)
@@ -205,7 +189,7 @@ def field_of(
     return value
 
 
-def resolve_image(reference: str, root: Path) -> Path | None:
+def resolve_image(reference: str, root: Path) -> str | None:
     """The file an annotation's image reference names, looked up under ``root``.
 
     Annotations write image paths for the machine they were made on (``./images/x.png``, a bare file name, or
@@ -215,12 +199,12 @@ def resolve_image(reference: str, root: Path) -> Path | None:
     """
     path = Path(reference)
     if path.is_absolute() and path.is_file():
-        return path
+        return str(path)
     parts = [part for part in path.parts if part not in (path.anchor, ".", "")]
     for start in range(len(parts)):
         candidate = root.joinpath(*parts[start:])
         if candidate.is_file():
-            return candidate
+            return str(candidate)
     return None
 
 
@@ -228,11 +212,11 @@ def image_ref(value: Any, root: Path, where: str) -> ImageRef:
     """An image given as a path string or as a ``{bytes, path}`` struct (Hugging Face's Image feature)."""
     if isinstance(value, dict):
         if value.get("bytes"):
-            return ImageRef(source=str(value.get("path") or "<embedded bytes>"), data=value["bytes"])
+            return ImageRef(bytes=value["bytes"], source=str(value.get("path") or "<embedded bytes>"))
         value = value.get("path")
     if not isinstance(value, str) or not value:
         raise BenchmarkDataError(f"{where}: image is {value!r}, expected a path or embedded bytes")
-    return ImageRef(source=value, path=resolve_image(value, root))
+    return ImageRef(path=resolve_image(value, root), source=value)
 
 
 def _where(path: Path, index: int, name: str) -> str:
@@ -291,9 +275,9 @@ def load_training_parquet(
     for path in files:
         for record in read_records(path, DataConfig(), check_images=False):
             images = tuple(
-                ImageRef(source="<embedded bytes>", data=image.bytes)
+                image
                 if image.bytes is not None
-                else ImageRef(source=image.path or "", path=resolve_image(image.path or "", image_root))
+                else ImageRef(path=resolve_image(image.path or "", image_root), source=image.path or "")
                 for image in record.images
             )
             item_id = str(record.index) if len(files) == 1 else f"{path.stem}/{record.index}"

@@ -21,26 +21,23 @@ summary merges all shards. The command line takes ``k, n`` from accelerate's pro
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import hashlib
 import io
 import json
 import re
-import sys
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
 from tqdm.auto import tqdm
 
 from ocean_lib import prompts
-from ocean_lib.config import RunConfig, add_params_arguments, load_config, to_dict
-from ocean_lib.data.records import DataError, fit_pixels, rescale_box_truth
-from ocean_lib.evaluation.benchmarks import REC_SPLITS, Benchmark, BenchmarkDataError, Item, get_benchmark
+from ocean_lib.config import RunConfig, to_dict
+from ocean_lib.data.images import ImageError, prepare_images
+from ocean_lib.evaluation.benchmarks import REC_SPLITS, Benchmark, Item, get_benchmark
 from ocean_lib.evaluation.stats import bootstrap_accuracy
 from ocean_lib.io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
 from ocean_lib.rewards import format_ok
@@ -173,11 +170,8 @@ def check_images(plans: Sequence[Plan]) -> None:
                     bad.append(f"{image.source} (not found)")
                     continue
                 try:
-                    with Image.open(
-                        io.BytesIO(image.data) if image.data is not None else image.path
-                    ) as opened:
-                        opened.verify()
-                except Exception as error:  # PIL raises many types for bad data; all mean "cannot use it"
+                    image.open()
+                except ImageError as error:
                     bad.append(f"{image.path or image.source} (unreadable: {error})")
         if bad:
             shown = "\n    ".join(bad[:MISSING_SHOWN])
@@ -233,16 +227,13 @@ def plan_benchmarks(
 
 def prepare(item: Item, benchmark: Benchmark, cfg: RunConfig) -> tuple[prompts.Prompt, Item]:
     """The model input for an item, and the item as scored (a grounding box follows its resized image)."""
-    images, answer = [], item.answer
-    for ref in item.images:
-        with Image.open(io.BytesIO(ref.data) if ref.data is not None else ref.path) as opened:
-            image = opened.convert("RGB")
-        size = fit_pixels(image.width, image.height, cfg.data.min_pixels, cfg.data.max_pixels)
-        if size != image.size:
-            if benchmark.reward_func == "iou":
-                answer = rescale_box_truth(answer, image.size, size)
-            image = image.resize(size, Image.Resampling.BICUBIC)
-        images.append(image)
+    images, answer = prepare_images(
+        item.images,
+        item.answer,
+        box_truth=benchmark.reward_func == "iou",
+        min_pixels=cfg.data.min_pixels,
+        max_pixels=cfg.data.max_pixels,
+    )
     return prompts.Prompt(content=item.prompt, images=images), dataclasses.replace(item, answer=answer)
 
 
@@ -442,66 +433,33 @@ def export_vlmevalkit(jsonl: str | Path, destination: str | Path) -> Path:
     return Path(destination)
 
 
-def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The ``eval`` subcommand's arguments."""
-    add_params_arguments(parser, required=False)
-    parser.add_argument("--model", required=True, help="checkpoint directory or hub id")
-    parser.add_argument(
-        "--benchmarks", default=None, help="comma-separated benchmark names (default: eval.benchmarks)"
-    )
-    parser.add_argument(
-        "--model-name", default=None, help="output directory name (default: from the model path)"
-    )
-    parser.add_argument(
-        "--max-items", type=int, default=None, help="first N items per benchmark (default: eval.max_items)"
-    )
-    parser.add_argument(
-        "--max-new-tokens", type=int, default=None, help="cap every benchmark's generation budget"
-    )
-    return parser
+def evaluate(
+    model_path: str | Path,
+    names: Sequence[str] | None,
+    cfg: RunConfig,
+    *,
+    model_name: str | None = None,
+    max_items: int | None = None,
+    max_new_tokens_cap: int | None = None,
+) -> dict[str, Any] | None:
+    """:func:`run`, sharded over accelerate's processes (``accelerate launch -m ocean_lib eval`` spreads the items).
 
-
-def main_eval(args: argparse.Namespace) -> int:
-    """``python -m ocean_lib eval``: evaluate (sharded over accelerate's processes) and print the summary.
-
-    Reads ``params``, ``overrides``, ``model``, ``benchmarks`` and, when the parser has them (see
-    :func:`add_eval_arguments`), ``model_name``, ``max_items``, ``max_new_tokens``.
+    Returns the summary of all shards on the main process, None on the others.
     """
     from accelerate import PartialState
 
-    cfg = load_config(args.params, args.overrides)
-    names = args.benchmarks.split(",") if args.benchmarks else None
-    options = {
-        "max_new_tokens_cap": getattr(args, "max_new_tokens", None),
-        "model_name": getattr(args, "model_name", None),
-        "max_items": getattr(args, "max_items", None),
-    }
     state = PartialState()
-    try:
-        summary = run(
-            args.model,
-            names,
-            cfg,
-            shard=(state.process_index, state.num_processes),
-            progress=cfg.logging.progress and state.is_local_main_process,
-            **options,
-        )
-        if state.num_processes > 1:  # every shard is written: the main process summarises them together
-            state.wait_for_everyone()
-            if state.is_main_process:
-                summary = run(args.model, names, cfg, progress=False, **options)
-    except (
-        MissingImagesError,
-        SettingsMismatchError,
-        BenchmarkDataError,
-        DataError,
-        FileNotFoundError,
-    ) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    except KeyError as error:  # an unknown benchmark name
-        print(f"error: {error.args[0]}", file=sys.stderr)
-        return 1
-    if state.is_main_process:
-        print(json.dumps(summary["benchmarks"], indent=2))
-    return 0
+    options = dict(model_name=model_name, max_items=max_items, max_new_tokens_cap=max_new_tokens_cap)
+    summary = run(
+        model_path,
+        names,
+        cfg,
+        shard=(state.process_index, state.num_processes),
+        progress=cfg.logging.progress and state.is_local_main_process,
+        **options,
+    )
+    if state.num_processes > 1:  # every shard is written: the main process summarises them together
+        state.wait_for_everyone()
+        if state.is_main_process:
+            summary = run(model_path, names, cfg, progress=False, **options)
+    return summary if state.is_main_process else None

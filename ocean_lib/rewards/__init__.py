@@ -13,7 +13,7 @@ from ocean_lib.rewards.rules import (
     first_int_box,
     format_ok,
     iou,
-    parse_box,
+    literal_box,
     parse_options,
     think_answer_disagree,
 )
@@ -37,7 +37,7 @@ __all__ = [
     "format_ok",
     "iou",
     "math_equivalent",
-    "parse_box",
+    "literal_box",
     "parse_options",
     "reference_accuracy",
     "score",

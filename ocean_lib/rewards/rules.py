@@ -197,7 +197,7 @@ def _holds_box_object(answer: str) -> bool:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def parse_box(text: str) -> list[float] | None:
+def literal_box(text: str) -> list[float] | None:
     """A ground-truth box from its text, e.g. ``"[12, 30.5, 200, 180]"``, by literal parsing only.
 
     ``ast.literal_eval`` builds literals and nothing else (no names, calls or attributes), so the text cannot
@@ -205,13 +205,13 @@ def parse_box(text: str) -> list[float] | None:
     at least four real numbers (``bool`` is not a number here), else ``None``. Ocean-R1 ``eval``-ed the text
     and used its first four entries; results agree wherever the text is a literal.
     """
-    box = _parse_box_cached(text)
+    box = _literal_box_cached(text)
     return None if box is None else list(box)
 
 
 @functools.lru_cache(maxsize=4096)
-def _parse_box_cached(text: str) -> tuple[float, ...] | None:
-    """:func:`parse_box`, memoised (a GRPO group shares one ground truth); a tuple, so callers cannot alter it."""
+def _literal_box_cached(text: str) -> tuple[float, ...] | None:
+    """:func:`literal_box`, memoised (a GRPO group shares one ground truth); a tuple, so callers cannot alter it."""
     if len(text) > MAX_LITERAL_CHARS:
         return None
     try:
@@ -262,10 +262,10 @@ def iou(box_a: list[float] | tuple[float, ...], box_b: list[float] | tuple[float
 def iou_accuracy(completion: str, ground_truth: str, which: Literal["first", "last"]) -> float:
     """1.0 if the first integer box in the ``which`` answer span has IoU > 0.5 with the ground truth, else 0.0.
 
-    The ground truth is read by :func:`ground_truth_answer` with every ``$`` removed, then :func:`parse_box`.
+    The ground truth is read by :func:`ground_truth_answer` with every ``$`` removed, then :func:`literal_box`.
     No answer span, no integer box, or an unreadable ground truth → 0.0. Ocean-R1 uses ``which="first"``.
     """
-    truth = _parse_box_cached(ground_truth_answer(ground_truth).replace("$", ""))
+    truth = _literal_box_cached(ground_truth_answer(ground_truth).replace("$", ""))
     span = extract_answer_span(completion, which)
     predicted = first_int_box(span) if span is not None else None
     if truth is None or predicted is None:

@@ -1,0 +1,194 @@
+"""A training run's state: what a step needs (built once), and how it is saved, resumed and refused.
+
+:func:`build_state` loads the policy (with LoRA adapters if asked) and its frozen KL reference, makes the optimizer
+and its schedule, prepares them with accelerate, restores a checkpoint and makes the rollout engine.
+:func:`save_checkpoint` writes a Hugging Face ``save_pretrained`` directory (plus optimizer state) atomically;
+:func:`resume_point` finds where a run left off and refuses to mix two runs' settings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ocean_lib.config import RunConfig, TrainConfig, config_changes, load_config
+from ocean_lib.lora import ADAPTER_DIR, attach_lora, merged_state_dict, peft_model, unwrap_peft
+from ocean_lib.models import load_policy
+from ocean_lib.rollout import make_engine
+from ocean_lib.run_dir import RunDir, publish_dir, read_state
+
+SHARDED_STATE = "sharded_state"  # accelerate.save_state folder of a DeepSpeed checkpoint
+
+
+class TrainingError(RuntimeError):
+    """The run cannot continue (non-finite loss or reward, wrong process count, existing run directory)."""
+
+
+def build_state(cfg: RunConfig, accelerator: Any, run: RunDir, checkpoint: Path | None = None) -> TrainState:
+    """Everything a step needs: the policy (with LoRA adapters if asked), its frozen KL reference, AdamW and its
+    schedule, prepared by ``accelerator`` and restored from ``checkpoint`` if given, and the rollout engine."""
+    load = dict(
+        attn_implementation=cfg.model.attn_implementation,
+        min_pixels=cfg.data.min_pixels,
+        max_pixels=cfg.data.max_pixels,
+    )
+    lora = cfg.model.lora_rank > 0
+    # With LoRA the frozen weights always come from the start; a checkpoint holds the adapter (lora.py).
+    start = cfg.model.name_or_path if lora or checkpoint is None else str(checkpoint)
+    model, processor = load_policy(start, dtype="float32", **load)
+    reference = None
+    if cfg.train.objective == "grpo" and cfg.algorithm.kl_coef > 0 and not lora:
+        # The reference is the stage's initial policy (Ocean-R1: stage 2's reference is stage 1's result),
+        # frozen, in the compute dtype. (With LoRA it is the policy with its adapters off: no copy.)
+        reference = load_policy(cfg.model.name_or_path, dtype=cfg.model.dtype, **load)[0]
+        reference.requires_grad_(False).eval().to("cpu" if cfg.model.reference_on_cpu else accelerator.device)
+    if cfg.model.freeze_vision_tower:
+        model.model.visual.requires_grad_(False)
+    if cfg.model.gradient_checkpointing:
+        # Non-reentrant: the reentrant variant breaks with frozen parameters under DDP/ZeRO.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if lora:
+        torch.manual_seed(cfg.train.seed)  # the adapters' initial A matrices
+        m = cfg.model
+        adapter = checkpoint / ADAPTER_DIR if checkpoint is not None else None
+        model = attach_lora(model, m.lora_rank, m.lora_alpha, m.lora_target_modules, adapter)
+
+    optimizer = make_optimizer(model, cfg.train)
+    warmup = cfg.train.warmup_steps
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0
+    )
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    if checkpoint is not None and (checkpoint / SHARDED_STATE).is_dir():
+        accelerator.load_state(str(checkpoint / SHARDED_STATE))  # DeepSpeed: every rank reads its shard
+    elif checkpoint is not None:
+        optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
+        scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", weights_only=True))
+
+    state = TrainState(
+        accelerator, model, reference, processor, optimizer, scheduler, cfg, run, is_deepspeed(accelerator)
+    )
+    state.engine = make_engine(state.policy, processor, cfg.rollout)  # once: a vLLM engine is expensive
+    return state
+
+
+@dataclass
+class TrainState:
+    accelerator: Any
+    model: Any  # the prepared (possibly DDP-wrapped) policy
+    reference: Any | None
+    processor: Any
+    optimizer: Any
+    scheduler: Any
+    cfg: RunConfig
+    run: RunDir
+    deepspeed: bool = False
+    engine: Any = None  # the rollout engine, made once per process
+
+    @property
+    def policy(self) -> Any:
+        """The bare transformers model (for generation, positions and saving); with LoRA, adapters included."""
+        return unwrap_peft(self.accelerator.unwrap_model(self.model))
+
+
+def make_optimizer(model: Any, train: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters, with the run's learning rate, weight decay and betas."""
+    return torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad],
+        lr=train.lr,
+        weight_decay=train.weight_decay,
+        betas=(train.adam_beta1, train.adam_beta2),
+    )
+
+
+def loss_settings(cfg: RunConfig) -> dict[str, Any]:
+    """The keyword arguments of ``grpo.policy_loss`` that come straight from the config."""
+    alg = cfg.algorithm
+    return dict(
+        clip_low=alg.clip_low,
+        clip_high=alg.clip_high,
+        dual_clip=alg.dual_clip,
+        kl_coef=alg.kl_coef,
+        kl_estimator=alg.kl_estimator,
+        entropy_coef=alg.entropy_coef,
+        loss_agg=alg.loss_agg,
+        max_len=cfg.rollout.max_new_tokens,
+    )
+
+
+def save_checkpoint(state: TrainState, target: Path, step: int, epoch: int) -> None:
+    """Policy + processor in save_pretrained format, plus optimizer and scheduler; published atomically."""
+    acc = state.accelerator
+    tmp = target.parent / f".tmp_{target.name}"
+    weights = acc.get_state_dict(state.model)  # every process calls it: ZeRO-3 gathers the shards
+    if acc.is_main_process:
+        tmp.mkdir(parents=True, exist_ok=True)
+        adapters = peft_model(state.model)
+        if adapters is not None:
+            # PEFT keeps only the adapter's tensors of the full state dict (gathered under ZeRO-3).
+            adapters.save_pretrained(tmp / ADAPTER_DIR, state_dict=weights)
+            m = state.cfg.model
+            weights = merged_state_dict(weights, scaling=m.lora_alpha / m.lora_rank)
+        state.policy.save_pretrained(tmp, state_dict=weights, safe_serialization=True)
+        state.processor.save_pretrained(tmp)
+        if not state.deepspeed:
+            torch.save(state.optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(state.scheduler.state_dict(), tmp / "scheduler.pt")
+    acc.wait_for_everyone()
+    if state.deepspeed:  # the optimizer states are sharded over ranks: each rank writes its own
+        acc.save_state(str(tmp / SHARDED_STATE))
+        acc.wait_for_everyone()
+    if acc.is_main_process:
+        publish_dir(tmp, target, {"step": step, "epoch": epoch, "seed": state.cfg.train.seed})
+    acc.wait_for_everyone()
+
+
+def resume_point(run: RunDir, cfg: RunConfig, resume: bool, is_main: bool) -> tuple[int, Path | None]:
+    """(steps already done, checkpoint to load) for this run; refuses to overwrite an existing run."""
+    if not resume:
+        if run.metrics.exists() and run.read_metrics():
+            raise TrainingError(
+                f"{run.path} already holds a run; pass --resume to continue it or pick a new run_name"
+            )
+        return 0, None
+    if run.config.exists():
+        check_resumable(run, cfg)
+    if run.is_finished():
+        return read_state(run.final)["step"], None
+    last = run.last_checkpoint()
+    if last is None:
+        if is_main:
+            run.trim_to_step(0)
+        return 0, None
+    step, path = last
+    if is_main:
+        run.trim_to_step(step)
+    return step, path
+
+
+# Knobs that do not change what a run computes: a resumed (or reused finished) run may differ in these only.
+RESUME_MAY_CHANGE = ("logging.progress", "train.save_every", "train.keep_last", "eval.", "study.")
+
+
+def check_resumable(run: RunDir, cfg: RunConfig) -> None:
+    """Refuse to continue (or reuse the result of) a run that was started with other settings."""
+    changes = {
+        key: values
+        for key, values in config_changes(load_config(run.config), cfg).items()
+        if not key.startswith(RESUME_MAY_CHANGE)
+    }
+    if changes:
+        listed = ", ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in sorted(changes.items()))
+        raise TrainingError(
+            f"{run.path} was trained with other settings ({listed}); resuming would mix two runs. Pick a new "
+            "logging.run_name (or study.output_dir), or delete the run (`reproduce --force` clears a study)"
+        )
+
+
+def is_deepspeed(accelerator: Any) -> bool:
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type == DistributedType.DEEPSPEED
