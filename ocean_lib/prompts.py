@@ -74,20 +74,74 @@ def split_image_markers(content: str) -> tuple[int, str]:
 
 
 def chat_messages(content: str) -> list[dict[str, Any]]:
-    """Turn a record's user content into chat-template messages, one image slot per ``<image>`` marker.
+    """Turn a user turn into chat-template messages, one image slot per ``<image>`` marker, in place.
 
-    The images come before the text, as in Ocean-R1's training and evaluation; the chat template adds its
-    default system turn.
+    Leading markers put the images before the text (Ocean-R1's training data and most evaluation scripts);
+    markers after the text put them after it (the first Ocean-R1 repository's MMMU and OlympiadBench scripts).
+    Each text piece is stripped and empty ones are dropped. The chat template adds its default system turn.
     """
-    n_images, text = split_image_markers(content)
-    parts: list[dict[str, Any]] = [{"type": "image"} for _ in range(n_images)]
-    parts.append({"type": "text", "text": text})
+    parts: list[dict[str, Any]] = []
+    for piece in re.split(f"({re.escape(IMAGE_MARKER)})", content):
+        if piece == IMAGE_MARKER:
+            parts.append({"type": "image"})
+        elif piece.strip():
+            parts.append({"type": "text", "text": piece.strip()})
+    if not any(part["type"] == "text" for part in parts):
+        parts.append({"type": "text", "text": ""})
     return [{"role": "user", "content": parts}]
 
 
 def reference_completion(reasoning: str, answer: str) -> str:
     """The completion a supervised warm-start imitates: Ocean-R1's output format with a worked reasoning."""
     return f"<think>{reasoning}</think><answer>{answer}</answer>"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The evaluation prompts of the reference scripts, verbatim: a reproduction must ask what the original asked.
+# ----------------------------------------------------------------------------------------------------------------
+
+# The first Ocean-R1 repository (src/eval/test_qwen2d5vl_*.py), which produced the published table.
+NUMBER_ANSWER_INSTRUCTION = (
+    "Output the thinking process in <think> </think> and final answer (number) in <answer> </answer> tags."
+)
+BOXED_SYSTEM_PROMPT = (
+    'Please solve the problem step by step and put your answer in one "\\boxed{}". '
+    'If it is a multiple choice question, only one letter is allowed in the "\\boxed{}".\n'
+)
+MMMU_SYSTEM_PROMPT = (
+    "Please solve the problem step by step and then answer it. If it is a multiple choice question, "
+    "only provide the correct option letter, e.g., A, B, C, D, at the end.\n"
+)
+
+EVAL_TEMPLATES: dict[str, str] = {
+    # R1-V's evaluation form (and the later, verl-based Ocean-R1's SuperCLEVR, GeoQA and CV-Bench scripts).
+    "think": "{question} " + THINK_INSTRUCTION,
+    # VLM-R1's test_rec_r1.py (Ocean-R1's REC script).
+    "grounding": "{question} " + GROUNDING_INSTRUCTION,
+    # VLM-R1's test_rec_baseline.py, for models not trained to think.
+    "grounding_plain": "{question} Please provide the bounding box coordinate in JSON format.",
+    # The first Ocean-R1 repository, one per script.
+    "v1_superclevr": (
+        "{question} First output the thinking process in <think> </think> and final answer (number) in "
+        "<answer> </answer> tags."
+    ),
+    "v1_geoqa": "{question} " + NUMBER_ANSWER_INSTRUCTION,
+    "v1_mathverse": BOXED_SYSTEM_PROMPT + "{question}\n" + NUMBER_ANSWER_INSTRUCTION,
+    "v1_mathvision": BOXED_SYSTEM_PROMPT + "Question: {question}\n" + NUMBER_ANSWER_INSTRUCTION,
+    "v1_olympiadbench": "{question}\n" + NUMBER_ANSWER_INSTRUCTION,
+    "v1_mmmu": MMMU_SYSTEM_PROMPT + "Question: {question}\n" + NUMBER_ANSWER_INSTRUCTION,
+    # VLMEvalKit's default for VQA sets with Qwen2.5-VL (use_custom_prompt=False): the question alone.
+    "question": "{question}",
+}
+
+
+def eval_turn(question: str, template: str, n_images: int, images_first: bool = True) -> str:
+    """A benchmark's user turn: :data:`EVAL_TEMPLATES` ``[template]`` filled with ``question``, with ``n_images``
+    ``<image>`` markers before the text (``images_first``) or after it."""
+    text = EVAL_TEMPLATES[template].replace("{question}", question)
+    if images_first:
+        return f"{IMAGE_MARKER} " * n_images + text
+    return text + IMAGE_MARKER * n_images
 
 
 # Option letters of multiple-choice questions, in order.

@@ -187,6 +187,34 @@ def test_manual_steps_cover_every_real_benchmark():
             assert f"`{name}`" in MANUAL_STEPS, name
 
 
+EXTERNAL_IMAGES = {"superclevr", "superclevr200", "geoqa", "geoqa_parquet", "refcoco", "refcocop", "refcocog",
+                   "refcoco_plain", "refcocop_plain", "refcocog_plain", "cvbench_parquet"}  # fmt: skip
+
+
+def test_fetch_delivers_every_file_the_registry_reads_or_names_the_manual_step(tmp_path):
+    from ocean_lib.evaluation import BENCHMARKS
+    from ocean_lib.evaluation.fetch import SOURCES, manual_steps_for
+
+    for name, benchmark in BENCHMARKS.items():
+        if benchmark.home != "benchmarks":
+            continue
+        root = tmp_path / name
+        for source in SOURCES[name]:  # every benchmark has sources
+            for pattern in source.delivers:  # a file where each download or archive puts one
+                path = root / pattern.replace("**/", "").replace("*", "00000")
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(b"")
+        assert benchmark.annotation_files(root), name  # raises if no delivered file matches its patterns
+        if name in EXTERNAL_IMAGES:
+            images = root / benchmark.image_root
+            delivered = images.is_dir() and any(p.is_file() for p in images.rglob("*"))
+            assert delivered or manual_steps_for([name]), name
+    assert (
+        manual_steps_for(["cvbench_parquet"])
+        and "images/cvbench/<index>.jpg" in manual_steps_for(["cvbench_parquet"])[0]
+    )
+
+
 def test_group_average_is_the_mean_of_split_accuracies_over_the_summarised_items(tmp_path):
     from ocean_lib.config import RunConfig
     from ocean_lib.evaluation import group_average

@@ -1,28 +1,34 @@
 """The benchmarks of the result table: where each one's files live, how its rows become prompts, how an output is
-scored, and its generation budget. One registry, :data:`BENCHMARKS`; the runner knows nothing benchmark-specific.
+scored, its generation budget, image limits and decoding. One registry, :data:`BENCHMARKS`; the runner knows
+nothing benchmark-specific.
 
-Scoring follows the evaluation scripts Ocean-R1 inherits from R1-V and VLM-R1 (greedy decoding, image before
-text, default system turn), so our numbers sit beside the published ones:
+Each benchmark reproduces one reference protocol, named in its ``protocol`` field, the results table and the
+README: the script's prompt (text and where the images go), dataset split, ground-truth form, token budget,
+image limits and scoring rule (:mod:`ocean_lib.evaluation.scorers`). Published rows compare only with
+benchmarks run by the protocol that produced them:
 
-* counting (SuperCLEVR): the integer standing alone in ``<answer> N </answer>`` (first such span), exact match;
-* GeoQA: math-verify's parse of the **whole** output verified against the parsed ground truth;
-* RefCOCO/+/g: the first ``[int, int, int, int]`` in the first answer span (else ``[0, 0, 0, 0]``),
-  correct if IoU > 0.5 (the reward's IoU);
-* CV-Bench: the first answer span (else the whole output) equal to the option letter, ``(X)``, their
-  lower-case forms, or the option text (as is or lower-case);
-* MathVista, MathVerse, MathVision, OlympiadBench, MMMU: Ocean-R1 scored these with VLMEvalKit and a model
-  judge; we score them by rule from the answer span (option letter or option text for multiple choice,
-  math-verify equivalence otherwise), so these numbers are **not** directly comparable to judge-based ones.
+* the first Ocean-R1 repository (TRL-based, ``src/eval/``) produced the published 3B table: SuperCLEVR, GeoQA,
+  RefCOCO/+/g, MathVision (test), MathVerse (``xyliu6/mathverse_4k``), OlympiadBench (``test_en``), MMMU
+  (validation), all greedy, images at the processor's default limits (3,136 to 12,845,056 pixels);
+* the later, verl-based Ocean-R1 repository: CV-Bench (``eval/test_qwen2d5vl_cvbench.py``);
+* VLM-R1's baseline REC script: the ``*_plain`` RefCOCO variants, for base models (the published base 75.3
+  most likely comes from it: Ocean-R1's own REC script asks a base model the bare question, then reads a box
+  only inside answer tags);
+* VLMEvalKit: OCRBench (its rule; its Qwen2.5-VL limits).
 
-The miniature benchmarks are the held-out splits of the procedural task families, scored by the rule of their
-real counterpart.
+Variants ending in ``_strict`` keep a reference's prompt and data but score with the reward's strict mode
+(ours). The miniature benchmarks are the held-out splits of the procedural task families, scored by the rule of
+their real counterpart.
 """
 
 from __future__ import annotations
 
-import ast
+import base64
+import binascii
+import csv
 import json
-import re
+import random
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -32,10 +38,21 @@ from typing import Any, Literal
 import pyarrow.parquet as pq
 
 from ocean_lib import prompts
-from ocean_lib.config import DataConfig, RewardConfig
-from ocean_lib.data.images import ImageRef, parse_box
-from ocean_lib.data.records import Record, read_records
-from ocean_lib.rewards import extract_answer_span, first_int_box, iou, math_equivalent, parse_options, score
+from ocean_lib.config import DataConfig
+from ocean_lib.data.records import Record, parse_box, read_records
+from ocean_lib.evaluation.scorers import (
+    Verdict,
+    literal_list,
+    score_box,
+    score_box_anywhere,
+    score_counting,
+    score_first_recipe,
+    score_ocrbench,
+    score_option_math_verify,
+    score_strict_answer,
+    score_whole_output_math,
+)
+from ocean_lib.rewards import parse_options
 
 
 class BenchmarkDataError(ValueError):
@@ -51,7 +68,8 @@ class BenchmarkDataError(ValueError):
 class Item:
     """One evaluation question.
 
-    ``prompt`` is the full user turn (one leading ``<image>`` marker per image, then question and instruction);
+    ``prompt`` is the full user turn: one ``<image>`` marker per image, before the text or after it (where the
+    reference script put the images), and the reference's question and instruction;
     ``answer`` the ground truth as text (a JSON box for grounding; the option letter for multiple choice);
     ``options`` the option texts in letter order (empty for free-form questions, and where a benchmark writes
     its options only inside the question); ``subset`` the group accuracies are broken down by (CV-Bench task,
@@ -66,78 +84,7 @@ class Item:
     options: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
-class Verdict:
-    """What the scorer read from an output, and whether it is right."""
-
-    extracted: str
-    correct: bool
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Scoring rules (pure functions of the output and the item)
-# ----------------------------------------------------------------------------------------------------------------
-
-_LONE_INTEGER_ANSWER = re.compile(r"<answer>\s*(\d+)\s*</answer>")
-
-
-def score_counting(output: str, item: Item) -> Verdict:
-    """SuperCLEVR (R1-V): the first ``<answer>`` span holding only an integer; exact integer match.
-
-    ``<answer>3</answer>`` reads 3; ``<answer>3 objects</answer>`` reads nothing and is wrong.
-    """
-    match = _LONE_INTEGER_ANSWER.search(output)
-    if match is None:
-        return Verdict("", False)
-    return Verdict(match.group(1), int(match.group(1)) == int(item.answer))
-
-
-def score_whole_output_math(output: str, item: Item) -> Verdict:
-    """GeoQA (R1-V): math-verify parses the **whole** output and verifies it against the parsed ground truth.
-
-    This keeps math-verify's quirks, as Ocean-R1's GeoQA numbers do: a number glued to a tag
-    (``<answer>8</answer>``) is not extracted, while ``The answer is 140°`` is.
-    """
-    equal, extracted = math_equivalent(item.answer, output)
-    return Verdict(extracted, equal)
-
-
-def score_box(output: str, item: Item) -> Verdict:
-    """RefCOCO/+/g (VLM-R1): first integer box in the first answer span, else [0,0,0,0]; correct if IoU > 0.5."""
-    span = extract_answer_span(output, "first") or ""
-    predicted = first_int_box(span) or [0, 0, 0, 0]
-    return Verdict(json.dumps(predicted), iou(predicted, parse_box(item.answer)) > 0.5)
-
-
-def option_forms(letter: str, text: str) -> set[str]:
-    """The answers CV-Bench's scorer accepts for option ``letter`` with option ``text``."""
-    return {text, text.lower(), letter, letter.lower(), f"({letter})", f"({letter.lower()})"}
-
-
-def score_option_exact(output: str, item: Item) -> Verdict:
-    """CV-Bench: first answer span (else the whole output), stripped, equal to one of :func:`option_forms`."""
-    span = extract_answer_span(output, "first")
-    answer = (output if span is None else span).strip()
-    letter = item.answer.strip().strip("()")
-    position = prompts.OPTION_LETTERS.find(letter)
-    text = item.options[position] if 0 <= position < len(item.options) else letter
-    return Verdict(answer, answer in option_forms(letter, text))
-
-
-# Math and general sets are scored by the reward's strict mode (math-verify bounded by its timeout, default 2 s).
-STRICT_RULES = RewardConfig(mode="strict")
-
-
-def score_math_answer(output: str, item: Item) -> Verdict:
-    """MathVista, MathVerse, MathVision, OlympiadBench, MMMU, by rule: the reward's strict mode on the last
-    answer span (no span: wrong). A letter answer accepts ``B``, ``(B)``, ``b``, ``(B) text``, ``B. text`` or
-    the option's text; anything else must equal the answer as a string, as a number, or under math-verify."""
-    options = dict(zip(prompts.OPTION_LETTERS, item.options, strict=False)) if item.options else None
-    result = score(output, item.answer, "acc", STRICT_RULES, options)
-    return Verdict(result.answer_extracted or "", result.accuracy == 1.0)
-
-
-Scorer = Callable[[str, Item], Verdict]
+Scorer = Callable[[str, "Item"], Verdict]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -146,9 +93,14 @@ Scorer = Callable[[str, Item], Verdict]
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
-    """Rows of a ``.jsonl``, ``.json`` (a list, or a mapping of id to row) or ``.parquet`` file."""
+    """Rows of a ``.jsonl``, ``.json`` (a list, or a mapping of id to row), ``.parquet`` or ``.tsv`` (a header
+    line, tab-separated, as VLMEvalKit ships its benchmarks) file."""
     if path.suffix == ".parquet":
         return pq.read_table(path).to_pylist()
+    if path.suffix == ".tsv":
+        csv.field_size_limit(sys.maxsize)  # VLMEvalKit's TSVs hold base64 images far over the default limit
+        with open(path, encoding="utf-8", newline="") as handle:
+            return list(csv.DictReader(handle, delimiter="\t"))
     if path.suffix == ".jsonl":
         rows = []
         for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
@@ -171,7 +123,7 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
             f"{path}: expected a JSON array or object of rows, got {type(data).__name__}"
         )
     raise BenchmarkDataError(
-        f"{path}: unsupported annotation format {path.suffix!r} (jsonl, json or parquet)"
+        f"{path}: unsupported annotation format {path.suffix!r} (jsonl, json, parquet or tsv)"
     )
 
 
@@ -209,7 +161,10 @@ def resolve_image(reference: str, root: Path) -> str | None:
 
 
 def image_ref(value: Any, root: Path, where: str) -> ImageRef:
-    """An image given as a path string or as a ``{bytes, path}`` struct (Hugging Face's Image feature)."""
+    """An image given as a path string, as a ``{bytes, path}`` struct (Hugging Face's Image feature) or as raw
+    bytes."""
+    if isinstance(value, bytes):
+        return ImageRef(source="<embedded bytes>", data=value)
     if isinstance(value, dict):
         if value.get("bytes"):
             return ImageRef(bytes=value["bytes"], source=str(value.get("path") or "<embedded bytes>"))
@@ -228,8 +183,14 @@ def _where(path: Path, index: int, name: str) -> str:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def load_question_jsonl(files: list[Path], image_root: Path) -> list[Item]:
-    """R1-V's evaluation files (SuperCLEVR, GeoQA): rows ``{image_path, question, ground_truth}``."""
+def _item_id(path: Path, files: list[Path], key: Any) -> str:
+    """An item's id: its key in the file, prefixed by the file's stem when a benchmark reads several files."""
+    return str(key) if len(files) == 1 else f"{path.stem}/{key}"
+
+
+def load_question_jsonl(files: list[Path], image_root: Path, template: str = "think") -> list[Item]:
+    """R1-V's and Ocean-R1's evaluation files (SuperCLEVR, GeoQA): rows ``{image_path, question, ground_truth}``;
+    the prompt is :data:`~ocean_lib.prompts.EVAL_TEMPLATES` ``[template]``, the image first."""
     items = []
     for path in files:
         for index, row in enumerate(read_rows(path)):
@@ -238,8 +199,8 @@ def load_question_jsonl(files: list[Path], image_root: Path) -> list[Item]:
             truth = field_of(row, "ground_truth", path, index, (str, int, float))
             items.append(
                 Item(
-                    id=str(index) if len(files) == 1 else f"{path.stem}/{index}",
-                    prompt=prompts.user_text(question, "acc", 1, style="eval"),
+                    id=_item_id(path, files, index),
+                    prompt=prompts.eval_turn(question, template, 1),
                     answer=str(truth),
                     images=(image_ref(image, image_root, _where(path, index, "image_path")),),
                 )
@@ -265,11 +226,15 @@ def cvbench_task(question: str) -> str:
 
 
 def load_training_parquet(
-    files: list[Path], image_root: Path, subset_of: Callable[[Record], str] = lambda record: ""
+    files: list[Path],
+    image_root: Path,
+    subset_of: Callable[[Record], str] = lambda record: "",
+    template: str | None = None,
 ) -> list[Item]:
     """Ocean-R1's training-format parquet (``geoqa_test.parquet``, ``cvbench_test.parquet``, the miniature's
-    test splits), read and validated by :func:`ocean_lib.data.records.read_records`: the stored user turn is
-    the prompt, ``reward_model.ground_truth`` the answer; images are embedded bytes or paths resolved under
+    test splits), read and validated by :func:`ocean_lib.data.records.read_records`. The prompt is the stored
+    user turn, or with ``template`` the question (``extra_info.question``) in that evaluation template, images
+    first; ``reward_model.ground_truth`` is the answer; images are embedded bytes or paths resolved under
     ``image_root``; options are the question's ``(A) …`` lines."""
     items = []
     for path in files:
@@ -280,20 +245,41 @@ def load_training_parquet(
                 else ImageRef(path=resolve_image(image.path or "", image_root), source=image.path or "")
                 for image in record.images
             )
-            item_id = str(record.index) if len(files) == 1 else f"{path.stem}/{record.index}"
+            prompt = (
+                record.content
+                if template is None
+                else prompts.eval_turn(record.question, template, len(images))
+            )
             options = tuple(parse_options(record.question).values())
             items.append(
-                Item(item_id, record.content, record.ground_truth, images, subset_of(record), options)
+                Item(
+                    _item_id(path, files, record.index),
+                    prompt,
+                    record.ground_truth,
+                    images,
+                    subset_of(record),
+                    options,
+                )
             )
     return items
 
 
-def load_rec_json(files: list[Path], image_root: Path) -> list[Item]:
+def load_rec_json(
+    files: list[Path], image_root: Path, template: str = "grounding", sample: int = 0, seed: int = 42
+) -> list[Item]:
     """VLM-R1's RefCOCO/+/g files: a JSON array of ``{image, problem, solution, normalized_solution, height,
-    width, ...}``; ``image`` is relative to the COCO train2014 directory, ``solution`` a pixel box."""
+    width, ...}``; ``image`` is relative to the COCO train2014 directory, ``solution`` a pixel box.
+
+    With ``sample`` > 0, the rows are shuffled as ``random.seed(seed); random.shuffle(rows)`` shuffles them and
+    the first ``sample`` are kept (VLM-R1's baseline script: 2,000 per split, seed 42). Ids keep the row's
+    position in the file."""
     items = []
     for path in files:
-        for index, row in enumerate(read_rows(path)):
+        rows = list(enumerate(read_rows(path)))
+        if sample > 0:
+            random.Random(seed).shuffle(rows)
+            rows = rows[:sample]
+        for index, row in rows:
             box = field_of(row, "solution", path, index, list)
             try:
                 parse_box(json.dumps(box))
@@ -304,9 +290,7 @@ def load_rec_json(files: list[Path], image_root: Path) -> list[Item]:
             items.append(
                 Item(
                     id=f"{path.stem}/{index}",
-                    prompt=prompts.user_text(
-                        field_of(row, "problem", path, index, str), "iou", 1, style="eval"
-                    ),
+                    prompt=prompts.eval_turn(field_of(row, "problem", path, index, str), template, 1),
                     answer=json.dumps(box),
                     images=(
                         image_ref(
@@ -322,7 +306,7 @@ def load_rec_json(files: list[Path], image_root: Path) -> list[Item]:
 def load_cvbench(files: list[Path], image_root: Path) -> list[Item]:
     """CV-Bench in its own layout (``test_2d.parquet``/``test_3d.parquet`` or ``test.jsonl``): ``prompt``
     (question with its ``(A) …`` options), ``image`` (embedded) or ``filename``, ``answer`` like ``(A)``,
-    ``choices``, ``task``, ``idx``."""
+    ``choices``, ``task``, ``idx``. The prompt is Ocean-R1's: ``prompt``, a space, R1-V's instruction."""
     items = []
     for path in files:
         for index, row in enumerate(read_rows(path)):
@@ -336,9 +320,7 @@ def load_cvbench(files: list[Path], image_root: Path) -> list[Item]:
             items.append(
                 Item(
                     id=f"{row.get('type', path.stem)}/{row.get('idx', index)}",
-                    prompt=prompts.user_text(
-                        field_of(row, "prompt", path, index, str), "acc", 1, style="eval"
-                    ),
+                    prompt=prompts.eval_turn(field_of(row, "prompt", path, index, str), "think", 1),
                     answer=answer,
                     images=(image_ref(image, image_root, _where(path, index, "image")),),
                     subset=field_of(row, "task", path, index, str),
@@ -354,25 +336,10 @@ def _images_of(
     return tuple(image_ref(row[name], root, _where(path, index, name)) for name in names if row.get(name))
 
 
-def _choice_item(
-    *, id: str, question: str, options: list[str], answer: str, images: tuple[ImageRef, ...], subset: str
-) -> Item:
-    """An item of a math/general set: lettered options when it has them, a free-form answer otherwise."""
-    text = prompts.with_options(question, options) if options else question
-    return Item(
-        id=id,
-        prompt=prompts.user_text(text, "acc", len(images), style="eval"),
-        answer=answer,
-        images=images,
-        subset=subset,
-        options=tuple(options),
-    )
-
-
 def load_mathvista(files: list[Path], image_root: Path) -> list[Item]:
-    """MathVista (testmini): ``pid``, ``question``, ``choices`` (None for free-form), ``answer`` (the option
-    text for multiple choice), ``question_type``, ``decoded_image`` (embedded) or ``image`` (path),
-    ``metadata.task``."""
+    """MathVista (testmini; no reference script): ``pid``, ``question``, ``choices`` (None for free-form),
+    ``answer`` (the option text for multiple choice), ``question_type``, ``decoded_image`` (embedded) or ``image``
+    (path), ``metadata.task``. Options as ``(A) …`` lines, R1-V's instruction, the image first."""
     items = []
     for path in files:
         for index, row in enumerate(read_rows(path)):
@@ -386,33 +353,40 @@ def load_mathvista(files: list[Path], image_root: Path) -> list[Item]:
                 answer = prompts.OPTION_LETTERS[options.index(answer)]
             else:
                 options = []
+            question = field_of(row, "question", path, index, str)
             image_field = "decoded_image" if row.get("decoded_image") else "image"
+            images = _images_of(row, [image_field], image_root, path, index)
+            text = prompts.with_options(question, options) if options else question
             items.append(
-                _choice_item(
+                Item(
                     id=str(row.get("pid", index)),
-                    question=field_of(row, "question", path, index, str),
-                    options=options,
+                    prompt=prompts.eval_turn(text, "think", len(images)),
                     answer=answer,
-                    images=_images_of(row, [image_field], image_root, path, index),
+                    images=images,
                     subset=str((row.get("metadata") or {}).get("task", "")),
+                    options=tuple(options),
                 )
             )
     return items
 
 
 def load_mathverse(files: list[Path], image_root: Path) -> list[Item]:
-    """MathVerse (testmini): ``sample_index``, ``problem_version``, ``question`` (options written inside it),
-    ``image`` (absent in the text-only version), ``answer`` (a letter for ``multi-choice``), ``question_type``."""
+    """MathVerse as the first Ocean-R1 repository read it (``xyliu6/mathverse_4k`` or
+    ``xyliu6/mathverse_vision_dominant``: ``problem`` with its choices written inside, ``solution``, ``image``),
+    or in AI4Math's testmini layout (``sample_index``, ``question``, ``answer``, ``image``, ``problem_version``).
+    Its prompt: the boxed-answer system text, the problem, its instruction; the image first."""
     items = []
     for path in files:
         for index, row in enumerate(read_rows(path)):
             images = _images_of(row, ["image"], image_root, path, index)
-            question = field_of(row, "question", path, index, str)
+            ocean_layout = "problem" in row
+            question = field_of(row, "problem" if ocean_layout else "question", path, index, str)
+            answer = field_of(row, "solution" if ocean_layout else "answer", path, index)
             items.append(
                 Item(
-                    id=str(row.get("sample_index", index)),
-                    prompt=prompts.user_text(question, "acc", len(images), style="eval"),
-                    answer=str(field_of(row, "answer", path, index)).strip(),
+                    id=_item_id(path, files, row.get("sample_index", index)),
+                    prompt=prompts.eval_turn(question, "v1_mathverse", len(images)),
+                    answer=str(answer),
                     images=images,
                     subset=str(row.get("problem_version", "")),
                 )
@@ -421,77 +395,139 @@ def load_mathverse(files: list[Path], image_root: Path) -> list[Item]:
 
 
 def load_mathvision(files: list[Path], image_root: Path) -> list[Item]:
-    """MathVision: ``id``, ``question``, ``options`` (empty for free-form), ``answer`` (a letter when there are
-    options), ``decoded_image`` (embedded) or ``image`` (path), ``subject``."""
+    """MathVision (``MathLLMs/MathVision``): ``id``, ``question``, ``options``, ``answer``, ``decoded_image``
+    (embedded) or ``image`` (path), ``subject``. As the first Ocean-R1 repository asks it: the options are
+    listed as ``(A) …`` lines only when they are not just the letters ``A``–``E``; the question, a newline, the
+    option lines, in its template; the image first; the answer as given."""
     items = []
     for path in files:
         for index, row in enumerate(read_rows(path)):
+            options = [str(o) for o in row.get("options") or []]
+            if "".join(options) == "ABCDE":
+                options = []
+            question = field_of(row, "question", path, index, str)
+            lines = "".join(
+                f"({letter}) {text}\n" for letter, text in zip(prompts.OPTION_LETTERS, options, strict=False)
+            )
             image_field = "decoded_image" if row.get("decoded_image") else "image"
+            images = _images_of(row, [image_field], image_root, path, index)
             items.append(
-                _choice_item(
+                Item(
                     id=str(row.get("id", index)),
-                    question=field_of(row, "question", path, index, str),
-                    options=[str(o) for o in row.get("options") or []],
-                    answer=str(field_of(row, "answer", path, index)).strip(),
-                    images=_images_of(row, [image_field], image_root, path, index),
+                    prompt=prompts.eval_turn(f"{question}\n{lines}", "v1_mathvision", len(images)),
+                    answer=str(field_of(row, "answer", path, index)),
+                    images=images,
                     subset=str(row.get("subject", "")),
+                    options=tuple(options),
                 )
             )
     return items
 
 
 def load_olympiadbench(files: list[Path], image_root: Path) -> list[Item]:
-    """OlympiadBench (one parquet per configuration, e.g. ``OE_MM_maths_en_COMP``): ``id``, ``context``,
-    ``question``, ``final_answer`` (a list; the first is scored), ``image_1`` … ``image_5``."""
+    """OlympiadBench as the first Ocean-R1 repository read it (``lmms-lab/OlympiadBench``, split ``test_en``):
+    ``question_id``, ``context``, ``question``, ``final_answer`` (a list; rows without one are skipped, as
+    there), ``images`` (a list), ``subfield``. The context, a blank line, the question, its instruction; the
+    images **after** the text; the ground truth is the final answers joined by commas, as written."""
     items = []
     for path in files:
         for index, row in enumerate(read_rows(path)):
-            finals = field_of(row, "final_answer", path, index, list)
+            finals = row.get("final_answer")
             if not finals:
-                raise BenchmarkDataError(f"{_where(path, index, 'final_answer')} is empty")
+                continue
+            if not isinstance(finals, list):
+                raise BenchmarkDataError(
+                    f"{_where(path, index, 'final_answer')} is {finals!r}, expected a list"
+                )
             question = field_of(row, "question", path, index, str)
             if row.get("context"):
-                question = f"{row['context']}\n{question}"
+                question = f"{row['context']}\n\n{question}"
+            images = tuple(
+                image_ref(image, image_root, _where(path, index, "images"))
+                for image in row.get("images") or []
+            )
             items.append(
-                _choice_item(
-                    id=f"{path.stem}/{row.get('id', index)}",
-                    question=question,
-                    options=[],
-                    answer=str(finals[0]).strip().strip("$"),
-                    images=_images_of(row, [f"image_{k}" for k in range(1, 6)], image_root, path, index),
-                    subset=path.stem,
+                Item(
+                    id=_item_id(path, files, row.get("question_id", index)),
+                    prompt=prompts.eval_turn(question, "v1_olympiadbench", len(images), images_first=False),
+                    answer=",".join(str(final) for final in finals),
+                    images=images,
+                    subset=str(row.get("subfield") or ""),
                 )
             )
     return items
 
 
+MMMU_LETTERS = "ABCDEFG"
+"""The option letters the first Ocean-R1 repository's MMMU script writes (it zips them with the options)."""
+
+
 def load_mmmu(files: list[Path], image_root: Path) -> list[Item]:
     """MMMU (validation, one parquet per subject): ``id`` (``validation_<Subject>_<n>``), ``question`` with
-    ``<image N>`` references, ``options`` (a Python-literal list), ``answer`` (a letter for multiple choice),
-    ``question_type``, ``image_1`` … ``image_7``. All images go before the text, in number order; the
-    ``<image N>`` references stay in the text."""
+    ``<image N>`` references, ``options`` (a Python-literal list), ``answer``, ``image_1`` … ``image_7``. As the
+    first Ocean-R1 repository asks it: the question, then ``Choices:`` and one ``A. text`` line per option when
+    there are options (whatever the question type), in its template with its system text; the images **after**
+    the text, in number order; the answer as given."""
     items = []
     for path in files:
         for index, row in enumerate(read_rows(path)):
             raw_options = row.get("options") or "[]"
-            try:
-                options = ast.literal_eval(raw_options) if isinstance(raw_options, str) else list(raw_options)
-            except (ValueError, SyntaxError) as error:
+            options = literal_list(raw_options) if isinstance(raw_options, str) else list(raw_options)
+            if options is None:
                 raise BenchmarkDataError(
-                    f"{_where(path, index, 'options')} is not a list literal: {error}"
-                ) from error
+                    f"{_where(path, index, 'options')} is not a list literal: {raw_options!r}"
+                )
             item_id = str(field_of(row, "id", path, index, str))
-            multiple_choice = row.get("question_type", "multiple-choice") == "multiple-choice" and bool(
-                options
-            )
+            question = field_of(row, "question", path, index, str)
+            if options:
+                lettered = zip(
+                    MMMU_LETTERS, options, strict=False
+                )  # an 8th or 9th option goes unlisted there
+                choices = "\n".join(f"{letter}. {text}" for letter, text in lettered)
+                question = f"{question}\nChoices: {choices}"
+            images = _images_of(row, [f"image_{k}" for k in range(1, 8)], image_root, path, index)
             items.append(
-                _choice_item(
+                Item(
                     id=item_id,
-                    question=field_of(row, "question", path, index, str),
-                    options=[str(o) for o in options] if multiple_choice else [],
-                    answer=str(field_of(row, "answer", path, index)).strip(),
-                    images=_images_of(row, [f"image_{k}" for k in range(1, 8)], image_root, path, index),
+                    prompt=prompts.eval_turn(question, "v1_mmmu", len(images), images_first=False),
+                    answer=str(field_of(row, "answer", path, index)),
+                    images=images,
                     subset=item_id.split("_", 1)[-1].rsplit("_", 1)[0],
+                    options=tuple(str(o) for o in options),
+                )
+            )
+    return items
+
+
+def load_ocrbench(files: list[Path], image_root: Path) -> list[Item]:
+    """OCRBench as VLMEvalKit ships it (``OCRBench.tsv``: ``index``, ``image`` in base64, ``question``,
+    ``answer`` as a Python-literal list, ``category``) or as the Hugging Face parquet (``question``, ``answer``
+    list, ``question_type``, ``image``). VLMEvalKit's prompt for Qwen2.5-VL: the question alone, image first.
+    The accepted answers are stored as a JSON list."""
+    items = []
+    for path in files:
+        for index, row in enumerate(read_rows(path)):
+            raw = field_of(row, "answer", path, index)
+            answers = literal_list(raw) if isinstance(raw, str) else list(raw)
+            if not answers:
+                raise BenchmarkDataError(
+                    f"{_where(path, index, 'answer')} is {raw!r}, expected a list of answers"
+                )
+            image = field_of(row, "image", path, index)
+            if isinstance(image, str) and path.suffix == ".tsv":
+                try:
+                    image = base64.b64decode(image, validate=True)
+                except binascii.Error as error:
+                    raise BenchmarkDataError(
+                        f"{_where(path, index, 'image')} is not base64: {error}"
+                    ) from error
+            items.append(
+                Item(
+                    id=str(row.get("index", index)),
+                    prompt=prompts.eval_turn(field_of(row, "question", path, index, str), "question", 1),
+                    answer=json.dumps([str(answer) for answer in answers]),
+                    images=(image_ref(image, image_root, _where(path, index, "image")),),
+                    subset=str(row.get("category") or row.get("question_type") or ""),
                 )
             )
     return items
@@ -503,13 +539,26 @@ def load_mmmu(files: list[Path], image_root: Path) -> list[Item]:
 
 Home = Literal["benchmarks", "synthetic"]
 
+# The image limits of Qwen2.5-VL's processor and of qwen_vl_utils, which every Ocean-R1 evaluation script used
+# (min 4·28², max 16384·28²); VLMEvalKit's Qwen2.5-VL configuration raises the minimum to 1280·28² (10·10·28² for
+# OCRBench).
+QWEN_MIN_PIXELS = 4 * 28 * 28
+QWEN_MAX_PIXELS = 16384 * 28 * 28
+OCRBENCH_MIN_PIXELS = 10 * 10 * 28 * 28
+
 
 @dataclass(frozen=True)
 class Benchmark:
-    """One benchmark: its files (glob patterns under its home directory), how they load, how outputs score.
+    """One benchmark: its files (glob patterns under its home directory), how they load, how outputs score,
+    and how the model is run on it.
 
     ``home`` is ``eval.data_root`` for real benchmarks and ``data.synthetic.output_dir`` for the miniature.
     ``reward_func`` selects the format check (``acc``: think/answer tags; ``iou``: also a JSON box).
+    ``protocol`` names the reference whose numbers this benchmark reproduces. ``min_pixels``/``max_pixels`` bound
+    each image's pixel count (None: the run's ``data.*_pixels``, for the miniature). ``repetition_penalty``:
+    None applies the checkpoint's ``generation_config`` value, as ``model.generate`` did in Ocean-R1's scripts;
+    a number overrides it (VLMEvalKit passes 1.0). ``box_frame``: the frame a grounding truth is scored in,
+    the (resized) image's, or the model input's (the processor's grid, VLM-R1's baseline).
     """
 
     name: str
@@ -520,8 +569,13 @@ class Benchmark:
     score: Scorer
     reward_func: str
     max_new_tokens: int
+    protocol: str
     home: Home = "benchmarks"
     note: str = ""
+    min_pixels: int | None = QWEN_MIN_PIXELS
+    max_pixels: int | None = QWEN_MAX_PIXELS
+    repetition_penalty: float | None = None
+    box_frame: Literal["image", "model_input"] = "image"
 
     def annotation_files(self, home_dir: Path) -> list[Path]:
         """The files the patterns match under ``home_dir``, sorted; an error if there are none."""
@@ -550,59 +604,122 @@ class Benchmark:
         return items
 
 
-RULE_BASED_NOTE = (
-    "rule-based scoring; Ocean-R1 used VLMEvalKit with a model judge, so not directly comparable"
-)
+# Protocols, as the results table and the README name them.
+V1 = "Ocean-R1 v1 (first repo, src/eval/{script})"
+PROTOCOLS = {
+    "superclevr": V1.format(script="test_qwen2d5vl_counting_superclevr_5k.py"),
+    "geoqa": V1.format(script="test_qwen2d5vl_geoqa.py"),
+    "rec": V1.format(script="test_rec.py, from VLM-R1's test_rec_r1.py"),
+    "rec_plain": "VLM-R1 baseline (src/eval/test_rec_baseline.py)",
+    "mathvision": V1.format(script="test_qwen2d5vl_mathvision_multigpu.py"),
+    "mathverse": V1.format(script="test_qwen2d5vl_mathverse_multigpu.py"),
+    "olympiadbench": V1.format(script="test_qwen2d5vl_olympiadbench_multigpu.py"),
+    "mmmu": V1.format(script="test_qwen2d5vl_mmmu.py"),
+    "cvbench": "Ocean-R1 verl (eval/test_qwen2d5vl_cvbench.py)",
+    "r1v": "R1-V (src/eval, test200 prompt)",
+    "ocrbench": "VLMEvalKit (OCRBench.evaluate, Qwen2.5-VL config)",
+    "strict": "ours: reward strict mode (a reference's prompt and data)",
+    "mathvista": "ours: reward strict mode (Ocean-R1 used VLMEvalKit with a GPT judge: not comparable)",
+    "verl_parquet": "Ocean-R1 verl validation parquet, scored by the GeoQA rule",
+    "miniature": "miniature (its real counterpart's rule)",
+}
 
 MINIATURE_FAMILIES = {  # family -> (real counterpart's scorer, its reward_func, its budget)
     "counting": (score_counting, "acc", 256),
     "geometry": (score_whole_output_math, "acc", 1024),
     "grounding": (score_box, "iou", 512),
-    "spatial": (score_option_exact, "acc", 1024),
+    "spatial": (score_option_math_verify, "acc", 1024),
 }
 
 
 def _registry() -> dict[str, Benchmark]:
     # Fields in order: name, title, annotation file patterns, image root (both relative to the home directory).
-    counting = partial(
-        Benchmark, load=load_question_jsonl, score=score_counting, reward_func="acc", max_new_tokens=256
-    )
+    counting = partial(Benchmark, score=score_counting, reward_func="acc", max_new_tokens=256)
     geoqa = partial(Benchmark, score=score_whole_output_math, reward_func="acc", max_new_tokens=1024)
-    rec = partial(Benchmark, load=load_rec_json, score=score_box, reward_func="iou", max_new_tokens=512)
-    cvbench = partial(Benchmark, score=score_option_exact, reward_func="acc", max_new_tokens=1024)
-    math = partial(
-        Benchmark, score=score_math_answer, reward_func="acc", max_new_tokens=2048, note=RULE_BASED_NOTE
+    rec = partial(
+        Benchmark,
+        score=score_box,
+        reward_func="iou",
+        max_new_tokens=512,
+        protocol=PROTOCOLS["rec"],
+        load=load_rec_json,
     )
-    cvbench_task_of = partial(load_training_parquet, subset_of=lambda record: cvbench_task(record.question))
+    rec_plain = partial(
+        Benchmark,
+        score=score_box_anywhere,
+        reward_func="iou",
+        max_new_tokens=256,
+        protocol=PROTOCOLS["rec_plain"],
+        box_frame="model_input",
+        load=partial(load_rec_json, template="grounding_plain", sample=2000, seed=42),
+    )
+    cvbench = partial(
+        Benchmark,
+        score=score_option_math_verify,
+        reward_func="acc",
+        max_new_tokens=1024,
+        protocol=PROTOCOLS["cvbench"],
+    )
+    first = partial(Benchmark, score=score_first_recipe, reward_func="acc")
+    strict = partial(Benchmark, score=score_strict_answer, reward_func="acc", protocol=PROTOCOLS["strict"])
+    cvbench_task_of = partial(
+        load_training_parquet, subset_of=lambda record: cvbench_task(record.question), template="think"
+    )
+    mathvision_test, mathvision_testmini = (
+        ("mathvision/**/test-*.parquet",),
+        ("mathvision/**/testmini-*.parquet",),
+    )
+    mathverse_4k, mathverse_vd = ("mathverse/**/*.parquet",), ("mathverse_vision_dominant/**/*.parquet",)
+    olympiad, mmmu = ("olympiadbench/**/test_en-*.parquet",), ("mmmu/**/validation-*.parquet",)
     benchmarks = [
-        counting("superclevr", "SuperCLEVR counting (5k)", ("superclevr/super_clevr_test_5k.jsonl",), "superclevr/images"),
-        counting("superclevr200", "SuperCLEVR counting (R1-V 200)", ("superclevr/superclevr_test200_counting_problems.jsonl",), "superclevr"),
-        geoqa("geoqa", "GeoQA (754)", ("geoqa/geoqa_test_prompts.jsonl",), "geoqa", load=load_question_jsonl),
-        geoqa("geoqa_parquet", "GeoQA (740, training format)", ("geoqa/geoqa_test.parquet",), "geoqa", load=load_training_parquet),
+        counting("superclevr", "SuperCLEVR counting (5k)", ("superclevr/super_clevr_test_5k.jsonl",), "superclevr/images",
+                 load=partial(load_question_jsonl, template="v1_superclevr"), protocol=PROTOCOLS["superclevr"]),
+        counting("superclevr200", "SuperCLEVR counting (R1-V 200)", ("superclevr/superclevr_test200_counting_problems.jsonl",), "superclevr",
+                 load=load_question_jsonl, protocol=PROTOCOLS["r1v"]),
+        geoqa("geoqa", "GeoQA (754)", ("geoqa/geoqa_test_prompts.jsonl",), "geoqa",
+              load=partial(load_question_jsonl, template="v1_geoqa"), protocol=PROTOCOLS["geoqa"]),
+        geoqa("geoqa_parquet", "GeoQA (740, training format)", ("geoqa/geoqa_test.parquet",), "geoqa",
+              load=load_training_parquet, protocol=PROTOCOLS["verl_parquet"]),
         rec("refcoco", "RefCOCO val", ("rec/**/refcoco_val.json",), "coco/train2014"),
         rec("refcocop", "RefCOCO+ val", ("rec/**/refcocop_val.json",), "coco/train2014"),
         rec("refcocog", "RefCOCOg val", ("rec/**/refcocog_val.json",), "coco/train2014"),
+        rec_plain("refcoco_plain", "RefCOCO val (plain prompt, 2,000)", ("rec/**/refcoco_val.json",), "coco/train2014"),
+        rec_plain("refcocop_plain", "RefCOCO+ val (plain prompt, 2,000)", ("rec/**/refcocop_val.json",), "coco/train2014"),
+        rec_plain("refcocog_plain", "RefCOCOg val (plain prompt, 2,000)", ("rec/**/refcocog_val.json",), "coco/train2014"),
         cvbench("cvbench", "CV-Bench", ("cvbench/test_2d.parquet", "cvbench/test_3d.parquet", "cvbench/test.jsonl"), "cvbench", load=load_cvbench),
         cvbench("cvbench_parquet", "CV-Bench (training format)", ("cvbench/cvbench_test.parquet",), "cvbench", load=cvbench_task_of),
-        math("mathvista", "MathVista testmini", ("mathvista/**/testmini-*.parquet", "mathvista/testmini.json"), "mathvista", load=load_mathvista),
-        math("mathverse", "MathVerse testmini", ("mathverse/**/testmini-*.parquet",), "mathverse", load=load_mathverse),
-        math("mathvision", "MathVision", ("mathvision/**/test-*.parquet",), "mathvision", load=load_mathvision),
-        math("olympiadbench", "OlympiadBench", ("olympiadbench/**/*.parquet",), "olympiadbench", load=load_olympiadbench),
-        math("mmmu", "MMMU validation", ("mmmu/**/validation-*.parquet",), "mmmu", load=load_mmmu),
+        strict("mathvista", "MathVista testmini", ("mathvista/**/testmini-*.parquet", "mathvista/testmini.json"), "mathvista",
+               load=load_mathvista, max_new_tokens=2048, protocol=PROTOCOLS["mathvista"]),
+        first("mathvision", "MathVision (test)", mathvision_test, "mathvision", load=load_mathvision, max_new_tokens=4096, protocol=PROTOCOLS["mathvision"]),
+        first("mathvision_testmini", "MathVision (testmini)", mathvision_testmini, "mathvision", load=load_mathvision, max_new_tokens=4096, protocol=PROTOCOLS["mathvision"]),
+        first("mathverse", "MathVerse (testmini, 3,940: mathverse_4k)", mathverse_4k, "mathverse", load=load_mathverse, max_new_tokens=2048, protocol=PROTOCOLS["mathverse"]),
+        first("mathverse_vision_dominant", "MathVerse (vision-dominant, 788)", mathverse_vd, "mathverse_vision_dominant", load=load_mathverse, max_new_tokens=2048, protocol=PROTOCOLS["mathverse"]),
+        first("olympiadbench", "OlympiadBench (test_en)", olympiad, "olympiadbench", load=load_olympiadbench, max_new_tokens=4096, protocol=PROTOCOLS["olympiadbench"]),
+        first("mmmu", "MMMU validation", mmmu, "mmmu", load=load_mmmu, max_new_tokens=4096, protocol=PROTOCOLS["mmmu"]),
+        strict("mathvision_strict", "MathVision (test), strict", mathvision_test, "mathvision", load=load_mathvision, max_new_tokens=4096),
+        strict("mathverse_strict", "MathVerse (mathverse_4k), strict", mathverse_4k, "mathverse", load=load_mathverse, max_new_tokens=2048),
+        strict("olympiadbench_strict", "OlympiadBench (test_en), strict", olympiad, "olympiadbench", load=load_olympiadbench, max_new_tokens=4096),
+        strict("mmmu_strict", "MMMU validation, strict", mmmu, "mmmu", load=load_mmmu, max_new_tokens=4096),
+        Benchmark("ocrbench", "OCRBench", ("ocrbench/OCRBench.tsv", "ocrbench/**/test-*.parquet"), "ocrbench", load_ocrbench,
+                  score_ocrbench, "acc", 2048, PROTOCOLS["ocrbench"], min_pixels=OCRBENCH_MIN_PIXELS, repetition_penalty=1.0,
+                  note="VLMEvalKit's rule on the whole output; Ocean-R1's own prompt for it is unpublished: the question alone"),
     ]  # fmt: skip
     for family, (scorer, reward_func, budget) in MINIATURE_FAMILIES.items():
         for suffix, form in (("", "image"), ("_text", "text-only")):
             benchmarks.append(
                 Benchmark(f"mini_{family}{suffix}", f"miniature {family} ({form})", (f"test{suffix}/{family}.parquet",),
-                          ".", load_training_parquet, scorer, reward_func, budget, home="synthetic")
+                          ".", load_training_parquet, scorer, reward_func, budget, PROTOCOLS["miniature"],
+                          home="synthetic", min_pixels=None, max_pixels=None)
             )  # fmt: skip
     return {b.name: b for b in benchmarks}
 
 
 BENCHMARKS: dict[str, Benchmark] = _registry()
 
-# The RefCOCO splits the result table averages into one column.
+# The RefCOCO splits the result table averages into one column, by Ocean-R1's protocol and by VLM-R1's baseline.
 REC_SPLITS = ("refcoco", "refcocop", "refcocog")
+REC_PLAIN_SPLITS = ("refcoco_plain", "refcocop_plain", "refcocog_plain")
+REC_AVERAGES = {"refcoco_avg": REC_SPLITS, "refcoco_plain_avg": REC_PLAIN_SPLITS}
 
 
 def get_benchmark(name: str) -> Benchmark:

@@ -342,13 +342,14 @@ def _partial_credit(similarity: float) -> float:
     return 0.1 if similarity < 1.0 else 1.0
 
 
-def ocean_string_match(completion: str, ground_truth: str) -> float:
+def ocean_string_match(completion: str, ground_truth: str, strip_dollars: bool = True) -> float:
     """Step 3 of Ocean-R1's acc cascade: 0.0, 0.1 or 1.0 from string rules alone.
 
     Ground truth: :func:`ground_truth_answer`. Student: the last answer span, else the whole completion; both
-    stripped; an empty one gives 0 (Ocean-R1 indexed ``[0]`` and its exception meant 0). One pair of ``$``
-    around the ground truth is removed, and every ``$`` of a student answer that starts and ends with ``$``;
-    whitespace around ``= + - * /`` is removed. Equal → 1. Otherwise the similarity is:
+    stripped. With ``strip_dollars`` (the verl recipe) an empty one gives 0 (Ocean-R1 indexed ``[0]`` and its
+    exception meant 0), one pair of ``$`` around the ground truth is removed, and every ``$`` of a student
+    answer that starts and ends with ``$``; the first recipe (``strip_dollars=False``) keeps every ``$`` and
+    indexes nothing. Whitespace around ``= + - * /`` is removed. Equal → 1. Otherwise the similarity is:
     if the ground truth has a digit, float equality of the cleaned answers (1 or 0), or when either is not a
     float the Levenshtein ratio of the cleaned answers; else if the ground truth holds a choice letter
     (:func:`choice_letter`), 1 if the student's letter is the same, else 0; else the Levenshtein ratio.
@@ -358,12 +359,13 @@ def ocean_string_match(completion: str, ground_truth: str) -> float:
     student = extract_answer_span(completion, "last")
     if student is None:
         student = completion.strip()
-    if not truth or not student:
-        return 0.0
-    if truth[0] == "$" and truth[-1] == "$":
-        truth = truth[1:-1]
-    if student[0] == "$" and student[-1] == "$":
-        student = student.replace("$", "")
+    if strip_dollars:
+        if not truth or not student:
+            return 0.0
+        if truth[0] == "$" and truth[-1] == "$":
+            truth = truth[1:-1]
+        if student[0] == "$" and student[-1] == "$":
+            student = student.replace("$", "")
     student, truth = _tighten_operators(student), _tighten_operators(truth)
     if student == truth:
         return 1.0
@@ -544,6 +546,19 @@ def ocean_r1_accuracy(completion: str, ground_truth: str) -> float:
     if ocean_symbolic_match(completion, ocean_gold(ground_truth)):
         return 1.0
     return ocean_string_match(completion, ground_truth)
+
+
+def ocean_r1_v1_accuracy(completion: str, ground_truth: str) -> float:
+    """The first Ocean-R1 recipe's acc reward (its TRL-based repository, ``open_r1/reward.py``; its evaluation
+    scripts count an item right when this is 1): math-verify's default parse of the **whole** completion
+    verified against the parsed ground truth (the completion's parse as math-verify's *gold*, as there), else
+    :func:`ocean_string_match` without the verl recipe's ``$`` handling. No LaTeX-only second step.
+    In-process with math-verify's own 5 s alarms only: run it in a worker under a deadline for untrusted text."""
+    mv = _math_verify()
+    gold = mv.parse(ground_truth)
+    if gold and mv.verify(mv.parse(completion), gold):
+        return 1.0
+    return ocean_string_match(completion, ground_truth, strip_dollars=False)
 
 
 # ----------------------------------------------------------------------------------------------------------------
