@@ -203,12 +203,18 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    benchmarks: list[str] = knob(["superclevr", "geoqa", "refcoco", "cvbench"], "benchmark names to evaluate")
+    benchmarks: list[str] = knob(
+        ["superclevr", "geoqa", "refcoco", "refcocop", "refcocog", "cvbench"],
+        "benchmark names to evaluate (all three RefCOCO splits make the table's RefCOCO/+/g average)",
+    )
     data_root: str = knob("data/benchmarks", "root directory holding each benchmark's annotations and images")
     batch_size: int = knob(8, "prompts per generation batch")
     max_items: int = knob(0, "evaluate only the first N items of each benchmark; 0 means all")
     output_dir: str = knob("outputs/eval", "where <model>/<benchmark>.jsonl and summary.json are written")
     bootstrap_samples: int = knob(1000, "bootstrap resamples for the 95% confidence interval")
+    bootstrap_unit: Literal["item", "image"] = knob(
+        "item", "what the bootstrap resamples: items, or images (the items sharing an image go together)"
+    )
     seed: int = knob(0, "seed of the bootstrap")
 
 

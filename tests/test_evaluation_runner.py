@@ -3,6 +3,7 @@ miniature's parquet splits, the missing-image stop, sharding, and resuming after
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -17,8 +18,9 @@ import yaml
 from conftest import ANNOTATIONS, grey_image
 
 from ocean_lib.config import load_config
-from ocean_lib.data import read_records, rescale_box_truth, synthetic
-from ocean_lib.evaluation import BENCHMARKS, MissingImagesError, SettingsMismatchError, run
+from ocean_lib.data import synthetic
+from ocean_lib.data.records import read_records, rescale_box_truth, write_records
+from ocean_lib.evaluation import BENCHMARKS, MissingImagesError, SettingsMismatchError, rescore, run
 from ocean_lib.io import read_jsonl
 
 OVERRIDES = {
@@ -253,3 +255,71 @@ def test_answers_of_a_model_retrained_in_place_are_not_reused(mini, tiny_model_d
     weights.write_bytes(weights.read_bytes())  # as a new training run's save would: same path, new file
     with pytest.raises(SettingsMismatchError, match="weights: '[0-9a-f]+' -> '[0-9a-f]+'"):
         run(model, ["mini_counting"], cfg, max_new_tokens_cap=4, max_items=2, model_name="m")
+
+
+def copy_of_mini(mini: Path, tmp_path: Path) -> Path:
+    """A private copy of the miniature's test splits, to edit."""
+    shutil.copytree(mini / "mini/test", tmp_path / "mini/test")
+    return tmp_path / "mini"
+
+
+def test_an_edited_ground_truth_is_rescored_and_an_edited_prompt_regenerated(mini, tiny_model_dir, tmp_path):
+    home = copy_of_mini(mini, tmp_path)
+    cfg = config(mini, **{"eval.output_dir": str(tmp_path / "eval"), "data.synthetic.output_dir": str(home)})
+    run(tiny_model_dir, ["mini_grounding"], cfg, max_new_tokens_cap=6, max_items=4, model_name="m")
+    output = tmp_path / "eval/m/mini_grounding.jsonl"
+    first = list(read_jsonl(output))
+    assert len(first) == 4
+
+    # Edit item 1's truth box (as a corrected annotation would) and item 2's question.
+    path = home / "test/grounding.parquet"
+    records = read_records(path, cfg.data)
+    records[1] = dataclasses.replace(records[1], ground_truth="[1, 2, 3, 4]")
+    records[2] = dataclasses.replace(records[2], content=records[2].content + " Please.")
+    write_records(records, path)
+    summary = run(tiny_model_dir, ["mini_grounding"], cfg, max_new_tokens_cap=6, max_items=4, model_name="m")
+    second = list(read_jsonl(output))
+    assert second[:4] == first and [row["id"] for row in second[4:]] == ["1", "2"]
+    rescored, regenerated = second[4:]
+    assert rescored["output"] == first[1]["output"] and rescored["answer"] == "[1, 2, 3, 4]"
+    assert rescored["n_tokens"] == first[1]["n_tokens"] and rescored["input_fp"] == first[1]["input_fp"]
+    assert regenerated["prompt"].endswith(" Please.") and regenerated["input_fp"] != first[2]["input_fp"]
+    assert summary["benchmarks"]["mini_grounding"]["n"] == 4
+
+    # Nothing changed since: nothing is appended.
+    run(tiny_model_dir, ["mini_grounding"], cfg, max_new_tokens_cap=6, max_items=4, model_name="m")
+    assert len(list(read_jsonl(output))) == 6
+
+
+def test_scorer_fingerprints_tell_scorers_apart_and_are_stable_across_processes():
+    from ocean_lib.evaluation.runner import scorer_fingerprint
+
+    assert scorer_fingerprint("mmmu") != scorer_fingerprint("mmmu_strict")
+    assert scorer_fingerprint("mmmu") == scorer_fingerprint("mathvision")  # the same rule
+    code = "from ocean_lib.evaluation.runner import scorer_fingerprint; print(scorer_fingerprint('mmmu'))"
+    other = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert other.stdout.strip() == scorer_fingerprint("mmmu")
+
+
+def test_rescore_scores_another_harness_outputs_without_a_model(mini, tmp_path):
+    cfg = config(mini, **{"eval.output_dir": str(tmp_path / "eval")})
+    items = BENCHMARKS["mini_counting"].load_items(mini / "mini")[:3]
+    directory = tmp_path / "theirs"
+    directory.mkdir()
+    outputs = [f"<think>count</think><answer>{item.answer}</answer>" for item in items[:2]]
+    outputs[1] = "<think>count</think><answer>99</answer>"
+    lines = [{"id": item.id, "output": output} for item, output in zip(items, outputs, strict=False)]
+    (directory / "mini_counting.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+    summary = rescore(directory, ["mini_counting"], cfg)
+    entry = summary["benchmarks"]["mini_counting"]
+    n_items = len(BENCHMARKS["mini_counting"].load_items(mini / "mini"))
+    assert (entry["n"], entry["complete"], entry["accuracy"], entry["n_items"]) == (2, False, 0.5, n_items)
+    assert entry["protocol"] == BENCHMARKS["mini_counting"].protocol
+    rows = list(read_jsonl(directory / "mini_counting.jsonl"))[2:]  # appended after the foreign lines
+    assert [(row["id"], row["correct"], row["format_ok"]) for row in rows] == [
+        (items[0].id, True, True),
+        (items[1].id, False, True),
+    ]

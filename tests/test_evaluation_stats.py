@@ -94,3 +94,27 @@ def test_compare_predictions_pairs_by_item_id(tmp_path):
     append_jsonl(tmp_path / "c.jsonl", [{"id": "x", "correct": True}, {"id": "z", "correct": True}])
     with pytest.raises(ValueError, match="different items.*'y'.*'z'"):
         compare_predictions(tmp_path / "a.jsonl", tmp_path / "c.jsonl")
+
+
+def test_cluster_bootstrap_widens_the_interval_when_items_of_an_image_agree():
+    # 400 images with 5 questions each, answered all right or all wrong per image: the items are 400 independent
+    # draws, not 2,000, so resampling images must give a wider interval (about sqrt(5) wider) at the same value.
+    rng = np.random.default_rng(0)
+    per_image = rng.random(400) < 0.6
+    correct = np.repeat(per_image, 5)
+    images = np.repeat(np.arange(400), 5)
+    items = bootstrap_accuracy([correct], 2000, seed=0)
+    clustered = bootstrap_accuracy([correct], 2000, seed=0, clusters=[images])
+    assert clustered.value == items.value == pytest.approx(correct.mean())
+    ratio = (clustered.high - clustered.low) / (items.high - items.low)
+    assert 1.8 < ratio < 2.7
+
+
+def test_cluster_bootstrap_with_one_item_per_cluster_is_the_item_bootstrap_in_distribution():
+    rng = np.random.default_rng(3)
+    correct = rng.random(3000) < 0.3
+    items = bootstrap_accuracy([correct], 3000, seed=1)
+    singletons = bootstrap_accuracy([correct], 3000, seed=2, clusters=[list(range(3000))])
+    assert singletons.high - singletons.low == pytest.approx(items.high - items.low, rel=0.1)
+    with pytest.raises(ValueError, match="one label per item"):
+        bootstrap_accuracy([correct], 10, clusters=[[0, 1]])

@@ -1,15 +1,15 @@
-"""Benchmark evaluation: the registry (:mod:`.benchmarks`), the runner (:mod:`.runner`), the statistics
-(:mod:`.stats`) and the downloader (:mod:`.fetch`)."""
+"""Benchmark evaluation: the registry (:mod:`.benchmarks`), the scoring rules (:mod:`.scorers`), the runner
+(:mod:`.runner`), the statistics (:mod:`.stats`) and the downloader (:mod:`.fetch`)."""
 
 from ocean_lib.evaluation.benchmarks import (
     BENCHMARKS,
+    REC_AVERAGES,
     REC_SPLITS,
     Benchmark,
-    BenchmarkDataError,
     Item,
     get_benchmark,
 )
-from ocean_lib.evaluation.fetch import MANUAL_STEPS, FetchError, fetch_benchmarks
+from ocean_lib.evaluation.fetch import MANUAL_STEPS, FetchError, fetch_benchmarks, main_fetch_benchmarks
 from ocean_lib.evaluation.runner import (
     MissingImagesError,
     SettingsMismatchError,
@@ -17,6 +17,7 @@ from ocean_lib.evaluation.runner import (
     export_vlmevalkit,
     group_average,
     model_name_of,
+    rescore,
     run,
 )
 from ocean_lib.evaluation.stats import (
@@ -29,6 +30,7 @@ from ocean_lib.evaluation.stats import (
 __all__ = [
     "BENCHMARKS",
     "MANUAL_STEPS",
+    "REC_AVERAGES",
     "REC_SPLITS",
     "Benchmark",
     "BenchmarkDataError",
@@ -46,5 +48,6 @@ __all__ = [
     "mcnemar_exact",
     "model_name_of",
     "paired_comparison",
+    "rescore",
     "run",
 ]

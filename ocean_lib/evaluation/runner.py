@@ -3,16 +3,25 @@
 For a model called ``<model-name>`` the runner writes, under ``eval.output_dir``::
 
     <model-name>/<benchmark>.jsonl          one line per item: id, subset, prompt, output, extracted, answer,
-                                            correct, format_ok, n_tokens, truncated
-    <model-name>/<benchmark>.settings.json  the settings the lines were produced with
+                                            correct, format_ok, n_tokens, truncated, timed_out, image,
+                                            input_fp, score_fp, written
+    <model-name>/<benchmark>.settings.json  the settings the outputs were generated with
     <model-name>/<benchmark>.ids.json       the items the latest summary covers, in order
     <model-name>/summary.json               per benchmark: accuracy with bootstrap 95% CI, n, per-subset accuracy,
-                                            format-compliance rate, mean output length, truncation rate, settings
+                                            format-compliance rate, mean output length, truncation rate, settings,
+                                            the protocol it reproduces
 
-Lines are appended one batch at a time with fsync, so a crash loses at most the batch in flight; a rerun skips
-every item already written and refuses to mix outputs produced with different settings. Before any generation
-(before the model is even loaded) every image the pending items need is opened once; a missing or unreadable
-image stops the run with the count, the first paths and the directory searched.
+Lines are appended one batch at a time with fsync, so a crash loses at most the batch in flight. For every item
+the **latest** line (``written``) stands. A rerun reuses a line only while it is fresh: ``input_fp`` hashes what
+the model was asked (prompt and images), ``score_fp`` what its output was scored against (ground truth, options,
+subset, and the scoring code: the scorer, the rule modules' source, math-verify's version). An item whose input
+changed is generated again; one whose ground truth or scorer changed is re-scored from its stored output, without
+the model. Outputs produced with other generation settings (model weights, budget, dtype, image limits, ...) are
+refused. :func:`rescore` re-scores stored outputs on demand, also ones another harness wrote as
+``{"id", "output"}`` lines. Scoring runs in the reward workers, each output under ``reward.timeout_s``.
+
+Before any generation (before the model is even loaded) every image the pending items need is opened once; a
+missing or unreadable image stops the run with the count, the first paths and the directory searched.
 
 Sharding: ``shard=(k, n)`` evaluates items ``k, k+n, k+2n, ...`` into ``<benchmark>.shard-k-of-n.jsonl``; the
 summary merges all shards. The command line takes ``k, n`` from accelerate's process index and count, so
@@ -23,10 +32,15 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import hashlib
+import importlib.metadata
+import inspect
 import io
 import json
 import re
+import sys
+import time
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,12 +49,15 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ocean_lib import prompts
-from ocean_lib.config import RunConfig, to_dict
-from ocean_lib.data.images import ImageError, prepare_images
-from ocean_lib.evaluation.benchmarks import REC_SPLITS, Benchmark, Item, get_benchmark
+from ocean_lib.config import RunConfig, add_params_arguments, load_config, to_dict
+from ocean_lib.data.records import DataError, fit_pixels, rescale_box_truth
+from ocean_lib.evaluation import scorers
+from ocean_lib.evaluation.benchmarks import REC_AVERAGES, Benchmark, BenchmarkDataError, Item, get_benchmark
+from ocean_lib.evaluation.scorers import Verdict
 from ocean_lib.evaluation.stats import bootstrap_accuracy
 from ocean_lib.io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
-from ocean_lib.rewards import format_ok
+from ocean_lib.rewards import format_ok, rules
+from ocean_lib.rewards.scoring import run_bounded
 
 MISSING_SHOWN = 5  # paths listed in a missing-image error
 
@@ -54,17 +71,61 @@ class SettingsMismatchError(RuntimeError):
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Fingerprints: when a stored line still answers, and still scores, the current item
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _digest(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, ensure_ascii=False).encode()).hexdigest()[:16]
+
+
+def image_key(item: Item) -> str:
+    """Which picture(s) an item shows: the image sources, or a hash of embedded bytes (the bootstrap's cluster)."""
+    return _digest(
+        [
+            hashlib.blake2b(ref.data, digest_size=8).hexdigest() if ref.data is not None else ref.source
+            for ref in item.images
+        ]
+    )
+
+
+def input_fingerprint(item: Item) -> str:
+    """What the model is asked: the user turn and the images."""
+    return _digest(item.prompt, image_key(item))
+
+
+@functools.cache
+def scorer_fingerprint(benchmark_name: str) -> str:
+    """The scoring code of a benchmark: its scorer's name and bound arguments, the source of the scorer and rule
+    modules, and math-verify's version. Any edit there re-scores stored outputs (cheap, no model)."""
+    score = get_benchmark(benchmark_name).score
+    bound = score if isinstance(score, functools.partial) else None
+    function = bound.func if bound is not None else score
+    name = f"{function.__module__}.{function.__qualname__}"
+    arguments = [] if bound is None else [repr(bound.args), sorted(bound.keywords.items())]
+    sources = [inspect.getsource(module) for module in (scorers, rules)]
+    return _digest(name, arguments, sources, importlib.metadata.version("math-verify"))
+
+
+def score_fingerprint(item: Item, benchmark: Benchmark) -> str:
+    """What an output is scored against: ground truth, options, subset and the scoring code."""
+    return _digest(item.answer, list(item.options), item.subset, scorer_fingerprint(benchmark.name))
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Planning: which items, which files, which settings
 # ----------------------------------------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass
 class Plan:
-    """One benchmark's work in this run: every selected item (all shards) and this shard's pending items."""
+    """One benchmark's work in this run: every selected item (all shards), this shard's items to generate, and
+    this shard's stored outputs to score again (item, stored line)."""
 
     benchmark: Benchmark
     items: list[Item]
     pending: list[Item]
+    rescore: list[tuple[Item, dict[str, Any]]]
     image_root: Path
     output: Path
     settings: dict[str, Any]
@@ -103,8 +164,25 @@ def drop_torn_tail(path: Path) -> None:
                 handle.truncate(data.rfind(b"\n") + 1)
 
 
-def done_ids(directory: Path, name: str) -> set[str]:
-    return {row["id"] for path in result_files(directory, name) for row in read_jsonl(path)}
+def latest_rows(directory: Path, name: str) -> dict[str, dict[str, Any]]:
+    """For each item id, its latest line over all result files (largest ``written``; lines without one, as
+    another harness writes them, count as oldest, the last of them in file order)."""
+    latest: dict[str, dict[str, Any]] = {}
+    for path in result_files(directory, name):
+        for row in read_jsonl(path):
+            if not isinstance(row, dict) or "id" not in row:
+                raise BenchmarkDataError(f"{path}: a line without an 'id' field: {str(row)[:80]}")
+            kept = latest.get(str(row["id"]))
+            if kept is None or row.get("written", 0) >= kept.get("written", 0):
+                latest[str(row["id"])] = row
+    return latest
+
+
+def answers_item(row: dict[str, Any], item: Item) -> bool:
+    """Whether a stored line's output answers the item as it is now (lines older than fingerprints: same prompt)."""
+    if "input_fp" in row:
+        return row["input_fp"] == input_fingerprint(item)
+    return row.get("prompt") == item.prompt and "output" in row
 
 
 def generation_budget(benchmark: Benchmark, cfg: RunConfig, cap: int | None) -> int:
@@ -112,10 +190,18 @@ def generation_budget(benchmark: Benchmark, cfg: RunConfig, cap: int | None) -> 
     return min(benchmark.max_new_tokens, cfg.rollout.max_new_tokens, *([cap] if cap else []))
 
 
+def pixel_limits(benchmark: Benchmark, cfg: RunConfig) -> tuple[int, int]:
+    """The benchmark's image limits (min, max pixels); the run's ``data`` limits where it names none."""
+    low = cfg.data.min_pixels if benchmark.min_pixels is None else benchmark.min_pixels
+    high = cfg.data.max_pixels if benchmark.max_pixels is None else benchmark.max_pixels
+    return low, high
+
+
 def run_settings(
     benchmark: Benchmark, model_path: str | Path, cfg: RunConfig, cap: int | None
 ) -> dict[str, Any]:
     """Everything that changes what the model is asked or how it answers; resumed outputs must match it."""
+    min_pixels, max_pixels = pixel_limits(benchmark, cfg)
     return {
         "benchmark": benchmark.name,
         "model": str(Path(model_path).resolve()) if Path(model_path).exists() else str(model_path),
@@ -124,9 +210,12 @@ def run_settings(
         "decoding": "greedy",
         "backend": cfg.rollout.backend,
         "dtype": cfg.model.dtype,
-        "min_pixels": cfg.data.min_pixels,
-        "max_pixels": cfg.data.max_pixels,
-        "scoring": benchmark.score.__name__,
+        "min_pixels": min_pixels,
+        "max_pixels": max_pixels,
+        "repetition_penalty": "generation_config"
+        if benchmark.repetition_penalty is None
+        else benchmark.repetition_penalty,
+        "protocol": benchmark.protocol,
     }
 
 
@@ -159,11 +248,13 @@ def check_settings(path: Path, settings: dict[str, Any]) -> None:
 
 
 def check_images(plans: Sequence[Plan]) -> None:
-    """Open every image the pending items need; raise :class:`MissingImagesError` if any is missing or broken."""
+    """Open every image the run needs (pending items; re-scored grounding items, whose truth follows the image
+    size); raise :class:`MissingImagesError` if any is missing or broken."""
     problems: list[str] = []
     for plan in plans:
+        needed = plan.pending + [item for item, _ in plan.rescore if plan.benchmark.reward_func == "iou"]
         bad, total = [], 0
-        for item in plan.pending:
+        for item in needed:
             for image in item.images:
                 total += 1
                 if not image.found:
@@ -187,6 +278,10 @@ def check_images(plans: Sequence[Plan]) -> None:
         )
 
 
+def benchmark_home(benchmark: Benchmark, cfg: RunConfig) -> Path:
+    return Path(cfg.eval.data_root if benchmark.home == "benchmarks" else cfg.data.synthetic.output_dir)
+
+
 def plan_benchmarks(
     model_path: str | Path,
     names: Sequence[str],
@@ -196,22 +291,30 @@ def plan_benchmarks(
     max_items: int,
     shard: tuple[int, int],
 ) -> list[Plan]:
-    """Load every benchmark's items, select this run's, and find which are still to do."""
+    """Load every benchmark's items, select this run's, and sort this shard's into fresh (nothing to do), to
+    re-score (stored output, stale ground truth or scorer) and pending (no output answering the item as it is)."""
     plans = []
     for name in names:
         benchmark = get_benchmark(name)
-        home = Path(cfg.eval.data_root if benchmark.home == "benchmarks" else cfg.data.synthetic.output_dir)
+        home = benchmark_home(benchmark, cfg)
         items = benchmark.load_items(home)
         items = items[:max_items] if max_items > 0 else items
         output = shard_output(output_dir, name, shard)
         drop_torn_tail(output)
-        finished = done_ids(output_dir, name)
-        mine = items[shard[0] :: shard[1]]
+        stored = latest_rows(output_dir, name)
+        pending, rescore = [], []
+        for item in items[shard[0] :: shard[1]]:
+            row = stored.get(item.id)
+            if row is None or not answers_item(row, item):
+                pending.append(item)
+            elif row.get("score_fp") != score_fingerprint(item, benchmark):
+                rescore.append((item, row))
         plans.append(
             Plan(
                 benchmark=benchmark,
                 items=items,
-                pending=[item for item in mine if item.id not in finished],
+                pending=pending,
+                rescore=rescore,
                 image_root=home / benchmark.image_root,
                 output=output,
                 settings=run_settings(benchmark, model_path, cfg, cap),
@@ -237,35 +340,143 @@ def prepare(item: Item, benchmark: Benchmark, cfg: RunConfig) -> tuple[prompts.P
     return prompts.Prompt(content=item.prompt, images=images), dataclasses.replace(item, answer=answer)
 
 
+def benchmark_config(benchmark: Benchmark, cfg: RunConfig) -> RunConfig:
+    """The run's config with the benchmark's image limits as ``data.*_pixels`` (what image preparation reads)."""
+    min_pixels, max_pixels = pixel_limits(benchmark, cfg)
+    return dataclasses.replace(
+        cfg, data=dataclasses.replace(cfg.data, min_pixels=min_pixels, max_pixels=max_pixels)
+    )
+
+
+def model_frame_truth(item: Item, image_size: tuple[int, int], benchmark: Benchmark, cfg: RunConfig) -> Item:
+    """For ``box_frame="model_input"``: the truth box mapped from the image into the processor's grid (its
+    sides rounded to multiples of 28 within the benchmark's limits), the frame the model's box is written in."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
+    min_pixels, max_pixels = pixel_limits(benchmark, cfg)
+    height, width = smart_resize(image_size[1], image_size[0], 28, min_pixels, max_pixels)
+    if (width, height) == image_size:
+        return item
+    return dataclasses.replace(item, answer=rescale_box_truth(item.answer, image_size, (width, height)))
+
+
+def scored_item(item: Item, benchmark: Benchmark, cfg: RunConfig) -> tuple[prompts.Prompt, Item]:
+    """The model input at the benchmark's image limits, and the item as scored: a grounding truth follows its
+    resized image, and for ``model_input`` benchmarks the processor's grid."""
+    prompt, scored = prepare(item, benchmark, benchmark_config(benchmark, cfg))
+    if benchmark.box_frame == "model_input" and prompt.images:
+        scored = model_frame_truth(scored, prompt.images[0].size, benchmark, cfg)
+    return prompt, scored
+
+
+def score_outputs(
+    benchmark: Benchmark, outputs: Sequence[str], items: Sequence[Item], cfg: RunConfig
+) -> list[tuple[Verdict, bool]]:
+    """``(verdict, timed_out)`` per output, each scored by the benchmark's rule in the reward workers under
+    ``reward.timeout_s`` (an overrun is wrong, with ``timed_out``)."""
+    calls = [
+        (benchmark.score, (output, dataclasses.replace(item, images=())))
+        for output, item in zip(outputs, items, strict=True)
+    ]
+    results = run_bounded(calls, cfg.reward.timeout_s, cfg.reward.num_workers)
+    return [(Verdict("", False), True) if r is None else (r, False) for r in results]
+
+
+def result_row(
+    item: Item,
+    scored: Item,
+    benchmark: Benchmark,
+    output: str,
+    verdict: Verdict,
+    timed_out: bool,
+    generation: dict[str, Any],
+) -> dict[str, Any]:
+    """One line of a results file: the item (``scored`` holds the truth as scored), the output, the verdict,
+    the generation facts (``n_tokens``, ``truncated``) and the fingerprints."""
+    return {
+        "id": item.id,
+        "subset": item.subset,
+        "prompt": item.prompt,
+        "output": output,
+        "extracted": verdict.extracted,
+        "answer": scored.answer,
+        "correct": verdict.correct,
+        "format_ok": bool(format_ok(output, benchmark.reward_func)),
+        **generation,
+        "timed_out": timed_out,
+        "image": image_key(item),
+        "input_fp": generation.get("input_fp", input_fingerprint(item)),
+        "score_fp": score_fingerprint(item, benchmark),
+        "written": time.time_ns(),
+    }
+
+
 def evaluate_plan(engine: Any, plan: Plan, cfg: RunConfig, progress: bool) -> None:
     """Generate greedily for the plan's pending items, batch by batch, appending scored lines as they finish."""
     benchmark, budget = plan.benchmark, plan.settings["max_new_tokens"]
     batch_size = cfg.eval.batch_size
     with tqdm(total=len(plan.pending), desc=benchmark.name, unit="item", disable=not progress) as bar:
         for start in range(0, len(plan.pending), batch_size):
-            prepared = [prepare(item, benchmark, cfg) for item in plan.pending[start : start + batch_size]]
-            batch = engine.generate([p for p, _ in prepared], n=1, greedy=True, max_new_tokens=budget)
-            rows = []
-            for (_, item), text, length, finished in zip(
-                prepared, batch.texts, batch.completion_lengths, batch.finished, strict=True
-            ):
-                verdict = benchmark.score(text, item)
-                rows.append(
-                    {
-                        "id": item.id,
-                        "subset": item.subset,
-                        "prompt": item.prompt,
-                        "output": text,
-                        "extracted": verdict.extracted,
-                        "answer": item.answer,
-                        "correct": verdict.correct,
-                        "format_ok": bool(format_ok(text, benchmark.reward_func)),
-                        "n_tokens": int(length),
-                        "truncated": not finished,
-                    }
+            chunk = plan.pending[start : start + batch_size]
+            prepared = [scored_item(item, benchmark, cfg) for item in chunk]
+            batch = engine.generate(
+                [prompt for prompt, _ in prepared], n=1, greedy=True, max_new_tokens=budget
+            )
+            verdicts = score_outputs(benchmark, batch.texts, [scored for _, scored in prepared], cfg)
+            rows = [
+                result_row(
+                    item,
+                    scored,
+                    benchmark,
+                    text,
+                    verdict,
+                    timed_out,
+                    {"n_tokens": int(length), "truncated": not finished},
                 )
+                for item, (_, scored), text, length, finished, (verdict, timed_out) in zip(
+                    chunk,
+                    prepared,
+                    batch.texts,
+                    batch.completion_lengths,
+                    batch.finished,
+                    verdicts,
+                    strict=True,
+                )
+            ]
             append_jsonl(plan.output, rows)
             bar.update(len(rows))
+
+
+def rescore_rows(plan: Plan, cfg: RunConfig) -> None:
+    """Score the plan's stored outputs again against their items as they are now; append the new lines."""
+    if not plan.rescore:
+        return
+    benchmark = plan.benchmark
+    scored = [
+        scored_item(item, benchmark, cfg)[1] if benchmark.reward_func == "iou" else item
+        for item, _ in plan.rescore
+    ]
+    outputs = [str(row["output"]) for _, row in plan.rescore]
+    verdicts = score_outputs(benchmark, outputs, scored, cfg)
+    rows = [
+        result_row(
+            item,
+            truth,
+            benchmark,
+            output,
+            verdict,
+            timed_out,
+            {
+                "n_tokens": row.get("n_tokens"),
+                "truncated": row.get("truncated"),
+                "input_fp": row.get("input_fp", input_fingerprint(item)),
+            },
+        )
+        for (item, row), truth, output, (verdict, timed_out) in zip(
+            plan.rescore, scored, outputs, verdicts, strict=True
+        )
+    ]
+    append_jsonl(plan.output, rows)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -274,15 +485,34 @@ def evaluate_plan(engine: Any, plan: Plan, cfg: RunConfig, progress: bool) -> No
 
 
 def rows_for(directory: Path, name: str, ids: Sequence[str]) -> list[dict[str, Any]]:
-    """The result lines of benchmark ``name`` for the given item ids, in item order (missing ids left out)."""
-    by_id = {row["id"]: row for path in result_files(directory, name) for row in read_jsonl(path)}
-    return [by_id[i] for i in ids if i in by_id]
+    """The latest result line of benchmark ``name`` for each of the given item ids, in item order (missing ids
+    left out)."""
+    latest = latest_rows(directory, name)
+    return [latest[i] for i in ids if i in latest]
+
+
+def _mean(values: list[Any]) -> float:
+    known = [float(v) for v in values if v is not None]
+    return sum(known) / len(known) if known else float("nan")
+
+
+def clusters_of(rows: list[dict[str, Any]], cfg: RunConfig) -> list[str] | None:
+    """The bootstrap's resampling units: None for items, each line's image key for ``bootstrap_unit: image``."""
+    if cfg.eval.bootstrap_unit == "item":
+        return None
+    return [str(row.get("image", row["id"])) for row in rows]
 
 
 def summarize(rows: list[dict[str, Any]], n_items: int, cfg: RunConfig) -> dict[str, Any]:
     """Accuracy with its bootstrap 95% CI, per-subset accuracies, format compliance and output length."""
     correct = [bool(row["correct"]) for row in rows]
-    interval = bootstrap_accuracy([correct], cfg.eval.bootstrap_samples, cfg.eval.seed)
+    clusters = clusters_of(rows, cfg)
+    interval = bootstrap_accuracy(
+        [correct],
+        cfg.eval.bootstrap_samples,
+        cfg.eval.seed,
+        clusters=None if clusters is None else [clusters],
+    )
     subsets: dict[str, list[bool]] = defaultdict(list)
     for row in rows:
         if row.get("subset"):
@@ -291,21 +521,22 @@ def summarize(rows: list[dict[str, Any]], n_items: int, cfg: RunConfig) -> dict[
     return {
         "accuracy": interval.value,
         "ci95": [interval.low, interval.high],
+        "bootstrap_unit": cfg.eval.bootstrap_unit,
         "n": n,
         "complete": n == n_items,
         "per_subset": {
             name: {"accuracy": sum(values) / len(values), "n": len(values)}
             for name, values in sorted(subsets.items())
         },
-        "format_rate": sum(bool(row["format_ok"]) for row in rows) / n if n else float("nan"),
-        "mean_output_tokens": sum(row["n_tokens"] for row in rows) / n if n else float("nan"),
-        "truncated_rate": sum(bool(row["truncated"]) for row in rows) / n if n else float("nan"),
+        "format_rate": _mean([bool(row.get("format_ok")) for row in rows]),
+        "mean_output_tokens": _mean([row.get("n_tokens") for row in rows]),
+        "truncated_rate": _mean([row.get("truncated") for row in rows]),
     }
 
 
 def group_average(directory: Path, names: Sequence[str], cfg: RunConfig) -> dict[str, Any] | None:
     """The mean of several benchmarks' accuracies (the table's RefCOCO/+/g column, or the miniature's visual
-    average), with a stratified bootstrap CI that resamples each benchmark's items within itself.
+    average), with a stratified bootstrap CI that resamples each benchmark's items (or images) within itself.
 
     Uses the items each benchmark's latest summary covers; None if one of them has not been summarised.
     """
@@ -313,7 +544,13 @@ def group_average(directory: Path, names: Sequence[str], cfg: RunConfig) -> dict
         return None
     rows = {name: rows_for(directory, name, item_ids(directory, name)) for name in names}
     groups = [[bool(row["correct"]) for row in rows[name]] for name in names]
-    interval = bootstrap_accuracy(groups, cfg.eval.bootstrap_samples, cfg.eval.seed)
+    clusters = [clusters_of(rows[name], cfg) for name in names]
+    interval = bootstrap_accuracy(
+        groups,
+        cfg.eval.bootstrap_samples,
+        cfg.eval.seed,
+        clusters=None if cfg.eval.bootstrap_unit == "item" else clusters,  # type: ignore[arg-type]
+    )
     return {
         "accuracy": interval.value,
         "ci95": [interval.low, interval.high],
@@ -341,12 +578,18 @@ def write_summary(
         atomic_write_json(directory / f"{name}.ids.json", ids)
         entry = summarize(rows_for(directory, name, ids), len(ids), cfg)
         entry.update(
-            title=plan.benchmark.title, n_items=len(ids), settings=plan.settings, note=plan.benchmark.note
+            title=plan.benchmark.title,
+            n_items=len(ids),
+            settings=plan.settings,
+            protocol=plan.benchmark.protocol,
+            note=plan.benchmark.note,
         )
         summary["benchmarks"][name] = entry
-    average = group_average(directory, REC_SPLITS, cfg)
-    if average is not None:
-        summary["benchmarks"]["refcoco_avg"] = {**average, "title": "RefCOCO/+/g average"}
+    for key, splits in REC_AVERAGES.items():
+        average = group_average(directory, splits, cfg)
+        if average is not None:
+            protocol = get_benchmark(splits[0]).protocol
+            summary["benchmarks"][key] = {**average, "title": "RefCOCO/+/g average", "protocol": protocol}
     summary["eval_config"] = to_dict(cfg.eval)
     atomic_write_json(path, summary)
     return summary
@@ -372,8 +615,8 @@ def run(
 
     Defaults come from ``cfg.eval`` (benchmarks, data_root, batch_size, max_items, output_dir). Each benchmark
     generates at most its own max_new_tokens, capped by ``cfg.rollout.max_new_tokens`` and by
-    ``max_new_tokens_cap`` (the miniature uses small caps). Items already in the output files are skipped; the
-    model is loaded only if something is left to generate.
+    ``max_new_tokens_cap`` (the miniature uses small caps). Fresh stored outputs are kept, stale verdicts are
+    re-scored without the model, and the model is loaded only if something is left to generate.
     """
     cfg = cfg or RunConfig()
     names = list(benchmarks or cfg.eval.benchmarks)
@@ -385,27 +628,76 @@ def run(
     for plan in plans:
         check_settings(directory / f"{plan.benchmark.name}.settings.json", plan.settings)
     check_images(plans)
+    for plan in plans:
+        rescore_rows(plan, cfg)
     show = cfg.logging.progress if progress is None else progress
     if any(plan.pending for plan in plans):
-        engine = load_engine(model_path, cfg)
+        engine = load_engine(model_path, cfg, [plan.benchmark for plan in plans])
         for plan in plans:
             evaluate_plan(engine, plan, cfg, show)
     return write_summary(directory, model_path, plans, cfg)
 
 
-def load_engine(model_path: str | Path, cfg: RunConfig) -> Any:
-    """The policy, on this process's device, behind the configured rollout engine."""
+def rescore(directory: str | Path, benchmarks: Sequence[str], cfg: RunConfig | None = None) -> dict[str, Any]:
+    """Score the stored outputs in ``directory`` again with the current items and scorers, without a model, and
+    return the updated ``summary.json``.
+
+    Reads every ``<benchmark>.jsonl`` (and shard file) there: this runner's lines, or lines another harness
+    wrote with at least ``id`` (the registry's item id) and ``output``. Each item's latest output is scored
+    again, whatever its fingerprints say, and a new line is appended; items without an output count as missing
+    (``complete: false``). Images are opened only for grounding truths that follow the image size.
+    """
+    cfg = cfg or RunConfig()
+    directory = Path(directory)
+    plans = []
+    for name in benchmarks:
+        benchmark = get_benchmark(name)
+        home = benchmark_home(benchmark, cfg)
+        items = benchmark.load_items(home)
+        stored = latest_rows(directory, name)
+        with_output = [(item, stored[item.id]) for item in items if "output" in stored.get(item.id, {})]
+        settings_path = directory / f"{name}.settings.json"
+        settings = (
+            json.loads(settings_path.read_text(encoding="utf-8"))
+            if settings_path.exists()
+            else {"benchmark": name, "source": "outputs rescored without their generation settings"}
+        )
+        for path in result_files(directory, name):
+            drop_torn_tail(path)
+        plans.append(
+            Plan(
+                benchmark,
+                items,
+                [],
+                with_output,
+                home / benchmark.image_root,
+                directory / f"{name}.jsonl",
+                settings,
+            )
+        )
+    check_images(plans)
+    for plan in plans:
+        rescore_rows(plan, cfg)
+    return write_summary(directory, str(directory), plans, cfg)
+
+
+def load_engine(model_path: str | Path, cfg: RunConfig, benchmarks: Sequence[Benchmark] = ()) -> Any:
+    """The policy, on this process's device, behind the configured rollout engine. The processor's image limits
+    span every benchmark's (each image is fitted to its own benchmark's limits before it reaches the processor)."""
     import torch
 
     from ocean_lib.models import load_policy
     from ocean_lib.rollout import make_engine
 
+    limits = [pixel_limits(benchmark, cfg) for benchmark in benchmarks] or [
+        (cfg.data.min_pixels, cfg.data.max_pixels)
+    ]
     model, processor = load_policy(
         str(model_path),
         dtype=cfg.model.dtype,
         attn_implementation=cfg.model.attn_implementation,
-        min_pixels=cfg.data.min_pixels,
-        max_pixels=cfg.data.max_pixels,
+        min_pixels=min(low for low, _ in limits),
+        max_pixels=max(high for _, high in limits),
     )
     if torch.cuda.is_available():
         from accelerate import PartialState

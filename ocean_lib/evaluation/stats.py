@@ -8,7 +8,7 @@ item-difficulty variance an unpaired comparison would carry.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -47,7 +47,11 @@ class PairedComparison:
 
 
 def bootstrap_accuracy(
-    groups: Sequence[Sequence[bool]], samples: int = 1000, seed: int = 0, level: float = 0.95
+    groups: Sequence[Sequence[bool]],
+    samples: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    clusters: Sequence[Sequence[Hashable]] | None = None,
 ) -> Interval:
     r"""Mean of the groups' accuracies with a stratified percentile-bootstrap interval.
 
@@ -55,16 +59,31 @@ def bootstrap_accuracy(
     RefCOCO splits) it is :math:`\frac1K\sum_k \bar c_k`, and each resample redraws every group from itself with
     replacement, so the interval reflects each split's own size. The interval is the
     ``(1-level)/2`` and ``(1+level)/2`` quantiles of ``samples`` resampled statistics.
+
+    ``clusters`` (one label per item, per group) resamples whole clusters instead of items: items that share
+    an image (SuperCLEVR asks about 2 questions per scene, RefCOCO about 7 expressions per picture) are not
+    independent, and treating them as such makes the interval too narrow. A resample draws the group's
+    :math:`m` clusters with replacement and its accuracy is :math:`\sum_j C_j / \sum_j n_j` over the drawn
+    clusters (correct count :math:`C_j`, size :math:`n_j`). The point estimate is unchanged.
     """
     arrays = [np.asarray(group, dtype=float) for group in groups]
     if not arrays or any(len(a) == 0 for a in arrays):
         return Interval(math.nan, math.nan, math.nan)
+    if clusters is not None and [len(c) for c in clusters] != [len(a) for a in arrays]:
+        raise ValueError("clusters must give one label per item of each group")
     rng = np.random.default_rng(seed)
     value = float(np.mean([a.mean() for a in arrays]))
     resampled = np.zeros(samples)
-    for array in arrays:
-        picks = rng.integers(0, len(array), size=(samples, len(array)))
-        resampled += array[picks].mean(axis=1)
+    for k, array in enumerate(arrays):
+        if clusters is None:
+            picks = rng.integers(0, len(array), size=(samples, len(array)))
+            resampled += array[picks].mean(axis=1)
+            continue
+        _, label = np.unique(np.asarray([str(c) for c in clusters[k]]), return_inverse=True)
+        correct = np.bincount(label, weights=array)  # per cluster
+        size = np.bincount(label).astype(float)
+        picks = rng.integers(0, len(size), size=(samples, len(size)))
+        resampled += correct[picks].sum(axis=1) / size[picks].sum(axis=1)
     resampled /= len(arrays)
     low, high = np.quantile(resampled, [(1 - level) / 2, (1 + level) / 2])
     return Interval(value, float(low), float(high))

@@ -155,9 +155,15 @@ def reference_accuracy(
 def math_equivalent(ground_truth: str, text: str, timeout_s: float = 2.0) -> tuple[bool, str]:
     """R1-V/Ocean-R1's GeoQA rule: math-verify's parse of the whole ``text`` verifies against the parsed ground
     truth. Returns ``(equal, first parsed value as text)``; ``(False, "")`` if it overruns ``timeout_s``."""
-    cfg = RewardConfig(timeout_s=timeout_s)
-    outcome = _run([(rules.whole_text_task, (text, ground_truth))], cfg)[0]
+    outcome = run_bounded([(rules.whole_text_task, (text, ground_truth))], timeout_s)[0]
     return outcome if outcome is not None else (False, "")
+
+
+def run_bounded(calls: Iterable[Call], timeout_s: float, num_workers: int = 0) -> list[Any | None]:
+    """Run ``(function, args)`` calls (module-level functions, picklable arguments) in the scoring workers, each
+    under ``timeout_s``; a call that overruns (or kills its worker) gives ``None``. Results in call order.
+    ``num_workers`` as ``reward.num_workers`` (0: from the CPU count)."""
+    return _run(calls, RewardConfig(timeout_s=timeout_s, num_workers=num_workers))
 
 
 def shutdown_workers() -> None:
