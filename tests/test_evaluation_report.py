@@ -40,9 +40,17 @@ def test_results_table_rows_columns_and_published_reference_rows(tmp_path):
     assert lines[0] == "| Model | SuperCLEVR | RefCOCO/+/g avg | miniature counting (image) |"
     assert lines[2] == "| base | 50.0 ± 10.0 | 25.0 ± 5.0 | 12.5 ± 2.5 |"
     assert lines[3] == "| GRPO-vis | 75.0 ± 5.0 | – | – |"
-    # Published rows fill only the columns they measured, without intervals.
-    assert lines[4] == "| *Qwen2.5-VL-3B-Instruct (published)* | 64.1 | 75.3 | – |"
-    assert len(lines) == 4 + len(PUBLISHED_ROWS)
+    # Published rows fill only the columns they measured, without intervals; the base model's RefCOCO number
+    # belongs to the plain-prompt protocol, so it is not in the Ocean-R1-protocol column.
+    assert lines[4] == "| *Qwen2.5-VL-3B-Instruct (published)* | 64.1 | – | – |"
+    assert lines[6] == "| *Ocean-R1 GRPO-vis 3B (published)* | 93.4 | 86.1 | – |"
+    # Then every column's protocol, from the registry.
+    assert lines[4 + len(PUBLISHED_ROWS) :] == [
+        "",
+        "Protocols: SuperCLEVR: Ocean-R1 v1 (first repo, src/eval/test_qwen2d5vl_counting_superclevr_5k.py); "
+        "RefCOCO/+/g avg: Ocean-R1 v1 (first repo, src/eval/test_qwen2d5vl_rec.py, from VLM-R1's test_rec_r1.py); "
+        "miniature counting (image): miniature (its real counterpart's rule).",
+    ]
 
     rows = list(csv.DictReader(io.StringIO(table.csv())))
     assert rows[0] == {
@@ -52,6 +60,7 @@ def test_results_table_rows_columns_and_published_reference_rows(tmp_path):
         "ci_low": "40.00",
         "ci_high": "60.00",
         "reference": "0",
+        "protocol": "Ocean-R1 v1 (first repo, src/eval/test_qwen2d5vl_counting_superclevr_5k.py)",
     }
     assert {
         "model": "Ocean-R1 GRPO-vis 3B (published)",
@@ -60,6 +69,7 @@ def test_results_table_rows_columns_and_published_reference_rows(tmp_path):
         "ci_low": "",
         "ci_high": "",
         "reference": "1",
+        "protocol": "Ocean-R1 v1 (first repo, src/eval/test_qwen2d5vl_rec.py, from VLM-R1's test_rec_r1.py)",
     } in rows
 
     markdown, table_csv = table.write(tmp_path / "results")
@@ -84,7 +94,7 @@ def test_vlmevalkit_export_keeps_question_answer_and_full_prediction(tmp_path):
             {
                 "id": "2D/5",
                 "subset": "Count",
-                "prompt": prompts.user_text(question, "acc", 1, style="eval"),
+                "prompt": prompts.eval_turn(question, "think", 1),
                 "output": "<think>two\tchairs</think><answer>B</answer>",
                 "answer": "(B)",
                 "correct": True,

@@ -609,7 +609,7 @@ V1 = "Ocean-R1 v1 (first repo, src/eval/{script})"
 PROTOCOLS = {
     "superclevr": V1.format(script="test_qwen2d5vl_counting_superclevr_5k.py"),
     "geoqa": V1.format(script="test_qwen2d5vl_geoqa.py"),
-    "rec": V1.format(script="test_rec.py, from VLM-R1's test_rec_r1.py"),
+    "rec": V1.format(script="test_qwen2d5vl_rec.py, from VLM-R1's test_rec_r1.py"),
     "rec_plain": "VLM-R1 baseline (src/eval/test_rec_baseline.py)",
     "mathvision": V1.format(script="test_qwen2d5vl_mathvision_multigpu.py"),
     "mathverse": V1.format(script="test_qwen2d5vl_mathverse_multigpu.py"),
