@@ -80,27 +80,28 @@ def write_annotations(benchmark: str, results: list[dict[str, Any]], root: Path)
         (root / name).write_text("".join(json.dumps(r["question"]) + "\n" for r in results), encoding="utf-8")
     elif benchmark == "mmmu":  # one parquet per subject; the script had appended "\nChoices: ..." to question
         by_subject: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for r in results:
-            question = (
-                r["question"].split("\nChoices: ")[0] if ast.literal_eval(r["options"]) else r["question"]
-            )
-            row = {key: r[key] for key in ("id", "options", "answer", "question_type")}
-            row.update(question=question, **{f"image_{k}": None for k in range(1, 8)})
-            by_subject[r["id"].split("_", 1)[1].rsplit("_", 1)[0]].append(row)
+        for item_id, r in zip(item_ids(benchmark, results), results, strict=True):
+            options = r.get("options") or "[]"
+            question = r["question"].split("\nChoices: ")[0] if ast.literal_eval(options) else r["question"]
+            row = {"id": item_id, "options": options, "answer": r["ground_truth"], "question": question}
+            row.update({f"image_{k}": None for k in range(1, 8)})
+            by_subject[item_id.split("_", 1)[1].rsplit("_", 1)[0]].append(row)
         for subject, rows in by_subject.items():
             write_parquet(root / "mmmu" / subject / "validation-00000-of-00001.parquet", rows)
     elif benchmark == "mathvision_testmini":
-        rows = [
-            {
-                "id": str(r["id"]),
-                "question": r["question"],
-                "options": r["options"] if isinstance(r["options"], list) else ast.literal_eval(r["options"]),
-                "answer": str(r["answer"]),
-                "image": r.get("image"),
-                "subject": r.get("subject", ""),
-            }
-            for r in results
-        ]
+        rows = []
+        for item_id, r in zip(item_ids(benchmark, results), results, strict=True):
+            options = r.get("options") or []
+            rows.append(
+                {
+                    "id": item_id,
+                    "question": r["question"],
+                    "options": options if isinstance(options, list) else ast.literal_eval(options),
+                    "answer": str(r["ground_truth"]),
+                    "image": r.get("image"),
+                    "subject": r.get("subject", ""),
+                }
+            )
         write_parquet(root / "mathvision/data/testmini-00000-of-00001.parquet", rows)
     elif benchmark == "mathverse_vision_dominant":
         rows = [{"problem": r["problem"], "solution": r["solution"], "image": None} for r in results]
@@ -110,10 +111,23 @@ def write_annotations(benchmark: str, results: list[dict[str, Any]], root: Path)
 
 
 def item_ids(benchmark: str, results: list[dict[str, Any]]) -> list[str]:
-    """The registry's id of each log entry, in log order."""
-    if benchmark in ("mmmu", "mathvision_testmini"):
-        return [str(r["id"]) for r in results]
+    """The registry's id of each log entry, in log order (logs of older script versions kept no ``id``: their
+    position stands in)."""
+    if benchmark == "mmmu":
+        return [str(r.get("id") or f"validation_Unknown_{index}") for index, r in enumerate(results)]
+    if benchmark == "mathvision_testmini":
+        return [str(r.get("id") or index) for index, r in enumerate(results)]
     return [str(index) for index in range(len(results))]
+
+
+def script_version(benchmark: str, log: Path, results: list[dict[str, Any]]) -> str:
+    """``current`` for logs in the format the repository's script writes, ``older`` for earlier versions of it
+    (other file naming, fewer fields), whose scoring may have differed."""
+    if benchmark == "mathvision_testmini" and not log.name.startswith("MathLLMs_"):
+        return "older"
+    if benchmark == "mmmu" and "id" not in results[0]:
+        return "older"
+    return "current"
 
 
 def measure(log: Path, benchmark: str, work: Path, cfg: RunConfig) -> dict[str, Any]:
@@ -140,6 +154,7 @@ def measure(log: Path, benchmark: str, work: Path, cfg: RunConfig) -> dict[str, 
     return {
         "log": log.name,
         "benchmark": benchmark,
+        "script": script_version(benchmark, log, results),
         "items": len(results),
         "published_accuracy": float(data["accuracy"]) / (100 if float(data["accuracy"]) > 1 else 1),
         "published_verdicts_accuracy": sum(published) / len(published),
@@ -182,12 +197,12 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{entry['benchmark']:26s} {entry['items']:5d} items  published {100 * entry['published_accuracy']:6.2f}"
             f"  ours {100 * entry['our_accuracy']:6.2f}  agree {100 * entry['agreement']:6.2f}%"
-            f"  ({entry['items'] - entry['agree']} differ, {entry['timed_out']} timed out)  {log.name[:90]}",
+            f"  ({entry['items'] - entry['agree']} differ, {entry['timed_out']} timed out)  {entry['script']:7s}  {log.name[:90]}",
             flush=True,
         )
     per_benchmark: dict[str, dict[str, float]] = {}
-    for name in dict.fromkeys(entry["benchmark"] for entry in measured):
-        entries = [e for e in measured if e["benchmark"] == name]
+    for name in dict.fromkeys(f"{entry['benchmark']} ({entry['script']} script)" for entry in measured):
+        entries = [e for e in measured if f"{e['benchmark']} ({e['script']} script)" == name]
         items, agree = sum(e["items"] for e in entries), sum(e["agree"] for e in entries)
         per_benchmark[name] = {
             "logs": len(entries),
