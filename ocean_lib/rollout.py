@@ -18,6 +18,8 @@ the first update is exactly 1.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
@@ -36,11 +38,16 @@ class RolloutEngine(Protocol):
         greedy: bool = False,
         max_new_tokens: int | None = None,
         seeds: list[int] | None = None,
+        stop_token_ids: Sequence[int] | None = None,
+        repetition_penalty: float = 1.0,
     ) -> RolloutBatch:
         """Sample ``n`` completions per prompt (greedy: the argmax path, repeated ``n`` times).
 
         ``seeds`` (one per prompt) makes each prompt's samples a function of its seed alone, whatever else
         is in the batch and however many processes share the work; without them the global RNG is used.
+        ``stop_token_ids`` end a completion (default: ``<|im_end|>`` alone); ``repetition_penalty`` is
+        transformers' (:func:`apply_repetition_penalty`; 1.0 = none), which ``model.generate`` takes from the
+        checkpoint's generation config: evaluation passes both, training leaves them at their defaults.
         """
         ...
 
@@ -82,10 +89,13 @@ class HFRolloutEngine:
         greedy: bool = False,
         max_new_tokens: int | None = None,
         seeds: list[int] | None = None,
+        stop_token_ids: Sequence[int] | None = None,
+        repetition_penalty: float = 1.0,
     ) -> RolloutBatch:
         cfg, model = self.cfg, self.model
         max_new = cfg.max_new_tokens if max_new_tokens is None else max_new_tokens
         device = next(model.parameters()).device
+        stops = torch.tensor([self.eos_id] if stop_token_ids is None else list(stop_token_ids), device=device)
         inputs = {k: v.to(device) for k, v in encode_prompts(self.processor, prompts).items()}
         ids, mask, types = inputs["input_ids"], inputs["attention_mask"], inputs["mm_token_type_ids"]
         grid = inputs.get("image_grid_thw")
@@ -126,19 +136,32 @@ class HFRolloutEngine:
             ]
         tokens, logps = [], []
         done = torch.zeros(rows, dtype=torch.bool, device=device)
+        seen = (
+            None  # [R, V] tokens in each sequence so far, prompt (padding included, as transformers) and all
+        )
+        if repetition_penalty != 1.0:
+            seen = torch.zeros(rows, next_logits.shape[-1], dtype=torch.bool, device=device)
+            seen.scatter_(1, ids.repeat_interleave(n, 0), True)
         for step in range(max_new):
+            if seen is not None:
+                next_logits = apply_repetition_penalty(next_logits, seen, repetition_penalty)
             token, logp = self._sample(
-                next_logits, greedy=greedy, allow_eos=step >= cfg.min_new_tokens, generators=generators
+                next_logits,
+                greedy=greedy,
+                allow_eos=step >= cfg.min_new_tokens,
+                generators=generators,
+                stops=stops,
             )
             token = torch.where(done, torch.full_like(token, self.pad_id), token)
             tokens.append(token)
             logps.append(torch.where(done, torch.zeros_like(logp), logp))
-            done |= token == self.eos_id
+            stopped = torch.isin(token, stops)
+            done |= stopped
+            if seen is not None:
+                seen[torch.arange(rows, device=device), token] = True
             if bool(done.all()) or step == max_new - 1:
                 break
-            mask = torch.cat(
-                [mask, (~done).long().unsqueeze(1) | (token == self.eos_id).long().unsqueeze(1)], 1
-            )
+            mask = torch.cat([mask, (~done).long().unsqueeze(1) | stopped.long().unsqueeze(1)], 1)
             out = model(
                 input_ids=token.unsqueeze(1),
                 attention_mask=mask,
@@ -151,7 +174,7 @@ class HFRolloutEngine:
         model.train(was_training)
 
         completion_ids = torch.stack(tokens, 1)
-        completion_mask = _mask_through_eos(completion_ids, self.eos_id, self.pad_id)
+        completion_mask = _mask_through_eos(completion_ids, stops)
         texts = self.processor.tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
         images_per_prompt = [len(p.images) for p in prompts]
         return RolloutBatch(
@@ -166,7 +189,7 @@ class HFRolloutEngine:
             images_per_prompt=images_per_prompt,
             n=n,
             texts=texts,
-            finished=(completion_ids == self.eos_id).any(-1).tolist(),
+            finished=torch.isin(completion_ids, stops).any(-1).tolist(),
         )
 
     def _sample(
@@ -176,6 +199,7 @@ class HFRolloutEngine:
         greedy: bool,
         allow_eos: bool,
         generators: list[torch.Generator] | None = None,
+        stops: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Pick the next token from [R, V] logits; return it and its log-prob under the (tempered) policy.
 
@@ -189,7 +213,7 @@ class HFRolloutEngine:
         allowed = logits.clone()
         allowed[:, self.suppressed.to(logits.device)] = float("-inf")
         if not allow_eos:
-            allowed[:, self.eos_id] = float("-inf")
+            allowed[:, self.eos_id if stops is None else stops] = float("-inf")
         if greedy:
             token = allowed.argmax(-1)
         else:
@@ -221,8 +245,16 @@ def _filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch
     return logits
 
 
-def _mask_through_eos(completion_ids: torch.Tensor, eos_id: int, pad_id: int) -> torch.Tensor:
-    """1 for every token up to and including the first EOS (all tokens if there is none), else 0."""
-    is_eos = completion_ids == eos_id
+def _mask_through_eos(completion_ids: torch.Tensor, stops: torch.Tensor) -> torch.Tensor:
+    """1 for every token up to and including the first stop token (all tokens if there is none), else 0."""
+    is_eos = torch.isin(completion_ids, stops)
     after_eos = (is_eos.long().cumsum(-1) - is_eos.long()) > 0
     return (~after_eos).long()
+
+
+def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    r"""transformers' repetition penalty: for every token :math:`v` already in the row's sequence (``seen``,
+    [R, V] bool), :math:`z_v \leftarrow z_v / p` if :math:`z_v > 0`, else :math:`z_v \cdot p`; other logits
+    unchanged. With :math:`p > 1` a repeated token becomes less likely whatever the sign of its logit."""
+    penalized = torch.where(logits > 0, logits / penalty, logits * penalty)
+    return torch.where(seen, penalized, logits)

@@ -124,6 +124,7 @@ def sampling_kwargs(
     stop_token_ids: list[int],
     suppressed_token_ids: list[int],
     seed: int | None,
+    repetition_penalty: float = 1.0,
 ) -> dict[str, Any]:
     """Arguments of one prompt's ``vllm.SamplingParams``, matching the HF engine's sampling.
 
@@ -140,6 +141,7 @@ def sampling_kwargs(
         "max_tokens": max_new_tokens,
         "min_tokens": min(cfg.min_new_tokens, max_new_tokens),
         "stop_token_ids": list(stop_token_ids),
+        "repetition_penalty": repetition_penalty,  # vLLM's: prompt and output tokens, as transformers'
         "logit_bias": {token: -100.0 for token in suppressed_token_ids},
         "logprobs": 0,  # the sampled token's log-prob only
         "detokenize": False,  # we decode with our own tokenizer, as the HF engine does
@@ -363,6 +365,8 @@ class VLLMRolloutEngine:
         greedy: bool = False,
         max_new_tokens: int | None = None,
         seeds: list[int] | None = None,
+        stop_token_ids: Sequence[int] | None = None,
+        repetition_penalty: float = 1.0,
     ) -> RolloutBatch:
         if seeds is not None and len(seeds) != len(prompts):
             raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
@@ -376,9 +380,10 @@ class VLLMRolloutEngine:
                     n,
                     greedy=greedy,
                     max_new_tokens=max_new,
-                    stop_token_ids=[self.eos_id],
+                    stop_token_ids=[self.eos_id] if stop_token_ids is None else list(stop_token_ids),
                     suppressed_token_ids=self.suppressed,
                     seed=None if seeds is None else seeds[i],
+                    repetition_penalty=repetition_penalty,
                 )
             )
             for i in range(len(prompts))

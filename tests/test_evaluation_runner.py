@@ -323,3 +323,21 @@ def test_rescore_scores_another_harness_outputs_without_a_model(mini, tmp_path):
         (items[0].id, True, True),
         (items[1].id, False, True),
     ]
+
+
+def test_decoding_follows_the_checkpoints_generation_config_as_generate_does(tiny_model_dir):
+    from ocean_lib.evaluation.runner import decoding_of
+    from ocean_lib.models import load_policy
+    from ocean_lib.rollout import make_engine
+
+    model, processor = load_policy(str(tiny_model_dir))
+    engine = make_engine(model, processor, load_config(None, []).rollout)
+    tokenizer = processor.tokenizer
+    both = [tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.convert_tokens_to_ids("<|endoftext|>")]
+    assert decoding_of(engine, BENCHMARKS["superclevr"]) == {
+        "stop_token_ids": both,
+        "repetition_penalty": 1.0,
+    }
+    model.generation_config.repetition_penalty = 1.05  # Qwen2.5-VL-3B-Instruct's value
+    assert decoding_of(engine, BENCHMARKS["mmmu"])["repetition_penalty"] == 1.05
+    assert decoding_of(engine, BENCHMARKS["ocrbench"])["repetition_penalty"] == 1.0  # VLMEvalKit passes 1.0

@@ -6,7 +6,15 @@ from conftest import mixed_prompts
 from ocean_lib.batch import encode_prompts, mrope_positions, select_images
 from ocean_lib.config import RolloutConfig
 from ocean_lib.models import load_policy, vision_special_token_ids
-from ocean_lib.rollout import _filter_top_k_top_p, _mask_through_eos, make_engine
+from ocean_lib.rollout import (
+    _filter_top_k_top_p,
+    _mask_through_eos,
+    apply_repetition_penalty,
+    encode_prompts,
+    make_engine,
+    mrope_positions,
+    select_images,
+)
 
 
 def _forward_logprobs(model, batch, with_positions=True):
@@ -80,10 +88,46 @@ def test_top_k_top_p_filtering():
     assert torch.isfinite(_filter_top_k_top_p(logits, 0, 0.5)).tolist() == [[True, False, False, False]]
 
 
-def test_completion_mask_runs_through_the_first_eos():
-    eos, pad = 9, 0
-    ids = torch.tensor([[5, 9, 0, 0], [5, 6, 7, 8], [9, 0, 0, 0]])
-    assert _mask_through_eos(ids, eos, pad).tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
+def test_completion_mask_runs_through_the_first_stop_token():
+    ids = torch.tensor([[5, 9, 0, 0], [5, 6, 7, 8], [9, 0, 0, 0], [5, 4, 9, 0]])
+    assert _mask_through_eos(ids, torch.tensor([9])).tolist() == [
+        [1, 1, 0, 0],
+        [1, 1, 1, 1],
+        [1, 0, 0, 0],
+        [1, 1, 1, 0],
+    ]
+    # Several stop tokens (Qwen's <|im_end|> and <|endoftext|>): the first of any ends the completion.
+    assert _mask_through_eos(ids, torch.tensor([9, 4])).tolist()[3] == [1, 1, 0, 0]
+
+
+def test_repetition_penalty_is_transformers_own():
+    from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
+
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 50, generator=generator)
+    sequences = torch.randint(0, 50, (3, 7), generator=generator)
+    seen = torch.zeros(3, 50, dtype=torch.bool).scatter(1, sequences, True)
+    expected = RepetitionPenaltyLogitsProcessor(1.05)(sequences, logits.clone())
+    assert torch.equal(apply_repetition_penalty(logits, seen, 1.05), expected)
+    assert apply_repetition_penalty(
+        torch.tensor([[2.0, -2.0, 3.0]]), torch.tensor([[True, True, False]]), 2.0
+    ).tolist() == [[1.0, -4.0, 3.0]]
+
+
+def test_stop_tokens_and_repetition_penalty_reach_generation(tiny_model_dir):
+    model, processor = load_policy(str(tiny_model_dir))
+    engine = make_engine(model, processor, RolloutConfig(max_new_tokens=8))
+    plain = engine.generate(mixed_prompts(), n=1, greedy=True)
+    # A stop set holding each row's first greedy token ends every completion after one token.
+    firsts = plain.completion_ids[:, 0].tolist()
+    stopped = engine.generate(mixed_prompts(), n=1, greedy=True, stop_token_ids=[engine.eos_id, *firsts])
+    assert stopped.completion_lengths == [1] * len(firsts) and all(stopped.finished)
+    # A strong penalty changes the greedy path of a model that repeats itself (the tiny model does).
+    penalised = engine.generate(mixed_prompts(), n=1, greedy=True, repetition_penalty=100.0)
+    assert penalised.texts != plain.texts
+    repeats = [len(row) - len(set(row)) for row in plain.completion_ids.tolist()]
+    repeats_penalised = [len(row) - len(set(row)) for row in penalised.completion_ids.tolist()]
+    assert sum(repeats_penalised) < sum(repeats)
 
 
 def test_seeded_samples_do_not_depend_on_the_rest_of_the_batch(tiny_model_dir):

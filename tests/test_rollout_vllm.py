@@ -133,6 +133,7 @@ def test_sampling_arguments_follow_the_config():
         "max_tokens": 64,
         "min_tokens": 3,
         "stop_token_ids": [5],
+        "repetition_penalty": 1.0,  # none unless evaluation asks (the checkpoint's generation config)
         "logit_bias": {7: -100.0, 8: -100.0},
         "logprobs": 0,
         "detokenize": False,
@@ -153,6 +154,11 @@ def test_sampling_arguments_follow_the_config():
         seed=None,
     )
     assert top_k["top_k"] == 20
+    penalised = sampling_kwargs(
+        cfg, 1, greedy=True, max_new_tokens=8, stop_token_ids=[5, 6], suppressed_token_ids=[], seed=None,
+        repetition_penalty=1.05,
+    )  # fmt: skip
+    assert (penalised["stop_token_ids"], penalised["repetition_penalty"]) == ([5, 6], 1.05)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -411,16 +411,30 @@ def result_row(
     }
 
 
+def decoding_of(engine: Any, benchmark: Benchmark) -> dict[str, Any]:
+    """Stop tokens and repetition penalty as ``model.generate`` would use them in the reference scripts: the
+    checkpoint's ``generation_config`` (Qwen2.5-VL-Instruct: stop at ``<|im_end|>`` and ``<|endoftext|>``,
+    repetition penalty 1.05), the penalty overridden where the benchmark's reference set one (VLMEvalKit: 1.0).
+    ``<|im_end|>`` always stops."""
+    generation = engine.model.generation_config
+    eos = generation.eos_token_id
+    stops = [engine.eos_id, *([] if eos is None else [eos] if isinstance(eos, int) else eos)]
+    penalty = benchmark.repetition_penalty
+    if penalty is None:
+        penalty = generation.repetition_penalty or 1.0
+    return {"stop_token_ids": list(dict.fromkeys(stops)), "repetition_penalty": float(penalty)}
+
+
 def evaluate_plan(engine: Any, plan: Plan, cfg: RunConfig, progress: bool) -> None:
     """Generate greedily for the plan's pending items, batch by batch, appending scored lines as they finish."""
     benchmark, budget = plan.benchmark, plan.settings["max_new_tokens"]
-    batch_size = cfg.eval.batch_size
+    batch_size, decoding = cfg.eval.batch_size, decoding_of(engine, benchmark)
     with tqdm(total=len(plan.pending), desc=benchmark.name, unit="item", disable=not progress) as bar:
         for start in range(0, len(plan.pending), batch_size):
             chunk = plan.pending[start : start + batch_size]
             prepared = [scored_item(item, benchmark, cfg) for item in chunk]
             batch = engine.generate(
-                [prompt for prompt, _ in prepared], n=1, greedy=True, max_new_tokens=budget
+                [prompt for prompt, _ in prepared], n=1, greedy=True, max_new_tokens=budget, **decoding
             )
             verdicts = score_outputs(benchmark, batch.texts, [scored for _, scored in prepared], cfg)
             rows = [
