@@ -4,15 +4,16 @@ Training records, evaluation and the rollout browser all build their text here, 
 between the three (nano-aha-moment kept four diverging copies of its prompt).
 
 Ocean-R1's training parquet stores one user turn whose content is ``"<image> " * n_images + question + "\\n" +
-instruction``; the evaluation scripts it inherits from R1-V/VLM-R1 put the image first and join question and
-instruction with a space. Both forms are produced by :func:`user_text`.
+instruction`` (:func:`user_text`). Evaluation asks each benchmark the way its reference script did
+(:data:`EVAL_TEMPLATES`, :func:`eval_turn`): R1-V and VLM-R1 join question and instruction with a space, the
+first Ocean-R1 repository has its own instructions and system texts, and puts some benchmarks' images last.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from PIL import Image
 
@@ -35,8 +36,6 @@ INSTRUCTIONS: dict[str, str] = {"acc": THINK_INSTRUCTION, "iou": GROUNDING_INSTR
 REWARD_FUNCS = tuple(INSTRUCTIONS)
 """The reward functions a record may name (``extra_info.reward_func``); each has its instruction above."""
 
-Style = Literal["train", "eval"]
-
 
 @dataclass
 class Prompt:
@@ -56,15 +55,11 @@ def instruction_for(reward_func: str) -> str:
         ) from None
 
 
-def user_text(question: str, reward_func: str, n_images: int, style: Style = "train") -> str:
-    """The user turn's text with ``n_images`` leading ``<image>`` markers.
-
-    ``train``: Ocean-R1's parquet form, question and instruction on separate lines.
-    ``eval``: R1-V/VLM-R1's evaluation form, question and instruction joined by a space.
-    """
-    separator = "\n" if style == "train" else " "
+def user_text(question: str, reward_func: str, n_images: int) -> str:
+    """The user turn of a training record: ``n_images`` leading ``<image>`` markers, the question, a newline,
+    the instruction (Ocean-R1's parquet form)."""
     markers = f"{IMAGE_MARKER} " * n_images
-    return f"{markers}{question}{separator}{instruction_for(reward_func)}"
+    return f"{markers}{question}\n{instruction_for(reward_func)}"
 
 
 def split_image_markers(content: str) -> tuple[int, str]:
@@ -133,6 +128,17 @@ EVAL_TEMPLATES: dict[str, str] = {
     # VLMEvalKit's default for VQA sets with Qwen2.5-VL (use_custom_prompt=False): the question alone.
     "question": "{question}",
 }
+
+
+def eval_question(content: str) -> str:
+    """The question inside an evaluation user turn: markers removed, the longest matching template's text
+    around ``{question}`` stripped (the turn itself when no template matches)."""
+    _, text = split_image_markers(content)
+    for template in sorted(EVAL_TEMPLATES.values(), key=len, reverse=True):
+        head, tail = template.split("{question}")
+        if text.startswith(head) and text.endswith(tail) and len(text) >= len(head) + len(tail):
+            return text[len(head) : len(text) - len(tail)].strip()
+    return text
 
 
 def eval_turn(question: str, template: str, n_images: int, images_first: bool = True) -> str:

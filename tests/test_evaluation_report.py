@@ -112,6 +112,13 @@ def test_vlmevalkit_export_keeps_question_answer_and_full_prediction(tmp_path):
             "category": "Count",
         }
     ]
+    # The first Ocean-R1 repository's MMMU turn: system text before, instruction after, images last.
+    mmmu = prompts.eval_turn("What is 2+2?\nChoices: A. 3\nB. 4", "v1_mmmu", 2, images_first=False)
+    append_jsonl(tmp_path / "mmmu.jsonl", [{"id": "v_1", "prompt": mmmu, "output": "B", "answer": "B"}])
+    (row,) = csv.DictReader(
+        export_vlmevalkit(tmp_path / "mmmu.jsonl", tmp_path / "m.tsv").open(), delimiter="\t"
+    )
+    assert row["question"] == "What is 2+2?\nChoices: A. 3\nB. 4"
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -724,17 +724,16 @@ def export_vlmevalkit(jsonl: str | Path, destination: str | Path) -> Path:
     """Write a results file as a VLMEvalKit-style prediction table (TSV: index, question, answer, prediction,
     category), so that VLMEvalKit users can re-score our outputs with their judge.
 
-    ``question`` is the user turn without image markers and instruction; ``prediction`` is the full output.
+    ``question`` is the user turn without image markers and its template's text (:func:`prompts.eval_question`);
+    ``prediction`` is the full output.
     The ``index`` values are our item ids, so join on the question when merging with VLMEvalKit's own TSV.
     """
     buffer = io.StringIO()
     writer = csv.writer(buffer, delimiter="\t", lineterminator="\n")
     writer.writerow(["index", "question", "answer", "prediction", "category"])
     for row in read_jsonl(jsonl):
-        _, text = prompts.split_image_markers(row["prompt"])
-        for instruction in prompts.INSTRUCTIONS.values():
-            text = text.removesuffix(instruction).rstrip()
-        writer.writerow([row["id"], text, row["answer"], row["output"], row.get("subset", "")])
+        question = prompts.eval_question(row["prompt"])
+        writer.writerow([row["id"], question, row["answer"], row["output"], row.get("subset", "")])
     atomic_write_text(destination, buffer.getvalue())
     return Path(destination)
 
