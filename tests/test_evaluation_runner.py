@@ -341,3 +341,34 @@ def test_decoding_follows_the_checkpoints_generation_config_as_generate_does(tin
     model.generation_config.repetition_penalty = 1.05  # Qwen2.5-VL-3B-Instruct's value
     assert decoding_of(engine, BENCHMARKS["mmmu"])["repetition_penalty"] == 1.05
     assert decoding_of(engine, BENCHMARKS["ocrbench"])["repetition_penalty"] == 1.0  # VLMEvalKit passes 1.0
+
+
+def test_images_are_prepared_at_each_benchmarks_reference_limits(tmp_path):
+    from ocean_lib.evaluation.runner import run_settings, scored_item
+
+    images = tmp_path / "bench/superclevr/images"
+    images.mkdir(parents=True)
+    grey_image(200).save(images / "a.png")
+    rows = [{"image_path": "a.png", "question": "How many?", "ground_truth": 1}]
+    (images.parent / "super_clevr_test_5k.jsonl").write_text(json.dumps(rows[0]) + "\n")
+    cfg = config(tmp_path)  # training limits of 112 x 112 pixels
+    (item,) = BENCHMARKS["superclevr"].load_items(tmp_path / "bench")
+    prompt, _ = scored_item(item, BENCHMARKS["superclevr"], cfg)
+    assert prompt.images[0].size == (200, 200)  # Ocean-R1's processor default allows 12,845,056 pixels
+    settings = run_settings(BENCHMARKS["superclevr"], "m", cfg, None)
+    assert (settings["min_pixels"], settings["max_pixels"]) == (3136, 12845056)
+    assert run_settings(BENCHMARKS["mini_counting"], "m", cfg, None)["max_pixels"] == 112 * 112  # the run's
+
+
+def test_plain_rec_truth_is_mapped_into_the_processors_grid(tmp_path):
+    from ocean_lib.evaluation.runner import scored_item
+
+    (tmp_path / "bench/rec").mkdir(parents=True)
+    (tmp_path / "bench/coco/train2014").mkdir(parents=True)
+    grey_image(100).save(tmp_path / "bench/coco/train2014/x.jpg")  # 100 px -> the grid's 112 px (4 x 28)
+    rows = [{"image": "x.jpg", "problem": "the cat", "solution": [10, 20, 50, 60]}]
+    (tmp_path / "bench/rec/refcoco_val.json").write_text(json.dumps(rows))
+    cfg = config(tmp_path)
+    for name, truth in (("refcoco", [10, 20, 50, 60]), ("refcoco_plain", [11, 22, 56, 67])):
+        (item,) = BENCHMARKS[name].load_items(tmp_path / "bench")
+        assert json.loads(scored_item(item, BENCHMARKS[name], cfg)[1].answer) == truth
