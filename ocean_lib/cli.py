@@ -9,7 +9,7 @@ import argparse
 import json
 import sys
 
-from ocean_lib.config import add_params_arguments, load_config
+from ocean_lib.config import RunConfig, add_params_arguments, load_config
 from ocean_lib.paths import PROJECT_ROOT
 
 DESCRIPTION = "One command-line entry point for every step of the Ocean-R1 study."
@@ -64,11 +64,28 @@ def build_parser() -> argparse.ArgumentParser:
         model.add_parser("build-tiny", help="train the BPE tokenizer and save a random tiny Qwen2.5-VL")
     )
 
-    p = commands.add_parser("eval", help="evaluate a checkpoint on benchmarks")
-    add_params_arguments(p, required=False)
-    p.add_argument("--model", required=True, help="checkpoint directory or hub id")
+    p = commands.add_parser(
+        "eval",
+        help="evaluate a checkpoint on benchmarks (eval rescore: score stored outputs again, no model)",
+    )
     p.add_argument(
-        "--benchmarks", default=None, help="comma-separated benchmark names (default: eval.benchmarks)"
+        "action",
+        nargs="?",
+        choices=["run", "rescore"],
+        default="run",
+        help="run: generate and score (default); rescore: score the stored outputs again and print the table",
+    )
+    add_params_arguments(p, required=False)
+    p.add_argument("--model", default=None, help="checkpoint directory or hub id (required to run)")
+    p.add_argument(
+        "--outputs",
+        default=None,
+        help="rescore: directory of <benchmark>.jsonl outputs (default: eval.output_dir/<model name>)",
+    )
+    p.add_argument(
+        "--benchmarks",
+        default=None,
+        help="comma-separated benchmark names (default: eval.benchmarks; rescore: every one with outputs)",
     )
     p.add_argument("--model-name", default=None, help="output directory name (default: from the model path)")
     p.add_argument(
@@ -140,7 +157,7 @@ def _data(args: argparse.Namespace) -> int:
         return fetch.fetch_training(args.root, args.stage)
     from pathlib import Path
 
-    from ocean_lib.evaluation import FetchError, fetch_benchmarks
+    from ocean_lib.evaluation import FetchError, fetch_benchmarks, manual_steps_for
 
     try:
         fetched = fetch_benchmarks(args.root, None if args.only is None else args.only.split(","))
@@ -150,6 +167,8 @@ def _data(args: argparse.Namespace) -> int:
     for name, files in fetched.items():
         size = sum(path.stat().st_size for path in files) / 2**20
         print(f"{name}: {len(files)} files, {size:,.1f} MiB in {Path(args.root).resolve()}")
+    for step in manual_steps_for(list(fetched)):
+        print(f"by hand: {step}")
     return 0
 
 
@@ -164,11 +183,19 @@ def _eval(args: argparse.Namespace) -> int:
     from ocean_lib.data import DataError
     from ocean_lib.evaluation import BenchmarkDataError, MissingImagesError, SettingsMismatchError, evaluate
 
-    cfg = load_config(args.params, args.overrides)
+    # Without a params file, bf16 as Ocean-R1's evaluation scripts load the model (the knob's default is fp32).
+    overrides = args.overrides if args.params else ["model.dtype=bfloat16", *args.overrides]
+    cfg = load_config(args.params, overrides)
+    names = args.benchmarks.split(",") if args.benchmarks else None
     try:
+        if args.action == "rescore":
+            return _rescore(args, cfg, names)
+        if args.model is None:
+            print("error: eval needs --model (or `eval rescore` to score stored outputs)", file=sys.stderr)
+            return 2
         summary = evaluate(
             args.model,
-            args.benchmarks.split(",") if args.benchmarks else None,
+            names,
             cfg,
             model_name=args.model_name,
             max_items=args.max_items,
@@ -188,6 +215,29 @@ def _eval(args: argparse.Namespace) -> int:
         return 1
     if summary is not None:
         print(json.dumps(summary["benchmarks"], indent=2))
+    return 0
+
+
+def _rescore(args: argparse.Namespace, cfg: RunConfig, names: list[str] | None) -> int:
+    """``eval rescore``: the stored outputs scored again by the current items and scorers, and the table."""
+    from pathlib import Path
+
+    from ocean_lib.evaluation import model_name_of, rescore
+    from ocean_lib.evaluation.runner import benchmarks_with_outputs
+    from ocean_lib.report import results_table
+
+    if args.outputs is None and args.model is None and args.model_name is None:
+        print("error: eval rescore needs --outputs (or --model / --model-name)", file=sys.stderr)
+        return 2
+    directory = Path(
+        args.outputs or Path(cfg.eval.output_dir) / (args.model_name or model_name_of(args.model))
+    )
+    names = names or benchmarks_with_outputs(directory)
+    if not names:
+        print(f"error: no <benchmark>.jsonl of a registered benchmark in {directory}", file=sys.stderr)
+        return 1
+    summary = rescore(directory, names, cfg)
+    print(results_table({directory.name: summary}).markdown())
     return 0
 
 

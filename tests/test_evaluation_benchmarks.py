@@ -25,12 +25,6 @@ from ocean_lib.evaluation.benchmarks import (
 )
 from ocean_lib.evaluation.scorers import score_box, score_option_math_verify
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "benchmark_annotations"
-needs_shared = pytest.mark.skipif(
-    not SHARED.is_dir(),
-    reason=f"real annotation files not present at {SHARED} (../shared/benchmark_annotations)",
-)
-
 
 def png(colour=(123, 117, 104), size=(32, 24)) -> bytes:
     buffer = io.BytesIO()
@@ -366,7 +360,7 @@ def test_olympiadbench_loader_joins_final_answers_and_puts_images_after_the_text
     first, second = BENCHMARKS["olympiadbench"].load_items(tmp_path)
     assert (first.id, first.answer, first.subset) == ("3", "$\\frac{1}{2}$,$2$", "Geometry")
     assert first.prompt == f"A square.\n\nFind the ratio.\n{NUMBER_ANSWER}<image><image>"
-    assert [image.data for image in first.images] == [
+    assert [image.bytes for image in first.images] == [
         rows[0]["images"][0]["bytes"],
         rows[0]["images"][1]["bytes"],
     ]
@@ -398,7 +392,7 @@ def test_mmmu_loader_writes_choices_lines_and_puts_the_images_after_the_text(tmp
         f"{NUMBER_ANSWER}<image><image>"
     )
     assert math.prompt == f"{MMMU_SYSTEM}Question: <image 1> What is 2+2?\n{NUMBER_ANSWER}<image>"
-    assert [image.data for image in art.images] == [rows[0]["image_1"]["bytes"], rows[0]["image_2"]["bytes"]]
+    assert [image.bytes for image in art.images] == [rows[0]["image_1"]["bytes"], rows[0]["image_2"]["bytes"]]
     assert (art.subset, art.answer, len(art.options), math.subset, math.options) == (
         "Art_Theory",
         "B",
@@ -430,7 +424,7 @@ def test_ocrbench_loader_reads_vlmevalkits_tsv(tmp_path):
         ["CENTRE", "centre"],
         "Regular Text Recognition",
     )
-    assert item.prompt == "<image> what is written?" and item.images[0].data == png()
+    assert item.prompt == "<image> what is written?" and item.images[0].bytes == png()
 
 
 def test_rec_plain_variant_asks_the_bare_question_on_vlm_r1s_2000_item_sample(tmp_path):

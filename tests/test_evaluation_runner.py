@@ -18,8 +18,7 @@ import yaml
 from conftest import ANNOTATIONS, grey_image
 
 from ocean_lib.config import load_config
-from ocean_lib.data import synthetic
-from ocean_lib.data.records import read_records, rescale_box_truth, write_records
+from ocean_lib.data import read_records, rescale_box_truth, synthetic, write_records
 from ocean_lib.evaluation import BENCHMARKS, MissingImagesError, SettingsMismatchError, rescore, run
 from ocean_lib.io import read_jsonl
 
@@ -344,7 +343,7 @@ def test_decoding_follows_the_checkpoints_generation_config_as_generate_does(tin
 
 
 def test_images_are_prepared_at_each_benchmarks_reference_limits(tmp_path):
-    from ocean_lib.evaluation.runner import run_settings, scored_item
+    from ocean_lib.evaluation.runner import prepare, run_settings
 
     images = tmp_path / "bench/superclevr/images"
     images.mkdir(parents=True)
@@ -353,7 +352,7 @@ def test_images_are_prepared_at_each_benchmarks_reference_limits(tmp_path):
     (images.parent / "super_clevr_test_5k.jsonl").write_text(json.dumps(rows[0]) + "\n")
     cfg = config(tmp_path)  # training limits of 112 x 112 pixels
     (item,) = BENCHMARKS["superclevr"].load_items(tmp_path / "bench")
-    prompt, _ = scored_item(item, BENCHMARKS["superclevr"], cfg)
+    prompt, _ = prepare(item, BENCHMARKS["superclevr"], cfg)
     assert prompt.images[0].size == (200, 200)  # Ocean-R1's processor default allows 12,845,056 pixels
     settings = run_settings(BENCHMARKS["superclevr"], "m", cfg, None)
     assert (settings["min_pixels"], settings["max_pixels"]) == (3136, 12845056)
@@ -361,7 +360,7 @@ def test_images_are_prepared_at_each_benchmarks_reference_limits(tmp_path):
 
 
 def test_plain_rec_truth_is_mapped_into_the_processors_grid(tmp_path):
-    from ocean_lib.evaluation.runner import scored_item
+    from ocean_lib.evaluation.runner import prepare
 
     (tmp_path / "bench/rec").mkdir(parents=True)
     (tmp_path / "bench/coco/train2014").mkdir(parents=True)
@@ -371,4 +370,35 @@ def test_plain_rec_truth_is_mapped_into_the_processors_grid(tmp_path):
     cfg = config(tmp_path)
     for name, truth in (("refcoco", [10, 20, 50, 60]), ("refcoco_plain", [11, 22, 56, 67])):
         (item,) = BENCHMARKS[name].load_items(tmp_path / "bench")
-        assert json.loads(scored_item(item, BENCHMARKS[name], cfg)[1].answer) == truth
+        assert json.loads(prepare(item, BENCHMARKS[name], cfg)[1].answer) == truth
+
+
+def test_eval_rescore_command_prints_the_table_without_a_model(mini, tmp_path):
+    items = BENCHMARKS["mini_counting"].load_items(mini / "mini")[:2]
+    directory = tmp_path / "outputs"
+    directory.mkdir()
+    lines = [{"id": item.id, "output": f"<think>x</think><answer>{item.answer}</answer>"} for item in items]
+    (directory / "mini_counting.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    command = [sys.executable, "-m", "ocean_lib", "eval", "rescore", "--outputs", str(directory),
+               "--set", f"data.synthetic.output_dir={mini / 'mini'}", "--set", "logging.progress=false"]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "| outputs | 100.0 ± 0.0 |" in done.stdout  # the benchmark found from the files there, both right
+    assert "Protocols: miniature counting (image): miniature" in done.stdout
+    summary = json.loads((directory / "summary.json").read_text())
+    assert summary["benchmarks"]["mini_counting"]["n"] == 2
+    missing = subprocess.run(
+        [sys.executable, "-m", "ocean_lib", "eval"], capture_output=True, text=True, timeout=300
+    )
+    assert missing.returncode == 2 and "eval needs --model" in missing.stderr
+
+
+def test_eval_without_params_loads_the_model_in_bf16_as_ocean_r1(mini, tiny_model_dir, tmp_path):
+    command = [sys.executable, "-m", "ocean_lib", "eval", "--model", str(tiny_model_dir), "--benchmarks",
+               "mini_counting", "--max-items", "1", "--max-new-tokens", "2",
+               "--set", f"data.synthetic.output_dir={mini / 'mini'}", "--set", f"eval.output_dir={tmp_path}",
+               "--set", "logging.progress=false"]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    settings = json.loads((tmp_path / "tiny/mini_counting.settings.json").read_text())
+    assert settings["dtype"] == "bfloat16"

@@ -10,10 +10,7 @@ from ocean_lib.rollout import (
     _filter_top_k_top_p,
     _mask_through_eos,
     apply_repetition_penalty,
-    encode_prompts,
     make_engine,
-    mrope_positions,
-    select_images,
 )
 
 

@@ -6,10 +6,11 @@ from ocean_lib.evaluation.benchmarks import (
     REC_AVERAGES,
     REC_SPLITS,
     Benchmark,
+    BenchmarkDataError,
     Item,
     get_benchmark,
 )
-from ocean_lib.evaluation.fetch import MANUAL_STEPS, FetchError, fetch_benchmarks, main_fetch_benchmarks
+from ocean_lib.evaluation.fetch import MANUAL_STEPS, FetchError, fetch_benchmarks, manual_steps_for
 from ocean_lib.evaluation.runner import (
     MissingImagesError,
     SettingsMismatchError,
@@ -45,6 +46,7 @@ __all__ = [
     "fetch_benchmarks",
     "get_benchmark",
     "group_average",
+    "manual_steps_for",
     "mcnemar_exact",
     "model_name_of",
     "paired_comparison",

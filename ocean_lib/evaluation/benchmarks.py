@@ -39,7 +39,8 @@ import pyarrow.parquet as pq
 
 from ocean_lib import prompts
 from ocean_lib.config import DataConfig
-from ocean_lib.data.records import Record, parse_box, read_records
+from ocean_lib.data.images import ImageRef, parse_box
+from ocean_lib.data.records import Record, read_records
 from ocean_lib.evaluation.scorers import (
     Verdict,
     literal_list,
@@ -164,7 +165,7 @@ def image_ref(value: Any, root: Path, where: str) -> ImageRef:
     """An image given as a path string, as a ``{bytes, path}`` struct (Hugging Face's Image feature) or as raw
     bytes."""
     if isinstance(value, bytes):
-        return ImageRef(source="<embedded bytes>", data=value)
+        return ImageRef(bytes=value, source="<embedded bytes>")
     if isinstance(value, dict):
         if value.get("bytes"):
             return ImageRef(bytes=value["bytes"], source=str(value.get("path") or "<embedded bytes>"))

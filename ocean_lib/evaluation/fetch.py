@@ -299,20 +299,3 @@ def manual_steps_for(names: Sequence[str], sources: Mapping[str, tuple[Source, .
         source.step for name in names for source in sources.get(name, ()) if isinstance(source, ManualStep)
     )
     return list(dict.fromkeys(steps))
-
-
-def main_fetch_benchmarks(root: str, only: str | None) -> int:
-    """The command line's ``data fetch-benchmarks``: 0 on success, 1 with the manual steps on stderr."""
-    import sys
-
-    try:
-        fetched = fetch_benchmarks(root, None if only is None else only.split(","))
-    except FetchError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    for name, files in fetched.items():
-        size = sum(path.stat().st_size for path in files) / 2**20
-        print(f"{name}: {len(files)} files, {size:,.1f} MiB in {Path(root).resolve()}")
-    for step in manual_steps_for(list(fetched)):
-        print(f"by hand: {step}")
-    return 0

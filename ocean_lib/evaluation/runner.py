@@ -39,7 +39,6 @@ import inspect
 import io
 import json
 import re
-import sys
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -49,10 +48,17 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ocean_lib import prompts
-from ocean_lib.config import RunConfig, add_params_arguments, load_config, to_dict
-from ocean_lib.data.records import DataError, fit_pixels, rescale_box_truth
+from ocean_lib.config import RunConfig, to_dict
+from ocean_lib.data.images import ImageError, prepare_images, rescale_box_truth
 from ocean_lib.evaluation import scorers
-from ocean_lib.evaluation.benchmarks import REC_AVERAGES, Benchmark, BenchmarkDataError, Item, get_benchmark
+from ocean_lib.evaluation.benchmarks import (
+    BENCHMARKS,
+    REC_AVERAGES,
+    Benchmark,
+    BenchmarkDataError,
+    Item,
+    get_benchmark,
+)
 from ocean_lib.evaluation.scorers import Verdict
 from ocean_lib.evaluation.stats import bootstrap_accuracy
 from ocean_lib.io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
@@ -83,7 +89,7 @@ def image_key(item: Item) -> str:
     """Which picture(s) an item shows: the image sources, or a hash of embedded bytes (the bootstrap's cluster)."""
     return _digest(
         [
-            hashlib.blake2b(ref.data, digest_size=8).hexdigest() if ref.data is not None else ref.source
+            hashlib.blake2b(ref.bytes, digest_size=8).hexdigest() if ref.bytes is not None else ref.source
             for ref in item.images
         ]
     )
@@ -153,6 +159,11 @@ def result_files(directory: Path, name: str) -> list[Path]:
         for p in directory.glob(f"{name}*.jsonl")
         if re.fullmatch(rf"{re.escape(name)}(\.shard-\d+-of-\d+)?\.jsonl", p.name)
     )
+
+
+def benchmarks_with_outputs(directory: Path) -> list[str]:
+    """The registered benchmarks that have a results file in ``directory``."""
+    return [name for name in BENCHMARKS if result_files(directory, name)]
 
 
 def drop_torn_tail(path: Path) -> None:
@@ -329,28 +340,25 @@ def plan_benchmarks(
 
 
 def prepare(item: Item, benchmark: Benchmark, cfg: RunConfig) -> tuple[prompts.Prompt, Item]:
-    """The model input for an item, and the item as scored (a grounding box follows its resized image)."""
+    """The model input for an item, its images at the benchmark's limits, and the item as scored: a grounding
+    truth follows its resized image, and for ``box_frame="model_input"`` the processor's grid."""
+    min_pixels, max_pixels = pixel_limits(benchmark, cfg)
     images, answer = prepare_images(
         item.images,
         item.answer,
         box_truth=benchmark.reward_func == "iou",
-        min_pixels=cfg.data.min_pixels,
-        max_pixels=cfg.data.max_pixels,
+        min_pixels=min_pixels,
+        max_pixels=max_pixels,
     )
-    return prompts.Prompt(content=item.prompt, images=images), dataclasses.replace(item, answer=answer)
-
-
-def benchmark_config(benchmark: Benchmark, cfg: RunConfig) -> RunConfig:
-    """The run's config with the benchmark's image limits as ``data.*_pixels`` (what image preparation reads)."""
-    min_pixels, max_pixels = pixel_limits(benchmark, cfg)
-    return dataclasses.replace(
-        cfg, data=dataclasses.replace(cfg.data, min_pixels=min_pixels, max_pixels=max_pixels)
-    )
+    scored = dataclasses.replace(item, answer=answer)
+    if benchmark.box_frame == "model_input" and images:
+        scored = model_frame_truth(scored, images[0].size, benchmark, cfg)
+    return prompts.Prompt(content=item.prompt, images=images), scored
 
 
 def model_frame_truth(item: Item, image_size: tuple[int, int], benchmark: Benchmark, cfg: RunConfig) -> Item:
-    """For ``box_frame="model_input"``: the truth box mapped from the image into the processor's grid (its
-    sides rounded to multiples of 28 within the benchmark's limits), the frame the model's box is written in."""
+    """The truth box mapped from the image into the processor's grid (its sides rounded to multiples of 28
+    within the benchmark's limits), the frame the model's box is written in."""
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
     min_pixels, max_pixels = pixel_limits(benchmark, cfg)
@@ -358,15 +366,6 @@ def model_frame_truth(item: Item, image_size: tuple[int, int], benchmark: Benchm
     if (width, height) == image_size:
         return item
     return dataclasses.replace(item, answer=rescale_box_truth(item.answer, image_size, (width, height)))
-
-
-def scored_item(item: Item, benchmark: Benchmark, cfg: RunConfig) -> tuple[prompts.Prompt, Item]:
-    """The model input at the benchmark's image limits, and the item as scored: a grounding truth follows its
-    resized image, and for ``model_input`` benchmarks the processor's grid."""
-    prompt, scored = prepare(item, benchmark, benchmark_config(benchmark, cfg))
-    if benchmark.box_frame == "model_input" and prompt.images:
-        scored = model_frame_truth(scored, prompt.images[0].size, benchmark, cfg)
-    return prompt, scored
 
 
 def score_outputs(
@@ -432,7 +431,7 @@ def evaluate_plan(engine: Any, plan: Plan, cfg: RunConfig, progress: bool) -> No
     with tqdm(total=len(plan.pending), desc=benchmark.name, unit="item", disable=not progress) as bar:
         for start in range(0, len(plan.pending), batch_size):
             chunk = plan.pending[start : start + batch_size]
-            prepared = [scored_item(item, benchmark, cfg) for item in chunk]
+            prepared = [prepare(item, benchmark, cfg) for item in chunk]
             batch = engine.generate(
                 [prompt for prompt, _ in prepared], n=1, greedy=True, max_new_tokens=budget, **decoding
             )
@@ -467,7 +466,7 @@ def rescore_rows(plan: Plan, cfg: RunConfig) -> None:
         return
     benchmark = plan.benchmark
     scored = [
-        scored_item(item, benchmark, cfg)[1] if benchmark.reward_func == "iou" else item
+        prepare(item, benchmark, cfg)[1] if benchmark.reward_func == "iou" else item
         for item, _ in plan.rescore
     ]
     outputs = [str(row["output"]) for _, row in plan.rescore]
