@@ -1,5 +1,5 @@
-"""Benchmark evaluation: the registry (:mod:`.benchmarks`), the scoring rules (:mod:`.scorers`), the runner
-(:mod:`.runner`), the statistics (:mod:`.stats`) and the downloader (:mod:`.fetch`)."""
+"""Benchmark evaluation: items and verdicts (:mod:`.items`), the registry (:mod:`.benchmarks`), the scoring rules
+(:mod:`.scorers`), the runner (:mod:`.runner`), the statistics (:mod:`.stats`) and the downloader (:mod:`.fetch`)."""
 
 from ocean_lib.evaluation.benchmarks import (
     BENCHMARKS,

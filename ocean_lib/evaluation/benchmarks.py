@@ -41,8 +41,8 @@ from ocean_lib import prompts
 from ocean_lib.config import DataConfig
 from ocean_lib.data.images import ImageRef, parse_box
 from ocean_lib.data.records import Record, read_records
+from ocean_lib.evaluation.items import Item, Scorer
 from ocean_lib.evaluation.scorers import (
-    Verdict,
     literal_list,
     score_box,
     score_box_anywhere,
@@ -63,29 +63,6 @@ class BenchmarkDataError(ValueError):
 # ----------------------------------------------------------------------------------------------------------------
 # Items
 # ----------------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Item:
-    """One evaluation question.
-
-    ``prompt`` is the full user turn: one ``<image>`` marker per image, before the text or after it (where the
-    reference script put the images), and the reference's question and instruction;
-    ``answer`` the ground truth as text (a JSON box for grounding; the option letter for multiple choice);
-    ``options`` the option texts in letter order (empty for free-form questions, and where a benchmark writes
-    its options only inside the question); ``subset`` the group accuracies are broken down by (CV-Bench task,
-    RefCOCO split, MMMU subject, ...).
-    """
-
-    id: str
-    prompt: str
-    answer: str
-    images: tuple[ImageRef, ...] = ()
-    subset: str = ""
-    options: tuple[str, ...] = ()
-
-
-Scorer = Callable[[str, "Item"], Verdict]
 
 
 # ----------------------------------------------------------------------------------------------------------------

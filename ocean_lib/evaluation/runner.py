@@ -59,7 +59,7 @@ from ocean_lib.evaluation.benchmarks import (
     Item,
     get_benchmark,
 )
-from ocean_lib.evaluation.scorers import Verdict
+from ocean_lib.evaluation.items import Verdict
 from ocean_lib.evaluation.stats import bootstrap_accuracy
 from ocean_lib.io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
 from ocean_lib.rewards import format_ok, rules

@@ -19,24 +19,12 @@ from __future__ import annotations
 import ast
 import json
 import re
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ocean_lib import prompts
+from ocean_lib.evaluation.items import Item, Verdict
 from ocean_lib.rewards import rules
 from ocean_lib.rewards.scoring import reference_accuracy
-
-if TYPE_CHECKING:
-    from ocean_lib.evaluation.benchmarks import Item
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """What the scorer read from an output, and whether it is right."""
-
-    extracted: str
-    correct: bool
-
 
 # ----------------------------------------------------------------------------------------------------------------
 # Counting, geometry, grounding
