@@ -162,8 +162,9 @@ class AlgorithmConfig:
 
 @dataclass
 class RewardConfig:
-    mode: Literal["ocean_r1", "strict"] = knob(
-        "ocean_r1", "scoring rules: Ocean-R1's, or our stricter variant"
+    mode: Literal["ocean_r1", "ocean_r1_v1", "strict"] = knob(
+        "ocean_r1",
+        "scoring rules: Ocean-R1's verl recipe, its first (TRL) recipe, or our stricter variant (rewards/rules.py)",
     )
     format_weight: float = knob(
         0.1, "overall = accuracy + format_weight * format (Ocean-R1: 0.1 stage 1, 0.05 stage 2)"

@@ -234,6 +234,61 @@ CASES = [
         0.0,
         id="strict-iou-last-span",
     ),  # fmt: skip
+    # --- ocean_r1_v1: the first recipe ----------------------------------------------------------------------------
+    # the canonical shape, with R1-V's spaced answer tags in the solution
+    pytest.param(wrap("3"), "<answer> 3 </answer>", "acc", "ocean_r1_v1", 1.0, 1.0, id="v1-well-formed"),
+    # a full match: nothing may follow the last </answer>, not even <|im_end|> or a newline
+    pytest.param(wrap("3") + "<|im_end|>", "3", "acc", "ocean_r1_v1", 1.0, 0.0, id="v1-trailing-im-end"),
+    pytest.param(wrap("3") + "\n", "3", "acc", "ocean_r1_v1", 1.0, 0.0, id="v1-trailing-newline"),
+    # ...but tags may repeat: the lazy spans stretch over the second answer (the verl rule counts tags: 0)
+    pytest.param(wrap("4") + "<answer>3</answer>", "3", "acc", "ocean_r1_v1", 1.0, 1.0, id="v1-two-answers"),
+    # whitespace between </think> and <answer> is allowed, text is not
+    pytest.param("<think>a</think>\n <answer>3</answer>", "3", "acc", "ocean_r1_v1", 1.0, 1.0, id="v1-gap"),
+    pytest.param(
+        "<think>a</think>So <answer>3</answer>", "3", "acc", "ocean_r1_v1", 1.0, 0.0, id="v1-text-gap"
+    ),
+    # a later </think> followed by the answer still matches (the first think span stretches)
+    pytest.param(
+        "<think>a</think> b</think><answer>3</answer>",
+        "3",
+        "acc",
+        "ocean_r1_v1",
+        1.0,
+        1.0,
+        id="v1-late-close",
+    ),
+    # a leading space fails the full match
+    pytest.param(" " + wrap("3"), "3", "acc", "ocean_r1_v1", 1.0, 0.0, id="v1-leading-space"),
+    # no LaTeX step: step 1 reads 1/2 from the think text and fails, the string rules compare \boxed{…} with
+    # \frac{4}{5} (61 % alike → 0.1); the verl recipe's boxed-first LaTeX pass gives 1 (case step2-boxed-first)
+    pytest.param(
+        wrap("\\boxed{\\frac{4}{5}}", "The final answer is $\\frac{1}{2}$ I hope"),
+        "\\frac{4}{5}",
+        "acc",
+        "ocean_r1_v1",
+        0.1,
+        1.0,
+        id="v1-no-latex-step",
+    ),
+    # no $ stripping: "$6$" against "6" is 1 in the verl recipe, here a float comparison fails and the
+    # Levenshtein ratio of "$6$" and "6" is 0.5 → 0 ...
+    pytest.param(wrap("$6$", "no number"), "6", "acc", "ocean_r1_v1", 1.0, 1.0, id="v1-dollars-math-verify"),
+    pytest.param(wrap("$six$", "no"), "$six$", "acc", "ocean_r1_v1", 1.0, 1.0, id="v1-dollars-equal"),
+    pytest.param(wrap("$six$", "no"), "six", "acc", "ocean_r1_v1", 0.1, 1.0, id="v1-dollars-kept"),
+    pytest.param(wrap("$six$", "no"), "six", "acc", "ocean_r1", 1.0, 1.0, id="verl-dollars-stripped"),
+    # an empty answer is compared like any other: against "." both clean to "" and the ratio is 1
+    pytest.param(wrap(""), ".", "acc", "ocean_r1_v1", 1.0, 1.0, id="v1-empty-vs-dot"),
+    pytest.param(wrap(""), ".", "acc", "ocean_r1", 0.0, 1.0, id="verl-empty-is-zero"),
+    # the same choice-letter rule
+    pytest.param(wrap("A."), "(A)", "acc", "ocean_r1_v1", 1.0, 1.0, id="v1-letter"),
+    # iou: the answer must end the text and hold {…[int, int, int, int]…}
+    pytest.param(wrap(BOX), "[10, 10, 50, 50]", "iou", "ocean_r1_v1", 1.0, 1.0, id="v1-iou-object"),
+    pytest.param(
+        wrap("[10, 10, 50, 50]"), "[10, 10, 50, 50]", "iou", "ocean_r1_v1", 1.0, 0.0, id="v1-iou-bare-list"
+    ),
+    # a ground truth box in $…$: the original eval-ed it and failed (0); the verl recipe strips the $ (1)
+    pytest.param(wrap(BOX), "$[10, 10, 50, 50]$", "iou", "ocean_r1_v1", 0.0, 1.0, id="v1-iou-dollar-truth"),
+    pytest.param(wrap(BOX), "$[10, 10, 50, 50]$", "iou", "ocean_r1", 1.0, 1.0, id="verl-iou-dollar-truth"),
 ]
 
 
@@ -496,7 +551,7 @@ def _real_ground_truths() -> list[str]:
     return truths
 
 
-@pytest.mark.parametrize("mode", ["ocean_r1", "strict"])
+@pytest.mark.parametrize("mode", ["ocean_r1", "ocean_r1_v1", "strict"])
 def test_every_real_ground_truth_scores_one(mode):
     truths = _real_ground_truths()
     assert len(truths) == 5000 + 200 + 754 + 740 + 2638

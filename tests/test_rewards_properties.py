@@ -24,7 +24,7 @@ from ocean_lib.rewards import (
 FAST = RewardConfig(num_workers=2, timeout_s=0.5)
 MARGIN_S = 0.75  # killing a worker and reading the others' pipes, on a loaded 2-core machine
 PATIENT = RewardConfig(num_workers=2, timeout_s=30.0)  # for comparisons that must not time out under load
-MODES_FUNCS = [(mode, func) for mode in ("ocean_r1", "strict") for func in ("acc", "iou")]
+MODES_FUNCS = [(mode, func) for mode in ("ocean_r1", "ocean_r1_v1", "strict") for func in ("acc", "iou")]
 
 FRAGMENTS = [
     "<think>", "</think>", "<answer>", "</answer>", " ", "\n", "  ", ".", ",", "=", " = ", " + ", "-", "/",
@@ -73,6 +73,12 @@ def _format_by_regex(text: str, reward_func: str) -> bool:
     return re.match(rf"<think>.*?</think>\s*<answer>{answer}</answer>", text, re.DOTALL) is not None
 
 
+def _v1_format_by_regex(text: str, reward_func: str) -> bool:
+    """The first recipe's rule as written there: a full match, tags may repeat."""
+    answer = r".*?\{.*\[\d+,\s*\d+,\s*\d+,\s*\d+\].*\}.*?" if reward_func == "iou" else r".*?"
+    return re.fullmatch(rf"<think>.*?</think>\s*<answer>{answer}</answer>", text, re.DOTALL) is not None
+
+
 def _choice_by_definition(text: str) -> str | None:
     """Every occurrence scored separately, as the rule is stated."""
     text = re.sub(r"\s+", " ", text.upper())
@@ -98,6 +104,7 @@ def test_linear_rewrites_match_regex_definitions(text):
     assert rules._tighten_operators(text) == re.sub(r"\s*([=+\-*/])\s*", r"\1", text)
     for reward_func in ("acc", "iou"):
         assert rules.format_ok(text, reward_func) == _format_by_regex(text, reward_func)
+        assert rules.v1_format_ok(text, reward_func) == _v1_format_by_regex(text, reward_func)
     assert choice_letter(text) == _choice_by_definition(text)
 
 
@@ -106,6 +113,7 @@ def test_linear_rewrites_match_regex_definitions(text):
 def test_format_rewrite_on_tag_soup(text):
     for reward_func in ("acc", "iou"):
         assert rules.format_ok(text, reward_func) == _format_by_regex(text, reward_func)
+        assert rules.v1_format_ok(text, reward_func) == _v1_format_by_regex(text, reward_func)
 
 
 # --------------------------------------------------------------------------------------------------------------

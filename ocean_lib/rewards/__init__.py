@@ -1,4 +1,5 @@
-"""Rule-based rewards: Ocean-R1's, reproduced with its quirks (mode ``ocean_r1``), and a stricter variant.
+"""Rule-based rewards: Ocean-R1's, reproduced with their quirks (mode ``ocean_r1``: the verl recipe; mode
+``ocean_r1_v1``: the first, TRL-based recipe), and a stricter variant.
 
 ``score`` / ``score_batch`` turn completions into :class:`RewardBreakdown` s (``overall = accuracy +
 format_weight · format``), bounded in time per call and never executing model output. The rules themselves,
@@ -14,8 +15,10 @@ from ocean_lib.rewards.rules import (
     format_ok,
     iou,
     literal_box,
+    ocean_r1_v1_accuracy,
     parse_options,
     think_answer_disagree,
+    v1_format_ok,
 )
 from ocean_lib.rewards.scoring import (
     MODES,
@@ -38,10 +41,12 @@ __all__ = [
     "iou",
     "math_equivalent",
     "literal_box",
+    "ocean_r1_v1_accuracy",
     "parse_options",
     "reference_accuracy",
     "score",
     "score_batch",
     "shutdown_workers",
     "think_answer_disagree",
+    "v1_format_ok",
 ]

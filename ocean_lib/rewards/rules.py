@@ -24,7 +24,18 @@ what GRPO learns:
 * **Accuracy, iou** (:func:`iou_accuracy`): first ``[int, int, int, int]`` in the **first** answer span, IoU with
   VLM-R1's pixel convention (:func:`iou`) > 0.5.
 
-Mode ``strict`` differs in exactly these ways (format is the same):
+Mode ``ocean_r1_v1`` is the first recipe's reward (Ocean-R1's TRL-0.14 repository, ``src/r1-v/src/open_r1/reward.py``,
+run with ``FORMAT_REWARD_FACTOR=1.0``). It differs from ``ocean_r1`` in exactly these ways:
+
+* **Format** (:func:`v1_format_ok`): a ``re.fullmatch`` of ``<think>.*?</think>\\s*<answer>.*?</answer>`` (DOTALL)
+  over the whole completion: it must end with ``</answer>`` (no trailing text) and may repeat tags
+  (``<think>a</think><answer>1</answer><answer>2</answer>`` passes). For ``iou`` the answer must hold ``{`` …
+  ``[int, int, int, int]`` … ``}``.
+* **Accuracy, acc** (:func:`ocean_r1_v1_accuracy`): step 1 (math-verify on the whole completion), then step 3
+  without any ``$`` removal; there is no step 2 (LaTeX extraction), and an empty answer is compared like any other.
+* **Accuracy, iou**: as ``ocean_r1`` but the ground truth keeps its ``$`` (the original ``eval``-ed it as it was).
+
+Mode ``strict`` differs from ``ocean_r1`` in exactly these ways (format is the same):
 
 * the answer is the **last** ``<answer>`` span only (also for ``iou``); no span → accuracy 0. The whole
   completion, and so ``<think>``, is never searched;
@@ -184,6 +195,33 @@ def format_ok(text: str, reward_func: str) -> bool:
     return reward_func == "acc" or _holds_box_object(after_think[len(_OPEN) : close_at])
 
 
+def v1_format_ok(text: str, reward_func: str) -> bool:
+    """The first recipe's format rule for ``reward_func`` (``acc`` or ``iou``; anything else → ``False``).
+
+    ``re.fullmatch(r"<think>.*?</think>\\s*<answer>.*?</answer>", text, re.DOTALL)``; for ``iou`` the answer
+    part is ``.*?\\{.*\\[\\d+,\\s*\\d+,\\s*\\d+,\\s*\\d+\\].*\\}.*?``. Decided in linear time: the text starts with
+    ``<think>`` and ends with ``</answer>``, and some ``</think>`` after the first tag is followed by whitespace and
+    an ``<answer>`` that ends before the final ``</answer>``; for ``iou`` the text between the earliest such
+    ``<answer>`` and the final ``</answer>`` (the longest candidate, holding every shorter one as a suffix) holds
+    the box object (:func:`_holds_box_object`).
+    """
+    if reward_func not in REWARD_FUNCS or not (text.startswith("<think>") and text.endswith(_CLOSE)):
+        return False
+    last_open = len(text) - len(_CLOSE) - len(_OPEN)  # the latest an <answer> may start
+    think_close = text.find("</think>", len("<think>"))
+    while think_close >= 0:
+        # Whitespace runs after different </think> are disjoint, so the scan is linear.
+        at = think_close + len("</think>")
+        while at < len(text) and text[at].isspace():
+            at += 1
+        if at > last_open:
+            return False  # a later </think> only ends later
+        if text.startswith(_OPEN, at):
+            return reward_func == "acc" or _holds_box_object(text[at + len(_OPEN) : last_open + len(_OPEN)])
+        think_close = text.find("</think>", think_close + 1)
+    return False
+
+
 def _holds_box_object(answer: str) -> bool:
     """``{`` … ``[int, int, int, int]`` … ``}`` in this order. Box matches cannot overlap, so the leftmost one
     after the first ``{`` is the earliest-ending candidate: checking it alone is exact."""
@@ -259,13 +297,17 @@ def iou(box_a: list[float] | tuple[float, ...], box_b: list[float] | tuple[float
     return inter / union if union else 0.0
 
 
-def iou_accuracy(completion: str, ground_truth: str, which: Literal["first", "last"]) -> float:
+def iou_accuracy(
+    completion: str, ground_truth: str, which: Literal["first", "last"], strip_dollars: bool = True
+) -> float:
     """1.0 if the first integer box in the ``which`` answer span has IoU > 0.5 with the ground truth, else 0.0.
 
-    The ground truth is read by :func:`ground_truth_answer` with every ``$`` removed, then :func:`literal_box`.
-    No answer span, no integer box, or an unreadable ground truth → 0.0. Ocean-R1 uses ``which="first"``.
+    The ground truth is read by :func:`ground_truth_answer`, with every ``$`` removed if ``strip_dollars`` (the
+    verl recipe; the first recipe kept them), then :func:`literal_box`. No answer span, no integer box, or an
+    unreadable ground truth → 0.0. Ocean-R1 uses ``which="first"``.
     """
-    truth = _literal_box_cached(ground_truth_answer(ground_truth).replace("$", ""))
+    truth_text = ground_truth_answer(ground_truth)
+    truth = _literal_box_cached(truth_text.replace("$", "") if strip_dollars else truth_text)
     span = extract_answer_span(completion, which)
     predicted = first_int_box(span) if span is not None else None
     if truth is None or predicted is None:
@@ -435,10 +477,12 @@ def math_verify_finds_nothing(text: str) -> bool:
     return True
 
 
-def ocean_gold(ground_truth: str) -> tuple[list[Any], list[Any]]:
+def ocean_gold(ground_truth: str, latex_step: bool = True) -> tuple[list[Any], list[Any]]:
     """math-verify's two readings of the raw ground truth: default ``parse`` (step 1) and LaTeX-only
-    ``first_match`` (step 2)."""
+    ``first_match`` (step 2; ``[]`` without ``latex_step``, which turns step 2 off: the first recipe)."""
     mv = _math_verify()
+    if not latex_step:
+        return mv.parse(ground_truth), []
     latex_only = [mv.LatexExtractionConfig()]
     return mv.parse(ground_truth), mv.parse(
         ground_truth, extraction_config=latex_only, extraction_mode="first_match"
@@ -662,19 +706,24 @@ def strict_symbolic_match(math_text: str, gold: list[Any]) -> bool:
 @functools.lru_cache(maxsize=4096)
 def _cached_gold(kind: str, ground_truth: str) -> Any:
     """Ground-truth readings, parsed once per worker (a GRPO group shares one ground truth)."""
-    return ocean_gold(ground_truth) if kind == "ocean_r1" else strict_gold(ground_truth)
+    if kind == "strict":
+        return strict_gold(ground_truth)
+    return ocean_gold(ground_truth, latex_step=kind == "ocean_r1")
 
 
-def symbolic_task(kind: Literal["ocean_r1", "strict"], text: str, ground_truth: str) -> tuple[bool, bool]:
+def symbolic_task(
+    kind: Literal["ocean_r1", "ocean_r1_v1", "strict"], text: str, ground_truth: str
+) -> tuple[bool, bool]:
     """The math-verify check a verdict still owes: ``(match, ground truth has any math reading)``.
 
-    ``kind="ocean_r1"``: :func:`ocean_symbolic_match` of the whole completion ``text``. ``kind="strict"``:
+    ``kind="ocean_r1"``: :func:`ocean_symbolic_match` of the whole completion ``text`` (``"ocean_r1_v1"``: its
+    step 1 only). ``kind="strict"``:
     :func:`strict_symbolic_match` of ``text`` = :func:`strict_math_text` of the answer span. When the ground
     truth has no reading, no completion can match, and the caller may skip later checks for it.
     """
     try:
         gold = _cached_gold(kind, ground_truth)
-        if kind == "ocean_r1":
+        if kind != "strict":
             readable = bool(gold[0] or gold[1])
             if not readable or numbers_cannot_match(text, gold[0]):
                 return False, readable

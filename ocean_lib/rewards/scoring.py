@@ -32,7 +32,7 @@ from ocean_lib.config import RewardConfig
 from ocean_lib.rewards import rules
 from ocean_lib.rewards.deadline import Call, DeadlinePool, default_size
 
-MODES = ("ocean_r1", "strict")
+MODES = ("ocean_r1", "ocean_r1_v1", "strict")
 EXTRACTED_MAX_CHARS = 1000
 """``answer_extracted`` is cut to this many characters (it is a diagnostic; the completion is logged anyway)."""
 
@@ -46,7 +46,7 @@ class RewardBreakdown:
     """One completion's reward and why.
 
     ``overall = accuracy + format_weight · format``. ``answer_extracted`` is the answer the rules compared
-    (``None`` if none): for ``acc`` in mode ``ocean_r1`` the last answer span, else the whole completion
+    (``None`` if none): for ``acc`` in modes ``ocean_r1``/``ocean_r1_v1`` the last answer span, else the whole completion
     (``answer_source`` ``answer_tag`` / ``whole_text``); for ``iou`` the first span (strict: the last); for
     ``acc`` in strict mode the last span. ``think_answer_disagree``: the last number in ``<think>`` differs from
     the last number in the answer (``acc`` only). ``timed_out``: math-verify did not finish within the timeout
@@ -137,11 +137,13 @@ def reference_accuracy(
     hang it; use :func:`score_batch` in training and evaluation.
     """
     if reward_func == "iou":
-        return rules.iou_accuracy(completion, ground_truth, "first" if mode == "ocean_r1" else "last")
+        return _iou_accuracy(completion, ground_truth, mode)
     if reward_func != "acc":
         return 0.0
     if mode == "ocean_r1":
         return rules.ocean_r1_accuracy(completion, ground_truth)
+    if mode == "ocean_r1_v1":
+        return rules.ocean_r1_v1_accuracy(completion, ground_truth)
     span = rules.extract_answer_span(completion, "last")
     if span is None:
         return 0.0
@@ -212,7 +214,7 @@ def _draft(completion: str, ground_truth: str, reward_func: str, options: Option
         owed=owed,
         answer=answer[:EXTRACTED_MAX_CHARS] if answer is not None else None,
         source=source,
-        format=1.0 if rules.format_ok(completion, reward_func) else 0.0,
+        format=1.0 if _format_ok(completion, reward_func, mode) else 0.0,
         think_answer_disagree=reward_func == "acc" and rules.think_answer_disagree(completion),
         unknown_reward_func=reward_func not in rules.REWARD_FUNCS,
     )
@@ -225,19 +227,18 @@ def _accuracy_draft(
     if reward_func not in rules.REWARD_FUNCS:
         return 0.0, None, None, "none"
     if reward_func == "iou":
-        which = "first" if mode == "ocean_r1" else "last"
-        span = rules.extract_answer_span(completion, which)
-        accuracy = rules.iou_accuracy(completion, ground_truth, which)
+        span = rules.extract_answer_span(completion, "last" if mode == "strict" else "first")
+        accuracy = _iou_accuracy(completion, ground_truth, mode)
         return accuracy, None, span, "none" if span is None else "answer_tag"
-    if mode == "ocean_r1":
+    if mode in ("ocean_r1", "ocean_r1_v1"):
         span = rules.extract_answer_span(completion, "last")
         whole = completion.strip()
         answer, source = (
             (span, "answer_tag") if span is not None else (whole, "whole_text") if whole else (None, "none")
         )
-        value = rules.ocean_string_match(completion, ground_truth)
+        value = rules.ocean_string_match(completion, ground_truth, strip_dollars=mode == "ocean_r1")
         skip = value == 1.0 or rules.math_verify_finds_nothing(completion)
-        return value, None if skip else ("ocean_r1", completion, ground_truth), answer, source
+        return value, None if skip else (mode, completion, ground_truth), answer, source
     span = rules.extract_answer_span(completion, "last")
     if span is None:
         return 0.0, None, None, "none"
@@ -247,6 +248,20 @@ def _accuracy_draft(
     math_text = rules.strict_math_text(span)
     skip = rules.math_verify_finds_nothing(math_text)
     return 0.0, None if skip else ("strict", math_text, ground_truth), span, "answer_tag"
+
+
+def _format_ok(completion: str, reward_func: str, mode: str) -> bool:
+    """The format rule of ``mode``: the first recipe's full match, or the verl recipe's (also strict mode's)."""
+    if mode == "ocean_r1_v1":
+        return rules.v1_format_ok(completion, reward_func)
+    return rules.format_ok(completion, reward_func)
+
+
+def _iou_accuracy(completion: str, ground_truth: str, mode: str) -> float:
+    """IoU accuracy of ``mode``: the first answer span (strict: the last); ``$`` kept in the ground truth by the
+    first recipe."""
+    which = "last" if mode == "strict" else "first"
+    return rules.iou_accuracy(completion, ground_truth, which, strip_dollars=mode != "ocean_r1_v1")
 
 
 def _finish(draft: _Draft, outcomes: dict[_Owed, Any], cfg: RewardConfig) -> RewardBreakdown:
