@@ -151,10 +151,27 @@ class AlgorithmConfig:
     clip_high: float = knob(0.2, "PPO clip range above 1 (ratio <= 1 + clip_high); > clip_low = clip-higher")
     dual_clip: float = knob(0.0, "dual-clip bound c > 1 for negative advantages; 0 disables it")
     kl_coef: float = knob(0.001, "weight of KL(policy || reference) in the loss; 0 skips the reference model")
-    kl_estimator: Literal["k1", "k3"] = knob("k3", "KL estimator: k1 = log-ratio, k3 = low_var_kl (Ocean-R1)")
+    kl_estimator: Literal["k1", "k3", "k3_unclamped"] = knob(
+        "k3",
+        "KL estimator: k1 = log-ratio, k3 = low_var_kl clamped as verl (Ocean-R1), k3_unclamped = TRL 0.14's (v1)",
+    )
     entropy_coef: float = knob(0.001, "entropy bonus weight (Ocean-R1: 0.001)")
     loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = knob(
-        "token-mean", "how per-token losses become one number (Ocean-R1: token-mean)"
+        "token-mean", "how per-token losses become one number (Ocean-R1: token-mean, v1: seq-mean-token-mean)"
+    )
+    token_mean_over: Literal["batch", "micro_batch"] = knob(
+        "batch",
+        "token-mean's denominator: the step's completion tokens (ours: every token weighs the same), or verl's "
+        "masked mean per micro-batch of train.micro_batch_size after balance_batch, averaged (Ocean-R1)",
+    )
+    balance_ranks: int = knob(
+        0,
+        "ranks verl's balance_batch spreads a step over (token_mean_over=micro_batch; Ocean-R1: 8); 0 = processes",
+    )
+    equal_reward_groups: Literal["zero", "computed"] = knob(
+        "zero",
+        "advantage of a group whose rewards are all equal: exactly 0 (ours), or computed in fp32 like any group, "
+        "one-ulp error of the mean included (verl, Ocean-R1: a stage-2 group all at 1.05 gets -0.106)",
     )
     updates_per_batch: int = knob(1, "optimizer passes over each rollout batch (Ocean-R1: 1)")
     dynamic_sampling: bool = knob(False, "drop groups whose rewards are all equal before the update")
@@ -322,6 +339,24 @@ class RunConfig:
                 f"algorithm.dual_clip={a.dual_clip} must be 0 (off) or > 1",
             ),
             (a.updates_per_batch >= 1, f"algorithm.updates_per_batch={a.updates_per_batch} must be >= 1"),
+            (
+                a.balance_ranks >= 0,
+                f"algorithm.balance_ranks={a.balance_ranks} must be >= 0 (0: the processes)",
+            ),
+            (
+                a.token_mean_over == "batch" or (a.loss_agg == "token-mean" and not a.dynamic_sampling),
+                f"algorithm.token_mean_over=micro_batch (verl's) needs loss_agg=token-mean and no dynamic_sampling, "
+                f"got loss_agg={a.loss_agg}, dynamic_sampling={a.dynamic_sampling}",
+            ),
+            (
+                a.token_mean_over == "batch"
+                or t.objective != "grpo"
+                or (t.prompts_per_step * r.n) % ((a.balance_ranks or t.num_processes) * t.micro_batch_size)
+                == 0,
+                f"algorithm.token_mean_over=micro_batch: train.prompts_per_step x rollout.n = "
+                f"{t.prompts_per_step * r.n} sequences must split into {a.balance_ranks or t.num_processes} ranks x "
+                f"micro-batches of train.micro_batch_size={t.micro_batch_size}, as verl requires",
+            ),
             (t.num_processes >= 1, f"train.num_processes={t.num_processes} must be >= 1"),
             (
                 t.prompts_per_step % t.num_processes == 0,

@@ -19,6 +19,7 @@ a short micro-batch like a long one. Stats hold plain floats, so ``gather_object
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,7 +30,8 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 LossAgg = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
-KLEstimator = Literal["k1", "k3"]
+KLEstimator = Literal["k1", "k3", "k3_unclamped"]
+EqualGroups = Literal["zero", "computed"]
 
 # verl's bounds: exp() of a log-ratio beyond +-20 overflows the useful range of fp32 long before it means anything,
 # and one token the reference finds absurd must not dominate the KL term.
@@ -62,17 +64,32 @@ def zero_variance_groups(rewards: Tensor, group_size: int) -> Tensor:
     return (groups == groups[:, :1]).all(dim=1)
 
 
-def group_advantages(rewards: Tensor, group_size: int, eps: float, scale: bool = True) -> Tensor:
+def group_advantages(
+    rewards: Tensor, group_size: int, eps: float, scale: bool = True, equal_groups: EqualGroups = "zero"
+) -> Tensor:
     """GRPO advantage of each sample relative to the other samples of its prompt.
 
         A_i = (r_i - mean_g) / (std_g + eps)     scale=True  (GRPO; std unbiased, as verl and TRL)
         A_i =  r_i - mean_g                      scale=False (Dr. GRPO: no std division)
 
     rewards: [B] with B = groups x group_size, the samples of one prompt contiguous. Returns [B] (float).
-    A zero-variance group gets exactly 0 (its mean is not computed exactly in floating point, so it is forced).
+
+    A group whose rewards are all equal carries no signal, but its mean is not computed exactly in floating
+    point. ``equal_groups="zero"`` (ours) forces its advantages to exactly 0. ``"computed"`` computes every group
+    as verl's ``compute_grpo_outcome_advantage`` does (Ocean-R1): one group at a time, ``torch.mean`` and
+    ``torch.std`` of a 1-D fp32 tensor, so a group all at 1.05 is off by one ulp in the mean and, with eps 1e-6,
+    every sample gets about -0.106 (reductions over a 2-D tensor round differently: hence one group at a time).
     """
     groups = _groups(rewards, group_size)
     groups = groups if groups.is_floating_point() else groups.float()
+    if equal_groups == "computed":
+        rows = []
+        for group in groups.unbind(0):
+            centred = group - group.mean()
+            rows.append(centred / (group.std() + eps) if scale else centred)
+        return torch.stack(rows).reshape(-1)
+    if equal_groups != "zero":
+        raise ValueError(f"equal_groups must be one of {get_args(EqualGroups)}, got {equal_groups!r}")
     advantages = groups - groups.mean(dim=1, keepdim=True)
     if scale:
         advantages = advantages / (groups.std(dim=1, keepdim=True) + eps)
@@ -147,13 +164,18 @@ def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor, estimator: KLEstimator = 
         k1 = log p - log p_ref                                   unbiased, can be negative
         k3 = exp(d) - d - 1,  d = log p_ref - log p              "low_var_kl": unbiased, >= 0, lower variance
 
-    For k3, as verl, d is clamped to [-20, 20] and the result to [-10, 10]. Inputs any equal shape; same out.
+    ``k3`` clamps as verl's low_var_kl (Ocean-R1's verl recipe): d to [-20, 20], the result to [-10, 10].
+    ``k3_unclamped`` is the same formula without bounds, as TRL 0.14 (Ocean-R1's first recipe). Inputs any equal
+    shape; same out.
     """
     if estimator == "k1":
         return logprobs - ref_logprobs
     if estimator == "k3":
         d = (ref_logprobs - logprobs).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
         return (d.exp() - d - 1).clamp(-KL_CLAMP, KL_CLAMP)
+    if estimator == "k3_unclamped":
+        d = ref_logprobs - logprobs
+        return d.exp() - d - 1
     raise ValueError(f"unknown KL estimator {estimator!r}; choose one of {get_args(KLEstimator)}")
 
 
@@ -167,22 +189,25 @@ def aggregate(
     mask: Tensor,
     mode: LossAgg,
     *,
-    num_tokens: float | None = None,
+    num_tokens: float | Tensor | None = None,
     num_sequences: float | None = None,
     max_len: int | None = None,
 ) -> Tensor:
     """Turn per-token values [B, T] into one scalar, over the tokens where ``mask`` [B, T] is set.
 
-        token-mean               sum_{i,t} m x / N_tok                     verl's default, Ocean-R1, DAPO
+        token-mean               sum_{i,t} m x / N_tok                     DAPO, TRL's "dapo"
+                                 sum_i (sum_t m x) / N_tok,i               verl (Ocean-R1), N_tok per sequence
         seq-mean-token-mean      sum_i (sum_t m x / sum_t m) / N_seq       original GRPO, TRL 0.14, Ocean-R1 v1
-        seq-mean-token-sum-norm  sum_{i,t} m x / (N_seq L_max)             Dr. GRPO (TRL's "dr_grpo"; verl's
-                                                                            omits the 1 / N_seq)
+        seq-mean-token-sum-norm  sum_{i,t} m x / (N_seq L_max)             Dr. GRPO (TRL's "dr_grpo")
 
-    N_tok = ``num_tokens`` (default: sum of the mask), N_seq = ``num_sequences`` (default: B, sequences with no
-    token included), L_max = ``max_len``, the constant generation budget (required for Dr. GRPO: verl's default,
-    the padded width, changes from batch to batch). Pass whole-batch values when ``values`` is a micro-batch
-    (see the module docstring); a normaliser the mode does not use is ignored, so callers may always pass all
-    three. Masked positions never leak, even if they hold nan.
+    N_tok = ``num_tokens``: a number (default: sum of the mask), or a [B] tensor giving each sequence its own
+    denominator (verl's token-mean is a masked mean per micro-batch, averaged over micro-batches: see
+    :func:`verl_token_mean_denominators`). N_seq = ``num_sequences`` (default: B, sequences with no token
+    included), L_max = ``max_len``, the constant generation budget (required for Dr. GRPO). verl's
+    seq-mean-token-sum-norm divides each micro-batch's token sum by the response width (L_max when responses are
+    padded to it) and averages over micro-batches: N_seq / (sequences per micro-batch) times this value. Pass
+    whole-batch values when ``values`` is a micro-batch (see the module docstring); a normaliser the mode does
+    not use is ignored, so callers may always pass all three. Masked positions never leak, even if they hold nan.
     """
     if values.shape != mask.shape or values.dim() != 2:
         raise ValueError(
@@ -192,6 +217,12 @@ def aggregate(
     masked = torch.where(mask, values, 0.0)
     n_seq = values.shape[0] if num_sequences is None else num_sequences
     if mode == "token-mean":
+        if isinstance(num_tokens, Tensor):
+            if num_tokens.shape != values.shape[:1]:
+                raise ValueError(
+                    f"per-sequence num_tokens must be [B] = {values.shape[0]}, got {num_tokens.shape}"
+                )
+            return (masked.sum(-1) / num_tokens.to(masked)).sum()
         return masked.sum() / (mask.sum().clamp(min=1) if num_tokens is None else num_tokens)
     if mode == "seq-mean-token-mean":
         return (masked.sum(-1) / mask.sum(-1).clamp(min=1)).sum() / n_seq
@@ -202,6 +233,84 @@ def aggregate(
             )
         return masked.sum() / (n_seq * max_len)
     raise ValueError(f"unknown loss aggregation {mode!r}; choose one of {get_args(LossAgg)}")
+
+
+def balanced_partitions(lengths: list[int], k: int) -> list[list[int]]:
+    """verl's ``balance_batch``: positions ``0..len(lengths)-1`` cut into ``k`` parts of equal size whose summed
+    lengths are close, each part's positions ascending; part ``r`` is what rank ``r`` trains on.
+
+    The largest differencing method (Karmarkar-Karp) as verl implements it, tie-breaking included, so the
+    parts are verl's: sort (length, position) ascending; every run of ``k`` consecutive items becomes a state of
+    ``k`` one-item parts; repeatedly pop the two states of largest spread (max minus min part sum; ties: the one
+    whose largest part is larger) from a heap and merge them, joining the largest part of one with the smallest
+    of the other; the parts of the last state, largest first.
+    """
+    if k < 1 or len(lengths) % k:
+        raise ValueError(f"{len(lengths)} sequences do not split into {k} parts of equal size")
+    runs = sorted((length, position) for position, length in enumerate(lengths))
+    heap = [
+        _Split([[(position, length)] for length, position in runs[i : i + k]]) for i in range(0, len(runs), k)
+    ]
+    heapq.heapify(heap)
+    while len(heap) > 1:
+        first, second = heapq.heappop(heap), heapq.heappop(heap)
+        heapq.heappush(heap, first.merged(second))
+    return [sorted(position for position, _ in part) for part in heap[0].parts]
+
+
+class _Split:
+    """A state of :func:`balanced_partitions`: parts (lists of (position, length)), largest first."""
+
+    def __init__(self, parts: list[list[tuple[int, int]]]):
+        self.parts = sorted(parts, key=_part_order, reverse=True)
+        self.spread = _part_order(self.parts[0])[0] - _part_order(self.parts[-1])[0]
+
+    def merged(self, other: _Split) -> _Split:
+        return _Split([a + b for a, b in zip(self.parts, reversed(other.parts), strict=True)])
+
+    def __lt__(self, other: _Split) -> bool:  # the heap pops the largest spread first
+        if self.spread != other.spread:
+            return self.spread > other.spread
+        return _part_order(self.parts[0]) > _part_order(other.parts[0])
+
+
+def _part_order(part: list[tuple[int, int]]) -> tuple[int, int, list[tuple[int, int]]]:
+    """How verl orders parts: by summed length, then item count, then the (position, length) items."""
+    return sum(length for _, length in part), len(part), part
+
+
+def verl_token_mean_denominators(
+    completion_lengths: list[int], total_lengths: list[int], ranks: int, micro_batch_size: int
+) -> list[float]:
+    """Each sequence's token-mean denominator N_tok,i in verl's loss (for :func:`aggregate`), whole step.
+
+    verl (Ocean-R1's run) balances the step's sequences over ``ranks`` by prompt + completion tokens
+    (:func:`balanced_partitions` of ``total_lengths``), cuts each rank's part into micro-batches of
+    ``micro_batch_size`` consecutive sequences, takes a masked token mean per micro-batch, divides it by the
+    micro-batches per rank (gradient accumulation) and averages over ranks. A sequence in micro-batch b therefore
+    weighs 1 / (M T_b) per token, with M the micro-batches of the whole step and T_b the completion tokens of b:
+
+        N_tok,i = M * T_b(i),   M = len(completion_lengths) / micro_batch_size
+
+    ``completion_lengths``/``total_lengths``: every sequence of the step, in step order (rank by rank, the
+    samples of a prompt together, as verl's batch before balancing).
+    """
+    n = len(completion_lengths)
+    if len(total_lengths) != n:
+        raise ValueError(f"{n} completion lengths but {len(total_lengths)} total lengths")
+    if micro_batch_size < 1 or n % (ranks * micro_batch_size):
+        raise ValueError(
+            f"{n} sequences do not split into {ranks} ranks x micro-batches of {micro_batch_size} (as verl requires)"
+        )
+    micro_batches = n // micro_batch_size
+    denominators = [0.0] * n
+    for part in balanced_partitions(total_lengths, ranks):
+        for start in range(0, len(part), micro_batch_size):
+            members = part[start : start + micro_batch_size]
+            tokens = sum(completion_lengths[i] for i in members)
+            for i in members:
+                denominators[i] = float(micro_batches * tokens)
+    return denominators
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from ocean_lib.grpo import (
     LossAgg,
     Stat,
     aggregate,
+    balanced_partitions,
     group_advantages,
     kl_penalty,
     merge_stats,
@@ -19,6 +20,7 @@ from ocean_lib.grpo import (
     stat_values,
     token_entropy,
     token_logprobs,
+    verl_token_mean_denominators,
     zero_variance_groups,
 )
 
@@ -208,6 +210,41 @@ def test_logprob_inputs_are_checked():
 # KL estimators
 # ----------------------------------------------------------------------------------------------------------------
 
+
+def _verl_advantages(rewards: list[float], group_size: int, eps: float = 1e-6) -> list[float]:
+    """verl's compute_grpo_outcome_advantage (Ocean-R1's verl), step by step: fp32 0-d scores collected per
+    prompt, torch.mean of torch.tensor(list), torch.std of torch.tensor([list]), (score - mean) / (std + eps)."""
+    scores = [torch.tensor(r, dtype=torch.float32) for r in rewards]
+    out = []
+    for start in range(0, len(scores), group_size):
+        group = scores[start : start + group_size]
+        mean, std = torch.mean(torch.tensor(group)), torch.std(torch.tensor([group]))
+        out += [((score - mean) / (std + eps)).item() for score in group]
+    return out
+
+
+def test_equal_groups_computed_reproduce_verls_fp32_arithmetic():
+    # Stage 2's correct and well-formed group: 1 + 0.05 = 1.05 sixteen times. In fp32 the mean is one ulp above
+    # 1.05 (1.2e-7) and the std is 1.2e-7, not 0: every sample gets (-1.2e-7) / (1.2e-7 + 1e-6) = -0.106.
+    groups = [[1.05] * 16, [0.1] * 16, [0.15] * 16, [1.1] * 16, [0.0, 1.0, 0.1, 1.05] * 4]
+    rewards = torch.tensor([r for group in groups for r in group])
+    got = group_advantages(rewards, 16, eps=1e-6, equal_groups="computed")
+    assert got.tolist() == _verl_advantages(rewards.tolist(), 16)  # bit for bit
+    assert got[0].item() == pytest.approx(-0.106, abs=5e-4) and len(set(got[:16].tolist())) == 1
+    assert got[16].item() == pytest.approx(-0.0074, abs=5e-5)  # 0.1: a small push down
+    assert got[32].item() == pytest.approx(0.0147, abs=5e-5)  # 0.15: a push up
+    assert got[48:64].tolist() == [0.0] * 16  # 1.1 happens to average exactly
+    assert group_advantages(rewards, 16, eps=1e-6).tolist()[:64] == [0.0] * 64  # ours: exactly 0
+    # A group with signal gets the same values either way (to float rounding).
+    torch.testing.assert_close(got[64:], group_advantages(rewards, 16, eps=1e-6)[64:])
+
+
+def test_equal_groups_computed_without_std_division():
+    got = group_advantages(torch.tensor([1.05] * 4), 4, eps=1e-6, scale=False, equal_groups="computed")
+    mean = torch.tensor([1.05] * 4).mean()
+    assert got.tolist() == [(torch.tensor(1.05) - mean).item()] * 4
+
+
 # (log p, log p_ref, k1, k3) with d = log p_ref - log p and k3 = e^d - d - 1:
 KL_CASES = [
     (math.log(0.5), math.log(0.25), LN2, 0.5 + LN2 - 1),  # d = -ln 2: 0.5 + 0.6931 - 1 = 0.1931
@@ -225,6 +262,17 @@ def test_kl_estimators_by_hand(logp, ref, k1, k3):
     logp, ref = torch.tensor([logp]), torch.tensor([ref])
     assert kl_penalty(logp, ref, "k1").item() == pytest.approx(k1, abs=1e-6)
     assert kl_penalty(logp, ref, "k3").item() == pytest.approx(k3, abs=1e-5)
+
+
+def test_unclamped_k3_is_the_formula_without_bounds():
+    # TRL 0.14 (Ocean-R1's first recipe): d = 3 gives e^3 - 3 - 1 = 16.0855 (k3 clamps it to 10); d = -30 gives
+    # e^-30 + 29 = 29 (k3: 10); d = 25 gives e^25 - 26 = 7.2e10; small d equal k3.
+    logp, ref = torch.tensor([0.0, 0.0, 0.0, math.log(0.5)]), torch.tensor([3.0, -30.0, 25.0, math.log(0.25)])
+    got = kl_penalty(logp, ref, "k3_unclamped")
+    expected = [math.exp(3) - 4, math.exp(-30) + 29, math.exp(25) - 26, 0.5 + LN2 - 1]
+    for value, want in zip(got.tolist(), expected, strict=True):
+        assert value == pytest.approx(want, rel=1e-5)
+    assert kl_penalty(logp, ref, "k3").tolist()[:3] == [10.0, 10.0, 10.0]
 
 
 def test_unknown_kl_estimator_is_an_error():
@@ -246,6 +294,8 @@ AGG_CASES = [
     ("seq-mean-token-mean", {"num_sequences": 4}, (2 + 4) / 4),
     ("seq-mean-token-sum-norm", {"max_len": 4}, (6 + 4) / (2 * 4)),  # 1.25
     ("seq-mean-token-sum-norm", {"max_len": 5, "num_sequences": 4}, 10 / (4 * 5)),
+    # per-sequence denominators: row 0's sum 6 over 3, row 1's 4 over 8 → 2 + 0.5
+    ("token-mean", {"num_tokens": torch.tensor([3.0, 8.0])}, 6 / 3 + 4 / 8),
 ]
 
 
@@ -257,6 +307,54 @@ def test_aggregation_by_hand(mode, normalisers, expected):
 @pytest.mark.parametrize("mode", ["token-mean", "seq-mean-token-mean"])
 def test_a_sequence_without_tokens_adds_zero_not_nan(mode):
     assert aggregate(torch.tensor([[7.0]]), torch.tensor([[0]]), mode).item() == 0.0
+
+
+def test_balanced_partitions_by_hand():
+    # Lengths [1, 2, 3, 4] over 2 ranks. Sorted runs of 2: {1, 2} and {3, 4}, each a state of spread 1; the tie
+    # goes to the state with the larger biggest part ({4}), popped first; merging joins 4 with 1 and 3 with 2:
+    # parts {4, 1} (sum 5) and {3, 2} (sum 5); the first is larger by its items ((3, 4) > (2, 3)).
+    assert balanced_partitions([1, 2, 3, 4], 2) == [[0, 3], [1, 2]]
+    # Four equal lengths: runs {0, 1} and {2, 3}, spread 0 each; ties between parts go by position, so the
+    # second run pops first (its largest part is position 3) and pairs 3 with 0 and 2 with 1.
+    assert balanced_partitions([5, 5, 5, 5], 2) == [[0, 3], [1, 2]]
+    # [7, 1, 1, 7, 1, 1] over 3: runs {1, 2, 4} (all 1, spread 0) and {5, 0, 3} (1, 7, 7, spread 6, popped
+    # first); 7 (3) joins 1 (1), 7 (0) joins 1 (2), 1 (5) joins 1 (4): sums 8, 8, 2, largest first.
+    assert balanced_partitions([7, 1, 1, 7, 1, 1], 3) == [[1, 3], [0, 2], [4, 5]]
+    with pytest.raises(ValueError, match="5 sequences do not split into 2 parts"):
+        balanced_partitions([1] * 5, 2)
+
+
+def test_verl_denominators_by_hand():
+    # 4 sequences, completion tokens [3, 1, 2, 5], prompt + completion [1, 2, 3, 4] (balancing uses these):
+    # ranks {0, 3} and {1, 2}; one micro-batch of 2 per rank, so M = 2 micro-batches in the step.
+    # Micro-batch {0, 3} holds 3 + 5 = 8 tokens -> N_0 = N_3 = 2 * 8; {1, 2} holds 3 -> N_1 = N_2 = 2 * 3.
+    assert verl_token_mean_denominators([3, 1, 2, 5], [1, 2, 3, 4], 2, 2) == [16.0, 6.0, 6.0, 16.0]
+    # One sequence per micro-batch: every sequence is its own mean, i.e. seq-mean-token-mean.
+    assert verl_token_mean_denominators([3, 1, 2, 5], [1, 2, 3, 4], 2, 1) == [12.0, 4.0, 8.0, 20.0]
+    with pytest.raises(ValueError, match="do not split into 2 ranks x micro-batches of 3"):
+        verl_token_mean_denominators([1] * 4, [1] * 4, 2, 3)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_verl_denominators_give_verls_loss(seed):
+    # verl's actor, written out: balance the batch over W ranks, each rank cuts micro-batches of m, takes the
+    # masked mean of each, divides by its micro-batch count, backward; ranks average (FSDP).
+    generator = torch.Generator().manual_seed(seed)
+    ranks, m, n, width = 2, 3, 12, 9
+    completion = torch.randint(1, width + 1, (n,), generator=generator)
+    prompt = torch.randint(5, 40, (n,), generator=generator)
+    values = torch.randn(n, width, generator=generator, dtype=torch.float64)
+    mask = (torch.arange(width)[None] < completion[:, None]).long()
+    verl_loss = 0.0
+    for part in balanced_partitions((prompt + completion).tolist(), ranks):
+        micro = [part[i : i + m] for i in range(0, len(part), m)]
+        rank_loss = sum((values[b] * mask[b]).sum() / mask[b].sum() / len(micro) for b in micro)
+        verl_loss += rank_loss / ranks
+    denominators = verl_token_mean_denominators(completion.tolist(), (prompt + completion).tolist(), ranks, m)
+    ours = aggregate(values, mask, "token-mean", num_tokens=torch.tensor(denominators, dtype=torch.float64))
+    assert ours.item() == pytest.approx(float(verl_loss), rel=1e-12)
+    # ...which is not the whole-batch token mean: sequences weigh differently.
+    assert aggregate(values, mask, "token-mean").item() != pytest.approx(float(verl_loss), rel=1e-6)
 
 
 def test_aggregation_errors_name_the_problem():
