@@ -72,6 +72,11 @@ class DataConfig:
     )
     shuffle: bool = knob(True, "shuffle the training records each epoch (seeded by train.seed)")
     max_prompt_tokens: int = knob(8192, "prompts longer than this, in tokens, are bad rows (Ocean-R1: 8192)")
+    prompt_template: Literal["ocean_r1", "ocean_r1_v1"] = knob(
+        "ocean_r1_v1",
+        "user turn of rows in the first recipe's problem/solution layout: its own templates (ocean_r1_v1), or the "
+        "verl recipe's '<image> ' + question + newline + instruction (ocean_r1); prompts.py",
+    )
     synthetic: SyntheticConfig = field(
         default_factory=SyntheticConfig, metadata={"help": "procedural data for the miniature study"}
     )

@@ -7,6 +7,11 @@ Ocean-R1's training parquet stores one user turn whose content is ``"<image> " *
 instruction`` (:func:`user_text`). Evaluation asks each benchmark the way its reference script did
 (:data:`EVAL_TEMPLATES`, :func:`eval_turn`): R1-V and VLM-R1 join question and instruction with a space, the
 first Ocean-R1 repository has its own instructions and system texts, and puts some benchmarks' images last.
+
+Ocean-R1's first recipe (its TRL-0.14 repository) built training prompts from a dataset's ``problem`` column: an
+image row is the image, then ``problem + "\\n" +`` :data:`V1_INSTRUCTIONS` (no system turn of its own, so the chat
+template's default); a text-only row is the raw problem after :data:`R1_SYSTEM_PROMPT`. :func:`v1_user_text`
+writes that user turn.
 """
 
 from __future__ import annotations
@@ -34,15 +39,29 @@ GROUNDING_INSTRUCTION = (
 
 INSTRUCTIONS: dict[str, str] = {"acc": THINK_INSTRUCTION, "iou": GROUNDING_INSTRUCTION}
 REWARD_FUNCS = tuple(INSTRUCTIONS)
+
+# R1's system prompt, which the first recipe puts before its text-only rows (SYSTEM_PROMPT of its grpo.py).
+R1_SYSTEM_PROMPT = (
+    "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. The assistant "
+    "first thinks about the reasoning process in the mind and then provides the user with the answer. The reasoning "
+    "process and answer are enclosed within <think> </think> and <answer> </answer> tags, respectively, i.e., "
+    "<think> reasoning process here </think><answer> answer here </answer>"
+)
 """The reward functions a record may name (``extra_info.reward_func``); each has its instruction above."""
 
 
 @dataclass
 class Prompt:
-    """One model input: the user text with leading ``<image>`` markers, and its images in marker order."""
+    """One model input: the user text with ``<image>`` markers, its images in marker order, and how to render it.
+
+    ``system``: the system turn's text ("" keeps the chat template's default). ``keep_whitespace``: see
+    :func:`chat_messages`.
+    """
 
     content: str
     images: list[Image.Image] = field(default_factory=list)
+    system: str = ""
+    keep_whitespace: bool = False
 
 
 def instruction_for(reward_func: str) -> str:
@@ -62,28 +81,45 @@ def user_text(question: str, reward_func: str, n_images: int) -> str:
     return f"{markers}{question}\n{instruction_for(reward_func)}"
 
 
+def v1_user_text(problem: str, reward_func: str, has_image: bool) -> str:
+    """The user turn of a row of the first recipe's dataset: ``"<image>" + problem + "\\n" + instruction`` for an
+    image row (the image part directly before the text, as its chat messages were), the raw problem otherwise."""
+    if not has_image:
+        return problem
+    try:
+        instruction = V1_INSTRUCTIONS[reward_func]
+    except KeyError:
+        raise ValueError(
+            f"unknown reward_func {reward_func!r}; expected one of {sorted(V1_INSTRUCTIONS)}"
+        ) from None
+    return f"{IMAGE_MARKER}{problem}\n{instruction}"
+
+
 def split_image_markers(content: str) -> tuple[int, str]:
     """Count the ``<image>`` markers of a user turn and return (count, text without them)."""
     count = content.count(IMAGE_MARKER)
     return count, re.sub(r"<image>\s?", "", content).strip()
 
 
-def chat_messages(content: str) -> list[dict[str, Any]]:
+def chat_messages(content: str, system: str = "", keep_whitespace: bool = False) -> list[dict[str, Any]]:
     """Turn a user turn into chat-template messages, one image slot per ``<image>`` marker, in place.
 
     Leading markers put the images before the text (Ocean-R1's training data and most evaluation scripts);
     markers after the text put them after it (the first Ocean-R1 repository's MMMU and OlympiadBench scripts).
-    Each text piece is stripped and empty ones are dropped. The chat template adds its default system turn.
+    Each text piece is stripped and empty ones are dropped, unless ``keep_whitespace``: then the text is kept
+    exactly, so ``"<image> Q"`` renders ``<|vision_end|> Q`` as verl's in-place substitution does (Ocean-R1).
+    ``system`` non-empty adds that system turn; otherwise the chat template adds its default one.
     """
     parts: list[dict[str, Any]] = []
     for piece in re.split(f"({re.escape(IMAGE_MARKER)})", content):
         if piece == IMAGE_MARKER:
             parts.append({"type": "image"})
-        elif piece.strip():
-            parts.append({"type": "text", "text": piece.strip()})
+        elif text := piece if keep_whitespace else piece.strip():
+            parts.append({"type": "text", "text": text})
     if not any(part["type"] == "text" for part in parts):
         parts.append({"type": "text", "text": ""})
-    return [{"role": "user", "content": parts}]
+    messages = [{"role": "system", "content": system}] if system else []
+    return messages + [{"role": "user", "content": parts}]
 
 
 def reference_completion(reasoning: str, answer: str) -> str:
@@ -99,6 +135,11 @@ def reference_completion(reasoning: str, answer: str) -> str:
 NUMBER_ANSWER_INSTRUCTION = (
     "Output the thinking process in <think> </think> and final answer (number) in <answer> </answer> tags."
 )
+
+# The first recipe's training instructions after an image row's problem (QUESTION_TEMPLATE and IOU_QUESTION_TEMPLATE
+# of its grpo.py); its grounding instruction is VLM-R1's, the verl recipe's too.
+V1_INSTRUCTIONS: dict[str, str] = {"acc": NUMBER_ANSWER_INSTRUCTION, "iou": GROUNDING_INSTRUCTION}
+
 BOXED_SYSTEM_PROMPT = (
     'Please solve the problem step by step and put your answer in one "\\boxed{}". '
     'If it is a multiple choice question, only one letter is allowed in the "\\boxed{}".\n'

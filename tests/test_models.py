@@ -273,3 +273,37 @@ def test_hub_id_loads_from_the_cache_offline_and_says_what_to_place_where_when_a
     assert result.returncode != 0
     assert "FileNotFoundError: cannot load the model 'Qwen/Qwen2.5-VL-7B-Instruct'" in result.stderr
     assert "hf download Qwen/Qwen2.5-VL-7B-Instruct --local-dir DIR" in result.stderr
+
+
+def test_images_in_place_render_as_verl_substitutes_them(tiny_dir):
+    from ocean_lib.prompts import R1_SYSTEM_PROMPT, V1_INSTRUCTIONS, v1_user_text
+
+    _, processor = load_policy(str(tiny_dir))
+    content = user_text("How many red objects are there?", "acc", 1)  # "<image> How many ..."
+
+    def render(messages):
+        return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    # verl: the chat template over the raw user string, then <image> replaced where it stands (space kept)
+    verl = render([{"role": "user", "content": content}]).replace(
+        "<image>", "<|vision_start|><|image_pad|><|vision_end|>"
+    )
+    assert render(chat_messages(content, images_in_place=True)) == verl
+    assert "<|vision_end|> How many" in verl
+    assert "<|vision_end|>How many" in render(chat_messages(content))  # ours: the space is dropped
+    # the first recipe: its image-then-text message, and R1's system turn before a text-only problem
+    problem = "How many red objects are there?"
+    trl = [
+        {
+            "role": "user",
+            "content": [{"type": "image"}, {"type": "text", "text": f"{problem}\n{V1_INSTRUCTIONS['acc']}"}],
+        }
+    ]
+    assert render(chat_messages(v1_user_text(problem, "acc", True), images_in_place=True)) == render(trl)
+    text_only = [
+        {"role": "system", "content": R1_SYSTEM_PROMPT},
+        {"role": "user", "content": "What is 2 + 3?"},
+    ]
+    ours = chat_messages(v1_user_text("What is 2 + 3?", "acc", False), R1_SYSTEM_PROMPT, images_in_place=True)
+    assert render(ours) == render(text_only)
+    assert render(ours).startswith("<|im_start|>system\nA conversation between User and Assistant.")

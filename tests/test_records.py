@@ -314,3 +314,88 @@ def test_accuracy_truth_is_untouched_by_resizing():
     record = sample_records()[0]
     images, truth = load_example(record, DataConfig(min_pixels=112 * 112))
     assert images[0].size == (112, 112) and truth == "3"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The first recipe's layout: problem, solution, image, has_image, reward_func (a Hugging Face dataset)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def v1_dataset():
+    """A small dataset in the first recipe's layout, written with the datasets library as the hub's is."""
+    import datasets
+
+    picture = Image.open(io.BytesIO(png((56, 84))))
+    features = datasets.Features(
+        {
+            "problem": datasets.Value("string"),
+            "solution": datasets.Value("string"),
+            "image": datasets.Image(),
+            "has_image": datasets.Value("bool"),
+            "reward_func": datasets.Value("string"),
+        }
+    )
+    return datasets.Dataset.from_dict(
+        {
+            "problem": ["How many cubes are there?", "Locate the red box.", "What is 2 + 3?"],
+            "solution": ["<answer> 3 </answer>", "<answer>[10, 20, 30, 40]</answer>", "<answer> 5 </answer>"],
+            "image": [picture, picture, None],
+            "has_image": [True, True, False],
+            "reward_func": ["acc", "iou", "acc"],
+        },
+        features=features,
+    )
+
+
+@pytest.mark.parametrize("form", ["save_to_disk", "parquet"])
+def test_v1_layout_reads_as_the_first_recipe_prompted(tmp_path, form):
+    from ocean_lib.prompts import V1_INSTRUCTIONS
+
+    if form == "save_to_disk":
+        v1_dataset().save_to_disk(str(tmp_path / "v1"))
+        source = tmp_path / "v1"
+    else:
+        v1_dataset().to_parquet(str(tmp_path / "v1.parquet"))
+        source = tmp_path / "v1.parquet"
+    records = read_records(source, DataConfig())
+    counting, grounding, text = records
+    # image rows: the image, then problem + newline + the first recipe's instruction (no space after <image>)
+    assert counting.content == "<image>How many cubes are there?\n" + V1_INSTRUCTIONS["acc"]
+    assert V1_INSTRUCTIONS["acc"].endswith("final answer (number) in <answer> </answer> tags.")
+    assert grounding.content == "<image>Locate the red box.\n" + V1_INSTRUCTIONS["iou"]
+    assert text.content == "What is 2 + 3?" and text.images == []  # text-only: the raw problem
+    assert [r.ground_truth for r in records] == [
+        "<answer> 3 </answer>",
+        "<answer>[10, 20, 30, 40]</answer>",
+        "<answer> 5 </answer>",
+    ]
+    assert [r.answer for r in records] == ["3", "[10, 20, 30, 40]", "5"]
+    assert [r.reward_func for r in records] == ["acc", "iou", "acc"]
+    assert [r.data_source for r in records] == ["v1"] * 3 and [r.index for r in records] == [0, 1, 2]
+    assert load_images(counting, DataConfig())[0].size == (56, 84)
+    # the verl recipe's template over the same rows
+    verl = read_records(source, DataConfig(prompt_template="ocean_r1"))
+    assert verl[0].content == "<image> How many cubes are there?\n" + INSTRUCTIONS["acc"]
+    assert verl[2].content == "What is 2 + 3?\n" + INSTRUCTIONS["acc"]
+
+
+def test_v1_rows_whose_has_image_disagrees_are_bad_rows(tmp_path):
+    import datasets
+
+    dataset = v1_dataset()
+    rows = dataset.to_list()
+    rows[0]["has_image"] = False  # an image its prompt has no slot for
+    rows[2]["has_image"] = True  # a slot without an image
+    rows[1]["reward_func"] = "ocr"
+    datasets.Dataset.from_list(rows, features=dataset.features).to_parquet(str(tmp_path / "bad.parquet"))
+    with pytest.raises(
+        DataError, match=r"bad.parquet: row 0, field has_image: is False but the row has 1 image"
+    ):
+        read_records(tmp_path / "bad.parquet", DataConfig())
+    records = read_records(tmp_path / "bad.parquet", DataConfig(on_bad_row="skip"))
+    assert len(records) == 0
+    assert [(bad.row, bad.field) for bad in records.report.bad_rows] == [
+        (0, "has_image"),
+        (1, "reward_func"),
+        (2, "has_image"),
+    ]

@@ -10,6 +10,18 @@ One row of Ocean-R1's training (and converted benchmark) parquet files::
     extra_info    {answer: str, image_paths: [str], index: int, question: str, reward_func: "acc" | "iou",
                    reasoning: str (optional, ours)}
 
+Ocean-R1's first recipe (its TRL-0.14 repository) read a Hugging Face dataset of another layout, one row per prompt::
+
+    problem       str                the question (image rows) or the whole text problem (text-only rows)
+    solution      str                the ground truth, e.g. "<answer> 3 </answer>"
+    image         {bytes, path}      null on text-only rows (a datasets Image feature)
+    has_image     bool               which prompt the row gets (prompts.v1_user_text); optional: all true
+    reward_func   "acc" | "iou"
+
+:func:`read_records` recognises it by its ``problem`` and ``solution`` columns and builds the user turn with
+``data.prompt_template`` (:func:`record_from_v1_row`); ``data_source`` is the row's own column if it has one, else
+the source's name.
+
 ``extra_info.reasoning`` is the one field Ocean-R1's files do not have: our procedural tasks store a short
 worked reasoning there, and a supervised warm-start imitates ``prompts.reference_completion(reasoning,
 answer)``. Files without it read as ``reasoning=None`` and are written back without the field.
@@ -44,7 +56,13 @@ from PIL import Image
 from ocean_lib.config import DataConfig
 from ocean_lib.data.images import ImageError, ImageRef, parse_box, prepare_images
 from ocean_lib.io import atomic_write_bytes
-from ocean_lib.prompts import IMAGE_MARKER, REWARD_FUNCS, reference_completion, user_text
+from ocean_lib.prompts import (
+    IMAGE_MARKER,
+    REWARD_FUNCS,
+    reference_completion,
+    user_text,
+    v1_user_text,
+)
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +220,60 @@ def record_from_row(row: dict[str, Any], row_index: int) -> Record:
     )
 
 
+V1_COLUMNS = ("problem", "solution")
+"""Columns that mark a source in the first recipe's layout (module docstring)."""
+
+_ANSWER_SPAN = re.compile(r"<answer>(.*?)</answer>")  # no DOTALL: the rewards' ground-truth reading
+
+
+def record_from_v1_row(row: dict[str, Any], row_index: int, source_name: str, template: str) -> Record:
+    """Parse one row of the first recipe's layout; raise ``_BadField`` naming the first field that breaks it.
+
+    ``template``: ``ocean_r1_v1`` builds the user turn as the first recipe did (:func:`prompts.v1_user_text`),
+    ``ocean_r1`` as the verl recipe's parquet writes it (:func:`prompts.user_text`). A row whose ``has_image``
+    disagrees with its ``image`` is bad: the first recipe's processor and vLLM would have failed on it.
+    """
+    problem = row.get("problem")
+    if not isinstance(problem, str) or not problem.strip():
+        raise _BadField("problem", f"expected a non-empty string, got {problem!r:.80}")
+    solution = row.get("solution")
+    if not isinstance(solution, str) or not solution.strip():
+        raise _BadField("solution", f"expected a non-empty string, got {solution!r:.80}")
+    reward_func = row.get("reward_func")
+    if reward_func not in REWARD_FUNCS:
+        raise _BadField("reward_func", f"unknown {reward_func!r}; expected one of {REWARD_FUNCS}")
+    image = row.get("image")
+    has_image = row.get("has_image", True)
+    if not isinstance(has_image, bool):
+        raise _BadField("has_image", f"expected true or false, got {has_image!r:.80}")
+    images = []
+    if image is not None:
+        if not isinstance(image, dict) or not (image.get("bytes") or image.get("path")):
+            raise _BadField("image", f"expected an image (bytes or path), got {image!r:.80}")
+        images.append(
+            ImageRef(bytes=bytes(image["bytes"]) if image.get("bytes") else None, path=image.get("path"))
+        )
+    if has_image != bool(images):
+        raise _BadField("has_image", f"is {has_image} but the row has {len(images)} image(s)")
+    if template == "ocean_r1_v1":
+        content = v1_user_text(problem, reward_func, has_image)
+    else:
+        content = user_text(problem, reward_func, len(images))
+    span = _ANSWER_SPAN.search(solution)
+    data_source = row.get("data_source")
+    return Record(
+        data_source=data_source if isinstance(data_source, str) and data_source else source_name,
+        content=content,
+        images=images,
+        ground_truth=solution,
+        reward_func=reward_func,
+        question=problem,
+        answer=(span.group(1) if span else solution).strip(),
+        index=row_index,
+        image_paths=[image.path for image in images if image.path],
+    )
+
+
 def _question_of(content: str) -> str:
     """The question part of a user turn: markers removed, the instruction line dropped."""
     text = re.sub(r"<image>\s?", "", content).strip()
@@ -291,8 +363,9 @@ def validate_record(record: Record, cfg: DataConfig, check_images: bool = True) 
     if record.reward_func == "iou":
         if n_images > 1:
             raise _BadField("images", f"an iou row needs at most one image (its box's frame), got {n_images}")
+        span = _ANSWER_SPAN.search(record.ground_truth)  # the reward reads the box from <answer> tags if any
         try:
-            parse_box(record.ground_truth, allow_object=False)
+            parse_box(span.group(1).strip() if span else record.ground_truth, allow_object=False)
         except ValueError as error:
             raise _BadField("reward_model.ground_truth", str(error)) from None
     if check_images:
@@ -331,10 +404,14 @@ def read_records(
     report = LoadReport(source=str(source), images_checked=check_images)
     records: list[Record] = []
     for file, table in tables:
+        v1_layout = all(column in table.column_names for column in V1_COLUMNS)
         for row_index, row in enumerate(table.to_pylist()):
             report.rows += 1
             try:
-                record = record_from_row(row, row_index)
+                if v1_layout:
+                    record = record_from_v1_row(row, row_index, _source_name(file), cfg.prompt_template)
+                else:
+                    record = record_from_row(row, row_index)
                 validate_record(record, cfg, check_images)
             except _BadField as bad:
                 report.bad_rows.append(BadRow(file, row_index, bad.field, bad.reason, bad.kind))
@@ -351,6 +428,11 @@ def read_records(
     if report.bad_rows:
         log.warning("skipped bad rows: %s", report.summary())
     return Records(records, report)
+
+
+def _source_name(file: str) -> str:
+    """A data_source for rows that name none: the file's or directory's name without suffix."""
+    return Path(file.split(" (hub")[0]).stem or file
 
 
 def _read_tables(source: str, split: str) -> list[tuple[str, pa.Table]]:
