@@ -399,3 +399,34 @@ def test_v1_rows_whose_has_image_disagrees_are_bad_rows(tmp_path):
         (1, "reward_func"),
         (2, "has_image"),
     ]
+
+
+def test_overlong_prompts_are_counted_as_verl_counts_them_and_dropped(tiny_model_dir, tmp_path):
+    from ocean_lib.data.records import drop_overlong_prompts, verl_prompt_tokens
+    from ocean_lib.models import load_policy
+
+    tokenizer = load_policy(str(tiny_model_dir))[1].tokenizer
+    image = ImageRef(bytes=png((112, 112)))
+    short = Record.from_question(
+        data_source="d", question="How many?", answer="3", reward_func="acc", index=0
+    )
+    long = Record.from_question(
+        data_source="d", question="How many? " * 40, answer="3", reward_func="acc", index=1, images=[image]
+    )
+    write_records([short, long], tmp_path / "r.parquet")
+    records = read_records(tmp_path / "r.parquet", DataConfig())
+
+    def by_hand(content: str) -> int:  # verl: the chat template over the stored user string, then tokens
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
+        )
+        assert "<image>" in text or "<image>" not in content  # the marker stays literal text
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    lengths = [verl_prompt_tokens(r, tokenizer) for r in records]
+    assert lengths == [by_hand(short.content), by_hand(long.content)] and lengths[0] < lengths[1]
+    kept = drop_overlong_prompts(records, tokenizer, max_tokens=lengths[1] - 1)
+    assert [r.index for r in kept] == [0] and kept.report.loaded == 1
+    assert [(b.row, b.field, b.kind) for b in kept.report.bad_rows] == [(1, "prompt", "overlong_prompt")]
+    assert f"{lengths[1]} tokens > data.max_prompt_tokens={lengths[1] - 1}" in kept.report.summary()
+    assert len(drop_overlong_prompts(records, tokenizer, max_tokens=lengths[1])) == 2  # "at most" the limit

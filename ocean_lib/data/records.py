@@ -15,7 +15,8 @@ Ocean-R1's first recipe (its TRL-0.14 repository) read a Hugging Face dataset of
     problem       str                the question (image rows) or the whole text problem (text-only rows)
     solution      str                the ground truth, e.g. "<answer> 3 </answer>"
     image         {bytes, path}      null on text-only rows (a datasets Image feature)
-    has_image     bool               which prompt the row gets (prompts.v1_user_text); optional: all true
+    has_image     bool               which prompt the row gets (prompts.v1_user_text); optional: whether the
+                                     dataset has an image column (the text-only data set has none)
     reward_func   "acc" | "iou"
 
 :func:`read_records` recognises it by its ``problem`` and ``solution`` columns and builds the user turn with
@@ -38,6 +39,7 @@ without being counted.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import os
@@ -243,7 +245,7 @@ def record_from_v1_row(row: dict[str, Any], row_index: int, source_name: str, te
     if reward_func not in REWARD_FUNCS:
         raise _BadField("reward_func", f"unknown {reward_func!r}; expected one of {REWARD_FUNCS}")
     image = row.get("image")
-    has_image = row.get("has_image", True)
+    has_image = row.get("has_image", "image" in row)  # without the column: as the dataset has images or not
     if not isinstance(has_image, bool):
         raise _BadField("has_image", f"expected true or false, got {has_image!r:.80}")
     images = []
@@ -293,7 +295,7 @@ class BadRow:
     row: int
     field: str
     reason: str
-    kind: str  # "malformed", "missing_image" or "corrupt_image"
+    kind: str  # "malformed", "missing_image", "corrupt_image" or "overlong_prompt"
 
     def __str__(self) -> str:
         return f"{self.file}: row {self.row}, field {self.field}: {self.reason}"
@@ -428,6 +430,35 @@ def read_records(
     if report.bad_rows:
         log.warning("skipped bad rows: %s", report.summary())
     return Records(records, report)
+
+
+def verl_prompt_tokens(record: Record, tokenizer: Any) -> int:
+    """The record's prompt length as verl's ``filter_overlong_prompts`` counts it (Ocean-R1): the tokenizer's
+    chat template (generation prompt included) over the stored user turn, each image the literal ``<image>``
+    text, not its visual tokens."""
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": record.content}], add_generation_prompt=True, tokenize=False
+    )
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def drop_overlong_prompts(records: Records, tokenizer: Any, max_tokens: int) -> Records:
+    """The records whose :func:`verl_prompt_tokens` is at most ``max_tokens``; each one left out is counted in the
+    report as a bad row of kind ``overlong_prompt`` (verl dropped them silently) and logged."""
+    kept, report = [], dataclasses.replace(records.report, bad_rows=list(records.report.bad_rows))
+    for record in records:
+        length = verl_prompt_tokens(record, tokenizer)
+        if length <= max_tokens:
+            kept.append(record)
+            continue
+        reason = f"{length} tokens > data.max_prompt_tokens={max_tokens}"
+        report.bad_rows.append(BadRow(record.data_source, record.index, "prompt", reason, "overlong_prompt"))
+    if len(kept) < len(records):
+        log.warning(
+            "left out %d prompts over %d tokens: %s", len(records) - len(kept), max_tokens, report.summary()
+        )
+    report.loaded = len(kept)
+    return Records(kept, report)
 
 
 def _source_name(file: str) -> str:
