@@ -275,7 +275,7 @@ def test_hub_id_loads_from_the_cache_offline_and_says_what_to_place_where_when_a
     assert "hf download Qwen/Qwen2.5-VL-7B-Instruct --local-dir DIR" in result.stderr
 
 
-def test_images_in_place_render_as_verl_substitutes_them(tiny_dir):
+def test_kept_whitespace_renders_as_verl_substitutes_images(tiny_dir):
     from ocean_lib.prompts import R1_SYSTEM_PROMPT, V1_INSTRUCTIONS, v1_user_text
 
     _, processor = load_policy(str(tiny_dir))
@@ -288,7 +288,7 @@ def test_images_in_place_render_as_verl_substitutes_them(tiny_dir):
     verl = render([{"role": "user", "content": content}]).replace(
         "<image>", "<|vision_start|><|image_pad|><|vision_end|>"
     )
-    assert render(chat_messages(content, images_in_place=True)) == verl
+    assert render(chat_messages(content, keep_whitespace=True)) == verl
     assert "<|vision_end|> How many" in verl
     assert "<|vision_end|>How many" in render(chat_messages(content))  # ours: the space is dropped
     # the first recipe: its image-then-text message, and R1's system turn before a text-only problem
@@ -299,11 +299,11 @@ def test_images_in_place_render_as_verl_substitutes_them(tiny_dir):
             "content": [{"type": "image"}, {"type": "text", "text": f"{problem}\n{V1_INSTRUCTIONS['acc']}"}],
         }
     ]
-    assert render(chat_messages(v1_user_text(problem, "acc", True), images_in_place=True)) == render(trl)
+    assert render(chat_messages(v1_user_text(problem, "acc", True), keep_whitespace=True)) == render(trl)
     text_only = [
         {"role": "system", "content": R1_SYSTEM_PROMPT},
         {"role": "user", "content": "What is 2 + 3?"},
     ]
-    ours = chat_messages(v1_user_text("What is 2 + 3?", "acc", False), R1_SYSTEM_PROMPT, images_in_place=True)
+    ours = chat_messages(v1_user_text("What is 2 + 3?", "acc", False), R1_SYSTEM_PROMPT, keep_whitespace=True)
     assert render(ours) == render(text_only)
     assert render(ours).startswith("<|im_start|>system\nA conversation between User and Assistant.")
