@@ -63,6 +63,19 @@ class DataConfig:
     max_pixels: int = knob(
         1003520, "images with more pixels are scaled down, aspect kept (Ocean-R1: 1,003,520)"
     )
+    pre_resize: bool = knob(
+        True,
+        "apply min/max_pixels with PIL before the processor (verl's process_image); false: the processor alone "
+        "resizes (first recipe)",
+    )
+    processor_min_pixels: int = knob(
+        0, "the image processor's own lower limit; 0 = data.min_pixels (Ocean-R1: 3,136)"
+    )
+    processor_max_pixels: int = knob(
+        0,
+        "the image processor's own upper limit; 0 = data.max_pixels (Ocean-R1 left Qwen's default, 12,845,056; "
+        "first recipe: 501,760)",
+    )
     max_images_per_prompt: int = knob(
         4,
         "rows with more images are bad rows (Ocean-R1's scripts capped at 1, dropping stage-1 two-image samples)",
@@ -71,11 +84,30 @@ class DataConfig:
         "error", "a malformed row or unreadable image: stop with an error, or skip it and count it"
     )
     shuffle: bool = knob(True, "shuffle the training records each epoch (seeded by train.seed)")
-    max_prompt_tokens: int = knob(8192, "prompts longer than this, in tokens, are bad rows (Ocean-R1: 8192)")
+    max_prompt_tokens: int = knob(
+        8192,
+        "longest prompt, tokens; drop counts it as verl did, each image as the literal <image> text (Ocean-R1: "
+        "8192; first recipe: 1024)",
+    )
+    overlong_prompts: Literal["drop", "truncate_left"] = knob(
+        "drop",
+        "longer prompts: drop them, counted (verl's filter_overlong_prompts), or keep the last max_prompt_tokens "
+        "tokens in the training forward while sampling sees the whole prompt (TRL 0.14, first recipe)",
+    )
     prompt_template: Literal["ocean_r1", "ocean_r1_v1"] = knob(
         "ocean_r1_v1",
         "user turn of rows in the first recipe's problem/solution layout: its own templates (ocean_r1_v1), or the "
         "verl recipe's '<image> ' + question + newline + instruction (ocean_r1); prompts.py",
+    )
+    system_prompt: str = knob("", "system turn of every prompt; empty keeps the chat template's default")
+    text_only_system_prompt: str = knob(
+        "",
+        "system turn of prompts without an image, if not empty (first recipe: R1's, prompts.R1_SYSTEM_PROMPT)",
+    )
+    keep_prompt_whitespace: bool = knob(
+        False,
+        "render the user text exactly, the space after <image> included, as verl substitutes images in place "
+        "(Ocean-R1); false strips each text piece (ours)",
     )
     synthetic: SyntheticConfig = field(
         default_factory=SyntheticConfig, metadata={"help": "procedural data for the miniature study"}
@@ -142,6 +174,11 @@ class RolloutConfig:
     top_k: int = knob(0, "sample from the k most likely tokens; 0 disables it")
     max_new_tokens: int = knob(4096, "response length limit, tokens")
     min_new_tokens: int = knob(0, "force at least this many new tokens (benchmarks use it to equalise work)")
+    stop_tokens: Literal["im_end", "generation_config"] = knob(
+        "im_end",
+        "what ends a completion: <|im_end|> only (ours), or every eos id of the model's generation config "
+        "(<|im_end|> and <|endoftext|>: vLLM's default, Ocean-R1)",
+    )
     vllm_gpu_memory_utilization: float = knob(0.5, "fraction of GPU memory vLLM may take when colocated")
     vllm_tensor_parallel_size: int = knob(1, "GPUs per vLLM engine")
     vllm_max_model_len: int = knob(12288, "vLLM context length, tokens (prompt + response)")
@@ -191,6 +228,11 @@ class RewardConfig:
     format_weight: float = knob(
         0.1, "overall = accuracy + format_weight * format (Ocean-R1: 0.1 stage 1, 0.05 stage 2)"
     )
+    keep_special_tokens: bool = knob(
+        False,
+        "score the completion decoded with its special tokens, e.g. the final <|im_end|> (verl's reward "
+        "manager, Ocean-R1); false: without (TRL, ours)",
+    )
     timeout_s: float = knob(2.0, "wall-clock limit for scoring one completion, seconds")
     num_workers: int = knob(0, "scoring processes for large batches; 0 picks from the CPU count")
 
@@ -209,6 +251,11 @@ class TrainConfig:
     num_processes: int = knob(1, "training processes the run expects (accelerate launch --num_processes)")
     lr: float = knob(1e-6, "AdamW learning rate (Ocean-R1: 1e-6)")
     warmup_steps: int = knob(0, "linear warm-up from 0 to lr over this many steps, then constant")
+    lr_schedule: Literal["constant", "verl_constant"] = knob(
+        "constant",
+        "step s (from 1) runs at lr x min(1, s / W) (constant; full rate from step 1 without warm-up), or "
+        "min(1, (s - 1) / max(1, W)) (verl's, Ocean-R1: step 1 at lr 0, only Adam's moments move)",
+    )
     weight_decay: float = knob(0.01, "AdamW weight decay")
     adam_beta1: float = knob(0.9, "AdamW beta1")
     adam_beta2: float = knob(0.999, "AdamW beta2")
@@ -221,6 +268,10 @@ class TrainConfig:
     )
     keep_last: int = knob(2, "checkpoints kept on disk (older ones are deleted)")
     val_every: int = knob(20, "score val_files greedily every this many steps (Ocean-R1: 20); 0 disables")
+    val_at_start: bool = knob(
+        False, "also score val_files before the first step, logged as step 0 (Ocean-R1)"
+    )
+    val_at_end: bool = knob(False, "also score val_files at the last step (Ocean-R1)")
     deterministic: bool = knob(False, "deterministic kernels (CPU runs then resume bit-exactly)")
 
 
@@ -376,6 +427,11 @@ class RunConfig:
             (self.model.lora_alpha > 0, f"model.lora_alpha={self.model.lora_alpha} must be > 0"),
             (t.lr > 0, f"train.lr={t.lr} must be > 0"),
             (t.keep_last >= 1, f"train.keep_last={t.keep_last} must be >= 1"),
+            (
+                d.processor_min_pixels <= (d.processor_max_pixels or d.max_pixels),
+                f"data.processor_min_pixels={d.processor_min_pixels} > the processor's upper limit",
+            ),
+            (d.max_prompt_tokens >= 1, f"data.max_prompt_tokens={d.max_prompt_tokens} must be >= 1"),
             (
                 self.model.tiny.hidden_size % self.model.tiny.num_heads == 0,
                 f"model.tiny.hidden_size={self.model.tiny.hidden_size} is not divisible by "
