@@ -15,8 +15,9 @@ two agree to float precision (tested).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -60,7 +61,9 @@ class RolloutBatch:
 def prompt_text(processor: Any, prompt: Prompt) -> str:
     """The chat-templated text of a prompt, one ``<|vision_start|><|image_pad|><|vision_end|>`` per image."""
     return processor.apply_chat_template(
-        chat_messages(prompt.content), add_generation_prompt=True, tokenize=False
+        chat_messages(prompt.content, prompt.system, prompt.keep_whitespace),
+        add_generation_prompt=True,
+        tokenize=False,
     )
 
 
@@ -122,6 +125,55 @@ def select_images(
     if not picked:
         return None, None
     return torch.cat([image_blocks[k] for k in picked]), image_grid_thw[picked]
+
+
+def stop_token_ids(model: Any, processor: Any, which: Literal["im_end", "generation_config"]) -> list[int]:
+    """The token ids that end a completion: ``<|im_end|>`` alone, or every eos id of the model's generation config
+    (Qwen2.5-VL: ``<|im_end|>`` and ``<|endoftext|>``; vLLM stops at these by default, and verl masks through the
+    first of either). The first id is ``<|im_end|>``, the turn's end."""
+    im_end = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    if which == "im_end":
+        return [im_end]
+    if which != "generation_config":
+        raise ValueError(f"unknown stop tokens {which!r}; expected 'im_end' or 'generation_config'")
+    eos = model.generation_config.eos_token_id
+    eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+    return [im_end, *(i for i in eos if i != im_end)]
+
+
+def texts_with_special_tokens(tokenizer: Any, batch: RolloutBatch) -> list[str]:
+    """Each completion's tokens up to and including its stop token, decoded with special tokens kept: the text
+    verl's reward manager scores (``tokenizer.decode(valid_response_ids)``: a finished one ends in ``<|im_end|>``)."""
+    return [
+        tokenizer.decode(ids[:length].tolist(), skip_special_tokens=False)
+        for ids, length in zip(batch.completion_ids, batch.completion_lengths, strict=True)
+    ]
+
+
+def truncate_prompts_left(batch: RolloutBatch, max_tokens: int) -> tuple[RolloutBatch, int]:
+    """The batch as the training forward sees it when every prompt keeps only its last ``max_tokens`` tokens, and
+    how many rows were cut: TRL 0.14's ``prompt_ids[:, -max_prompt_length:]`` (Ocean-R1's first recipe), where
+    the sampler had seen the whole prompt. Left padding makes it a cut of leading columns. A cut through image
+    tokens raises ``ValueError`` (the original's forward failed on it too: its image features no longer fit)."""
+    width = batch.prompt_ids.shape[1]
+    if width <= max_tokens:
+        return batch, 0
+    drop = width - max_tokens
+    cut_rows = batch.prompt_mask[:, :drop].any(-1)
+    cut_images = (batch.prompt_mask[:, :drop] * batch.prompt_token_types[:, :drop]).any(-1)
+    if cut_images.any():
+        row = int(cut_images.nonzero()[0])
+        raise ValueError(
+            f"row {row}: keeping the last {max_tokens} prompt tokens (data.max_prompt_tokens) would cut its image "
+            f"tokens ({int(batch.prompt_mask[row].sum())} prompt tokens); raise the limit or drop such prompts"
+        )
+    truncated = dataclasses.replace(
+        batch,
+        prompt_ids=batch.prompt_ids[:, drop:],
+        prompt_mask=batch.prompt_mask[:, drop:],
+        prompt_token_types=batch.prompt_token_types[:, drop:],
+    )
+    return truncated, int(cut_rows.sum())
 
 
 def teacher_forced_batch(processor: Any, prompts: list[Prompt], completions: list[str]) -> RolloutBatch:

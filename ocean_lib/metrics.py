@@ -35,6 +35,8 @@ METRICS: dict[str, str] = {
     "response/length_max": "longest completion, tokens",
     "response/clipped_fraction": "fraction of completions cut at max_new_tokens without EOS",
     "response/sampler_logprob_gap": "mean |sampler log-prob - trainer log-prob| over completion tokens, nats",
+    "prompt/truncated_fraction": "fraction of sequences whose prompt the training forward cut to its last "
+    "data.max_prompt_tokens tokens (overlong_prompts=truncate_left)",
     # loss
     "loss/total": "the optimised loss (policy + kl_coef * KL - entropy_coef * entropy), aggregated per loss_agg",
     "loss/policy": "the clipped policy-gradient term",

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 import torch
 
-from ocean_lib.batch import RolloutBatch, encode_prompts, mrope_positions
+from ocean_lib.batch import RolloutBatch, encode_prompts, mrope_positions, stop_token_ids
 from ocean_lib.config import RolloutConfig
 from ocean_lib.prompts import Prompt
 
@@ -76,6 +76,7 @@ class HFRolloutEngine:
         self.model, self.processor, self.cfg = model, processor, cfg
         tokenizer = processor.tokenizer
         self.eos_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        self.stop_ids = stop_token_ids(model, processor, cfg.stop_tokens)  # rollout.stop_tokens
         self.pad_id = tokenizer.pad_token_id
         self.suppressed = torch.tensor(vision_special_token_ids(processor), dtype=torch.long)
 
@@ -94,7 +95,7 @@ class HFRolloutEngine:
         cfg, model = self.cfg, self.model
         max_new = cfg.max_new_tokens if max_new_tokens is None else max_new_tokens
         device = next(model.parameters()).device
-        stops = torch.tensor([self.eos_id] if stop_token_ids is None else list(stop_token_ids), device=device)
+        stops = torch.tensor(self.stop_ids if stop_token_ids is None else list(stop_token_ids), device=device)
         inputs = {k: v.to(device) for k, v in encode_prompts(self.processor, prompts).items()}
         ids, mask, types = inputs["input_ids"], inputs["attention_mask"], inputs["mm_token_type_ids"]
         grid = inputs.get("image_grid_thw")

@@ -41,7 +41,7 @@ from typing import Any
 
 import torch
 
-from ocean_lib.batch import RolloutBatch, encode_prompts, prompt_text
+from ocean_lib.batch import RolloutBatch, encode_prompts, prompt_text, stop_token_ids
 from ocean_lib.config import DataConfig, RolloutConfig
 from ocean_lib.lora import peft_model
 from ocean_lib.prompts import Prompt
@@ -321,6 +321,7 @@ class VLLMRolloutEngine:
         self.model, self.processor, self.cfg = model, processor, cfg
         tokenizer = processor.tokenizer
         self.eos_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        self.stop_ids = stop_token_ids(model, processor, cfg.stop_tokens)  # rollout.stop_tokens
         self.pad_id = tokenizer.pad_token_id
         self.suppressed = vision_special_token_ids(processor)
         self.engine = self._engine(max_images_per_prompt, llm_overrides)
@@ -380,7 +381,7 @@ class VLLMRolloutEngine:
                     n,
                     greedy=greedy,
                     max_new_tokens=max_new,
-                    stop_token_ids=[self.eos_id] if stop_token_ids is None else list(stop_token_ids),
+                    stop_token_ids=self.stop_ids if stop_token_ids is None else list(stop_token_ids),
                     suppressed_token_ids=self.suppressed,
                     seed=None if seeds is None else seeds[i],
                     repetition_penalty=repetition_penalty,

@@ -32,8 +32,8 @@ def build_state(cfg: RunConfig, accelerator: Any, run: RunDir, checkpoint: Path 
     schedule, prepared by ``accelerator`` and restored from ``checkpoint`` if given, and the rollout engine."""
     load = dict(
         attn_implementation=cfg.model.attn_implementation,
-        min_pixels=cfg.data.min_pixels,
-        max_pixels=cfg.data.max_pixels,
+        min_pixels=cfg.data.processor_min_pixels or cfg.data.min_pixels,
+        max_pixels=cfg.data.processor_max_pixels or cfg.data.max_pixels,
     )
     lora = cfg.model.lora_rank > 0
     # With LoRA the frozen weights always come from the start; a checkpoint holds the adapter (lora.py).
@@ -57,10 +57,7 @@ def build_state(cfg: RunConfig, accelerator: Any, run: RunDir, checkpoint: Path 
         model = attach_lora(model, m.lora_rank, m.lora_alpha, m.lora_target_modules, adapter)
 
     optimizer = make_optimizer(model, cfg.train)
-    warmup = cfg.train.warmup_steps
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0
-    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda done: lr_factor(done, cfg.train))
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     if checkpoint is not None and (checkpoint / SHARDED_STATE).is_dir():
         accelerator.load_state(str(checkpoint / SHARDED_STATE))  # DeepSpeed: every rank reads its shard
@@ -102,6 +99,19 @@ def make_optimizer(model: Any, train: TrainConfig) -> torch.optim.Optimizer:
         weight_decay=train.weight_decay,
         betas=(train.adam_beta1, train.adam_beta2),
     )
+
+
+def lr_factor(done: int, train: TrainConfig) -> float:
+    """The learning-rate multiplier of the step that follows ``done`` steps (LambdaLR's count), W = warm-up steps.
+
+    constant        min(1, (done + 1) / W), or 1 without warm-up: step 1 trains at the full rate
+    verl_constant   min(1, done / max(1, W)): verl's get_constant_schedule_with_warmup (Ocean-R1), whose
+                    step 1 runs at lr 0 even without warm-up (AdamW then moves only its moments)
+    """
+    warmup = train.warmup_steps
+    if train.lr_schedule == "verl_constant":
+        return min(1.0, done / max(1, warmup))
+    return min(1.0, (done + 1) / warmup) if warmup else 1.0
 
 
 def loss_settings(cfg: RunConfig) -> dict[str, Any]:

@@ -33,9 +33,15 @@ from typing import Any
 import torch
 
 from ocean_lib import grpo
-from ocean_lib.batch import RolloutBatch, teacher_forced_batch
+from ocean_lib.batch import (
+    RolloutBatch,
+    teacher_forced_batch,
+    texts_with_special_tokens,
+    truncate_prompts_left,
+)
 from ocean_lib.config import RunConfig, save_config
 from ocean_lib.data import Record, load_example, read_records
+from ocean_lib.data.records import drop_overlong_prompts
 from ocean_lib.forward import completion_logprobs, logprobs_no_grad, micro_batches, reference_logprobs
 from ocean_lib.io import atomic_write_bytes
 from ocean_lib.metrics import POLICY_METRICS, Tally, check_registered
@@ -90,15 +96,28 @@ def train(cfg: RunConfig, resume: bool = False) -> Path:
     if accelerator.is_main_process:
         save_config(cfg, run.config)
 
-    records = [r for path in cfg.data.train_files for r in read_records(path, cfg.data)]
-    val_records = [r for path in cfg.data.val_files for r in read_records(path, cfg.data)]
+    state = build_state(cfg, accelerator, run, checkpoint)
+    records = _read(cfg.data.train_files, cfg, state.processor.tokenizer)
+    val_records = _read(cfg.data.val_files, cfg, state.processor.tokenizer)
     schedule = Schedule(len(records), cfg)
     total = schedule.total_steps
-    state = build_state(cfg, accelerator, run, checkpoint)
+
+    if (
+        val_records and cfg.train.val_at_start and start_step == 0
+    ):  # verl's val_before_train: logged as step 0
+        tally = Tally()
+        with tally.timer("time/validate_s"):
+            validate(state, val_records, tally)
+        metrics = {**tally.reduce(accelerator), "step": 0, "epoch": 0}
+        if accelerator.is_main_process:
+            run.trim_to_step(-1)  # a restart from scratch replaces the step-0 row it logged before
+            check_registered(set(metrics))
+            run.log_metrics(metrics)
 
     progress = _progress(total, start_step, enabled=cfg.logging.progress and accelerator.is_main_process)
     for step in range(start_step + 1, total + 1):
         t0 = time.perf_counter()
+        lr = state.scheduler.get_last_lr()[0]  # the rate this step's update uses
         _seed(cfg.train.seed, step, accelerator.process_index)
         indices = schedule.indices(step, accelerator.process_index, accelerator.num_processes)
         rows = [records[i] for i in indices]
@@ -108,12 +127,13 @@ def train(cfg: RunConfig, resume: bool = False) -> Path:
             tally, rollout_rows = grpo_step(state, rows, step, seeds)
         else:
             tally, rollout_rows = sft_step(state, rows, step)
-        if val_records and cfg.train.val_every and step % cfg.train.val_every == 0:
+        periodic = cfg.train.val_every and step % cfg.train.val_every == 0
+        if val_records and (periodic or (cfg.train.val_at_end and step == total)):
             with tally.timer("time/validate_s"):
                 validate(state, val_records, tally)
         tally.add("time/step_s", time.perf_counter() - t0, reduce="max")
         metrics = tally.reduce(accelerator)
-        metrics.update(step=step, epoch=schedule.epoch(step), lr=state.scheduler.get_last_lr()[0])
+        metrics.update(step=step, epoch=schedule.epoch(step), lr=lr)
         _check_finite(metrics, run)
         rollout_rows = _gather(accelerator, rollout_rows)
         if accelerator.is_main_process:
@@ -162,15 +182,22 @@ def grpo_step(
     # 3. Score every completion with the rule-based reward.
     with tally.timer("time/reward_s"):
         scores = score_batch(
-            batch.texts,
+            reward_texts(state, batch),
             [truths[i // n] for i in range(len(batch.texts))],
             [r.reward_func for r in rows_of],
             cfg.reward,
         )
     rewards = torch.tensor([s.overall for s in scores], dtype=torch.float32)
+    if (
+        cfg.data.overlong_prompts == "truncate_left"
+    ):  # TRL 0.14: the learner sees the prompts' last tokens only
+        batch, cut = truncate_prompts_left(batch, cfg.data.max_prompt_tokens)
+        tally.add("prompt/truncated_fraction", cut, count=len(batch.texts))
 
-    # 4. Group-normalised advantages; groups whose rewards are all equal carry no signal.
-    advantages = grpo.group_advantages(rewards, n, eps=alg.adv_eps, scale=alg.scale_rewards)
+    # 4. Group-normalised advantages; groups whose rewards are all equal carry no signal (verl: fp32 rounding).
+    advantages = grpo.group_advantages(
+        rewards, n, eps=alg.adv_eps, scale=alg.scale_rewards, equal_groups=alg.equal_reward_groups
+    )
     flat_groups = grpo.zero_variance_groups(rewards, n)
     keep = torch.ones(len(rewards), dtype=torch.bool)
     if alg.dynamic_sampling:
@@ -192,7 +219,11 @@ def grpo_step(
         old_logprobs = logprobs_no_grad(state.model, state.policy, batch, chunks, cfg.rollout.temperature)
 
     # 6. Micro-batched clipped-loss updates; normalisers are global so micro-batch losses add up exactly.
-    num_tokens = acc.reduce(batch.completion_mask[kept_rows].sum().float(), "sum").item()
+    num_tokens: float | torch.Tensor = acc.reduce(
+        batch.completion_mask[kept_rows].sum().float(), "sum"
+    ).item()
+    if alg.token_mean_over == "micro_batch":  # verl: each sequence's own denominator, from its micro-batch
+        num_tokens = _verl_denominators(acc, batch, cfg)
     num_seqs = acc.reduce(torch.tensor(float(len(kept_rows))), "sum").item()
     loss_sum = 0.0  # the batch loss is the sum of the micro-batch losses (global normalisers)
     with tally.timer("time/update_s"):
@@ -217,7 +248,7 @@ def grpo_step(
                     if ref_logprobs is None
                     else ref_logprobs[positions, :width].to(logp.device),
                     entropy=entropy,
-                    num_tokens=num_tokens,
+                    num_tokens=num_tokens[chunk] if isinstance(num_tokens, torch.Tensor) else num_tokens,
                     num_sequences=num_seqs,
                     **loss_settings(cfg),
                 )
@@ -258,7 +289,32 @@ def grpo_step(
 def prompt_of(record: Record, cfg: RunConfig) -> tuple[Prompt, str]:
     """The model input of a record and its ground truth (boxes rescaled with resized images)."""
     images, truth = load_example(record, cfg.data)
-    return Prompt(record.content, images), truth
+    d = cfg.data
+    system = d.text_only_system_prompt if not images and d.text_only_system_prompt else d.system_prompt
+    return Prompt(record.content, images, system=system, keep_whitespace=d.keep_prompt_whitespace), truth
+
+
+def reward_texts(state: TrainState, batch: RolloutBatch) -> list[str]:
+    """The completions as the reward reads them: without special tokens, or with them (``reward.keep_special_tokens``,
+    verl's reward manager: a finished completion ends in ``<|im_end|>``)."""
+    if state.cfg.reward.keep_special_tokens:
+        return texts_with_special_tokens(state.processor.tokenizer, batch)
+    return batch.texts
+
+
+def _verl_denominators(acc: Any, batch: RolloutBatch, cfg: RunConfig) -> torch.Tensor:
+    """This process's rows' token-mean denominators in verl's loss (:func:`grpo.verl_token_mean_denominators`
+    over the whole step: every process's completion and prompt + completion lengths, in rank order)."""
+    local = torch.stack([batch.completion_mask.sum(-1), batch.lengths]).to(acc.device)  # [2, R]
+    every = acc.gather(local[None]).cpu()  # [W, 2, R], rank by rank
+    denominators = grpo.verl_token_mean_denominators(
+        every[:, 0].reshape(-1).tolist(),
+        every[:, 1].reshape(-1).tolist(),
+        cfg.algorithm.balance_ranks or acc.num_processes,
+        cfg.train.micro_batch_size,
+    )
+    rows = local.shape[1]
+    return torch.tensor(denominators[acc.process_index * rows : (acc.process_index + 1) * rows])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -305,7 +361,7 @@ def validate(state: TrainState, records: list[Record], tally: Tally) -> None:
         chunk = mine[start : start + cfg.eval.batch_size]
         prompts, truths = zip(*(prompt_of(r, cfg) for r in chunk), strict=True)
         with acc.autocast():
-            texts = state.engine.generate(list(prompts), n=1, greedy=True).texts
+            texts = reward_texts(state, state.engine.generate(list(prompts), n=1, greedy=True))
         for record, score in zip(
             chunk, score_batch(texts, list(truths), [r.reward_func for r in chunk], cfg.reward), strict=True
         ):
@@ -317,6 +373,18 @@ def validate(state: TrainState, records: list[Record], tally: Tally) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 # Small pieces
 # ----------------------------------------------------------------------------------------------------------------
+
+
+def _read(paths: list[str], cfg: RunConfig, tokenizer: Any) -> list[Record]:
+    """The records of ``paths``; with ``data.overlong_prompts: drop``, those over ``data.max_prompt_tokens`` as
+    verl counted them are left out (counted and logged)."""
+    records = []
+    for path in paths:
+        loaded = read_records(path, cfg.data)
+        if cfg.data.overlong_prompts == "drop":
+            loaded = drop_overlong_prompts(loaded, tokenizer, cfg.data.max_prompt_tokens)
+        records += loaded
+    return records
 
 
 class Schedule:

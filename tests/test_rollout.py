@@ -97,6 +97,18 @@ def test_completion_mask_runs_through_the_first_stop_token():
     assert _mask_through_eos(ids, torch.tensor([9, 4])).tolist()[3] == [1, 1, 0, 0]
 
 
+def test_stop_tokens_are_im_end_or_the_generation_configs(tiny_model_dir):
+    from ocean_lib.batch import stop_token_ids
+
+    model, processor = load_policy(str(tiny_model_dir))
+    im_end = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    endoftext = processor.tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    assert stop_token_ids(model, processor, "im_end") == [im_end]
+    assert stop_token_ids(model, processor, "generation_config") == [im_end, endoftext]  # as Qwen2.5-VL's
+    engine = make_engine(model, processor, RolloutConfig(stop_tokens="generation_config"))
+    assert engine.stop_ids == [im_end, endoftext]
+
+
 def test_repetition_penalty_is_transformers_own():
     from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
 

@@ -118,6 +118,70 @@ def test_micro_batches_accumulate_to_the_full_batch(tiny_model_dir, mini_data_di
             )
 
 
+def test_verl_denominators_come_from_every_process_lengths_in_rank_order():
+    from accelerate import Accelerator
+
+    from ocean_lib.batch import RolloutBatch
+    from ocean_lib.trainer import _verl_denominators
+
+    # 4 sequences (2 prompts x 2): completion lengths [3, 1, 2, 5], prompt lengths [1, 1, 1, 1] (left-padded
+    # to 2 columns), so prompt + completion = [4, 2, 3, 6]. Balanced over 2 ranks: sorted (2, 1), (3, 2), (4, 0),
+    # (6, 3); runs {1, 2} and {0, 3}; joined: {3, 1} (6 + 2) and {0, 2} (4 + 3): micro-batches of 2, M = 2.
+    # {1, 3}: 1 + 5 = 6 tokens -> 2 * 6 = 12; {0, 2}: 3 + 2 = 5 -> 10.
+    lengths = [3, 1, 2, 5]
+    mask = torch.tensor([[1 if t < n else 0 for t in range(5)] for n in lengths])
+    batch = RolloutBatch(
+        prompt_ids=torch.ones(4, 2, dtype=torch.long),
+        prompt_mask=torch.tensor([[0, 1]] * 4),
+        prompt_token_types=torch.zeros(4, 2, dtype=torch.long),
+        completion_ids=torch.ones(4, 5, dtype=torch.long),
+        completion_mask=mask,
+        logprobs=torch.zeros(4, 5),
+        pixel_values=None,
+        image_grid_thw=None,
+        images_per_prompt=[0, 0],
+        n=2,
+        texts=[""] * 4,
+        finished=[True] * 4,
+    )
+    cfg = load_config(
+        None,
+        [
+            "algorithm.token_mean_over=micro_batch",
+            "algorithm.balance_ranks=2",
+            "train.micro_batch_size=2",
+            "train.prompts_per_step=2",
+            "rollout.n=2",
+        ],
+    )
+    assert _verl_denominators(Accelerator(cpu=True), batch, cfg).tolist() == [10.0, 12.0, 10.0, 12.0]
+
+
+def test_verl_schedule_runs_step_one_at_lr_zero_and_validates_at_start_and_end(
+    tiny_model_dir, mini_data_dir, tmp_path
+):
+    cfg = _config(
+        tiny_model_dir,
+        mini_data_dir,
+        tmp_path,
+        "train.lr_schedule=verl_constant",
+        "train.save_every=1",
+        f"data.val_files=[{mini_data_dir}/test/counting.parquet]",
+        "train.val_every=0",
+        "train.val_at_start=true",
+        "train.val_at_end=true",
+    )
+    final = train(cfg)
+    metrics = RunDir(cfg.run_dir).read_metrics()
+    assert [m["step"] for m in metrics] == [0, 1, 2]
+    assert [("val/accuracy" in m) for m in metrics] == [True, False, True]  # before training and at the end
+    assert [m.get("lr") for m in metrics] == [None, 0.0, cfg.train.lr]
+    # Step 1 ran at lr 0: AdamW moved its moments only, so the weights are the initial ones, bit for bit.
+    initial, after_one = _weights(tiny_model_dir), _weights(RunDir(cfg.run_dir).checkpoint(1))
+    assert all(torch.equal(initial[k], after_one[k]) for k in initial)
+    assert any(not torch.equal(initial[k], v) for k, v in _weights(final).items())
+
+
 def test_a_reference_kept_on_the_cpu_gives_the_same_step(tiny_model_dir, mini_data_dir, tmp_path):
     steps = {}
     for on_cpu in (False, True):
@@ -161,7 +225,15 @@ def test_nonfinite_loss_stops_and_names_the_last_good_checkpoint(tiny_model_dir,
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("extra", [[], LORA], ids=["full", "lora"])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        [],
+        LORA,
+        ["algorithm.token_mean_over=micro_batch", "algorithm.balance_ranks=2", "train.micro_batch_size=4"],
+    ],
+    ids=["full", "lora", "verl-micro-batch-mean"],
+)
 def test_two_processes_take_the_same_step_as_one(tiny_model_dir, mini_data_dir, tmp_path, extra):
     one = _config(tiny_model_dir, mini_data_dir, tmp_path, "train.max_steps=1", *extra, name="one")
     train(one)

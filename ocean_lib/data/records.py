@@ -44,6 +44,7 @@ import io
 import logging
 import os
 import re
+import sys
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
@@ -589,14 +590,15 @@ def load_images(record: Record, cfg: DataConfig) -> list[Image.Image]:
 
 
 def load_example(record: Record, cfg: DataConfig) -> tuple[list[Image.Image], str]:
-    """The record's images as model input and its ground truth in their pixels (:func:`prepare_images`)."""
+    """The record's images as model input and its ground truth in their pixels (:func:`prepare_images`);
+    without ``cfg.pre_resize`` the images are not resized here (the processor alone will)."""
     try:
         return prepare_images(
             record.images,
             record.ground_truth,
             box_truth=record.reward_func == "iou",
-            min_pixels=cfg.min_pixels,
-            max_pixels=cfg.max_pixels,
+            min_pixels=cfg.min_pixels if cfg.pre_resize else 0,
+            max_pixels=cfg.max_pixels if cfg.pre_resize else sys.maxsize,
         )
     except ImageError as error:
         raise DataError(f"{record.data_source} index {record.index}, field {error}") from error
