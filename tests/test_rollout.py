@@ -1,11 +1,13 @@
 """The HF rollout engine: shared prefill, suppressed vision tokens, and log-probs the trainer reproduces."""
 
+import pytest
 import torch
 from conftest import mixed_prompts
 
 from ocean_lib.batch import encode_prompts, mrope_positions, select_images
 from ocean_lib.config import RolloutConfig
 from ocean_lib.models import load_policy, vision_special_token_ids
+from ocean_lib.prompts import Prompt
 from ocean_lib.rollout import (
     _filter_top_k_top_p,
     _mask_through_eos,
@@ -148,3 +150,57 @@ def test_seeded_samples_do_not_depend_on_the_rest_of_the_batch(tiny_model_dir):
     assert forward.texts == backward.texts[2:] + backward.texts[:2]
     other_seed = engine.generate([a, b], n=2, seeds=[7, 6])
     assert other_seed.texts[2:] == forward.texts[2:] and other_seed.texts[:2] != forward.texts[:2]
+
+
+def test_left_truncation_keeps_each_prompts_last_tokens_and_refuses_to_cut_images(tiny_model_dir):
+    from ocean_lib.batch import truncate_prompts_left
+    from ocean_lib.forward import completion_logprobs
+
+    model, processor = load_policy(str(tiny_model_dir))
+    engine = make_engine(model, processor, RolloutConfig(max_new_tokens=6))
+    text_only = [Prompt("How many cubes? " * 12, []), Prompt("How many?", [])]
+    batch = engine.generate(text_only, n=2, seeds=[0, 1])
+    long, short = (int(batch.prompt_mask[i].sum()) for i in (0, 2))
+    keep = (long + short) // 2  # between the two: only the first prompt is cut
+    cut, rows = truncate_prompts_left(batch, keep)
+    assert rows == 2 and cut.prompt_ids.shape[1] == keep
+    # TRL's prompt_ids[:, -keep:] row by row: the long prompt's last tokens, the short one untouched
+    assert cut.prompt_ids[0].tolist() == batch.prompt_ids[0][batch.prompt_mask[0].bool()][-keep:].tolist()
+    assert (
+        cut.prompt_ids[2][cut.prompt_mask[2].bool()].tolist()
+        == batch.prompt_ids[2][batch.prompt_mask[2].bool()].tolist()
+    )
+    assert truncate_prompts_left(batch, long) == (batch, 0)
+    # The learner's log-probs of the long prompt's completions now differ (a shorter context); the short one's do not.
+    before = completion_logprobs(model, model, batch, torch.arange(4), 1.0)[0]
+    after = completion_logprobs(model, model, cut, torch.arange(4), 1.0)[0]
+    assert not torch.allclose(before[:2], after[:2]) and torch.allclose(before[2:], after[2:], atol=1e-5)
+    # A cut through image tokens is refused, naming the row.
+    pictured = engine.generate([mixed_prompts()[0]], n=1, seeds=[0])
+    with pytest.raises(
+        ValueError, match="row 0: keeping the last 5 prompt tokens .* would cut its image tokens"
+    ):
+        truncate_prompts_left(pictured, 5)
+
+
+def test_reward_text_with_special_tokens_ends_where_the_mask_ends(tiny_model_dir):
+    from ocean_lib.batch import teacher_forced_batch, texts_with_special_tokens
+    from ocean_lib.prompts import reference_completion
+
+    model, processor = load_policy(str(tiny_model_dir))
+    # Finished completions (the reference answers, each closed by <|im_end|>): verl's decode keeps the stop token.
+    answers = [
+        reference_completion("I count 3.", "3"),
+        reference_completion("Left.", "(A)"),
+        "<think>x</think>",
+    ]
+    finished = teacher_forced_batch(processor, mixed_prompts(), answers)
+    assert texts_with_special_tokens(processor.tokenizer, finished) == [a + "<|im_end|>" for a in answers]
+    # Completions cut at the length limit have no stop token to keep.
+    cut = make_engine(model, processor, RolloutConfig(max_new_tokens=8)).generate(
+        mixed_prompts(), n=2, seeds=[0, 1, 2]
+    )
+    assert not any(cut.finished)
+    assert not any(
+        text.endswith("<|im_end|>") for text in texts_with_special_tokens(processor.tokenizer, cut)
+    )
