@@ -430,3 +430,27 @@ def test_overlong_prompts_are_counted_as_verl_counts_them_and_dropped(tiny_model
     assert [(b.row, b.field, b.kind) for b in kept.report.bad_rows] == [(1, "prompt", "overlong_prompt")]
     assert f"{lengths[1]} tokens > data.max_prompt_tokens={lengths[1] - 1}" in kept.report.summary()
     assert len(drop_overlong_prompts(records, tokenizer, max_tokens=lengths[1])) == 2  # "at most" the limit
+
+
+def test_two_image_rows_are_left_out_and_counted_under_the_verl_recipes_limit(tmp_path):
+    # Ocean-R1's LIMIT_IMAGE_NUM=1 made vLLM refuse two-image prompts, so its runs trained on single-image rows:
+    # the verl params set max_images_per_prompt=1 with on_bad_row=skip.
+    from ocean_lib.config import load_config
+    from ocean_lib.paths import PROJECT_ROOT
+
+    recipe = load_config(PROJECT_ROOT / "params" / "qwen25vl_3b_stage1.yaml").data
+    assert (recipe.max_images_per_prompt, recipe.on_bad_row) == (1, "skip")
+    one, two = ImageRef(bytes=png((28, 28))), ImageRef(bytes=png((56, 28)))
+    records = [
+        Record.from_question(
+            data_source="d", question="Q", answer="3", reward_func="acc", index=0, images=[one]
+        ),
+        Record.from_question(
+            data_source="d", question="Q", answer="3", reward_func="acc", index=1, images=[one, two]
+        ),
+    ]
+    write_records(records, tmp_path / "r.parquet")
+    loaded = read_records(tmp_path / "r.parquet", recipe)
+    assert [r.index for r in loaded] == [0]
+    assert [(b.row, b.field) for b in loaded.report.bad_rows] == [(1, "images")]
+    assert "2 images > data.max_images_per_prompt=1" in loaded.report.summary()
