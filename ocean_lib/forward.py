@@ -15,6 +15,7 @@ from ocean_lib import grpo
 from ocean_lib.batch import RolloutBatch, mrope_positions, select_images
 from ocean_lib.config import TrainConfig
 from ocean_lib.lora import peft_model, unwrap_peft
+from ocean_lib.models import activation_checkpointing, kv_cache
 
 # Per micro-batch: (row ids of the batch, their positions within the rows being trained on).
 MicroBatches = list[tuple[torch.Tensor, torch.Tensor]]
@@ -83,7 +84,7 @@ def _can_run_prompts_once(model: Any, prompt_index: torch.Tensor, width: int) ->
         width > 1
         and len(prompt_index.unique()) < len(prompt_index)
         and isinstance(bare, PreTrainedModel)
-        and not bare.is_activation_checkpointing
+        and not activation_checkpointing(bare)
         and bare.config._attn_implementation in ("sdpa", "eager")
     )
 
@@ -125,7 +126,7 @@ def _logits_running_prompts_once(
         position_ids=positions[:, first_row, :prompt_len],
         pixel_values=None if pixel_values is None else pixel_values.to(device),
         image_grid_thw=None if grid is None else grid.to(device),
-        cache=cache,
+        **kv_cache(bare, cache),
         use_cache=True,
         logits_to_keep=1,
     ).logits
@@ -134,7 +135,7 @@ def _logits_running_prompts_once(
         input_ids=ids[:, prompt_len:-1],
         attention_mask=mask[:, :-1],
         position_ids=positions[:, :, prompt_len:-1],
-        cache=cache,
+        **kv_cache(bare, cache),
         use_cache=True,
     ).logits
     # A prompt's last position predicts the first token of each of its completions.

@@ -4,13 +4,20 @@ One loader, :func:`load_policy`, serves ``Qwen/Qwen2.5-VL-3B-Instruct`` (hub id 
 miniature built by :func:`build_tiny_model`; the miniature is a real Qwen2.5-VL architecture with random weights,
 a byte-level BPE tokenizer trained on the synthetic corpus and Qwen2-VL's chat format.
 
-Two facts about transformers 5.x that the rest of the project depends on:
+Facts about transformers 5.x that the rest of the project depends on (supported: 5.16.1, vLLM 0.33's floor, to
+5.24; CI runs the suite on both ends):
 
 * The stock ``Qwen2_5_VLProcessor`` insists on a video processor, and Qwen's video processor requires
   torchvision, which has no CPU build beside our CPU torch. :class:`Qwen2_5_VLImageTextProcessor` is the same
-  processor without videos. Without its registration, ``AutoProcessor.from_pretrained(tiny_dir)`` returns only
-  the tokenizer, with no error; and a real Qwen directory names the stock class, which ``AutoProcessor``
-  resolves before any registration, so :func:`load_policy` loads the processor through our class directly.
+  processor without videos; :func:`load_policy` loads every directory through it. It saves itself under the
+  stock name, as Qwen's own files do, so that a checkpoint loads wherever Qwen2.5-VL-3B-Instruct loads: in vLLM
+  (which builds ``Qwen2_5_VLProcessor`` from the files) and with ``AutoProcessor`` where torchvision is installed
+  (every GPU environment: vLLM requires it). Without torchvision ``AutoProcessor`` raises (no video processor);
+  a custom class name in the files would be worse: transformers 5.16 hands back the bare tokenizer, no error.
+
+* The KV-cache argument of a model's forward is ``cache`` in transformers 5.24 and ``past_key_values`` in 5.20
+  and earlier; the forward's ``**kwargs`` swallows the other name and runs without the cache, silently
+  (:func:`kv_cache`). ``is_activation_checkpointing`` is 5.24's name too (:func:`activation_checkpointing`).
 
 * A training forward that reproduces generation's log-probs (to ~1e-6) needs, besides ``input_ids`` and
   ``attention_mask`` (left padding, extended with ones over the completion), ``pixel_values``,
@@ -28,6 +35,7 @@ Two facts about transformers 5.x that the rest of the project depends on:
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import shutil
 import tempfile
@@ -39,8 +47,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     AutoModelForImageTextToText,
-    AutoProcessor,
     GenerationConfig,
+    PreTrainedModel,
     PreTrainedTokenizerFast,
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
@@ -50,6 +58,7 @@ from transformers import (
 from transformers.image_utils import SizeDict
 
 from ocean_lib.config import TinyModelConfig
+from ocean_lib.lora import unwrap_peft
 
 # Qwen's special tokens, in Qwen's order; <|endoftext|> pads, <|im_end|> ends a turn.
 SPECIAL_TOKENS = (
@@ -156,10 +165,14 @@ def build_tokenizer(corpus: Iterable[str], vocab_size: int) -> PreTrainedTokeniz
     return tokenizer
 
 
+# The processor class Qwen's checkpoints name (processor_config.json / preprocessor_config.json, tokenizer_config.json).
+STOCK_PROCESSOR_CLASS = Qwen2_5_VLProcessor.__name__
+
+
 class Qwen2_5_VLImageTextProcessor(Qwen2_5_VLProcessor):
     """Qwen2.5-VL's processor for images and text only: no video processor, hence no torchvision.
 
-    Saved directories name this class; loading them with ``AutoProcessor`` works once this module is imported.
+    Saved directories name the stock class (see the module docstring), like Qwen's own files.
     """
 
     def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
@@ -167,8 +180,32 @@ class Qwen2_5_VLImageTextProcessor(Qwen2_5_VLProcessor):
             image_processor, tokenizer, video_processor=None, chat_template=chat_template, **kwargs
         )
 
+    def to_dict(self) -> dict[str, Any]:
+        return super().to_dict() | {"processor_class": STOCK_PROCESSOR_CLASS}
 
-AutoProcessor.register(Qwen2_5_VLConfig, Qwen2_5_VLImageTextProcessor, exist_ok=True)
+    def save_pretrained(self, save_directory: str | Path, **kwargs: Any) -> list[str]:
+        files = super().save_pretrained(save_directory, **kwargs)
+        # The tokenizer was saved naming this class; save it again naming the stock one.
+        self.tokenizer._set_processor_class(STOCK_PROCESSOR_CLASS)
+        self.tokenizer.save_pretrained(save_directory)
+        return files
+
+
+def kv_cache(model: PreTrainedModel, cache: Any) -> dict[str, Any]:
+    """``{argument name: cache}`` for the forward of ``model`` (a transformers model, or a PEFT model around one):
+    ``cache`` (transformers 5.24) or ``past_key_values`` (5.20 and earlier), read from the signature because the
+    wrong name is swallowed without an error."""
+    parameters = inspect.signature(unwrap_peft(model).forward).parameters
+    for name in ("cache", "past_key_values"):
+        if name in parameters:
+            return {name: cache}
+    raise TypeError(f"{type(model).__name__}.forward takes neither `cache` nor `past_key_values`")
+
+
+def activation_checkpointing(model: torch.nn.Module) -> bool:
+    """Whether any layer of ``model`` recomputes its activations in backward (transformers' own test, which
+    5.24 calls ``is_activation_checkpointing`` and 5.20 ``is_gradient_checkpointing``)."""
+    return any(getattr(module, "gradient_checkpointing", False) for module in model.modules())
 
 
 def vision_special_token_ids(processor: Any) -> list[int]:
@@ -328,7 +365,7 @@ def load_policy(
             f"{name_or_path}: model_type is {model.config.model_type!r}; this project trains Qwen2.5-VL "
             f"({QWEN2_5_VL_MODEL_TYPE!r}) models"
         )
-    # Not AutoProcessor: a real Qwen directory names the stock processor, which needs torchvision (see top).
+    # Not AutoProcessor: the directory names the stock processor, which needs torchvision (see top).
     processor = Qwen2_5_VLImageTextProcessor.from_pretrained(model_dir)
     vision_special_token_ids(processor)  # a tokenizer without Qwen's vision tokens cannot place images
     if min_pixels is not None or max_pixels is not None:

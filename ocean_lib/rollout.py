@@ -107,6 +107,8 @@ class HFRolloutEngine:
         model.eval()
         from transformers import DynamicCache
 
+        from ocean_lib.models import kv_cache
+
         cache = DynamicCache(config=model.config)
         out = model(
             input_ids=ids,
@@ -114,7 +116,7 @@ class HFRolloutEngine:
             position_ids=positions,
             pixel_values=pixels,
             image_grid_thw=grid,
-            cache=cache,
+            **kv_cache(model, cache),
             use_cache=True,
             logits_to_keep=1,
         )
@@ -166,7 +168,7 @@ class HFRolloutEngine:
                 input_ids=token.unsqueeze(1),
                 attention_mask=mask,
                 position_ids=next_position.unsqueeze(-1),
-                cache=cache,
+                **kv_cache(model, cache),
                 use_cache=True,
             )
             next_logits = out.logits[:, -1].float()

@@ -15,12 +15,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from safetensors.torch import load_file
-from transformers import AutoProcessor
+from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING_NAMES
 
 from ocean_lib.config import TinyModelConfig
 from ocean_lib.models import (
     REASONING_TAGS,
     SPECIAL_TOKENS,
+    STOCK_PROCESSOR_CLASS,
     VISION_SPECIAL_TOKENS,
     Qwen2_5_VLImageTextProcessor,
     build_tiny_model,
@@ -72,8 +73,7 @@ def tokenizer():
 def test_build_save_load_chat_and_generate(tiny_dir, policy):
     model, processor = policy
     assert type(processor) is Qwen2_5_VLImageTextProcessor
-    # Without the registration AutoProcessor would silently hand back the bare tokenizer.
-    assert type(AutoProcessor.from_pretrained(tiny_dir)) is Qwen2_5_VLImageTextProcessor
+    assert _named_processor_classes(tiny_dir) == {STOCK_PROCESSOR_CLASS}
 
     text = prompt_text(processor, "How many red objects are there?")
     assert text.startswith(
@@ -213,7 +213,25 @@ def test_training_forward_reproduces_generation_logprobs(policy):
 
 def test_loads_a_directory_in_qwens_stock_format(tiny_dir, tmp_path):
     """Qwen's hub layout names the stock processor (which needs torchvision) and keeps pixel limits top-level."""
-    stock = tmp_path / "stock"
+    stock = _stock_layout(tiny_dir, tmp_path / "stock")
+    template = (stock / "chat_template.json").read_text()
+    template = json.loads(template)["chat_template"]
+
+    _, processor = load_policy(str(stock))
+    assert type(processor) is Qwen2_5_VLImageTextProcessor
+    assert processor.chat_template == template
+
+    def image_tokens(proc) -> int:
+        inputs = proc(text=[prompt_text(proc, "Count.")], images=[gray_image(224)], return_tensors="pt")
+        return int((inputs["input_ids"] == proc.image_token_id).sum())
+
+    assert image_tokens(processor) == 16  # max_pixels from the file: 224 px scaled down to 112 px
+    _, wider = load_policy(str(stock), min_pixels=MIN_PIXELS, max_pixels=224 * 224)
+    assert image_tokens(wider) == 64
+
+
+def _stock_layout(tiny_dir: Path, stock: Path) -> Path:
+    """A copy of ``tiny_dir`` in the layout of Qwen2.5-VL-3B-Instruct's hub files."""
     shutil.copytree(tiny_dir, stock)
     processor_config = json.loads((stock / "processor_config.json").read_text())
     (stock / "processor_config.json").unlink()
@@ -231,18 +249,52 @@ def test_loads_a_directory_in_qwens_stock_format(tiny_dir, tmp_path):
     (stock / "tokenizer_config.json").write_text(
         json.dumps(tokenizer_config | {"processor_class": "Qwen2_5_VLProcessor"})
     )
+    return stock
 
-    _, processor = load_policy(str(stock))
-    assert type(processor) is Qwen2_5_VLImageTextProcessor
-    assert processor.chat_template == template
 
-    def image_tokens(proc) -> int:
-        inputs = proc(text=[prompt_text(proc, "Count.")], images=[gray_image(224)], return_tensors="pt")
-        return int((inputs["input_ids"] == proc.image_token_id).sum())
+def _named_processor_classes(directory: Path) -> set[str]:
+    """The processor classes a saved directory names (transformers and vLLM read these fields)."""
+    names = set()
+    for name in ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json"):
+        if (directory / name).is_file():
+            names.add(json.loads((directory / name).read_text()).get("processor_class"))
+    return names - {None}
 
-    assert image_tokens(processor) == 16  # max_pixels from the file: 224 px scaled down to 112 px
-    _, wider = load_policy(str(stock), min_pixels=MIN_PIXELS, max_pixels=224 * 224)
-    assert image_tokens(wider) == 64
+
+def test_a_checkpoint_of_a_stock_qwen_directory_names_classes_vllm_and_autoprocessor_load(tiny_dir, tmp_path):
+    """Stage 2 and evaluation (vLLM included) load stage 1's final/: it must name what Qwen's own files name."""
+    stock = _stock_layout(tiny_dir, tmp_path / "stock")
+    model, processor = load_policy(str(stock))
+    saved = tmp_path / "final"
+    model.save_pretrained(saved)  # what every checkpoint does (trainer.save_checkpoint)
+    processor.save_pretrained(saved)
+    assert _named_processor_classes(saved) == {STOCK_PROCESSOR_CLASS}
+    # vLLM builds transformers' Qwen2_5_VLProcessor from these files: its image processor must be one of
+    # transformers' Qwen2.5-VL image processors.
+    image_processor = json.loads((saved / "processor_config.json").read_text())["image_processor"]
+    backends = IMAGE_PROCESSOR_MAPPING_NAMES["qwen2_5_vl"]
+    known = set(backends.values()) if isinstance(backends, dict) else {backends}
+    assert image_processor["image_processor_type"] in known
+    # AutoProcessor, without ocean_lib: the stock class where torchvision is installed (GPU environments),
+    # a loud error without it; never the bare tokenizer.
+    code = (
+        "import sys; from transformers import AutoProcessor\n"
+        "try: print('LOADED', type(AutoProcessor.from_pretrained(sys.argv[1])).__name__)\n"
+        "except OSError as error: print('RAISED', error)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(saved)], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert done.stdout.startswith(f"LOADED {STOCK_PROCESSOR_CLASS}") or (
+        done.stdout.startswith("RAISED") and "video processor" in done.stdout
+    ), done.stdout
+    # ... and this project loads it back unchanged.
+    _, again = load_policy(str(saved))
+    text = prompt_text(processor, "Count.")
+    assert torch.equal(
+        processor(text=[text], images=[gray_image(224)], return_tensors="pt")["input_ids"],
+        again(text=[text], images=[gray_image(224)], return_tensors="pt")["input_ids"],
+    )
 
 
 def test_missing_local_directory_is_a_clear_error(tmp_path):
