@@ -182,7 +182,9 @@ class RolloutConfig:
     vllm_gpu_memory_utilization: float = knob(0.5, "fraction of GPU memory vLLM may take when colocated")
     vllm_tensor_parallel_size: int = knob(1, "GPUs per vLLM engine")
     vllm_max_model_len: int = knob(12288, "vLLM context length, tokens (prompt + response)")
-    vllm_sleep_between_rollouts: bool = knob(True, "release vLLM's memory while training (if supported)")
+    vllm_sleep_between_rollouts: bool = knob(
+        True, "free vLLM's KV cache and weights while training (sleep level 2; the weight sync reloads them)"
+    )
 
 
 @dataclass

@@ -1,9 +1,9 @@
-"""The vLLM rollout backend (GPU, ``pip install -e .[gpu]``): the HF engine's ``RolloutBatch``, sampled by vLLM.
+"""The vLLM rollout backend (GPU, ``make install-gpu``): the HF engine's ``RolloutBatch``, sampled by vLLM.
 
 Colocated, as verl's hybrid engine and TRL's colocate mode: every training process owns one vLLM engine on its
 own GPU(s), created on first use and reused for the rest of the process (the trainer may build a fresh
-:class:`VLLMRolloutEngine` each step; the expensive engine underneath is cached). While the optimizer runs the
-engine sleeps (weights offloaded, KV cache freed) where the installed vLLM supports it.
+:class:`VLLMRolloutEngine` each step; the expensive engine underneath is cached). Written against vLLM 0.33.0
+(``requirements/gpu.lock``), through its public ``LLM`` methods only.
 
 What travels where:
 
@@ -17,16 +17,23 @@ What travels where:
   training forward's, so the loss uses the trainer's recomputed log-probs; vLLM's only feed the
   ``response/sampler_logprob_gap`` metric (mean |Δ log p|). vLLM's default log-probs are those of the raw
   logits: with ``temperature != 1`` the gap also contains the temperature's effect.
-* **Weights**: :meth:`VLLMRolloutEngine.sync_weights` pushes the policy's weights after every optimizer step. Under
-  DeepSpeed ZeRO-3 each process holds a shard only, so parameters are gathered one layer at a time
-  (``deepspeed.zero.GatheredParameters``), never the whole model at once. Names are mapped to the Hugging Face
-  checkpoint layout that every vLLM version loads (:func:`vllm_param_name`).
+* **Weights**: :meth:`VLLMRolloutEngine.sync_weights` pushes the policy's weights after every optimizer step,
+  through ``LLM.apply_model`` (a function run on the model inside vLLM's worker, in this process) calling the
+  model's own ``load_weights``, one layer at a time. Under DeepSpeed ZeRO-3 each process holds a shard only, so
+  each layer is gathered (``deepspeed.zero.GatheredParameters``) just for its push. Names are mapped to the
+  Hugging Face checkpoint layout that vLLM loads (:func:`vllm_param_name`). Every vLLM parameter must be
+  written, as vLLM's own loader demands (:func:`unloaded_weights`). Then vLLM's prefix cache and encoder cache
+  (image embeddings, keyed by the image, not by the weights) are reset: both were computed with the old weights.
+* **Memory**: while the trainer computes log-probs and gradients the engine sleeps at level 2
+  (:meth:`ColocatedEngine.release_memory`): vLLM frees its KV cache and its weights outright, keeping only the
+  model's buffers in host memory. Level 1 would first copy every weight to pinned host memory (a 3B's 7.5 GB per
+  process, 60 GB per 8-GPU node, every step) for nothing: ``sync_weights`` overwrites all of them before the
+  next generation. A generation after level-2 sleep without that sync is refused.
 * **Tensor parallelism**: with ``rollout.vllm_tensor_parallel_size = k > 1`` each group of ``k`` consecutive
   ranks shares one engine (vLLM's ``external_launcher``); the group's prompts are gathered, generated once, and
   each rank keeps its own completions.
 
-The pinned vLLM range is the ``gpu`` extra in ``pyproject.toml``; it has not been run in this repository's CI
-(no GPU there): ``python -m ocean_lib gpu-check`` exercises it on a GPU machine.
+This repository's CI has no GPU: ``python -m ocean_lib gpu-check`` exercises the engine on a GPU machine.
 """
 
 from __future__ import annotations
@@ -35,8 +42,7 @@ import contextlib
 import importlib.metadata
 import os
 import re
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -47,7 +53,7 @@ from ocean_lib.lora import peft_model
 from ocean_lib.prompts import Prompt
 
 # Engines of this process, by their construction arguments (one in practice: see the module docstring).
-_ENGINES: dict[tuple[Any, ...], _Engine] = {}
+_ENGINES: dict[tuple[Any, ...], ColocatedEngine] = {}
 
 
 class RolloutMismatch(RuntimeError):
@@ -65,8 +71,9 @@ def require_vllm() -> Any:
         import vllm
     except ImportError as error:
         raise ImportError(
-            f"rollout.backend=vllm needs vLLM, which cannot be imported here ({error}). Install the GPU extra on "
-            f"a CUDA machine: pip install -e .[gpu]  ({gpu_extra_vllm_requirement()}). Or set rollout.backend=hf."
+            f"rollout.backend=vllm needs vLLM, which cannot be imported here ({error}). Install the GPU environment "
+            f"on a CUDA machine: make install-gpu  ({gpu_extra_vllm_requirement()}, requirements/gpu.lock). Or "
+            "set rollout.backend=hf."
         ) from error
     return vllm
 
@@ -289,14 +296,81 @@ def tensor_parallel_groups(world_size: int, tp: int) -> list[list[int]]:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class _Engine:
-    """A process's vLLM engine and its state, shared by every VLLMRolloutEngine built over it."""
+def unloaded_weights(expected: Iterable[str], loaded: Iterable[str]) -> list[str]:
+    """vLLM parameters that a full push left unwritten (sorted): vLLM's own loader refuses to start with any."""
+    return sorted(set(expected) - set(loaded))
 
-    llm: Any
-    tp_group: Any  # torch.distributed group of the ranks sharing this engine; None without tensor parallelism
-    tp_ranks: list[int]
-    asleep: set[str] = field(default_factory=set)  # memory tags vLLM has released ("weights", "kv_cache")
+
+class ColocatedEngine:
+    """A process's vLLM engine (``vllm.LLM``), its sleep state and whether its weights are the policy's.
+
+    Uses of ``llm``, all public ``vllm.LLM`` methods of vLLM 0.33: ``generate``, ``sleep(level)``,
+    ``wake_up(tags)``, ``apply_model(fn)`` (``fn(model)`` inside the worker, in this process: the engine core runs
+    in-process, ``VLLM_ENABLE_V1_MULTIPROCESSING=0``), ``reset_prefix_cache()`` and
+    ``llm_engine.reset_encoder_cache()``.
+    """
+
+    def __init__(self, llm: Any, tp_group: Any = None, tp_ranks: Sequence[int] = (), sleep: bool = True):
+        self.llm = llm
+        self.tp_group = tp_group  # torch.distributed group of the ranks sharing this engine (None: no TP)
+        self.tp_ranks = list(tp_ranks)
+        self.sleep = sleep
+        self.asleep: set[str] = set()  # memory vLLM has released: "weights", "kv_cache"
+        self.weights_current = True  # vLLM's weights are the policy's as last pushed (or as loaded)
+
+    def generate(self, requests: list[dict[str, Any]], params: list[Any]) -> list[Any]:
+        if not self.weights_current:
+            raise RuntimeError(
+                "vLLM's weights were discarded while it slept (level 2): push the policy with "
+                "VLLMRolloutEngine.sync_weights before generating"
+            )
+        self._wake({"kv_cache"})
+        return list(self.llm.generate(requests, params, use_tqdm=False))
+
+    def release_memory(self) -> None:
+        """Free vLLM's KV cache and weights (sleep level 2; see the module docstring) until the next push."""
+        if self.sleep and self.asleep != {"weights", "kv_cache"}:
+            self.llm.sleep(level=2)
+            self.asleep = {"weights", "kv_cache"}
+            self.weights_current = False
+
+    def load(self, groups: Iterable[list[tuple[str, torch.Tensor]]]) -> None:
+        """Write every vLLM weight from ``groups`` (lists of (checkpoint name, tensor), e.g. one per layer).
+
+        Each group is loaded as soon as it is produced (so a ZeRO-3 gather can end before the next starts).
+        Raises if some vLLM parameter received no value; then resets the caches built with the old weights.
+        """
+        self._wake({"weights"})
+        loaded: set[str] = set()
+        for group in groups:
+            if group:
+                loaded |= _first(
+                    self.llm.apply_model(lambda model, group=group: set(model.load_weights(group)))
+                )
+        expected = _first(self.llm.apply_model(lambda model: {name for name, _ in model.named_parameters()}))
+        missing = unloaded_weights(expected, loaded)
+        if missing:
+            raise RuntimeError(
+                f"the policy's weights left {len(missing)} vLLM parameters unwritten, e.g. {missing[:5]}: "
+                "vLLM would generate with garbage there"
+            )
+        self.weights_current = True
+        self.llm.reset_prefix_cache()  # cached prefixes were computed with the old weights
+        self.llm.llm_engine.reset_encoder_cache()  # and so were the cached image embeddings
+
+    def _wake(self, tags: set[str]) -> None:
+        """Give back to vLLM the memory of the given tags that it released when it last slept."""
+        waking = sorted(self.asleep & tags)
+        if waking:
+            self.llm.wake_up(tags=waking)
+            self.asleep -= set(waking)
+
+
+def _first(per_worker: list[Any]) -> Any:
+    """This process's result of ``LLM.apply_model``, which answers one per worker (one here: in-process)."""
+    if len(per_worker) != 1:
+        raise RuntimeError(f"expected vLLM's in-process worker only, got {len(per_worker)} results")
+    return per_worker[0]
 
 
 class VLLMRolloutEngine:
@@ -324,10 +398,14 @@ class VLLMRolloutEngine:
         self.stop_ids = stop_token_ids(model, processor, cfg.stop_tokens)  # rollout.stop_tokens
         self.pad_id = tokenizer.pad_token_id
         self.suppressed = vision_special_token_ids(processor)
-        self.engine = self._engine(max_images_per_prompt, llm_overrides)
+        self.engine, created = self._engine(max_images_per_prompt, llm_overrides)
+        if created and peft_model(model) is not None:
+            # vLLM loaded the base weights from disk; the policy is those plus its adapters (a resumed run's
+            # already trained): push the merged weights before the first generation.
+            self.sync_weights(model)
 
-    def _engine(self, max_images: int, overrides: dict[str, Any]) -> _Engine:
-        """This process's engine for these arguments, created on first use."""
+    def _engine(self, max_images: int, overrides: dict[str, Any]) -> tuple[ColocatedEngine, bool]:
+        """This process's engine for these arguments, created on first use; and whether it was created now."""
         cfg = self.cfg
         source = str(getattr(self.model, "name_or_path", "") or self.model.config._name_or_path)
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
@@ -348,12 +426,18 @@ class VLLMRolloutEngine:
         if distributed:  # run inside the training processes' torch.distributed world (colocated)
             kwargs["distributed_executor_backend"] = "external_launcher"
         key = tuple(sorted((k, repr(v)) for k, v in kwargs.items()))
-        if key not in _ENGINES:
-            tp_group, tp_ranks = _tensor_parallel_group(cfg.vllm_tensor_parallel_size)
-            # Keep vLLM's engine core in this process: weights are loaded into its model object directly.
-            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-            _ENGINES[key] = _Engine(self.vllm.LLM(**kwargs), tp_group, tp_ranks)
-        return _ENGINES[key]
+        if key in _ENGINES:
+            return _ENGINES[key], False
+        tp_group, tp_ranks = _tensor_parallel_group(cfg.vllm_tensor_parallel_size)
+        # Keep vLLM's engine core in this process: apply_model then runs our function on its model directly.
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        llm = self.vllm.LLM(**kwargs)
+        if distributed:
+            # Creation (profiling, CUDA graphs) takes minutes and differs between ranks: wait for every engine
+            # before the next collective of training starts its NCCL timeout.
+            torch.distributed.barrier()
+        _ENGINES[key] = ColocatedEngine(llm, tp_group, tp_ranks, sleep=cfg.vllm_sleep_between_rollouts)
+        return _ENGINES[key], True
 
     # -- generation ---------------------------------------------------------------------------------------------
 
@@ -410,12 +494,14 @@ class VLLMRolloutEngine:
             )
             requests = [r for part, _ in gathered for r in part]
             params = [p for _, part in gathered for p in part]
-        self._wake({"weights", "kv_cache"})
-        outputs = list(engine.llm.generate(requests, params, use_tqdm=False))
-        self._sleep()
+        outputs = engine.generate(requests, params)
         return outputs[start : start + mine]
 
     # -- weights and memory -------------------------------------------------------------------------------------
+
+    def release_memory(self) -> None:
+        """Free vLLM's GPU memory until the next :meth:`sync_weights` (call after generating, before training)."""
+        self.engine.release_memory()
 
     @torch.no_grad()
     def sync_weights(self, model: Any) -> None:
@@ -425,40 +511,35 @@ class VLLMRolloutEngine:
         collective: every process must call it, and each layer is gathered whole on every process in turn.
         LoRA adapters are merged into the base weights for the push and unmerged afterwards (not with ZeRO-3).
         """
-        named = list(model.named_parameters())
-        sharded = any(hasattr(p, "ds_id") for _, p in named)
         adapters = peft_model(model)
-        if adapters is not None and sharded:
+        if adapters is not None and _sharded(model):
             raise NotImplementedError(
                 "LoRA with DeepSpeed ZeRO-3 and vLLM rollouts is not supported; use ZeRO-2"
             )
-        target = _vllm_model(self.engine.llm)
-        self._wake({"weights"})
-        params = dict(named)
         with _merged(adapters):
-            for group in weight_groups(name for name, _ in named):
-                with _gathered([params[name] for name in group], sharded):
-                    batch = [
-                        (vllm_name, params[name].detach())
-                        for name in group
-                        if (vllm_name := vllm_param_name(name)) is not None
-                    ]
-                    if batch:
-                        target.load_weights(batch)
-        self.engine.llm.reset_prefix_cache()  # cached prefixes were computed with the old weights
+            self.engine.load(policy_weights(model))
 
-    def _wake(self, tags: set[str]) -> None:
-        """Give back to vLLM the memory of the given tags that it released when it last slept."""
-        waking = sorted(self.engine.asleep & tags)
-        if waking:
-            self.engine.llm.wake_up(tags=waking)
-            self.engine.asleep -= set(waking)
 
-    def _sleep(self) -> None:
-        """Release vLLM's memory while training runs (level 1: weights to CPU memory, KV cache discarded)."""
-        if self.cfg.vllm_sleep_between_rollouts:
-            self.engine.llm.sleep(level=1)
-            self.engine.asleep = {"weights", "kv_cache"}
+def policy_weights(model: Any) -> Iterator[list[tuple[str, torch.Tensor]]]:
+    """The policy's weights as vLLM loads them: one list of (checkpoint name, tensor) per layer, in order.
+
+    Under ZeRO-3 a layer's parameters are gathered while its list is being used (until the next is asked for),
+    a collective: every process must consume every list. Adapter matrices (LoRA) are left out.
+    """
+    named = list(model.named_parameters())
+    params, sharded = dict(named), _sharded(model)
+    for group in weight_groups(name for name, _ in named):
+        with _gathered([params[name] for name in group], sharded):
+            yield [
+                (vllm_name, params[name].detach())
+                for name in group
+                if (vllm_name := vllm_param_name(name)) is not None
+            ]
+
+
+def _sharded(model: Any) -> bool:
+    """Whether DeepSpeed ZeRO-3 partitions the model's parameters."""
+    return any(hasattr(p, "ds_id") for p in model.parameters())
 
 
 def _tensor_parallel_group(tp: int) -> tuple[Any, list[int]]:
@@ -474,20 +555,6 @@ def _tensor_parallel_group(tp: int) -> tuple[Any, list[int]]:
     layout = tensor_parallel_groups(torch.distributed.get_world_size(), tp)
     group, _ = torch.distributed.new_subgroups_by_enumeration(layout)  # collective: every rank, same layout
     return group, next(ranks for ranks in layout if rank in ranks)
-
-
-def _vllm_model(llm: Any) -> Any:
-    """The engine's model object, in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0)."""
-    try:
-        worker = llm.llm_engine.model_executor.driver_worker
-        return getattr(worker, "worker", worker).model_runner.model
-    except AttributeError as error:
-        import vllm
-
-        raise RuntimeError(
-            f"cannot reach the model inside vLLM {vllm.__version__} to load new weights ({error}); this code "
-            f"follows the layout of {gpu_extra_vllm_requirement()}"
-        ) from error
 
 
 def _gathered(tensors: list[torch.Tensor], sharded: bool):

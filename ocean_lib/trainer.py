@@ -177,6 +177,8 @@ def grpo_step(
     prompts, truths = zip(*(prompt_of(r, cfg) for r in records), strict=True)
     with tally.timer("time/generate_s"), acc.autocast():
         batch = state.engine.generate(list(prompts), n=n, seeds=seeds)
+    if hasattr(state.engine, "release_memory"):  # vLLM frees its GPU memory until the next weight sync
+        state.engine.release_memory()
     rows_of = [records[i // n] for i in range(len(batch.texts))]
 
     # 3. Score every completion with the rule-based reward.

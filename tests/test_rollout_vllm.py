@@ -18,14 +18,17 @@ from ocean_lib.models import load_policy, vision_special_token_ids
 from ocean_lib.prompts import Prompt, user_text
 from ocean_lib.rollout import make_engine
 from ocean_lib.rollout_vllm import (
+    ColocatedEngine,
     RolloutMismatch,
     VLLMRolloutEngine,
     mm_processor_kwargs,
     pixel_limits,
+    policy_weights,
     prompt_text,
     rollout_batch_from_outputs,
     sampling_kwargs,
     tensor_parallel_groups,
+    unloaded_weights,
     vllm_param_name,
     vllm_requests,
     weight_groups,
@@ -77,7 +80,7 @@ def _decode(processor):
 @pytest.mark.skipif(HAS_VLLM, reason="vLLM is installed here")
 def test_selecting_vllm_without_it_fails_at_once_naming_the_gpu_extra(policy):
     model, processor = policy
-    with pytest.raises(ImportError, match=r"pip install -e \.\[gpu\].*vllm"):
+    with pytest.raises(ImportError, match=r"make install-gpu.*vllm"):
         VLLMRolloutEngine(model, processor, RolloutConfig(backend="vllm"))
     with pytest.raises(ImportError, match=r"rollout\.backend=vllm"):
         make_engine(model, processor, RolloutConfig(backend="vllm"))
@@ -198,6 +201,109 @@ def test_weight_groups_are_whole_layers_in_order(policy):
     assert len(layer_groups) == model.config.text_config.num_hidden_layers
     assert all(len({n.split(".")[3] for n in g}) == 1 for g in layer_groups)  # one layer index per group
     assert ["model.visual.patch_embed.proj.weight"] in groups  # a layerless weight stands alone
+
+
+class VLLMModel:
+    """Stands in for the model inside vLLM's worker: parameters under checkpoint names, and ``load_weights``
+    copying what it is given and answering the names it wrote (vLLM's contract)."""
+
+    def __init__(self, shapes: dict[str, torch.Size]):
+        self.params = {name: torch.full(shape, float("nan")) for name, shape in shapes.items()}
+
+    def named_parameters(self):
+        return iter(self.params.items())
+
+    def load_weights(self, weights):
+        written = set()
+        for name, tensor in weights:
+            self.params[name].copy_(tensor)
+            written.add(name)
+        return written
+
+
+class LLM:
+    """Stands in for ``vllm.LLM`` (0.33): the methods ColocatedEngine calls, each call recorded."""
+
+    def __init__(self, model: VLLMModel):
+        self.model, self.calls, self.released = model, [], set()
+        self.llm_engine = self  # LLMEngine.reset_encoder_cache lives on llm.llm_engine
+
+    def apply_model(self, fn):
+        assert "weights" not in self.released, "vLLM's weights were touched while asleep"
+        self.calls.append("apply_model")
+        return [fn(self.model)]
+
+    def sleep(self, level):
+        self.calls.append(f"sleep({level})")
+        self.released = {"weights", "kv_cache"}
+
+    def wake_up(self, tags):
+        self.calls.append(f"wake_up({','.join(tags)})")
+        self.released -= set(tags)
+
+    def reset_prefix_cache(self):
+        self.calls.append("reset_prefix_cache")
+
+    def reset_encoder_cache(self):
+        self.calls.append("reset_encoder_cache")
+
+    def generate(self, requests, params, use_tqdm):
+        assert not self.released, f"generated with {self.released} released"
+        self.calls.append("generate")
+        return [f"output of {r}" for r in requests]
+
+
+def _vllm_side(policy_model) -> LLM:
+    return LLM(VLLMModel({vllm_param_name(n): p.shape for n, p in policy_model.named_parameters()}))
+
+
+def test_pushing_the_policy_writes_every_vllm_weight_then_resets_the_caches(policy):
+    model, _ = policy
+    llm = _vllm_side(model)
+    engine = ColocatedEngine(llm)
+    engine.load(policy_weights(model))
+    for name, parameter in model.named_parameters():
+        assert torch.equal(llm.model.params[vllm_param_name(name)], parameter.detach()), name
+    groups = len(list(policy_weights(model)))
+    # one load per layer, then the completeness check, then both caches built with the old weights
+    assert llm.calls == ["apply_model"] * (groups + 1) + ["reset_prefix_cache", "reset_encoder_cache"]
+
+
+def test_sleep_discards_the_weights_and_generation_waits_for_the_next_push(policy):
+    model, _ = policy
+    llm = _vllm_side(model)
+    engine = ColocatedEngine(llm)
+    assert engine.generate(["a"], [None]) == ["output of a"]  # weights as loaded from disk
+    engine.release_memory()
+    engine.release_memory()  # already asleep: nothing more to free
+    assert llm.calls == ["generate", "sleep(2)"]
+    with pytest.raises(RuntimeError, match="discarded while it slept.*sync_weights"):
+        engine.generate(["b"], [None])
+    llm.calls.clear()
+    engine.load(policy_weights(model))
+    assert engine.generate(["b"], [None]) == ["output of b"]
+    assert llm.calls[0] == "wake_up(weights)" and llm.calls[-2:] == ["wake_up(kv_cache)", "generate"]
+
+
+def test_without_sleep_mode_nothing_is_released(policy):
+    model, _ = policy
+    llm = _vllm_side(model)
+    engine = ColocatedEngine(llm, sleep=False)
+    engine.release_memory()
+    assert engine.generate(["a"], [None]) == ["output of a"] and llm.calls == ["generate"]
+
+
+def test_a_push_that_misses_a_vllm_weight_is_refused(policy):
+    model, _ = policy
+    llm = _vllm_side(model)
+    llm.model.params["model.extra_projection.weight"] = torch.zeros(2)  # a parameter the policy lacks
+    engine = ColocatedEngine(llm)
+    engine.release_memory()
+    with pytest.raises(
+        RuntimeError, match=r"left 1 vLLM parameters unwritten.*model\.extra_projection\.weight"
+    ):
+        engine.load(policy_weights(model))
+    assert unloaded_weights({"a", "b", "c"}, {"b"}) == ["a", "c"]
 
 
 def test_tensor_parallel_groups_are_consecutive_ranks():
