@@ -103,7 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("which", choices=list(BENCH_SCRIPTS), help="which benchmark")
 
-    commands.add_parser("gpu-check", help="check bf16, flash-attention, DeepSpeed and vLLM on one GPU")
+    p = commands.add_parser(
+        "gpu-check",
+        help="check on one GPU what a params file needs: vLLM, attention, DeepSpeed ZeRO-2/3, memory",
+    )
+    add_params_arguments(p, required=False)
+    p.add_argument("--out", default=None, help="JSON report (default: outputs/gpu_check.json)")
     return parser
 
 
@@ -262,7 +267,7 @@ def _bench(args: argparse.Namespace) -> int:
 def _gpu_check(args: argparse.Namespace) -> int:
     from ocean_lib.gpu_check import main
 
-    return main()
+    return main(args.params, args.overrides, args.out)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,42 +1,77 @@
-"""``python -m ocean_lib gpu-check``: does the real-scale code path work on this GPU machine? (one GPU, < 5 minutes)
+"""``python -m ocean_lib gpu-check``: can this GPU machine run the real-scale recipe? (one GPU, ≤ 8 minutes on an H200)
 
-With the tiny Qwen2.5-VL (built on the fly in a temporary directory) and a few procedural records:
+It checks what a params file (default: the 3B stage-1 recipe) asks for, and fails rather than skips when a piece
+the params ask for is missing. With the tiny Qwen2.5-VL (built on the fly) and a few procedural records:
 
-1. ``bf16 generation``: the HF rollout engine samples a group in bf16 on the GPU; the training forward
-   reproduces its log-probs (mean |Δ log p| printed).
-2. ``training step``: two GRPO steps of the 3B stage-1 recipe through ``launch.train`` (a real accelerate
-   subprocess), bf16, gradient checkpointing, flash-attention 2 when ``flash_attn`` imports (sdpa otherwise).
-3. ``DeepSpeed ZeRO-2``: the same two steps with ``params/accelerate/single_node_zero2.yaml`` on one process.
-4. ``vLLM``: the vLLM backend generates a group; after the policy's weights change, ``sync_weights`` must bring
-   vLLM's log-probs back to the training forward's.
+``environment``   the params' rollout backend (vLLM), attention kernel (flash-attn) and DeepSpeed are installed
+``bf16 generation`` the HF engine samples in bf16; the training forward reproduces its log-probs; the attention
+                  kernel that really ran is reported
+``training step`` two GRPO steps of the recipe through ``launch`` (a real accelerate subprocess): bf16, gradient
+                  checkpointing, the params' attention and rollout backend (vLLM inside a training step)
+``LoRA step``     the same with LoRA, the reference on the CPU and length buckets (HF rollouts)
+``ZeRO-2 step``, ``ZeRO-3 step``  the same through ``params/accelerate/single_node_zero{2,3}.yaml``, one process,
+                  NCCL; ``run_info.json`` must say ZeRO stage 2 / 3 on nccl (ZeRO-3 with the params' backend)
+``vLLM weight sync`` vLLM generates; after the policy changes, ``sync_weights`` brings vLLM's log-probs to it
+``memory 3B``, ``memory 7B``  peak GPU memory of one GRPO micro-batch (forward, loss, backward; bf16,
+                  gradient checkpointing) of a randomly initialised Qwen2.5-VL at the real width, built from its
+                  config (no download), next to the estimate of docs/real_scale.md (:func:`micro_batch_estimate_gb`)
 
-Prints one row per check (passed / failed / skipped, seconds, peak GPU memory in use on the device, a note) and
-returns 0 when nothing failed. Peak memory is sampled every 0.1 s over the whole device, so it includes
-accelerate's subprocesses and vLLM's reserved cache.
+One line per check as it finishes (status, seconds, peak GPU memory, note), then a summary line, and every result
+in a JSON file. Exit status 0 only if no check failed. Peak memory of the subprocess checks is sampled over the
+whole device every 0.1 s; the in-process checks read ``torch.cuda.max_memory_allocated``.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
-import sys
+import json
+import platform
 import tempfile
 import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from ocean_lib.paths import PROJECT_ROOT
 
-RECIPE = PROJECT_ROOT / "params" / "qwen25vl_3b_stage1.yaml"
-ZERO2 = PROJECT_ROOT / "params" / "accelerate" / "single_node_zero2.yaml"
+DEFAULT_PARAMS = PROJECT_ROOT / "params" / "qwen25vl_3b_stage1.yaml"
+ACCELERATE_CONFIGS = {2: "single_node_zero2.yaml", 3: "single_node_zero3.yaml"}
+DEFAULT_OUT = PROJECT_ROOT / "outputs" / "gpu_check.json"
+# Packages whose versions the report states (distribution names).
+VERSIONED = ("torch", "transformers", "accelerate", "deepspeed", "peft", "vllm", "flash-attn")
 
-
-class Skip(Exception):
-    """A check that cannot run here (the reason is the message)."""
+# Qwen2.5-VL-3B/7B-Instruct's config.json (the hub files), the sizes that set memory: text model, vision tower.
+# Their parameter counts, 3,754,622,976 and 8,292,166,656, are the published ones (tested).
+REAL_WIDTHS = {
+    "3B": dict(hidden=2048, intermediate=11008, layers=36, heads=16, kv_heads=2, vocab=151936, tied=True),
+    "7B": dict(hidden=3584, intermediate=18944, layers=28, heads=28, kv_heads=4, vocab=152064, tied=False),
+}
+QWEN_VISION = dict(
+    depth=32,
+    hidden_size=1280,
+    intermediate_size=3420,
+    num_heads=16,
+    patch_size=14,
+    spatial_merge_size=2,
+    temporal_patch_size=2,
+    window_size=112,
+    fullatt_block_indexes=[7, 15, 23, 31],
+    tokens_per_second=2,
+    in_chans=3,
+    hidden_act="silu",
+)
+QWEN_TOKENS = dict(
+    image_token_id=151655, video_token_id=151656, vision_start_token_id=151652, vision_end_token_id=151653
+)
+# One GRPO micro-batch of the memory checks: train.micro_batch_size rows of one prompt (an image of this side and
+# text) and a response; Ocean-R1's limits are 8,192 + 4,096 tokens, typical responses a few hundred.
+MEMORY_SHAPE = dict(prompt_tokens=2048, response_tokens=2048, image_side=448)
 
 
 @dataclass
@@ -46,73 +81,192 @@ class Result:
     seconds: float
     peak_gb: float | None
     note: str
+    details: dict[str, Any] = field(default_factory=dict)
 
 
-def main() -> int:
-    """Run every check and print the table; 0 if none failed, 1 otherwise (and without CUDA)."""
-    if not torch.cuda.is_available():
-        build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
-        print(
-            f"gpu-check needs a CUDA GPU, and torch.cuda.is_available() is False here (torch {torch.__version__}, "
-            f"{build}). Run it on a GPU machine with the GPU extra installed: pip install -e .[gpu]",
-            file=sys.stderr,
+@dataclass(frozen=True)
+class Check:
+    """One line of the report: ``run(workspace)`` returns a note (and may add details); ``needs(cfg)`` are the
+    modules it cannot run without for these params; ``applies(cfg)`` false means the params do not use it
+    (skipped, saying ``why_not``)."""
+
+    name: str
+    run: Callable[[Workspace], str]
+    needs: Callable[[Any], tuple[str, ...]] = lambda cfg: ()
+    applies: Callable[[Any], bool] = lambda cfg: True
+    why_not: str = ""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# What the params ask for, and the report (pure; tested on CPU)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def missing_requirements(cfg: Any, installed: Callable[[str], bool]) -> list[str]:
+    """What ``cfg`` (and the recipe's DeepSpeed launch files) need that is not importable, each with its fix."""
+    problems = []
+    if cfg.rollout.backend == "vllm" and not installed("vllm"):
+        problems.append("rollout.backend=vllm but vLLM is not installed (make install-gpu)")
+    if cfg.model.attn_implementation == "flash_attention_2" and not installed("flash_attn"):
+        problems.append(
+            "model.attn_implementation=flash_attention_2 but flash-attn is not installed (make flash-attn), "
+            "or set model.attn_implementation=sdpa"
         )
-        return 1
-    print(
-        f"gpu-check on {torch.cuda.get_device_name(0)}, torch {torch.__version__}, CUDA {torch.version.cuda}"
+    if not installed("deepspeed"):
+        problems.append(
+            "DeepSpeed is not installed; the ZeRO launch files need it (make install-gpu; offline: "
+            "make gpu-check-wheels, then carry .whl/)"
+        )
+    return problems
+
+
+def attention_module(cfg: Any) -> tuple[str, ...]:
+    """The module the params' attention kernel needs (flash-attn's), if any."""
+    return ("flash_attn",) if cfg.model.attn_implementation == "flash_attention_2" else ()
+
+
+def rollout_modules(cfg: Any) -> tuple[str, ...]:
+    """The modules the params' rollout backend needs, beyond the attention kernel."""
+    return ("vllm",) if cfg.rollout.backend == "vllm" else ()
+
+
+def module_installed(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
+
+
+def versions() -> dict[str, str | None]:
+    """Installed versions of the packages the checks exercise (None: not installed)."""
+    found: dict[str, str | None] = {"python": platform.python_version()}
+    for name in VERSIONED:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def format_line(result: Result) -> str:
+    """One report line: status, check, seconds, peak GPU memory (- when not measured), note."""
+    peak = "-" if result.peak_gb is None else f"{result.peak_gb:.1f}"
+    return f"{result.status:<7}  {result.check:<18}  {result.seconds:6.1f} s  {peak:>6} GB  {result.note}"
+
+
+def summary_line(results: list[Result], seconds: float) -> str:
+    """The last line: counts by status, the failed checks by name, and the verdict."""
+    failed = [r.check for r in results if r.status == "failed"]
+    counts = {s: sum(r.status == s for r in results) for s in ("passed", "failed", "skipped")}
+    verdict = f"FAILED ({', '.join(failed)})" if failed else "OK"
+    return (
+        f"gpu-check: {counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped "
+        f"in {seconds:.0f} s: {verdict}"
     )
+
+
+def write_report(path: Path, results: list[Result], context: dict[str, Any], seconds: float) -> None:
+    """Every result, the machine and the verdict as JSON (written whole, then renamed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    report = {
+        **context,
+        "seconds": round(seconds, 1),
+        "ok": not any(r.status == "failed" for r in results),
+        "summary": summary_line(results, seconds),
+        "checks": [asdict(r) for r in results],
+    }
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def run_check(check: Check, work: Workspace | None, cfg: Any, installed: Callable[[str], bool]) -> Result:
+    """Run one check (or skip or fail it without running) and print its line."""
+    start = time.perf_counter()
+    details: dict[str, Any] = {}
+    peak = None
+    if not check.applies(cfg):
+        status, note = "skipped", check.why_not
+    elif missing := [m for m in check.needs(cfg) if not installed(m)]:
+        status, note = "failed", f"not installed: {', '.join(missing)}"
+    elif work is None:
+        status, note = "failed", "no CUDA GPU"
+    else:
+        work.details = details
+        with DevicePeak() as device:
+            try:
+                note, status = check.run(work), "passed"
+            except Exception as error:  # a failed check is reported, and the others still run
+                traceback.print_exc()
+                first = str(error).splitlines()[0] if str(error) else ""
+                note, status = f"{type(error).__name__}: {first}", "failed"
+        peak = details.pop("peak_gb", device.gb)
+    result = Result(check.name, status, time.perf_counter() - start, peak, note, details)
+    print(format_line(result), flush=True)
+    return result
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The run
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def main(
+    params: str | Path | None = None, overrides: list[str] | None = None, out: str | Path | None = None
+) -> int:
+    """Run every check for ``params`` (+ ``overrides``), print the report, write ``out``; 0 if none failed."""
+    from ocean_lib.config import load_config
+
+    start = time.perf_counter()
+    params = Path(params) if params else DEFAULT_PARAMS
+    overrides = list(overrides or [])
+    out = Path(out) if out else DEFAULT_OUT
+    cfg = load_config(params, overrides)
+    cuda = torch.cuda.is_available()
+    context = {
+        "params": str(params),
+        "overrides": overrides,
+        "device": torch.cuda.get_device_name(0) if cuda else None,
+        "cuda": torch.version.cuda,
+        "attn_implementation": cfg.model.attn_implementation,
+        "rollout_backend": cfg.rollout.backend,
+        "versions": versions(),
+    }
+    print(
+        f"gpu-check of {params} {' '.join(overrides)}: {context['device'] or 'no CUDA GPU'}, "
+        f"torch {torch.__version__} (CUDA {torch.version.cuda}), attention {cfg.model.attn_implementation}, "
+        f"rollout {cfg.rollout.backend}",
+        flush=True,
+    )
+    results = [environment_result(cfg, module_installed)]
+    print(format_line(results[0]), flush=True)
     with tempfile.TemporaryDirectory(prefix="ocean-gpu-check-") as tmp:
-        work = Workspace.build(Path(tmp))
-        checks: list[tuple[str, Callable[[], str]]] = [
-            ("bf16 generation", work.generation),
-            ("training step", work.training_step),
-            ("LoRA step", work.lora_step),
-            ("DeepSpeed ZeRO-2", work.deepspeed_step),
-            ("vLLM backend", work.vllm_rollout),
-        ]
-        results = [_run(name, check) for name, check in checks]
-    print(format_table(results))
+        work = Workspace.build(Path(tmp), params, overrides) if cuda else None
+        results += [run_check(check, work, cfg, module_installed) for check in CHECKS]
+    seconds = time.perf_counter() - start
+    write_report(out, results, context, seconds)
+    print(summary_line(results, seconds) + f"; report: {out}", flush=True)
     return int(any(r.status == "failed" for r in results))
 
 
-def format_table(results: list[Result]) -> str:
-    """The results as an aligned text table."""
-    rows = [("check", "result", "seconds", "peak GB", "note")]
-    rows += [
-        (r.check, r.status, f"{r.seconds:.1f}", "-" if r.peak_gb is None else f"{r.peak_gb:.1f}", r.note)
-        for r in results
-    ]
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(row[:4], widths, strict=True)) + "  " + row[4]
-        for row in rows
-    )
-
-
-def _run(name: str, check: Callable[[], str]) -> Result:
-    print(f"-- {name}", flush=True)
-    start = time.perf_counter()
-    with DevicePeak() as peak:
-        try:
-            note, status = check(), "passed"
-        except Skip as reason:
-            note, status = str(reason), "skipped"
-        except Exception as error:  # a failed check is reported, and the others still run
-            traceback.print_exc()
-            note, status = (
-                f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}",
-                "failed",
-            )
-    return Result(name, status, time.perf_counter() - start, peak.gb, note)
+def environment_result(cfg: Any, installed: Callable[[str], bool]) -> Result:
+    """The ``environment`` line: what the params need that is missing, and whether there is a GPU at all."""
+    problems = missing_requirements(cfg, installed)
+    if not torch.cuda.is_available():
+        build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+        problems.insert(
+            0, f"no CUDA GPU: torch.cuda.is_available() is False (torch {torch.__version__}, {build})"
+        )
+    found = versions()
+    note = "; ".join(problems) or ", ".join(f"{k} {v}" for k, v in found.items() if v)
+    return Result("environment", "failed" if problems else "passed", 0.0, None, note, {"versions": found})
 
 
 class DevicePeak:
-    """Peak memory in use on GPU 0 (all processes) while the block runs, sampled every 0.1 s."""
+    """Peak memory in use on GPU 0 (all processes) while the block runs, sampled every 0.1 s (None without CUDA)."""
 
     def __enter__(self) -> DevicePeak:
         self.peak, self._stop = 0, threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
+        if torch.cuda.is_available():
+            self._thread.start()
         return self
 
     def _sample(self) -> None:
@@ -123,11 +277,118 @@ class DevicePeak:
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        self._thread.join()
+        if self._thread.is_alive():
+            self._thread.join()
 
     @property
-    def gb(self) -> float:
-        return self.peak / 1e9
+    def gb(self) -> float | None:
+        return self.peak / 1e9 if torch.cuda.is_available() else None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Real-width models (no download)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def real_width_config(size: str, layers: int | None = None, vision_depth: int | None = None):
+    """Qwen2.5-VL-``size``'s configuration (3B or 7B), optionally with fewer layers (tests build it on CPU)."""
+    from transformers import Qwen2_5_VLConfig
+
+    w = REAL_WIDTHS[size]
+    text = dict(
+        vocab_size=w["vocab"],
+        hidden_size=w["hidden"],
+        intermediate_size=w["intermediate"],
+        num_hidden_layers=layers or w["layers"],
+        num_attention_heads=w["heads"],
+        num_key_value_heads=w["kv_heads"],
+        max_position_embeddings=128000,
+        rms_norm_eps=1e-6,
+        rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]},
+        bos_token_id=151643,
+        eos_token_id=151645,
+        hidden_act="silu",
+        tie_word_embeddings=w["tied"],
+    )
+    vision = QWEN_VISION | {"out_hidden_size": w["hidden"]}
+    if vision_depth is not None:
+        vision |= {"depth": vision_depth, "fullatt_block_indexes": [vision_depth - 1]}
+    return Qwen2_5_VLConfig(
+        text_config=text, vision_config=vision, tie_word_embeddings=w["tied"], **QWEN_TOKENS
+    )
+
+
+def synthetic_micro_batch(config: Any, rows: int, prompt_tokens: int, response_tokens: int, image_side: int):
+    """A GRPO micro-batch of random tokens: ``rows`` completions of one prompt (an image of ``image_side`` px,
+    then text, ``prompt_tokens`` in all) each ``response_tokens`` long, as :class:`RolloutBatch`."""
+    from ocean_lib.batch import RolloutBatch
+
+    vision = config.vision_config
+    patches = image_side // vision.patch_size
+    image_tokens = patches * patches // vision.spatial_merge_size**2
+    text_tokens = prompt_tokens - image_tokens - 2
+    if text_tokens < 1:
+        raise ValueError(
+            f"prompt_tokens={prompt_tokens} leaves no room for text after {image_tokens} image tokens"
+        )
+    generator = torch.Generator().manual_seed(0)
+    vision_ids = torch.tensor(
+        [
+            config.image_token_id,
+            config.video_token_id,
+            config.vision_start_token_id,
+            config.vision_end_token_id,
+        ]
+    )
+
+    def text(*shape: int) -> torch.Tensor:  # random ids, vision tokens (which splice images in) excluded
+        ids = torch.randint(0, config.text_config.vocab_size, shape, generator=generator)
+        return ids.masked_fill(torch.isin(ids, vision_ids), config.text_config.eos_token_id)
+
+    prompt = torch.cat(
+        [
+            torch.tensor([config.vision_start_token_id]),
+            torch.full((image_tokens,), config.image_token_id),
+            torch.tensor([config.vision_end_token_id]),
+            text(text_tokens),
+        ]
+    )
+    types = (prompt == config.image_token_id).int()
+    patch_dim = 3 * vision.temporal_patch_size * vision.patch_size**2
+    return RolloutBatch(
+        prompt_ids=prompt.repeat(rows, 1),
+        prompt_mask=torch.ones(rows, prompt_tokens, dtype=torch.long),
+        prompt_token_types=types.repeat(rows, 1),
+        completion_ids=text(rows, response_tokens),
+        completion_mask=torch.ones(rows, response_tokens, dtype=torch.long),
+        logprobs=torch.zeros(rows, response_tokens),
+        pixel_values=torch.randn(patches * patches, patch_dim, generator=generator),
+        image_grid_thw=torch.tensor([[1, patches, patches]]),
+        images_per_prompt=[1],
+        n=rows,
+        texts=[""] * rows,
+        finished=[False] * rows,
+    )
+
+
+def micro_batch_estimate_gb(
+    parameters: int, config: Any, rows: int, tokens: int, response_tokens: int
+) -> float:
+    """docs/real_scale.md's estimate of a micro-batch's peak memory on one GPU, without optimizer state:
+
+    4·N (bf16 weights and gradients) + 2·L·B·T·H (the layer inputs gradient checkpointing keeps, bf16)
+    + 4·B·R·V (one fp32 copy of the completion logits), for N parameters, L layers of width H, vocabulary V,
+    B rows of T tokens of which R are the response.
+    """
+    text = config.text_config
+    kept = 2 * text.num_hidden_layers * rows * tokens * text.hidden_size
+    logits = 4 * rows * response_tokens * text.vocab_size
+    return (4 * parameters + kept + logits) / 1e9
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The checks (GPU)
+# ----------------------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -137,10 +398,13 @@ class Workspace:
     root: Path
     model_dir: Path
     data_dir: Path
+    params: Path
+    overrides: list[str]
     device: str = "cuda"
+    details: dict[str, Any] = field(default_factory=dict)  # the running check's extra report fields
 
     @classmethod
-    def build(cls, root: Path, device: str = "cuda") -> Workspace:
+    def build(cls, root: Path, params: Path, overrides: list[str], device: str = "cuda") -> Workspace:
         from ocean_lib.config import TinyModelConfig, load_config
         from ocean_lib.data import synthetic
         from ocean_lib.models import build_tiny_model
@@ -160,7 +424,13 @@ class Workspace:
         )
         corpus = list(synthetic.corpus(cfg, per_level=50))
         model_dir = build_tiny_model(tiny, corpus, root / "tiny", cfg.data.min_pixels, cfg.data.max_pixels)
-        return cls(root, model_dir, root / "data", device)
+        return cls(root, model_dir, root / "data", Path(params), list(overrides), device)
+
+    @property
+    def cfg(self):
+        from ocean_lib.config import load_config
+
+        return load_config(self.params, self.overrides)
 
     def _prompts(self):
         from ocean_lib.config import DataConfig
@@ -169,6 +439,15 @@ class Workspace:
 
         records = list(read_records(self.data_dir / "test", DataConfig()))[:2]
         return [Prompt(r.content, load_example(r, DataConfig())[0]) for r in records]
+
+    def _policy(self):
+        from ocean_lib.models import load_policy
+
+        cfg = self.cfg
+        model, processor = load_policy(
+            str(self.model_dir), dtype="bfloat16", attn_implementation=cfg.model.attn_implementation
+        )
+        return model.to(self.device), processor
 
     def _gap(self, model, batch) -> float:
         """Mean |log p(sampler) - log p(training forward)| over the completion tokens."""
@@ -180,97 +459,35 @@ class Workspace:
         sampled = batch.logprobs[:, : mask.shape[1]].to(logp.device)
         return float(((logp.float() - sampled).abs() * mask).sum() / mask.sum())
 
-    # -- the checks ---------------------------------------------------------------------------------------------
+    # -- in-process checks --------------------------------------------------------------------------------------
 
     def generation(self) -> str:
         from ocean_lib.config import RolloutConfig
-        from ocean_lib.models import load_policy
         from ocean_lib.rollout import make_engine
 
-        model, processor = load_policy(str(self.model_dir), dtype="bfloat16")
-        model.to(self.device)
+        model, processor = self._policy()
+        ran = model.config._attn_implementation
+        self.details["attn_implementation"] = ran
         batch = make_engine(model, processor, RolloutConfig(max_new_tokens=32)).generate(
             self._prompts(), n=4, seeds=[1, 2]
         )
         gap = self._gap(model, batch)
         if not gap < 0.1:
             raise AssertionError(f"training forward disagrees with the sampler: mean |Δ log p| = {gap:.3g}")
-        return f"{len(batch.texts)} samples, mean |Δ log p| vs training forward {gap:.1e}"
-
-    def _train(self, name: str, accelerate_config: str | None, extra: tuple[str, ...] = ()) -> str:
-        from ocean_lib import launch
-
-        attention = "flash_attention_2" if importlib.util.find_spec("flash_attn") else "sdpa"
-        overrides = [
-            f"model.name_or_path={self.model_dir}",
-            f"model.attn_implementation={attention}",
-            "rollout.backend=hf",
-            "train.prompts_per_step=2",
-            "rollout.n=4",
-            "train.micro_batch_size=8",  # one micro-batch per step
-            "rollout.max_new_tokens=32",
-            "train.max_steps=2",
-            "train.save_every=0",
-            "train.val_every=0",
-            f"data.train_files=[{self.data_dir / 'train'}]",
-            "data.val_files=[]",
-            f"logging.output_dir={self.root / 'runs'}",
-            f"logging.run_name={name}",
-            "logging.progress=false",
-            *extra,
-        ]
-        topology = launch.Topology(num_processes=1, accelerate_config=accelerate_config)
-        final = launch.train(RECIPE, overrides, topology)
-        from ocean_lib.run_dir import RunDir
-
-        metrics = RunDir(final.parent).read_metrics()
-        if [m["step"] for m in metrics] != [1, 2]:
-            raise AssertionError(
-                f"expected metrics for steps 1 and 2, got {[m.get('step') for m in metrics]}"
-            )
-        return f"{attention}, bf16, 2 steps, {metrics[-1]['time/step_s']:.1f} s/step"
-
-    def training_step(self) -> str:
-        if not RECIPE.is_file():
-            raise Skip(f"{RECIPE} not found (run from a source checkout)")
-        return self._train("plain", None)
-
-    def lora_step(self) -> str:
-        if not RECIPE.is_file():
-            raise Skip(f"{RECIPE} not found (run from a source checkout)")
-        extra = ("model.lora_rank=8", "model.reference_on_cpu=true", "train.micro_batch_tokens=2048")
-        return "LoRA r=8, CPU reference, length buckets, " + self._train("lora", None, extra)
-
-    def deepspeed_step(self) -> str:
-        if importlib.util.find_spec("deepspeed") is None:
-            raise Skip("deepspeed is not installed (pip install -e .[gpu])")
-        if not ZERO2.is_file():
-            raise Skip(f"{ZERO2} not found (run from a source checkout)")
-        import yaml
-
-        # The repository's config, with its DeepSpeed JSON path made absolute (we launch from anywhere).
-        config = yaml.safe_load(ZERO2.read_text())
-        ds = config["deepspeed_config"]
-        ds["deepspeed_config_file"] = str(PROJECT_ROOT / ds["deepspeed_config_file"])
-        local = self.root / "zero2.yaml"
-        local.write_text(yaml.safe_dump(config))
-        return "ZeRO-2, " + self._train("zero2", str(local))
+        return f"attention {ran}, {len(batch.texts)} samples, mean |Δ log p| vs training forward {gap:.1e}"
 
     def vllm_rollout(self) -> str:
-        if importlib.util.find_spec("vllm") is None:
-            raise Skip("vllm is not installed (pip install -e .[gpu])")
         from ocean_lib.config import RolloutConfig
-        from ocean_lib.models import load_policy
         from ocean_lib.rollout_vllm import VLLMRolloutEngine
 
-        model, processor = load_policy(str(self.model_dir), dtype="bfloat16")
-        model.to(self.device)
+        model, processor = self._policy()
         cfg = RolloutConfig(
             backend="vllm", max_new_tokens=32, vllm_gpu_memory_utilization=0.3, vllm_max_model_len=2048
         )
         engine = VLLMRolloutEngine(model, processor, cfg, max_images_per_prompt=1, enforce_eager=True)
         prompts = self._prompts()
         before = self._gap(model, engine.generate(prompts, n=4, seeds=[1, 2]))
+        engine.release_memory()  # as the trainer does: weights and KV cache freed (sleep level 2)
 
         # Change the policy, push it, sample again: vLLM must now agree with the changed policy.
         original = {k: v.clone() for k, v in model.state_dict().items()}
@@ -287,4 +504,182 @@ class Workspace:
                 f"after sync_weights vLLM's log-probs differ from the new policy's by {after:.3g} "
                 f"(from the old policy's by {stale:.3g})"
             )
-        return f"mean |Δ log p| {before:.1e}; after a weight change and sync {after:.1e} (stale weights: {stale:.1e})"
+        return f"mean |Δ log p| {before:.1e}; after a weight change, sleep and sync {after:.1e} (stale {stale:.1e})"
+
+    def memory(self, size: str) -> str:
+        """Peak memory of one GRPO micro-batch of the real-width model, next to the docs' estimate."""
+        from transformers import Qwen2_5_VLForConditionalGeneration
+
+        from ocean_lib import grpo
+        from ocean_lib.forward import completion_logprobs
+        from ocean_lib.run_state import loss_settings
+
+        cfg = self.cfg
+        config = real_width_config(size)
+        config._attn_implementation = cfg.model.attn_implementation
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        with torch.device(self.device):
+            model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=torch.bfloat16)
+        try:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.train()
+            rows, shape = cfg.train.micro_batch_size, MEMORY_SHAPE
+            batch = synthetic_micro_batch(config, rows, **shape)
+            index = torch.arange(rows)
+            logp, entropy, mask = completion_logprobs(model, model, batch, index, 1.0, entropy="loss")
+            advantages = torch.linspace(-1, 1, rows, device=logp.device)
+            loss, _ = grpo.policy_loss(
+                logp,
+                logp.detach(),
+                advantages,
+                mask,
+                ref_logprobs=logp.detach() + 0.01,
+                entropy=entropy,
+                num_tokens=float(mask.sum()),
+                num_sequences=float(rows),
+                **loss_settings(cfg),
+            )
+            loss.backward()
+            torch.cuda.synchronize()
+            peak = (torch.cuda.max_memory_allocated() - base) / 1e9
+            parameters = sum(p.numel() for p in model.parameters())
+        finally:
+            del model
+            torch.cuda.empty_cache()
+        tokens = shape["prompt_tokens"] + shape["response_tokens"]
+        estimate = micro_batch_estimate_gb(parameters, config, rows, tokens, shape["response_tokens"])
+        self.details.update(
+            peak_gb=peak,
+            estimate_gb=estimate,
+            parameters=parameters,
+            rows=rows,
+            **shape,
+            attn_implementation=config._attn_implementation,
+        )
+        return (
+            f"{parameters / 1e9:.2f} B parameters, {rows} x ({shape['prompt_tokens']} + {shape['response_tokens']}) "
+            f"tokens, {config._attn_implementation}: peak {peak:.1f} GB allocated, estimate {estimate:.1f} GB"
+        )
+
+    # -- training steps (accelerate subprocesses) ---------------------------------------------------------------
+
+    def _train(self, name: str, zero_stage: int | None, extra: tuple[str, ...] = ()) -> str:
+        from ocean_lib import launch
+        from ocean_lib.run_dir import RunDir
+
+        cfg = self.cfg
+        overrides = [
+            *self.overrides,
+            f"model.name_or_path={self.model_dir}",
+            "train.prompts_per_step=2",
+            "rollout.n=4",
+            "train.micro_batch_size=8",  # one micro-batch per step
+            "rollout.max_new_tokens=32",
+            "rollout.vllm_gpu_memory_utilization=0.3",
+            "rollout.vllm_max_model_len=2048",
+            "train.max_steps=2",
+            "train.save_every=0",
+            "train.val_every=0",
+            f"data.train_files=[{self.data_dir / 'train'}]",
+            "data.val_files=[]",
+            f"logging.output_dir={self.root / 'runs'}",
+            f"logging.run_name={name}",
+            "logging.progress=false",
+            *extra,
+        ]
+        accelerate_config = None if zero_stage is None else str(self._accelerate_config(zero_stage))
+        topology = launch.Topology(num_processes=1, accelerate_config=accelerate_config)
+        final = launch.train(self.params, overrides, topology)
+        run = RunDir(final.parent)
+        metrics = run.read_metrics()
+        if [m["step"] for m in metrics] != [1, 2]:
+            raise AssertionError(
+                f"expected metrics for steps 1 and 2, got {[m.get('step') for m in metrics]}"
+            )
+        how = _how_it_ran(final.parent / "run_info.json", zero_stage, self._expected_attention(cfg, extra))
+        self.details["run_info"] = how
+        backend = dict(o.split("=", 1) for o in overrides if o.startswith("rollout.backend=")).get(
+            "rollout.backend", cfg.rollout.backend
+        )
+        return (
+            f"{how['attn_implementation']}, rollout {backend}, ZeRO {how['zero_stage']} on {how['backend']}, "
+            f"{metrics[-1]['time/step_s']:.1f} s/step"
+        )
+
+    @staticmethod
+    def _expected_attention(cfg: Any, extra: tuple[str, ...]) -> str:
+        asked = dict(o.split("=", 1) for o in extra).get("model.attn_implementation")
+        return asked or cfg.model.attn_implementation
+
+    def _accelerate_config(self, stage: int) -> Path:
+        """The repository's ZeRO launch file with its DeepSpeed JSON path made absolute (we launch from anywhere)."""
+        import yaml
+
+        config = yaml.safe_load(
+            (PROJECT_ROOT / "params" / "accelerate" / ACCELERATE_CONFIGS[stage]).read_text()
+        )
+        ds = config["deepspeed_config"]
+        ds["deepspeed_config_file"] = str(PROJECT_ROOT / ds["deepspeed_config_file"])
+        local = self.root / f"zero{stage}.yaml"
+        local.write_text(yaml.safe_dump(config))
+        return local
+
+    def training_step(self) -> str:
+        return self._train("plain", None)
+
+    def lora_step(self) -> str:
+        extra = (
+            "rollout.backend=hf",
+            "model.lora_rank=8",
+            "model.reference_on_cpu=true",
+            "train.micro_batch_tokens=2048",
+        )
+        return "LoRA r=8, CPU reference, length buckets, " + self._train("lora", None, extra)
+
+    def zero2_step(self) -> str:
+        return self._train("zero2", 2, ("rollout.backend=hf",))
+
+    def zero3_step(self) -> str:
+        return self._train("zero3", 3)
+
+
+def _how_it_ran(run_info: Path, zero_stage: int | None, attention: str) -> dict[str, Any]:
+    """``run_info.json`` of a training check, which must show the ZeRO stage, NCCL and the attention asked for."""
+    if not run_info.is_file():
+        raise AssertionError(f"{run_info} was not written: how the run ran cannot be confirmed")
+    info = json.loads(run_info.read_text())
+    wanted: dict[str, Any] = {"zero_stage": zero_stage, "attn_implementation": attention}
+    if zero_stage is not None:
+        wanted["backend"] = "nccl"
+    wrong = {key: info.get(key) for key, value in wanted.items() if info.get(key) != value}
+    if wrong:
+        raise AssertionError(f"run_info.json says {wrong}, expected {wanted}")
+    return info
+
+
+CHECKS: tuple[Check, ...] = (
+    Check("bf16 generation", Workspace.generation, needs=attention_module),
+    Check(
+        "training step",
+        Workspace.training_step,
+        needs=lambda cfg: attention_module(cfg) + rollout_modules(cfg),
+    ),
+    Check("LoRA step", Workspace.lora_step, needs=lambda cfg: ("peft", *attention_module(cfg))),
+    Check("ZeRO-2 step", Workspace.zero2_step, needs=lambda cfg: ("deepspeed", *attention_module(cfg))),
+    Check(
+        "ZeRO-3 step",
+        Workspace.zero3_step,
+        needs=lambda cfg: ("deepspeed", *attention_module(cfg), *rollout_modules(cfg)),
+    ),
+    Check(
+        "vLLM weight sync",
+        Workspace.vllm_rollout,
+        needs=lambda cfg: ("vllm", *attention_module(cfg)),
+        applies=lambda cfg: cfg.rollout.backend == "vllm",
+        why_not="the params sample with rollout.backend=hf",
+    ),
+    Check("memory 3B", lambda work: work.memory("3B"), needs=attention_module),
+    Check("memory 7B", lambda work: work.memory("7B"), needs=attention_module),
+)
