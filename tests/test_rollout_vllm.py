@@ -21,6 +21,7 @@ from ocean_lib.rollout_vllm import (
     ColocatedEngine,
     RolloutMismatch,
     VLLMRolloutEngine,
+    checkpoint_tensor_names,
     mm_processor_kwargs,
     pixel_limits,
     policy_weights,
@@ -203,35 +204,21 @@ def test_weight_groups_are_whole_layers_in_order(policy):
     assert ["model.visual.patch_embed.proj.weight"] in groups  # a layerless weight stands alone
 
 
-class VLLMModel:
-    """Stands in for the model inside vLLM's worker: parameters under checkpoint names, and ``load_weights``
-    copying what it is given and answering the names it wrote (vLLM's contract)."""
+class LLM:
+    """Stands in for ``vllm.LLM`` (0.33): the methods ColocatedEngine calls, each call recorded; its weights
+    under checkpoint names, rewritten by the worker's ``reload_weights`` from the iterator it is given."""
 
     def __init__(self, shapes: dict[str, torch.Size]):
-        self.params = {name: torch.full(shape, float("nan")) for name, shape in shapes.items()}
-
-    def named_parameters(self):
-        return iter(self.params.items())
-
-    def load_weights(self, weights):
-        written = set()
-        for name, tensor in weights:
-            self.params[name].copy_(tensor)
-            written.add(name)
-        return written
-
-
-class LLM:
-    """Stands in for ``vllm.LLM`` (0.33): the methods ColocatedEngine calls, each call recorded."""
-
-    def __init__(self, model: VLLMModel):
-        self.model, self.calls, self.released = model, [], set()
+        self.weights = {name: torch.full(shape, float("nan")) for name, shape in shapes.items()}
+        self.calls, self.released = [], set()
         self.llm_engine = self  # LLMEngine.reset_encoder_cache lives on llm.llm_engine
 
-    def apply_model(self, fn):
-        assert "weights" not in self.released, "vLLM's weights were touched while asleep"
-        self.calls.append("apply_model")
-        return [fn(self.model)]
+    def collective_rpc(self, method, kwargs):
+        assert method == "reload_weights" and kwargs["is_checkpoint_format"]
+        assert "weights" not in self.released, "vLLM's weights were written while asleep"
+        self.calls.append(method)
+        for name, tensor in kwargs["weights_iterator"]:
+            self.weights[name].copy_(tensor)
 
     def sleep(self, level):
         self.calls.append(f"sleep({level})")
@@ -253,26 +240,23 @@ class LLM:
         return [f"output of {r}" for r in requests]
 
 
-def _vllm_side(policy_model) -> LLM:
-    return LLM(VLLMModel({vllm_param_name(n): p.shape for n, p in policy_model.named_parameters()}))
+def _vllm_side(policy_model, tiny_model_dir, **engine_args) -> tuple[LLM, ColocatedEngine]:
+    llm = LLM({vllm_param_name(n): p.shape for n, p in policy_model.named_parameters()})
+    return llm, ColocatedEngine(llm, checkpoint_tensor_names(tiny_model_dir), **engine_args)
 
 
-def test_pushing_the_policy_writes_every_vllm_weight_then_resets_the_caches(policy):
+def test_pushing_the_policy_writes_every_checkpoint_tensor_then_resets_the_caches(policy, tiny_model_dir):
     model, _ = policy
-    llm = _vllm_side(model)
-    engine = ColocatedEngine(llm)
+    llm, engine = _vllm_side(model, tiny_model_dir)
     engine.load(policy_weights(model))
     for name, parameter in model.named_parameters():
-        assert torch.equal(llm.model.params[vllm_param_name(name)], parameter.detach()), name
-    groups = len(list(policy_weights(model)))
-    # one load per layer, then the completeness check, then both caches built with the old weights
-    assert llm.calls == ["apply_model"] * (groups + 1) + ["reset_prefix_cache", "reset_encoder_cache"]
+        assert torch.equal(llm.weights[vllm_param_name(name)], parameter.detach()), name
+    assert llm.calls == ["reload_weights", "reset_prefix_cache", "reset_encoder_cache"]
 
 
-def test_sleep_discards_the_weights_and_generation_waits_for_the_next_push(policy):
+def test_sleep_discards_the_weights_and_generation_waits_for_the_next_push(policy, tiny_model_dir):
     model, _ = policy
-    llm = _vllm_side(model)
-    engine = ColocatedEngine(llm)
+    llm, engine = _vllm_side(model, tiny_model_dir)
     assert engine.generate(["a"], [None]) == ["output of a"]  # weights as loaded from disk
     engine.release_memory()
     engine.release_memory()  # already asleep: nothing more to free
@@ -282,28 +266,31 @@ def test_sleep_discards_the_weights_and_generation_waits_for_the_next_push(polic
     llm.calls.clear()
     engine.load(policy_weights(model))
     assert engine.generate(["b"], [None]) == ["output of b"]
-    assert llm.calls[0] == "wake_up(weights)" and llm.calls[-2:] == ["wake_up(kv_cache)", "generate"]
+    assert llm.calls[:2] == ["wake_up(weights)", "reload_weights"]
+    assert llm.calls[-2:] == ["wake_up(kv_cache)", "generate"]
 
 
-def test_without_sleep_mode_nothing_is_released(policy):
+def test_without_sleep_mode_nothing_is_released(policy, tiny_model_dir):
     model, _ = policy
-    llm = _vllm_side(model)
-    engine = ColocatedEngine(llm, sleep=False)
+    llm, engine = _vllm_side(model, tiny_model_dir, sleep=False)
     engine.release_memory()
     assert engine.generate(["a"], [None]) == ["output of a"] and llm.calls == ["generate"]
 
 
-def test_a_push_that_misses_a_vllm_weight_is_refused(policy):
+def test_a_push_that_misses_a_checkpoint_tensor_is_refused(policy, tiny_model_dir):
     model, _ = policy
-    llm = _vllm_side(model)
-    llm.model.params["model.extra_projection.weight"] = torch.zeros(2)  # a parameter the policy lacks
-    engine = ColocatedEngine(llm)
-    engine.release_memory()
+    llm, engine = _vllm_side(model, tiny_model_dir)
+    engine.checkpoint_names.add("model.extra_projection.weight")  # a tensor the policy lacks
     with pytest.raises(
-        RuntimeError, match=r"left 1 vLLM parameters unwritten.*model\.extra_projection\.weight"
+        RuntimeError, match=r"left 1 tensors of vLLM's checkpoint unwritten.*extra_projection"
     ):
         engine.load(policy_weights(model))
     assert unloaded_weights({"a", "b", "c"}, {"b"}) == ["a", "c"]
+    assert checkpoint_tensor_names(tiny_model_dir) == {
+        vllm_param_name(n) for n, _ in model.named_parameters()
+    }
+    with pytest.raises(FileNotFoundError, match="no \\*.safetensors"):
+        checkpoint_tensor_names(tiny_model_dir.parent)
 
 
 def test_tensor_parallel_groups_are_consecutive_ranks():
