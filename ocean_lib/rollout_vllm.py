@@ -462,9 +462,12 @@ class VLLMRolloutEngine:
             # Creation (profiling, CUDA graphs) takes minutes and differs between ranks: wait for every engine
             # before the next collective of training starts its NCCL timeout.
             torch.distributed.barrier()
-        _ENGINES[key] = ColocatedEngine(
-            llm, checkpoint_tensor_names(source), tp_group, tp_ranks, sleep=cfg.vllm_sleep_between_rollouts
-        )
+        names = checkpoint_tensor_names(source)
+        if self.model.config.tie_word_embeddings:
+            names.discard(
+                "lm_head.weight"
+            )  # the embeddings' alias: vLLM's loader skips it, the policy has none
+        _ENGINES[key] = ColocatedEngine(llm, names, tp_group, tp_ranks, sleep=cfg.vllm_sleep_between_rollouts)
         return _ENGINES[key], True
 
     # -- generation ---------------------------------------------------------------------------------------------
