@@ -92,7 +92,7 @@ gpu-check-wheels:
 lock:
 	@{ echo "# Exact versions tested on CPU (Python 3.11), torch excluded (TORCH_SPEC installs it). Made with:"; \
 	   echo "#   make lock   (= .venv/bin/python -m pip freeze --exclude-editable, minus -e and torch lines)"; \
-	   $(BIN)/python -m pip freeze --exclude-editable | grep -v -e '^-e' -e '^torch=='; } > $(LOCK)
+	   $(BIN)/python -m pip freeze --exclude-editable | grep -v -e '^-e' -e '^torch=='; } > requirements/cpu.lock
 
 # Re-resolve the GPU lock with pip, for Python 3.11 and 3.12 (fresh venvs, nothing installed: --dry-run).
 PYTHON312 ?= $(shell command -v python3.12)
