@@ -324,8 +324,9 @@ class ColocatedEngine:
     ``reset_prefix_cache()``, ``llm_engine.reset_encoder_cache()`` and ``collective_rpc("reload_weights", ...)``,
     the worker's in-place reload (vLLM's ``model_executor/model_loader/reload``): it loads checkpoint-format
     weights into the layers' kernel layout, which a plain ``model.load_weights`` after start-up cannot do (the
-    layers no longer have their weight loaders: "'Parameter' object has no attribute 'weight_loader'"). The engine core runs in this
-    process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), so the weights iterator is consumed here, not serialised.
+    layers no longer have their weight loaders: "'Parameter' object has no attribute 'weight_loader'"). The
+    engine core runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), so the weights iterator is consumed
+    here, not serialised.
     ``checkpoint_names`` are the tensors of the checkpoint vLLM started from: every push must cover them.
     """
 
