@@ -12,8 +12,20 @@ from packaging.requirements import Requirement
 from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[1]
-# `make test` runs this file: its flags must not reach the make calls made here.
-MAKE_ENV = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+# `make test` runs this file: its flags and the variables it was given (exported to us) must not reach the
+# make calls made here.
+MAKE_VARIABLES = (
+    "MAKEFLAGS",
+    "MFLAGS",
+    "MAKELEVEL",
+    "VENV",
+    "GPU",
+    "TORCH_SPEC",
+    "LOCK",
+    "EXTRAS",
+    "OVERRIDES",
+)
+MAKE_ENV = {k: v for k, v in os.environ.items() if k not in MAKE_VARIABLES}
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 MAKEFILE = (ROOT / "Makefile").read_text()
 
