@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import difflib
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -485,20 +486,65 @@ def add_params_arguments(parser: argparse.ArgumentParser, required: bool = True)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Build a validated RunConfig from a params file (following ``extends:``) and ``a.b=c`` overrides."""
+    """Build a validated RunConfig from a params file (following ``extends:``) and ``a.b=c`` overrides.
+
+    A string value may refer to another string knob as ``${section.key}`` (``${study.output_dir}/data``); it is
+    replaced after the overrides are applied, so overriding the referenced knob moves everything that refers to
+    it. An error in an override names the ``--set`` it came from, not the params file.
+    """
     raw = _read_with_extends(Path(path), seen=()) if path is not None else {}
+    origins: dict[str, str] = {}
     for item in overrides or []:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"override {item!r} is not of the form section.key=value")
-        _set_dotted(raw, key.strip(), yaml.safe_load(value) if value.strip() else "")
+            raise ConfigError(f"--set {item!r} is not of the form section.key=value")
+        try:
+            parsed = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError as error:
+            raise ConfigError(f"--set {item}: the value is not valid YAML: {error}") from None
+        _set_dotted(raw, key.strip(), parsed)
+        origins[key.strip()] = f"--set {item}"
     where = str(path) if path is not None else "<defaults>"
-    cfg = _build(RunConfig, raw, prefix="", where=where).validate()
+    raw = _resolve_references(raw, raw, where)
+    cfg = _build(RunConfig, raw, prefix="", where=where, origins=origins).validate()
     for name, stage in cfg.study.stages.items():
         # A stage's knobs are checked now, not when the stage starts: a typo fails before any training.
         stage_raw = _deep_merge({k: v for k, v in raw.items() if k != "study"}, stage.set)
         _build(RunConfig, stage_raw, prefix="", where=f"{where}, study.stages.{name}.set").validate()
     return cfg
+
+
+REFERENCE = re.compile(r"\$\{([A-Za-z_][\w.]*)\}")
+
+
+def _resolve_references(node: Any, raw: dict[str, Any], where: str) -> Any:
+    """``node`` with every ``${section.key}`` in its strings replaced by that knob's value (from ``raw``, else
+    its default); the knob must be a string without references of its own."""
+    if isinstance(node, dict):
+        return {key: _resolve_references(value, raw, where) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_resolve_references(value, raw, where) for value in node]
+    if not isinstance(node, str):
+        return node
+
+    def value_of(match: re.Match[str]) -> str:
+        dotted, found = match.group(1), raw
+        for part in dotted.split("."):
+            found = found.get(part, _MISSING) if isinstance(found, dict) else _MISSING
+        if found is _MISSING:
+            found = RunConfig()
+            for part in dotted.split("."):
+                found = getattr(found, part, _MISSING)
+        if not isinstance(found, str) or REFERENCE.search(found):
+            raise ConfigError(
+                f"{where}: {node!r} refers to ${{{dotted}}}, which is not a string knob without references"
+            )
+        return found
+
+    return REFERENCE.sub(value_of, node)
+
+
+_MISSING = object()
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -513,8 +559,21 @@ def save_config(cfg: RunConfig, path: str | Path) -> None:
     atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
-def config_changes(before: RunConfig, after: RunConfig) -> dict[str, tuple[Any, Any]]:
-    """Every leaf knob whose value differs: dotted name -> (value in ``before``, value in ``after``)."""
+def config_changes(
+    before: RunConfig, after: RunConfig, relative_to_study: bool = False
+) -> dict[str, tuple[Any, Any]]:
+    """Every leaf knob whose value differs: dotted name -> (value in ``before``, value in ``after``).
+
+    With ``relative_to_study``, paths under each config's own ``study.output_dir`` are compared relative to it,
+    so a study moved (or copied) to another directory has the same settings as where it was.
+    """
+
+    def relative(value: Any, root: str) -> Any:
+        if isinstance(value, list):
+            return [relative(v, root) for v in value]
+        if isinstance(value, str) and (value == root or value.startswith(root.rstrip("/") + "/")):
+            return "${study.output_dir}" + value[len(root.rstrip("/")) :]
+        return value
 
     def leaves(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -526,6 +585,9 @@ def config_changes(before: RunConfig, after: RunConfig) -> dict[str, tuple[Any, 
         return out
 
     a, b = leaves(to_dict(before)), leaves(to_dict(after))
+    if relative_to_study:
+        a = {k: relative(v, before.study.output_dir) for k, v in a.items()}
+        b = {k: relative(v, after.study.output_dir) for k, v in b.items()}
     return {key: (a.get(key), b.get(key)) for key in a.keys() | b.keys() if a.get(key) != b.get(key)}
 
 
@@ -581,14 +643,26 @@ def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
     for part in parents:
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise ConfigError(f"override {dotted}: {part!r} is a value, not a section")
+            raise ConfigError(f"--set {dotted}=...: {part!r} is a value, not a section")
         node = child
     node[leaf] = value
 
 
-def _build(cls: type, raw: Any, prefix: str, where: str) -> Any:
+def _build(cls: type, raw: Any, prefix: str, where: str, origins: dict[str, str] | None = None) -> Any:
+    """``cls`` from ``raw``; errors name ``where`` (the params file), or the ``--set`` in ``origins`` (dotted key
+    -> the override) that set the offending key."""
+    origins = origins or {}
+
+    def origin(dotted: str) -> str:
+        for key, override in origins.items():
+            if key == dotted or key.startswith(dotted + "."):
+                return override
+        return where
+
     if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: {prefix.rstrip('.') or 'config'} must be a mapping, got {raw!r}")
+        raise ConfigError(
+            f"{origin(prefix.rstrip('.'))}: {prefix.rstrip('.') or 'config'} must be a mapping, got {raw!r}"
+        )
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = [key for key in raw if key not in names]
@@ -596,16 +670,16 @@ def _build(cls: type, raw: Any, prefix: str, where: str) -> Any:
         key = unknown[0]
         close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
         hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; valid keys: {', '.join(names)}"
-        raise ConfigError(f"{where}: unknown key '{prefix}{key}'{hint}")
+        raise ConfigError(f"{origin(f'{prefix}{key}')}: unknown key '{prefix}{key}'{hint}")
     values = {}
     for name in names:
         if name not in raw:
             continue
         annotation = hints[name]
         if dataclasses.is_dataclass(annotation):
-            values[name] = _build(annotation, raw[name], prefix=f"{prefix}{name}.", where=where)
+            values[name] = _build(annotation, raw[name], f"{prefix}{name}.", where, origins)
         else:
-            values[name] = _coerce(raw[name], annotation, f"{prefix}{name}", where)
+            values[name] = _coerce(raw[name], annotation, f"{prefix}{name}", origin(f"{prefix}{name}"))
     return cls(**values)
 
 

@@ -5,9 +5,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ocean_lib.config import ConfigError, RunConfig, field_docs, load_config, save_config
+from ocean_lib.config import ConfigError, RunConfig, config_changes, field_docs, load_config, save_config
 
-PARAMS = sorted((Path(__file__).parents[1] / "params").glob("**/*.yaml"))
+ROOT = Path(__file__).parents[1]
+PARAMS = sorted((ROOT / "params").glob("**/*.yaml"))
 RUN_PARAMS = [p for p in PARAMS if "accelerate" not in p.parts]
 
 
@@ -88,3 +89,53 @@ def test_defaults_are_valid_and_not_shared_between_instances():
 @pytest.mark.parametrize("path", RUN_PARAMS, ids=lambda p: p.name)
 def test_every_params_file_loads(path):
     load_config(path)
+
+
+def test_a_set_mistake_is_blamed_on_the_set_not_the_params_file(tmp_path):
+    with pytest.raises(ConfigError, match=r"^--set trian\.lr=1: unknown key 'trian'; did you mean 'train'\?"):
+        load_config(ROOT / "params" / "ci.yaml", ["trian.lr=1"])
+    with pytest.raises(ConfigError, match=r"^--set train\.lr=abc: train\.lr must be a number"):
+        load_config(ROOT / "params" / "ci.yaml", ["train.lr=abc"])
+    path = tmp_path / "p.yaml"
+    path.write_text("train:\n  lrr: 1\n")
+    with pytest.raises(ConfigError, match=rf"^{path}: unknown key 'train.lrr'"):  # the file's own mistake
+        load_config(path, ["train.lr=0.1"])
+
+
+def test_moving_the_study_moves_its_data_model_and_runs(tmp_path):
+    """Every path of the miniature's params follows study.output_dir (``${study.output_dir}`` references)."""
+    from ocean_lib import study
+
+    moved = tmp_path / "elsewhere"
+    cfg = load_config(ROOT / "params" / "mini.yaml", [f"study.output_dir={moved}"])
+    paths = [cfg.data.synthetic.output_dir, cfg.model.name_or_path, *cfg.data.train_files]
+    for stage in cfg.study.stages:
+        stage_cfg = load_config(
+            ROOT / "params" / "mini.yaml", [f"study.output_dir={moved}", *study.stage_overrides(cfg, stage)]
+        )
+        paths += [stage_cfg.model.name_or_path, *stage_cfg.data.train_files, str(stage_cfg.run_dir)]
+    assert all(Path(p).is_relative_to(moved) for p in paths), paths
+    # and the default resolves to where the study always was
+    default = load_config(ROOT / "params" / "mini.yaml")
+    assert (default.data.synthetic.output_dir, default.model.name_or_path) == (
+        "outputs/mini/data",
+        "outputs/mini/models/tiny",
+    )
+
+
+def test_references_must_name_a_plain_string_knob(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("logging:\n  output_dir: ${train.lr}/runs\n")
+    with pytest.raises(ConfigError, match=r"refers to \$\{train.lr\}"):
+        load_config(path)
+    path.write_text("logging:\n  output_dir: ${study.output_dir}/runs\n")
+    assert load_config(path, ["study.output_dir=/x"]).logging.output_dir == "/x/runs"
+
+
+def test_config_changes_relative_to_the_study():
+    a = load_config(ROOT / "params" / "ci.yaml", ["study.output_dir=/one/study"])
+    b = load_config(ROOT / "params" / "ci.yaml", ["study.output_dir=/two/study"])
+    assert "model.name_or_path" in config_changes(a, b)
+    assert config_changes(a, b, relative_to_study=True) == {}
+    c = load_config(ROOT / "params" / "ci.yaml", ["study.output_dir=/two/study", "train.lr=0.5"])
+    assert set(config_changes(a, c, relative_to_study=True)) == {"train.lr"}
