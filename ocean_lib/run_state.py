@@ -160,11 +160,19 @@ def resume_point(run: RunDir, cfg: RunConfig, resume: bool, is_main: bool) -> tu
     """(steps already done, checkpoint to load) for this run; refuses to overwrite an existing run."""
     if not resume:
         if run.metrics.exists() and run.read_metrics():
+            state = (
+                "a finished run"
+                if run.is_finished()
+                else f"a run stopped at step {run.read_metrics()[-1]['step']}"
+            )
             raise TrainingError(
-                f"{run.path} already holds a run; pass --resume to continue it or pick a new run_name"
+                f"{run.path} already holds {state}: pass --resume to continue it (a finished run is then reused "
+                "as it is), or train a new one elsewhere with --set logging.run_name=NEW_NAME"
             )
         return 0, None
-    if run.config.exists():
+    # A run that stopped before its first step (a typo in its data paths, say) left only config.yaml: nothing
+    # trained, so nothing can be mixed, and the config is simply rewritten.
+    if run.config.exists() and (run.read_metrics() or run.complete_checkpoints() or run.is_finished()):
         check_resumable(run, cfg)
     if run.is_finished():
         return read_state(run.final)["step"], None
@@ -187,7 +195,7 @@ def check_resumable(run: RunDir, cfg: RunConfig) -> None:
     """Refuse to continue (or reuse the result of) a run that was started with other settings."""
     changes = {
         key: values
-        for key, values in config_changes(load_config(run.config), cfg).items()
+        for key, values in config_changes(load_config(run.config), cfg, relative_to_study=True).items()
         if not key.startswith(RESUME_MAY_CHANGE)
     }
     if changes:

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import peft
 import pytest
@@ -22,6 +23,7 @@ from ocean_lib.lora import ADAPTER_DIR, attach_lora
 from ocean_lib.metrics import is_registered
 from ocean_lib.models import load_policy
 from ocean_lib.run_dir import RunDir
+from ocean_lib.run_state import resume_point
 from ocean_lib.trainer import TrainingError, train
 
 NOT_COMPARABLE = ("time/",)  # wall-clock metrics differ between any two runs
@@ -319,3 +321,49 @@ def test_lora_targets_that_match_nothing_are_an_error(tiny_model_dir):
     model, _ = load_policy(str(tiny_model_dir))
     with pytest.raises(ValueError, match="lora_target_modules='nothing': .*not found"):
         attach_lora(model, rank=4, alpha=8, target_modules="nothing")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Which runs may be continued (resume_point)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_a_run_that_stopped_before_its_first_step_restarts_with_the_fixed_settings(tmp_path):
+    """A typo in the data paths stops a stage after it wrote config.yaml and before any step: fixing the typo
+    and starting again must not be refused as "trained with other settings"."""
+    cfg = load_config(None, [f"logging.output_dir={tmp_path}", "data.train_files=[fixed.parquet]"])
+    run = RunDir(cfg.run_dir)
+    save_config(
+        load_config(None, [f"logging.output_dir={tmp_path}", "data.train_files=[typo.parquet]"]), run.config
+    )
+    assert resume_point(run, cfg, resume=True, is_main=True) == (0, None)
+    run.log_metrics({"step": 1})  # once a step is logged, mixing settings is refused
+    with pytest.raises(TrainingError, match=r"data.train_files \['typo.parquet'\] -> \['fixed.parquet'\]"):
+        resume_point(run, cfg, resume=True, is_main=True)
+    with pytest.raises(TrainingError, match="stopped at step 1.*--resume.*--set logging.run_name=NEW_NAME"):
+        resume_point(run, cfg, resume=False, is_main=True)
+
+
+def test_a_finished_stage_of_a_moved_study_is_reused(tmp_path):
+    """Runs compare their settings relative to the study's directory: a study moved (or copied) elsewhere and
+    re-run with the new study.output_dir reuses its finished stages."""
+    from ocean_lib import study
+
+    ci = Path(__file__).resolve().parents[1] / "params" / "ci.yaml"
+    old = load_config(ci, [f"study.output_dir={tmp_path}/old"])
+    stage = load_config(ci, [f"study.output_dir={tmp_path}/old", *study.stage_overrides(old, "grpo_text")])
+    run = study.run_dir(old, "grpo_text")
+    save_config(stage, run.config)
+    run.log_metrics({"step": 2})
+    (run.final).mkdir(parents=True)
+    (run.final / "trainer_state.json").write_text('{"step": 2}')
+    shutil.move(tmp_path / "old", tmp_path / "new")
+
+    new = load_config(ci, [f"study.output_dir={tmp_path}/new"])
+    moved = load_config(ci, [f"study.output_dir={tmp_path}/new", *study.stage_overrides(new, "grpo_text")])
+    assert resume_point(study.run_dir(new, "grpo_text"), moved, resume=True, is_main=True) == (2, None)
+    changed = load_config(
+        ci, [f"study.output_dir={tmp_path}/new", *study.stage_overrides(new, "grpo_text"), "train.lr=0.5"]
+    )
+    with pytest.raises(TrainingError, match="train.lr"):
+        resume_point(study.run_dir(new, "grpo_text"), changed, resume=True, is_main=True)
