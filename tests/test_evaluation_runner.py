@@ -115,6 +115,7 @@ def test_missing_images_stop_the_run_before_the_model_is_loaded(tmp_path):
         "b.png (unreadable" in message and "c.png (not found)" in message and "d.png (not found)" in message
     )
     assert not list((tmp_path / "eval").rglob("*.jsonl"))
+    assert not list((tmp_path / "eval").rglob("*.settings.json"))  # no settings recorded without answers
 
 
 @pytest.fixture(scope="module")
@@ -402,3 +403,20 @@ def test_eval_without_params_loads_the_model_in_bf16_as_ocean_r1(mini, tiny_mode
     assert done.returncode == 0, done.stderr[-2000:]
     settings = json.loads((tmp_path / "tiny/mini_counting.settings.json").read_text())
     assert settings["dtype"] == "bfloat16"
+
+
+def test_a_moved_study_reuses_its_answers(mini, tiny_model_dir, tmp_path):
+    """The cache is keyed by what the weights are, not where they are: a study moved to another directory (its
+    model and its answers with it) is not evaluated again."""
+    old = tmp_path / "old"
+    shutil.copytree(tiny_model_dir, old / "model")
+    cfg = config(mini, **{"eval.output_dir": str(old / "eval")})
+    run(old / "model", ["mini_counting"], cfg, max_new_tokens_cap=4, max_items=2, model_name="m")
+    shutil.move(old, tmp_path / "new")
+    new = tmp_path / "new"
+    answers = new / "eval/m/mini_counting.jsonl"
+    before = (answers.read_bytes(), answers.stat().st_mtime_ns)
+    moved = config(mini, **{"eval.output_dir": str(new / "eval")})
+    summary = run(new / "model", ["mini_counting"], moved, max_new_tokens_cap=4, max_items=2, model_name="m")
+    assert (answers.read_bytes(), answers.stat().st_mtime_ns) == before
+    assert summary["benchmarks"]["mini_counting"]["n"] == 2

@@ -5,7 +5,7 @@ For a model called ``<model-name>`` the runner writes, under ``eval.output_dir``
     <model-name>/<benchmark>.jsonl          one line per item: id, subset, prompt, output, extracted, answer,
                                             correct, format_ok, n_tokens, truncated, timed_out, image,
                                             input_fp, score_fp, written
-    <model-name>/<benchmark>.settings.json  the settings the outputs were generated with
+    <model-name>/<benchmark>.settings.json  the settings the outputs were generated with (written with the first)
     <model-name>/<benchmark>.ids.json       the items the latest summary covers, in order
     <model-name>/summary.json               per benchmark: accuracy with bootstrap 95% CI, n, per-subset accuracy,
                                             format-compliance rate, mean output length, truncation rate, settings,
@@ -61,7 +61,7 @@ from ocean_lib.evaluation.benchmarks import (
 )
 from ocean_lib.evaluation.items import Verdict
 from ocean_lib.evaluation.stats import bootstrap_accuracy
-from ocean_lib.io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
+from ocean_lib.io import DirectoryLock, append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
 from ocean_lib.rewards import format_ok, rules
 from ocean_lib.rewards.scoring import run_bounded
 
@@ -215,7 +215,7 @@ def run_settings(
     min_pixels, max_pixels = pixel_limits(benchmark, cfg)
     return {
         "benchmark": benchmark.name,
-        "model": str(Path(model_path).resolve()) if Path(model_path).exists() else str(model_path),
+        "model": str(model_path),  # for the reader; not compared: a moved study keeps its answers
         "weights": weights_fingerprint(model_path),
         "max_new_tokens": generation_budget(benchmark, cfg, cap),
         "decoding": "greedy",
@@ -241,14 +241,18 @@ def weights_fingerprint(model_path: str | Path) -> str:
     return hashlib.sha256(listing.encode()).hexdigest()[:16]
 
 
+UNCOMPARED_SETTINGS = ("model",)  # where the weights were read from: the fingerprint says what they are
+
+
 def check_settings(path: Path, settings: dict[str, Any]) -> None:
-    """Record the settings beside a results file, or check them against the recorded ones."""
+    """Check the settings against those recorded beside a results file (nothing recorded: nothing to check)."""
     if not path.exists():
-        atomic_write_json(path, settings)
         return
     recorded = json.loads(path.read_text(encoding="utf-8"))
     differing = {
-        key: (recorded.get(key), value) for key, value in settings.items() if recorded.get(key) != value
+        key: (recorded.get(key), value)
+        for key, value in settings.items()
+        if recorded.get(key) != value and key not in UNCOMPARED_SETTINGS
     }
     if differing:
         changes = ", ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in differing.items())
@@ -428,6 +432,9 @@ def evaluate_plan(engine: Any, plan: Plan, cfg: RunConfig, progress: bool) -> No
     """Generate greedily for the plan's pending items, batch by batch, appending scored lines as they finish."""
     benchmark, budget = plan.benchmark, plan.settings["max_new_tokens"]
     batch_size, decoding = cfg.eval.batch_size, decoding_of(engine, benchmark)
+    settings = plan.output.parent / f"{benchmark.name}.settings.json"
+    if plan.pending and not settings.exists():  # recorded with the first answers, never without any
+        atomic_write_json(settings, plan.settings)
     with tqdm(total=len(plan.pending), desc=benchmark.name, unit="item", disable=not progress) as bar:
         for start in range(0, len(plan.pending), batch_size):
             chunk = plan.pending[start : start + batch_size]
@@ -637,18 +644,20 @@ def run(
         raise ValueError(f"shard {shard}: expected (index, count) with 0 <= index < count")
     directory = Path(cfg.eval.output_dir) / (model_name or model_name_of(model_path))
     limit = cfg.eval.max_items if max_items is None else max_items
-    plans = plan_benchmarks(model_path, names, cfg, directory, max_new_tokens_cap, limit, shard)
-    for plan in plans:
-        check_settings(directory / f"{plan.benchmark.name}.settings.json", plan.settings)
-    check_images(plans)
-    for plan in plans:
-        rescore_rows(plan, cfg)
-    show = cfg.logging.progress if progress is None else progress
-    if any(plan.pending for plan in plans):
-        engine = load_engine(model_path, cfg, [plan.benchmark for plan in plans])
+    # One writer per output: two runs appending to one file would each write every item.
+    with DirectoryLock(directory, "evaluation", f".shard-{shard[0]}-of-{shard[1]}" if shard[1] > 1 else ""):
+        plans = plan_benchmarks(model_path, names, cfg, directory, max_new_tokens_cap, limit, shard)
         for plan in plans:
-            evaluate_plan(engine, plan, cfg, show)
-    return write_summary(directory, model_path, plans, cfg)
+            check_settings(directory / f"{plan.benchmark.name}.settings.json", plan.settings)
+        check_images(plans)
+        for plan in plans:
+            rescore_rows(plan, cfg)
+        show = cfg.logging.progress if progress is None else progress
+        if any(plan.pending for plan in plans):
+            engine = load_engine(model_path, cfg, [plan.benchmark for plan in plans])
+            for plan in plans:
+                evaluate_plan(engine, plan, cfg, show)
+        return write_summary(directory, model_path, plans, cfg)
 
 
 def rescore(directory: str | Path, benchmarks: Sequence[str], cfg: RunConfig | None = None) -> dict[str, Any]:
