@@ -163,7 +163,8 @@ def test_real_annotation_files_report_their_missing_images(name, rows, caplog):
         read_records(path, DataConfig())
     message = str(error.value)
     assert f"{path}: row 0, field images[0].path: file not found: {first_paths[0]}" in message
-    assert f"{rows - 1} more bad rows" in message and "on_bad_row=skip" in message
+    assert f"{rows - 1} more bad rows" in message and "--set data.on_bad_row=skip" in message
+    assert "check_images" not in message  # the hint names only what the command line can set
 
     with caplog.at_level(logging.WARNING, logger="ocean_lib.data.records"):
         loaded = read_records(path, DataConfig(on_bad_row="skip"))

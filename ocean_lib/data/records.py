@@ -425,8 +425,8 @@ def read_records(
         first, others = report.bad_rows[0], report.skipped - 1
         more = f"\n({others} more bad rows: {report.summary()})" if others else ""
         raise DataError(
-            f"{first}{more}\nSet data.on_bad_row=skip to skip bad rows"
-            + (", or read with check_images=False to load the annotations alone." if check_images else ".")
+            f"{first}{more}\nTo skip bad rows and count them instead: --set data.on_bad_row=skip "
+            "(or data.on_bad_row: skip in the params file)."
         )
     if report.bad_rows:
         log.warning("skipped bad rows: %s", report.summary())
