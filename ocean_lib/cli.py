@@ -1,34 +1,82 @@
 """``python -m ocean_lib``: the command line, one parser for every step of the study, and what each command does.
 
 Library functions take plain values; this module turns arguments into those values and results into exit codes.
+A failing command prints one message (``error: ...``) and its exit code instead of a traceback; ``--debug`` prints
+the traceback as well (``launch`` passes it to its training child, so a run's ``log.txt`` always holds it).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+import traceback
+from pathlib import Path
 
-from ocean_lib.config import RunConfig, add_params_arguments, load_config
+from ocean_lib.config import ConfigError, RunConfig, add_params_arguments, load_config
 from ocean_lib.paths import PROJECT_ROOT
+from ocean_lib.run_dir import ERROR_PREFIX
 
 DESCRIPTION = "One command-line entry point for every step of the Ocean-R1 study."
+EPILOG = """\
+first run (the miniature, on CPU):
+  python -m ocean_lib reproduce --params params/mini.yaml    the whole study, ~15 minutes
+  python -m ocean_lib reproduce --params params/ci.yaml      the same at the size of a test, ~3 minutes
+
+where outputs go: a study under study.output_dir (params/mini.yaml: outputs/mini/); one training run under
+logging.output_dir/logging.run_name (config.yaml, metrics.jsonl, log.txt, final/); an evaluation
+under eval.output_dir/<model name>/. Any of them can be changed with --set KEY=VALUE.
+
+Errors print one message and the exit code (1: failed, 2: bad arguments or config); put --debug before the
+command to see the traceback too."""
+
+EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+
+
+class UsageError(ValueError):
+    """Arguments that do not make a command (exit code 2, as argparse's own)."""
+
 
 BENCH_SCRIPTS = {"grpo": "grpo_step.py", "rewards": "rewards.py", "micro-batches": "micro_batches.py"}
 """``python -m ocean_lib bench <name>`` runs ``bench/<script>`` of the checkout."""
 
 
+def _command(
+    commands: argparse._SubParsersAction, name: str, help: str, outputs: str
+) -> argparse.ArgumentParser:  # noqa: A002
+    """A sub-command whose ``--help`` says what it does and where it writes."""
+    return commands.add_parser(name, help=help, description=f"{help[0].upper()}{help[1:]}. {outputs}")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m ocean_lib", description=DESCRIPTION)
+    parser = argparse.ArgumentParser(
+        prog="python -m ocean_lib",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--debug", action="store_true", help="print the traceback of an error, not only its message"
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = commands.add_parser(
-        "train", help="run one training stage in this process (accelerate launch calls this)"
+    p = _command(
+        commands,
+        "train",
+        "run one training stage in this process (launch calls this through accelerate launch)",
+        "Writes logging.output_dir/logging.run_name/ (config.yaml, metrics.jsonl, rollouts.jsonl, checkpoints/, "
+        "final/).",
     )
     add_params_arguments(p)
     p.add_argument("--resume", action="store_true", help="continue from the run's last complete checkpoint")
 
-    p = commands.add_parser("launch", help="run one training stage as an accelerate-launched subprocess")
+    p = _command(
+        commands,
+        "launch",
+        "run one training stage as an accelerate-launched subprocess, with a progress bar",
+        "Writes logging.output_dir/logging.run_name/ (config.yaml, metrics.jsonl, rollouts.jsonl, checkpoints/, "
+        "final/, and log.txt with the training process's output); name a new run with "
+        "--set logging.run_name=NAME.",
+    )
     add_params_arguments(p)
     p.add_argument(
         "--num-processes", type=int, default=1, help="processes per machine (GPUs, or CPU workers)"
@@ -42,31 +90,56 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--resume", action="store_true", help="continue from the run's last complete checkpoint")
 
-    p = commands.add_parser(
-        "data", help="build the miniature data, or fetch Ocean-R1's data and the benchmarks"
+    p = _command(
+        commands,
+        "data",
+        "build the miniature data, or fetch Ocean-R1's data and the benchmarks",
+        "See each sub-command's --help for where it writes.",
     )
     data = p.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
     add_params_arguments(
-        data.add_parser("build", help="write the procedural tasks as parquet files and a preview PNG")
+        _command(
+            data,
+            "build",
+            "write the procedural tasks as parquet files and a preview PNG",
+            "Writes data.synthetic.output_dir/ (train/, test/, train_text/, test_text/, preview.png, "
+            "manifest.json).",
+        )
     )
-    fetch = data.add_parser(
-        "fetch-training", help="download Ocean-R1's training data and base model (network)"
+    fetch = _command(
+        data,
+        "fetch-training",
+        "download Ocean-R1's training data and base model (network)",
+        "Writes under --root.",
     )
     fetch.add_argument("--root", default="data", help="directory to download into")
     fetch.add_argument("--stage", choices=["1", "2", "all"], default="all", help="which stage's data")
-    bench_fetch = data.add_parser("fetch-benchmarks", help="download the benchmarks' annotations and images")
+    bench_fetch = _command(
+        data,
+        "fetch-benchmarks",
+        "download the benchmarks' annotations and images",
+        "Writes under --root (eval.data_root reads from there).",
+    )
     bench_fetch.add_argument("--root", default="data/benchmarks", help="directory to download into")
     bench_fetch.add_argument("--only", default=None, help="comma-separated benchmark names")
 
-    p = commands.add_parser("model", help="build the miniature model")
+    p = _command(commands, "model", "build the miniature model", "See build-tiny --help.")
     model = p.add_subparsers(dest="model_command", required=True, metavar="MODEL_COMMAND")
     add_params_arguments(
-        model.add_parser("build-tiny", help="train the BPE tokenizer and save a random tiny Qwen2.5-VL")
+        _command(
+            model,
+            "build-tiny",
+            "train the BPE tokenizer and save a random tiny Qwen2.5-VL",
+            "Writes model.name_or_path/ (a save_pretrained directory).",
+        )
     )
 
-    p = commands.add_parser(
+    p = _command(
+        commands,
         "eval",
-        help="evaluate a checkpoint on benchmarks (eval rescore: score stored outputs again, no model)",
+        "evaluate a checkpoint on benchmarks (eval rescore: score stored outputs again, no model)",
+        "Writes eval.output_dir/<model name>/ (<benchmark>.jsonl per item, summary.json); items already there "
+        "are not generated again.",
     )
     p.add_argument(
         "action",
@@ -93,19 +166,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--max-new-tokens", type=int, default=None, help="cap every benchmark's generation budget")
 
-    p = commands.add_parser("reproduce", help="run the study's notebooks end to end with papermill")
+    p = _command(
+        commands,
+        "reproduce",
+        "run the study's notebooks end to end with papermill",
+        "Writes study.output_dir/ (data/, models/, runs/<stage>/, eval/<model>/, notebooks/, figures/, "
+        "report.html, results.md, results.csv); finished stages and evaluations are reused.",
+    )
     add_params_arguments(p)
-    p.add_argument("--force", action="store_true", help="re-run stages that already finished")
+    p.add_argument("--force", action="store_true", help="delete the study directory and start over")
 
-    p = commands.add_parser(
+    p = _command(
+        commands,
         "bench",
-        help="benchmarks: grpo (a step against TRL), rewards (scoring throughput), micro-batches (length buckets)",
+        "benchmarks: grpo (a step against TRL), rewards (scoring throughput), micro-batches (length buckets)",
+        "Prints its measurements (docs/performance.md says how to read them).",
     )
     p.add_argument("which", choices=list(BENCH_SCRIPTS), help="which benchmark")
 
-    p = commands.add_parser(
+    p = _command(
+        commands,
         "gpu-check",
-        help="check on one GPU what a params file needs: vLLM, attention, DeepSpeed ZeRO-2/3, memory",
+        "check on one GPU what a params file needs: vLLM, attention, DeepSpeed ZeRO-2/3, memory",
+        "Writes a JSON report to --out and prints one line per check.",
     )
     add_params_arguments(p, required=False)
     p.add_argument("--out", default=None, help="JSON report (default: outputs/gpu_check.json)")
@@ -126,10 +209,29 @@ def run(args: argparse.Namespace) -> int:
     return handler(args) or 0
 
 
+def _check_inputs(args: argparse.Namespace):
+    """The run's config, after making sure what the miniature builds (data, tiny model) is there."""
+    from ocean_lib.study import missing_inputs
+
+    cfg = load_config(args.params, args.overrides)
+    hint = missing_inputs(cfg, args.params)
+    if hint:
+        raise FileNotFoundError(hint)
+    return cfg
+
+
 def _train(args: argparse.Namespace) -> int:
+    import os
+
+    from ocean_lib.io import DirectoryLock
     from ocean_lib.trainer import train
 
-    final = train(load_config(args.params, args.overrides), resume=args.resume)
+    cfg = _check_inputs(args)
+    if os.environ.get("RANK", "0") != "0":  # accelerate's other processes: the main one holds the lock
+        train(cfg, resume=args.resume)
+        return 0
+    with DirectoryLock(cfg.run_dir, "training run"):
+        final = train(cfg, resume=args.resume)
     print(f"final weights: {final}")
     return 0
 
@@ -137,6 +239,7 @@ def _train(args: argparse.Namespace) -> int:
 def _launch(args: argparse.Namespace) -> int:
     from ocean_lib import launch
 
+    cfg = _check_inputs(args)
     topology = launch.Topology(
         num_processes=args.num_processes,
         num_machines=args.num_machines,
@@ -145,8 +248,10 @@ def _launch(args: argparse.Namespace) -> int:
         main_process_port=args.main_process_port,
         accelerate_config=args.accelerate_config,
     )
-    final = launch.train(args.params, args.overrides, topology, resume=args.resume, echo=True)
-    print(f"final weights: {final}")
+    print(
+        f"training {cfg.run_dir} (the training process's output: {cfg.run_dir / 'log.txt'})", file=sys.stderr
+    )
+    launch.train(args.params, args.overrides, topology, resume=args.resume)
     return 0
 
 
@@ -154,21 +259,18 @@ def _data(args: argparse.Namespace) -> int:
     if args.data_command == "build":
         from ocean_lib.data import synthetic
 
-        print(json.dumps(synthetic.build(load_config(args.params, args.overrides)), indent=2, default=str))
+        built = synthetic.build(load_config(args.params, args.overrides))
+        for split, counts in built["counts"].items():
+            print(f"{split}: " + ", ".join(f"{family} {n}" for family, n in counts.items()))
+        print(f"written to {Path(built['manifest']).parent} (preview: {built['preview']})")
         return 0
     if args.data_command == "fetch-training":
         from ocean_lib.data import fetch
 
         return fetch.fetch_training(args.root, args.stage)
-    from pathlib import Path
+    from ocean_lib.evaluation import fetch_benchmarks, manual_steps_for
 
-    from ocean_lib.evaluation import FetchError, fetch_benchmarks, manual_steps_for
-
-    try:
-        fetched = fetch_benchmarks(args.root, None if args.only is None else args.only.split(","))
-    except FetchError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    fetched = fetch_benchmarks(args.root, None if args.only is None else args.only.split(","))
     for name, files in fetched.items():
         size = sum(path.stat().st_size for path in files) / 2**20
         print(f"{name}: {len(files)} files, {size:,.1f} MiB in {Path(args.root).resolve()}")
@@ -185,62 +287,51 @@ def _model(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from ocean_lib.data import DataError
-    from ocean_lib.evaluation import BenchmarkDataError, MissingImagesError, SettingsMismatchError, evaluate
+    from ocean_lib.evaluation import evaluate, model_name_of
 
     # Without a params file, bf16 as Ocean-R1's evaluation scripts load the model (the knob's default is fp32).
     overrides = args.overrides if args.params else ["model.dtype=bfloat16", *args.overrides]
     cfg = load_config(args.params, overrides)
     names = args.benchmarks.split(",") if args.benchmarks else None
-    try:
-        if args.action == "rescore":
-            return _rescore(args, cfg, names)
-        if args.model is None:
-            print("error: eval needs --model (or `eval rescore` to score stored outputs)", file=sys.stderr)
-            return 2
-        summary = evaluate(
-            args.model,
-            names,
-            cfg,
-            model_name=args.model_name,
-            max_items=args.max_items,
-            max_new_tokens_cap=args.max_new_tokens,
+    if args.action == "rescore":
+        return _rescore(args, cfg, names)
+    if args.model is None:
+        raise UsageError("eval needs --model (or `eval rescore` to score stored outputs)")
+    summary = evaluate(
+        args.model,
+        names,
+        cfg,
+        model_name=args.model_name,
+        max_items=args.max_items,
+        max_new_tokens_cap=args.max_new_tokens,
+    )
+    if summary is None:  # not the main process of a sharded evaluation
+        return 0
+    for name, entry in summary["benchmarks"].items():
+        low, high = entry["ci95"]
+        done = "" if entry.get("complete", True) else f" (of {entry.get('n_items', '?')} items)"
+        print(
+            f"{name:<16} {100 * entry['accuracy']:5.1f} % ± {100 * (high - low) / 2:.1f}  n={entry['n']}{done}"
         )
-    except (
-        MissingImagesError,
-        SettingsMismatchError,
-        BenchmarkDataError,
-        DataError,
-        FileNotFoundError,
-    ) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    except KeyError as error:  # an unknown benchmark name
-        print(f"error: {error.args[0]}", file=sys.stderr)
-        return 1
-    if summary is not None:
-        print(json.dumps(summary["benchmarks"], indent=2))
+    directory = Path(cfg.eval.output_dir) / (args.model_name or model_name_of(args.model))
+    print(f"written to {directory}/ (summary.json, <benchmark>.jsonl per item)")
     return 0
 
 
 def _rescore(args: argparse.Namespace, cfg: RunConfig, names: list[str] | None) -> int:
     """``eval rescore``: the stored outputs scored again by the current items and scorers, and the table."""
-    from pathlib import Path
-
     from ocean_lib.evaluation import model_name_of, rescore
     from ocean_lib.evaluation.runner import benchmarks_with_outputs
     from ocean_lib.report import results_table
 
     if args.outputs is None and args.model is None and args.model_name is None:
-        print("error: eval rescore needs --outputs (or --model / --model-name)", file=sys.stderr)
-        return 2
+        raise UsageError("eval rescore needs --outputs (or --model / --model-name)")
     directory = Path(
         args.outputs or Path(cfg.eval.output_dir) / (args.model_name or model_name_of(args.model))
     )
     names = names or benchmarks_with_outputs(directory)
     if not names:
-        print(f"error: no <benchmark>.jsonl of a registered benchmark in {directory}", file=sys.stderr)
-        return 1
+        raise FileNotFoundError(f"no <benchmark>.jsonl of a registered benchmark in {directory}")
     summary = rescore(directory, names, cfg)
     print(results_table({directory.name: summary}).markdown())
     return 0
@@ -258,7 +349,7 @@ def _bench(args: argparse.Namespace) -> int:
 
     script = PROJECT_ROOT / "bench" / BENCH_SCRIPTS[args.which]
     if not script.exists():
-        raise SystemExit(f"{script} not found: benchmarks run from a source checkout of ocean_lib")
+        raise FileNotFoundError(f"{script} not found: benchmarks run from a source checkout of ocean_lib")
     sys.argv = [str(script)]  # the script parses its own arguments, not the CLI's
     runpy.run_path(str(script), run_name="__main__")
     return 0
@@ -270,6 +361,33 @@ def _gpu_check(args: argparse.Namespace) -> int:
     return main(args.params, args.overrides, args.out)
 
 
+def error_message(error: BaseException) -> str:
+    """What a user needs from an exception: its message (a KeyError's is its argument, not its repr)."""
+    if isinstance(error, KeyError) and error.args:
+        return str(error.args[0])
+    text = str(error).strip()
+    return text or type(error).__name__
+
+
+def report_error(error: BaseException, debug: bool) -> int:
+    """Print ``error: <message>`` (continuation lines indented) and the exit code; return the code."""
+    code = EXIT_USAGE if isinstance(error, ConfigError | UsageError) else EXIT_FAILED
+    if debug:
+        traceback.print_exception(error)
+    first, *rest = error_message(error).splitlines() or [""]
+    lines = [f"{ERROR_PREFIX}{first}", *(f"  {line}" for line in rest)]
+    hint = "" if debug else "; add --debug before the command for the traceback"
+    lines.append(f"(exit code {code}{hint})")
+    print("\n".join(lines), file=sys.stderr, flush=True)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(run(args) or 0)
+    try:
+        return int(run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted (exit code 130)", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as error:  # every failure becomes one message; --debug shows where it came from
+        return report_error(error, args.debug)

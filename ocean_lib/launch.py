@@ -1,9 +1,9 @@
 """Run a training stage as an ``accelerate launch`` subprocess (what notebooks and the study pipeline call).
 
-The child writes the run directory; the parent streams the child's output into ``<run>/log.txt``, shows a
-progress bar driven by ``metrics.jsonl`` (works the same in a terminal and in JupyterLab), hands every new
-metrics row to an optional callback (live plots), and on failure raises with the command, the exit code and
-the last lines of the log.
+The child writes the run directory; the parent holds the directory's lock, streams the child's output into
+``<run>/log.txt``, shows a progress bar of steps with their total and ETA driven by ``metrics.jsonl`` (works the
+same in a terminal and in JupyterLab, and counts from the checkpoint on resume), hands every new metrics row to an
+optional callback (live plots), and on failure raises with the child's error message and where its log is.
 
 On CPU, ``accelerate launch --cpu --num_processes 2`` silently starts ONE process; the working form is
 ``--multi_gpu --num_processes N`` with ``Accelerator(cpu=True)`` in the script, which the trainer does when
@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from ocean_lib.config import load_config
-from ocean_lib.run_dir import RunDir
+from ocean_lib.io import DirectoryLock
+from ocean_lib.run_dir import RunDir, error_message_in, parse_plan_line
 
 
 class LaunchError(RuntimeError):
@@ -69,7 +70,8 @@ def accelerate_command(
         ]
     if not t.accelerate_config:
         cmd += ["--mixed_precision", "no", "--dynamo_backend", "no"]
-    cmd += ["-m", "ocean_lib", "train", "--params", str(params)]
+    # --debug: the child prints its traceback into log.txt as well as its one-line error
+    cmd += ["-m", "ocean_lib", "--debug", "train", "--params", str(params)]
     for item in [*overrides, f"train.num_processes={total}", "logging.progress=false"]:
         cmd += ["--set", item]
     if resume:
@@ -83,39 +85,51 @@ def _pump(stream: Any, lines: queue.Queue[str | None]) -> None:
     lines.put(None)
 
 
+def _progress_bar(name: str, done: int, total: int, enabled: bool) -> Any:
+    """A bar of optimizer steps with its total, so it shows an ETA; ``done`` steps were trained before."""
+    from tqdm.auto import tqdm
+
+    return tqdm(desc=name, total=total, initial=done, unit="step", disable=not enabled, dynamic_ncols=True)
+
+
 def train(
     params: str | Path,
     overrides: list[str] | None = None,
     topology: Topology | None = None,
     resume: bool = False,
     on_metrics: Callable[[list[dict[str, Any]]], None] | None = None,
-    echo: bool = False,
     callback_interval_s: float = 10.0,
 ) -> Path:
-    """Launch one stage and wait for it; return the run's ``final/`` directory."""
+    """Launch one stage and wait for it; return the run's ``final/`` directory.
+
+    Holds the run directory's lock while the stage trains (a second writer gets :class:`~ocean_lib.io.LockedError`).
+    The child's output goes to ``<run>/log.txt``, not to the screen, so the progress bar stays one line; on
+    failure the error names the child's own message and the log that holds its traceback.
+    """
     overrides = list(overrides or [])
     topology = topology or Topology()
     total = topology.num_processes * topology.num_machines
     cfg = load_config(params, [*overrides, f"train.num_processes={total}"])  # fail fast, before spawning
     run = RunDir(cfg.run_dir)
-    run.path.mkdir(parents=True, exist_ok=True)
     cmd = accelerate_command(params, overrides, topology, resume)
+    lock = DirectoryLock(run.path, "training run")
     env = {
         **os.environ,
+        **lock.environment(),  # the child writes under the lock this process holds
         "PYTHONUNBUFFERED": "1",
         "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // total)),
-        # Busy-waiting OpenMP threads make small matmuls ~100x slower whenever another job holds a core.
-        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
     }
-
-    from tqdm.auto import tqdm
-
-    progress = tqdm(desc=cfg.logging.run_name, unit="step", disable=not cfg.logging.progress)
-    tail: collections.deque[str] = collections.deque(maxlen=40)
-    seen = len(run.read_metrics()) if resume else 0
+    started = time.time()
+    # A resumed child first trims metrics written after its checkpoint: rows older than this launch that go
+    # beyond the last checkpoint are not progress.
+    checkpoint = run.last_checkpoint()
+    resumable = checkpoint[0] if resume and checkpoint else 0
+    bar = None
+    tail: collections.deque[str] = collections.deque(maxlen=200)
     shown, last_call = 0, 0.0
     lines: queue.Queue[str | None] = queue.Queue()
     with (
+        lock,
         open(run.log, "a", encoding="utf-8") as log,
         subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, bufsize=1
@@ -136,27 +150,48 @@ def train(
                     continue
                 log.write(line)
                 tail.append(line.rstrip("\n"))
-                if echo:
-                    sys.stdout.write(line)
+                plan = parse_plan_line(line)
+                if plan is not None and bar is None:
+                    bar = _progress_bar(cfg.logging.run_name, plan[0], plan[1], cfg.logging.progress)
             log.flush()
             rows = run.read_metrics()
-            if len(rows) > seen:
-                progress.update(len(rows) - seen)
-                seen = len(rows)
+            fresh = run.metrics.exists() and run.metrics.stat().st_mtime >= started
+            if rows and bar is not None and (fresh or rows[-1]["step"] <= resumable):
+                bar.n = rows[-1]["step"]
+                bar.set_postfix(
+                    {k: f"{rows[-1][k]:.3f}" for k in ("reward/overall", "loss/sft") if k in rows[-1]},
+                    refresh=False,
+                )
+                bar.refresh()
             # Redrawing live plots costs CPU the training needs: at most every callback_interval_s.
             if (
                 on_metrics is not None
-                and seen > shown
+                and len(rows) > shown
                 and (finished or time.time() - last_call >= callback_interval_s)
             ):
                 on_metrics(rows)
-                shown, last_call = seen, time.time()
+                shown, last_call = len(rows), time.time()
         child.wait()
-    progress.close()
+    if bar is not None:
+        bar.close()
+    if child.returncode == 0 and cfg.logging.progress:
+        rows = run.read_metrics()
+        if bar is None:  # the child found the run finished and trained nothing
+            print(
+                f"{cfg.logging.run_name}: already trained ({len(rows)} steps); final weights in {run.final}"
+            )
+        else:
+            minutes, seconds = divmod(round(time.time() - started), 60)
+            print(
+                f"{cfg.logging.run_name}: trained to step {rows[-1]['step'] if rows else 0} of {bar.total} "
+                f"in {minutes}:{seconds:02d}; final weights in {run.final}"
+            )
     if child.returncode != 0:
-        lines = "\n".join(tail)
+        message = error_message_in(list(tail))
+        if message is None:
+            message = "its last lines:\n" + "\n".join(list(tail)[-25:])
         raise LaunchError(
-            f"training exited with code {child.returncode}\ncommand: {' '.join(cmd)}\nlog: {run.log}\n"
-            f"last lines:\n{lines}"
+            f"training run {run.path} failed (exit code {child.returncode}): {message}\n"
+            f"The whole output, traceback included, is in {run.log}"
         )
     return run.final

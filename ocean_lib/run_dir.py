@@ -8,7 +8,11 @@
       rollouts.jsonl     sampled completions with their reward breakdown and advantage
       checkpoints/step_N/  policy + processor (save_pretrained), optimizer.pt, scheduler.pt, trainer_state.json
       final/             policy + processor (save_pretrained), loadable by transformers and vLLM
-      log.txt            the launcher's captured stdout/stderr
+      log.txt            the launcher's captured stdout/stderr (with the traceback of a failure)
+
+The training process also talks to its launcher through two kinds of lines of its output: the plan
+(:func:`plan_line`, the step range it will train: the launcher's progress bar needs the total) and, if it fails,
+its error message (lines from :data:`ERROR_PREFIX` on, continuation lines indented).
 
 Every file is written atomically (temporary name, then rename), so a reader or a resumed run only ever sees
 complete checkpoints: ``trainer_state.json`` is written last and a checkpoint without it does not exist.
@@ -25,6 +29,38 @@ from typing import Any
 from ocean_lib.io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
 
 STATE_FILE = "trainer_state.json"
+ROLLOUT_THUMBNAIL_SIDE = 256  # images/ holds embedded images reduced to this side, for the rollout browser
+PLAN_PREFIX = "[ocean_lib] training steps "
+ERROR_PREFIX = "error: "
+
+
+def plan_line(done: int, total: int) -> str:
+    """The line a training process prints before its first step: steps done already and the total."""
+    return f"{PLAN_PREFIX}{done + 1}..{total} of {total}"
+
+
+def parse_plan_line(line: str) -> tuple[int, int] | None:
+    """(steps done, total steps) from a :func:`plan_line`; None for any other line."""
+    if not line.startswith(PLAN_PREFIX):
+        return None
+    span, _, total = line[len(PLAN_PREFIX) :].strip().partition(" of ")
+    first = span.partition("..")[0]
+    if not (first.isdigit() and total.isdigit()):
+        return None
+    return int(first) - 1, int(total)
+
+
+def error_message_in(lines: list[str]) -> str | None:
+    """The first error message a failed process printed (``error: ...`` and its indented continuation)."""
+    for i, line in enumerate(lines):
+        if line.startswith(ERROR_PREFIX):
+            message = [line[len(ERROR_PREFIX) :]]
+            for following in lines[i + 1 :]:
+                if not following.startswith("  "):
+                    break
+                message.append(following[2:])
+            return "\n".join(message)
+    return None
 
 
 @dataclass(frozen=True)

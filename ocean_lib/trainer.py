@@ -47,7 +47,7 @@ from ocean_lib.io import atomic_write_bytes
 from ocean_lib.metrics import POLICY_METRICS, Tally, check_registered
 from ocean_lib.prompts import Prompt
 from ocean_lib.rewards import score_batch
-from ocean_lib.run_dir import RunDir, prune_checkpoints
+from ocean_lib.run_dir import ROLLOUT_THUMBNAIL_SIDE, RunDir, plan_line, prune_checkpoints
 from ocean_lib.run_state import (
     TrainingError,
     TrainState,
@@ -101,6 +101,8 @@ def train(cfg: RunConfig, resume: bool = False) -> Path:
     val_records = _read(cfg.data.val_files, cfg, state.processor.tokenizer)
     schedule = Schedule(len(records), cfg)
     total = schedule.total_steps
+    if accelerator.is_main_process:
+        print(plan_line(start_step, total), flush=True)  # the launcher's progress bar reads the total here
 
     if (
         val_records and cfg.train.val_at_start and start_step == 0
@@ -440,7 +442,7 @@ def _tally_rewards(
 
 def _image_ref(run: RunDir, record: Record, prompt: Prompt) -> str | None:
     """Where the rollout browser finds a prompt's (first) image: its path on disk, or for images embedded as
-    bytes a 256-px thumbnail saved once under ``<run>/images/`` (path relative to the run directory)."""
+    bytes a thumbnail (``ROLLOUT_THUMBNAIL_SIDE``) saved once under ``<run>/images/`` (path relative to the run directory)."""
     if record.image_paths:
         return record.image_paths[0]
     if not prompt.images:
@@ -449,7 +451,7 @@ def _image_ref(run: RunDir, record: Record, prompt: Prompt) -> str | None:
     target = run.path / relative
     if not target.exists():
         thumbnail = prompt.images[0].copy()
-        thumbnail.thumbnail((256, 256))
+        thumbnail.thumbnail((ROLLOUT_THUMBNAIL_SIDE, ROLLOUT_THUMBNAIL_SIDE))
         buffer = io.BytesIO()
         thumbnail.save(buffer, format="PNG")
         atomic_write_bytes(target, buffer.getvalue())

@@ -26,7 +26,7 @@ ACCELERATE = REPO / "params" / "accelerate"
 CONFIGS = sorted(ACCELERATE.glob("*.yaml"))
 DEEPSPEED_JSON = sorted(ACCELERATE.glob("ds_*.json"))
 PARAMS = "params/qwen25vl_3b_stage1.yaml"
-TAIL = ["-m", "ocean_lib", "train", "--params", PARAMS]
+TAIL = ["-m", "ocean_lib", "--debug", "train", "--params", PARAMS]  # --debug: tracebacks reach log.txt
 LAUNCH = [sys.executable, "-m", "accelerate.commands.launch"]
 
 
@@ -99,7 +99,7 @@ def test_multi_node_command_names_rank_and_main_address_and_they_override_the_co
     assert (args.num_machines, args.num_processes, args.machine_rank) == (4, 32, 3)
     assert (args.main_process_ip, args.main_process_port) == ("10.1.2.3", 29501)
     assert args.use_deepspeed and args.deepspeed_multinode_launcher == "standard"
-    assert args.training_script_args[:3] == ["train", "--params", PARAMS]
+    assert args.training_script_args[:4] == ["--debug", "train", "--params", PARAMS]
 
 
 def test_multi_node_without_main_address_is_an_error():
