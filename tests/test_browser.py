@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 import re
 
 import pytest
@@ -12,12 +13,16 @@ from PIL import Image
 
 from ocean_lib.analysis import load_rollouts
 from ocean_lib.browser import (
+    ANSWER_COLOUR,
     IMAGE_MAX_SIDE,
+    TRUTH_COLOUR,
     RolloutBrowser,
     filter_rollouts,
+    grounding_boxes,
     highlight_reflections,
     image_html,
     render_rollout_html,
+    sample_rollouts,
 )
 from ocean_lib.run_dir import RunDir
 
@@ -201,3 +206,100 @@ def test_browser_needs_rollouts(tmp_path):
     (tmp_path / "rollouts.jsonl").write_text("")
     with pytest.raises(ValueError, match="no rollouts to browse"):
         RolloutBrowser(load_rollouts(tmp_path))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Grounding boxes, several runs, the static view
+# ---------------------------------------------------------------------------------------------------------------
+
+GREY = (123, 117, 104)
+
+
+def decoded(tag: str) -> Image.Image:
+    data = base64.b64decode(re.search(r"base64,([^\"]+)", tag).group(1))
+    return Image.open(io.BytesIO(data)).convert("RGB")
+
+
+def grounding(step, truth, answer, overall, image="images/scene.png"):
+    row = rollout(
+        step, "grounding", f"<think>the box</think><answer>{answer}</answer>", overall=overall, image=image
+    )
+    row.update(reward_func="iou", ground_truth=json.dumps(truth))
+    row["reward"]["answer_extracted"] = answer
+    return row
+
+
+def test_grounding_answers_show_the_true_and_the_answered_box(tmp_path):
+    path = tmp_path / "scene.png"
+    Image.new("RGB", (112, 112), GREY).save(path)
+    row = grounding(1, [10, 20, 50, 60], '{"bbox_2d": [60, 60, 100, 100]}', 1.0)
+    flat = {k: v for k, v in row.items() if k != "reward"} | {
+        f"reward/{k}": v for k, v in row["reward"].items()
+    }
+    truth, answer = grounding_boxes(flat)
+    assert (truth, answer) == ([10, 20, 50, 60], [60, 60, 100, 100])
+    shown = decoded(image_html(str(path), truth=truth, answer=answer))
+    zoom = shown.width / 112
+    at = lambda x, y: shown.getpixel((round(x * zoom), round(y * zoom)))  # noqa: E731
+    assert at(10, 40) == TRUTH_COLOUR and at(30, 20) == TRUTH_COLOUR  # left and top edges of the truth
+    assert at(60, 80) == ANSWER_COLOUR and at(80, 100) == ANSWER_COLOUR
+    assert at(30, 40) == GREY and at(80, 80) == GREY  # insides untouched
+    assert "ground truth" in image_html(str(path), truth=truth, answer=answer)  # a legend
+
+    # The model saw the picture at 56 px (max_pixels): boxes in its pixels land at twice the coordinates.
+    shown = decoded(image_html(str(path), truth=[5, 10, 25, 30], pixels=(16, 56 * 56)))
+    zoom = shown.width / 112
+    assert shown.getpixel((round(10 * zoom), round(40 * zoom))) == TRUTH_COLOUR
+    # A thumbnail the trainer saved reduced cannot be mapped back: no box, and it says so.
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (256, 256), GREY).save(tmp_path / "images" / "big.png")
+    tag = image_html("images/big.png", tmp_path, truth=[1, 1, 9, 9])
+    assert "boxes not drawn" in tag and decoded(tag).getcolors() == [(256 * 256, GREY)]
+    assert grounding_boxes({"reward_func": "acc", "ground_truth": "[1, 2, 3, 4]"}) == (None, None)
+
+
+def write_run(directory, rows):
+    run = RunDir(directory)
+    run.log_rollouts(rows)
+    return directory
+
+
+def test_the_browser_switches_between_runs(tmp_path, image_path):
+    a = write_run(tmp_path / "a", [rollout(s, "counting", "<answer>3</answer>") for s in (1, 2, 3)])
+    b = write_run(tmp_path / "b", [rollout(s, "geometry", "<answer>1</answer>", length=40) for s in (7, 8)])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "rollouts.jsonl").write_text("")
+    browser = RolloutBrowser({"stage A": a, "stage B": b, "nothing yet": empty})
+    assert list(browser.run.options) == ["stage A", "stage B"]  # a run without rollouts is left out
+    assert browser.steps.value == (1, 3) and browser.position.value == "1 of 3"
+    browser.run.value = "stage B"
+    assert browser.steps.value == (7, 8) and browser.length.value == (40, 40)
+    assert browser.position.value == "1 of 2" and "question of geometry at step 7" in browser.html.value
+    assert list(browser.task.options) == ["all", "geometry"]
+
+
+def test_a_page_without_a_kernel_gets_a_table_of_sample_rollouts(tmp_path, image_path):
+    rows = [grounding(1, [10, 10, 40, 40], "[10, 10, 40, 40]", 1.0, image=str(image_path))]
+    rows += [
+        grounding(2, [10, 10, 40, 40], f"[{x}, 10, {x + 30}, 40]", r, image=str(image_path))
+        for x, r in ((10, 1.1), (60, 0.1), (30, 0.6))
+    ]
+    rows += [rollout(2, "counting", f"<answer>{n}</answer>", overall=n / 10) for n in range(5)]
+    run = write_run(tmp_path / "run", rows)
+    browser = RolloutBrowser({"GRPO-vis": run})
+    bundle = browser._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle  # JupyterLab shows the widget
+    assert bundle["text/plain"] == "RolloutBrowser(GRPO-vis)"  # never the widget tree's repr
+    page = bundle["text/html"]
+    assert "<table class='ocean-rollouts'" in page and "GRPO-vis: sample rollouts of step 2" in page
+    # the last step's best and worst of each task, in task order
+    sample = sample_rollouts(load_rollouts(run))
+    assert [(r["data_source"], r["reward/overall"]) for _, r in sample.iterrows()] == [
+        ("counting", 0.4),
+        ("counting", 0.0),
+        ("grounding", 1.1),
+        ("grounding", 0.1),
+    ]
+    assert page.count("<tr><td") == 4 and page.count("data:image/png;base64,") == 2
+    assert page.count("ground truth </span>") == 0 and page.count("&#9632;</span> ground truth") == 2
