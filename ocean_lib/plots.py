@@ -43,6 +43,7 @@ TRAINING_PANELS: tuple[Panel, ...] = (
     ("validation accuracy (greedy)", ("val/accuracy", "val/accuracy/")),
 )
 
+LABEL_CHARS = 14  # benchmark names on the bar chart's x axis are wrapped at this many characters
 RAW_ALPHA = 0.25  # the unsmoothed series is drawn faintly under its smoothed line
 LINESTYLES = ("-", "--", ":", "-.")
 
@@ -235,9 +236,10 @@ def benchmark_bars(
     interval) are hatched and have none. A model without a result on a benchmark has no bar there.
     """
     columns, rows = list(table.columns), list(table.rows)
-    fig, ax = plt.subplots(
-        figsize=(max(5.0, 1.2 + 0.45 * len(columns) * len(rows)), 3.8), layout="constrained"
-    )
+    # Headers are wrapped onto lines of a group's width, and each group is at least as wide as its label.
+    labels = [textwrap.fill(table.headers.get(c, c), LABEL_CHARS) for c in columns]
+    group_width = max(0.45 * len(rows), 0.1 * LABEL_CHARS)
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 + group_width * len(columns)), 3.8), layout="constrained")
     width = 0.8 / max(1, len(rows))
     measured_index = 0
     for i, row in enumerate(rows):
@@ -267,11 +269,7 @@ def benchmark_bars(
             )
             measured_index += 1
         ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
-    ax.set_xticks(
-        range(len(columns)),
-        [table.headers.get(c, c) for c in columns],
-        rotation=20 if len(columns) > 4 else 0,
-    )
+    ax.set_xticks(range(len(columns)), labels, fontsize=8)
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 105)
     ax.set_title(title, fontsize=10)

@@ -15,18 +15,19 @@ result row it becomes (:class:`ocean_lib.config.StageConfig`), so one file descr
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import shutil
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ocean_lib.config import RunConfig, load_config, to_dict
-from ocean_lib.io import atomic_write_text
 from ocean_lib.paths import PROJECT_ROOT
 from ocean_lib.run_dir import RunDir
 
@@ -89,6 +90,35 @@ def prepare(cfg: RunConfig) -> dict[str, Any]:
     return {"data": built, "model": str(model_dir)}
 
 
+def missing_inputs(cfg: RunConfig, params: str | Path) -> str | None:
+    """What a training run of the miniature needs and is not built yet, with the commands that build it (the
+    first thing a fresh clone meets); None when nothing is missing. Data and models of real scale are not
+    built here: their absence is left to the loaders' own errors."""
+    synthetic_dir = Path(cfg.data.synthetic.output_dir)
+    data = [
+        f
+        for f in [*cfg.data.train_files, *cfg.data.val_files]
+        if not Path(f).exists() and Path(f).is_relative_to(synthetic_dir)
+    ]
+    model = Path(cfg.model.name_or_path)
+    missing_model = not model.exists() and model.is_relative_to(study_dir(cfg))
+    if not data and not missing_model:
+        return None
+    lines = [f"not built yet: {', '.join([*data, *([str(model)] if missing_model else [])])}"]
+    steps = []
+    if data:
+        steps.append(f"python -m ocean_lib data build --params {params}")
+    if missing_model and model.is_relative_to(study_dir(cfg) / "runs"):
+        steps.append(f"the study stage that writes {model} (python -m ocean_lib reproduce --params {params})")
+    elif missing_model:
+        steps.append(f"python -m ocean_lib model build-tiny --params {params}")
+    lines.append("build it with:\n  " + "\n  ".join(steps))
+    lines.append(
+        f"or run the whole study, which builds both: python -m ocean_lib reproduce --params {params}"
+    )
+    return "\n".join(lines)
+
+
 def build_miniature_model(cfg: RunConfig, corpus_per_level: int = 300) -> Path:
     """The miniature Qwen2.5-VL at ``model.name_or_path``, its tokenizer trained on the procedural tasks' text
     (``corpus_per_level`` tasks per family and difficulty: fewer build faster, for benchmarks)."""
@@ -110,13 +140,14 @@ def train_stage(
     stage: str,
     on_metrics: Callable[[list[dict[str, Any]]], None] | None = None,
     num_processes: int = 1,
-) -> Path:
-    """Train one stage as an accelerate-launched subprocess; a finished stage returns at once."""
+) -> None:
+    """Train one stage as an accelerate-launched subprocess (a finished stage returns at once) and print where
+    its final weights are (:func:`run_dir` ``(cfg, stage).final``)."""
     from ocean_lib import launch
 
     cfg = load_config(params, overrides)
     topology = launch.Topology(num_processes=num_processes)
-    return launch.train(
+    launch.train(
         params, [*overrides, *stage_overrides(cfg, stage)], topology, resume=True, on_metrics=on_metrics
     )
 
@@ -131,8 +162,17 @@ def evaluate(cfg: RunConfig, labels: list[str] | None = None) -> dict[str, dict[
     summaries = {}
     stage_of = rows(cfg)
     for label in labels or list(stage_of):
+        t0 = time.perf_counter()
         final = run_dir(cfg, stage_of[label]).final
         summaries[label] = evaluation.run(final, cfg.study.benchmarks, eval_cfg, model_name=label)
+        items = sum(
+            entry["n"]
+            for name, entry in summaries[label]["benchmarks"].items()
+            if name in cfg.study.benchmarks
+        )
+        print(
+            f"{label}: {items} items of {len(cfg.study.benchmarks)} benchmarks in {_clock(time.perf_counter() - t0)}; answers in {eval_dir(cfg, label)}"
+        )
     return summaries
 
 
@@ -145,58 +185,154 @@ def reproduce(params: str | Path, overrides: list[str] | None = None, force: boo
 
     Stops at the first failing notebook, naming the notebook, the cell and the error. Re-running skips
     finished work (training stages resume, evaluations reuse their caches) unless ``force`` clears the study.
+    Holds the study directory's lock throughout (a second ``reproduce`` of the same study is refused), and
+    prints where training and evaluation are while a notebook runs (:class:`StudyProgress`).
     """
     import papermill
+
+    from ocean_lib.io import LOCK_FILE, DirectoryLock
 
     overrides = list(overrides or [])
     started = time.perf_counter()
     cfg = load_config(params, overrides)
     out = study_dir(cfg)
-    if force and out.exists():
-        shutil.rmtree(out)
-    executed = out / "notebooks"
-    executed.mkdir(parents=True, exist_ok=True)
-    for name in EXECUTION_ORDER:
-        t0 = time.perf_counter()
-        print(f"[reproduce] {name} ...", file=sys.stderr, flush=True)
-        try:
-            papermill.execute_notebook(
-                str(NOTEBOOK_DIR / f"{name}.ipynb"),
-                str(executed / f"{name}.ipynb"),
-                parameters={"params": str(params), "overrides": overrides},
-                cwd=str(Path.cwd()),
-                kernel_name="python3",
-                progress_bar=False,
-                execution_timeout=cfg.study.notebook_timeout_s,
-            )
-        except papermill.PapermillExecutionError as error:
-            raise RuntimeError(
-                f"notebook {name} failed in cell {error.exec_count} ({error.ename}: {error.evalue}); "
-                f"the executed notebook is {executed / f'{name}.ipynb'}"
-            ) from None
-        print(f"[reproduce] {name} done in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
-    report = write_report(out)
-    minutes = (time.perf_counter() - started) / 60
-    print(f"[reproduce] finished in {minutes:.1f} min: {report}, {out / 'results.md'}, {out / 'figures'}")
+    with DirectoryLock(out, "reproduce of this study"):
+        if force:
+            for child in out.iterdir():  # all but the lock this process holds
+                if child.name != LOCK_FILE:
+                    shutil.rmtree(child) if child.is_dir() else child.unlink()
+        executed = out / "notebooks"
+        executed.mkdir(parents=True, exist_ok=True)
+        progress = StudyProgress(cfg)
+        for number, name in enumerate(EXECUTION_ORDER, start=1):
+            t0 = time.perf_counter()
+            _say(f"{name} ({number} of {len(EXECUTION_ORDER)}) ...")
+            try:
+                with progress.watching(name):
+                    papermill.execute_notebook(
+                        str(NOTEBOOK_DIR / f"{name}.ipynb"),
+                        str(executed / f"{name}.ipynb"),
+                        parameters={"params": str(params), "overrides": overrides},
+                        cwd=str(Path.cwd()),
+                        kernel_name="python3",
+                        progress_bar=False,
+                        execution_timeout=cfg.study.notebook_timeout_s,
+                        # the kernel's start-up warnings (transport not encrypted) are not the study's
+                        extra_arguments=["--IPKernelApp.log_level=ERROR"],
+                    )
+            except papermill.PapermillExecutionError as error:
+                raise RuntimeError(
+                    f"notebook {name} failed in cell {error.exec_count} ({error.ename}: {error.evalue}); "
+                    f"the executed notebook is {executed / f'{name}.ipynb'}"
+                ) from None
+            _say(f"{name} done in {_clock(time.perf_counter() - t0)}")
+        report = write_report(out)
+    _say(
+        f"finished in {_clock(time.perf_counter() - started)}: {report}, {out / 'results.md'}, {out / 'figures'}"
+    )
     return report
 
 
 def write_report(out: Path) -> Path:
-    """One HTML page holding every executed notebook, in order."""
-    import nbformat
-    from nbconvert import HTMLExporter
+    """One self-contained HTML page holding every executed notebook, in reading order
+    (:func:`ocean_lib.report_html.write_report`)."""
+    from ocean_lib import report_html
 
-    merged = None
-    for name in NOTEBOOKS:
-        notebook = nbformat.read(out / "notebooks" / f"{name}.ipynb", as_version=4)
-        if merged is None:
-            merged = notebook
-        else:
-            merged.cells.extend(notebook.cells)
-    body, _ = HTMLExporter().from_notebook_node(merged)
-    report = out / "report.html"
-    atomic_write_text(report, body)
-    return report
+    return report_html.write_report(
+        [out / "notebooks" / f"{name}.ipynb" for name in NOTEBOOKS], out / "report.html"
+    )
+
+
+def _say(message: str) -> None:
+    print(f"[reproduce] {message}", file=sys.stderr, flush=True)
+
+
+def _clock(seconds: float) -> str:
+    """``m:ss`` (or ``h:mm:ss``)."""
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+class StudyProgress:
+    """What ``reproduce`` prints while a notebook runs: the stage in training with its step, total and ETA, or
+    how many evaluation items are answered, every ``interval_s`` when it changed.
+
+    It reads what the runs write (each stage's ``metrics.jsonl`` and the total its ``log.txt`` announces,
+    :func:`~ocean_lib.run_dir.plan_line`; the evaluation's ``<benchmark>.jsonl`` files), so it needs nothing
+    from the notebook's kernel.
+    """
+
+    def __init__(self, cfg: RunConfig, interval_s: float = 30.0):
+        self.cfg = cfg
+        self.interval_s = interval_s
+        self._seen: dict[str, tuple[float, int]] = {}  # stage -> (time, step) when first seen training
+
+    def training_status(self) -> str | None:
+        """The first stage that is not finished, if it has started: ``<stage> (i of n): step s of t, ...``."""
+        from ocean_lib.run_dir import parse_plan_line
+
+        stages = list(self.cfg.study.stages)
+        for number, stage in enumerate(stages, start=1):
+            run = run_dir(self.cfg, stage)
+            if run.is_finished():
+                continue
+            if not run.log.exists():
+                return None
+            plans = [
+                p for line in run.log.read_text(errors="replace").splitlines() if (p := parse_plan_line(line))
+            ]
+            if not plans:
+                return f"{stage} (stage {number} of {len(stages)}): starting"
+            total = plans[-1][1]
+            rows = run.read_metrics()
+            step = rows[-1]["step"] if rows else plans[-1][0]
+            now = time.time()
+            since, first = self._seen.setdefault(stage, (now, step))
+            status = f"{stage} (stage {number} of {len(stages)}): step {step} of {total}"
+            if step > first:
+                per_step = (now - since) / (step - first)
+                status += f", {per_step:.1f} s/step, about {_clock(per_step * (total - step))} left"
+            return status
+        return None
+
+    def evaluation_status(self) -> str | None:
+        """Items answered so far per evaluated model: ``base 1200, GRPO-text 40``."""
+        counts = {}
+        for label in rows(self.cfg):
+            files = (eval_dir(self.cfg, label)).glob("*.jsonl")
+            counts[label] = sum(len(path.read_bytes().splitlines()) for path in files)
+        if not any(counts.values()):
+            return None
+        return "evaluation items answered: " + ", ".join(f"{label} {n}" for label, n in counts.items())
+
+    def status(self, notebook: str) -> str | None:
+        if notebook == "02_train":
+            return self.training_status()
+        if notebook == "03_evaluate":
+            return self.evaluation_status()
+        return None
+
+    @contextlib.contextmanager
+    def watching(self, notebook: str):
+        """Print :meth:`status` every ``interval_s`` (when it changed) while the block runs."""
+        stop = threading.Event()
+
+        def loop() -> None:
+            last = None
+            while not stop.wait(self.interval_s):
+                line = self.status(notebook)
+                if line and line != last:
+                    _say(f"{notebook}: {line}")
+                    last = line
+
+        thread = threading.Thread(target=loop, daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
 
 
 def results(cfg: RunConfig) -> Any:

@@ -36,18 +36,83 @@ def test_notebook_contract(path):
     assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# ")
 
 
+# Every figure a notebook promises: (notebook, a piece of the cell's source) -> the cell must display an image.
+FIGURES = [
+    ("00_grpo_walkthrough", "display(update.prompt.images[0]"),
+    ("00_grpo_walkthrough", "table.plot.scatter("),
+    ("01_data", "plots.example_grid("),
+    *[
+        ("02_train", f'"{stage}",')
+        for stage in ("warmstart", "grpo_text", "grpo_vis_stage1", "grpo_vis_stage2")
+    ],
+    ("02_train", "plots.training_curves("),
+    ("03_evaluate", "plots.benchmark_bars("),
+    ("04_aha_moments", "plots.reflection_plot("),
+    ("04_aha_moments", "plots.length_plot("),
+    ("04_aha_moments", "plots.disagreement_plot("),
+    ("05_results", "plots.benchmark_bars("),
+]
+
+
+def displayed_images(notebook, piece: str) -> int:
+    """How many images the code cell holding ``piece`` displayed (PNG or JPEG outputs)."""
+    (cell,) = [c for c in notebook.cells if c.cell_type == "code" and piece in c.source]
+    return sum(1 for o in cell.outputs if {"image/png", "image/jpeg"} & set(o.get("data", {})))
+
+
+def test_the_data_notebook_displays_its_figure(tmp_path, monkeypatch):
+    """Executed as papermill runs it (the CI-size params): the example grid is an image output of its cell, not
+    only a PNG file."""
+    import papermill
+
+    monkeypatch.chdir(ROOT)
+    out = tmp_path / "01_data.ipynb"
+    papermill.execute_notebook(
+        str(ROOT / "notebooks" / "01_data.ipynb"),
+        str(out),
+        parameters={"params": "params/ci.yaml", "overrides": [f"study.output_dir={tmp_path}/ci"]},
+        kernel_name="python3",
+        progress_bar=False,
+    )
+    notebook = nbformat.read(out, as_version=4)
+    assert displayed_images(notebook, "plots.example_grid(") == 1
+
+
+def test_reproduce_reports_where_training_and_evaluation_are(tmp_path):
+    """What reproduce prints while 02_train and 03_evaluate run, read from the run and eval directories."""
+    from ocean_lib.run_dir import plan_line
+
+    cfg = load_config(ROOT / "params" / "ci.yaml", [f"study.output_dir={tmp_path}"])
+    progress = study.StudyProgress(cfg)
+    assert progress.status("02_train") is None  # nothing started
+    warm = study.run_dir(cfg, "warmstart")
+    (warm.final).mkdir(parents=True)
+    (warm.final / "trainer_state.json").write_text("{}")
+    text = study.run_dir(cfg, "grpo_text")
+    text.path.mkdir(parents=True)
+    text.log.write_text("Loading weights\n")
+    assert progress.status("02_train") == "grpo_text (stage 2 of 4): starting"
+    text.log.write_text(f"Loading weights\n{plan_line(0, 40)}\n")
+    for step in (1, 2, 3):
+        text.log_metrics({"step": step})
+    assert progress.status("02_train") == "grpo_text (stage 2 of 4): step 3 of 40"
+    text.log_metrics({"step": 4})
+    assert re.fullmatch(
+        r"grpo_text \(stage 2 of 4\): step 4 of 40, [\d.]+ s/step, about \d+:\d\d left",
+        progress.status("02_train"),
+    )
+
+    assert progress.status("03_evaluate") is None
+    answers = study.eval_dir(cfg, "base") / "mini_counting.jsonl"
+    answers.parent.mkdir(parents=True)
+    answers.write_text('{"id": 1}\n{"id": 2}\n')
+    assert progress.status("03_evaluate") == "evaluation items answered: base 2, GRPO-text 0, GRPO-vis 0"
+
+
 @pytest.mark.slow
 def test_reproduce_runs_the_study_end_to_end(tmp_path, monkeypatch):
-    monkeypatch.chdir(ROOT)  # notebooks resolve params/ and outputs/ from the project root
-    overrides = [
-        f"study.output_dir={tmp_path}/ci",
-        f"data.synthetic.output_dir={tmp_path}/ci/data",
-        f"model.name_or_path={tmp_path}/ci/models/tiny",
-        f"data.train_files=[{tmp_path}/ci/data/train]",
-        f"study.stages.grpo_text.set.data.train_files=[{tmp_path}/ci/data/train_text]",
-        f"study.stages.grpo_vis_stage1.set.data.train_files=[{tmp_path}/ci/data/train/geometry.parquet]",
-        f"study.stages.grpo_vis_stage2.set.data.train_files=[{tmp_path}/ci/data/train/counting.parquet]",
-    ]
+    monkeypatch.chdir(ROOT)  # notebooks resolve params/ from the project root
+    overrides = [f"study.output_dir={tmp_path}/ci"]  # data, model and runs follow it
     report = study.reproduce("params/ci.yaml", overrides)
     out = tmp_path / "ci"
     cfg = load_config("params/ci.yaml", overrides)
@@ -59,6 +124,21 @@ def test_reproduce_runs_the_study_end_to_end(tmp_path, monkeypatch):
             nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4).cells[0].source.splitlines()[0]
         )
         assert title.lstrip("# ").split("·")[-1].strip() in html
+    # Every promised figure is displayed in its executed notebook (what JupyterLab and the report show) ...
+    executed = {
+        name: nbformat.read(out / "notebooks" / f"{name}.ipynb", as_version=4) for name in study.NOTEBOOKS
+    }
+    for name, piece in FIGURES:
+        assert displayed_images(executed[name], piece) >= 1, (name, piece)
+    # ... and in the report, which renders offline and shows what a reader needs, not a kernel's leftovers.
+    assert len(re.findall(r'src="data:image/(?:png|jpeg);base64,', html)) >= len(FIGURES)
+    assert not re.search(r"<script[^>]+src=", html) and "mathjax" not in html.lower()
+    assert html.count('class="math"') >= 4  # the walkthrough's formulas, drawn
+    assert 'class="ocean-rollouts"' in html or "class='ocean-rollouts'" in html  # the browser's static view
+    for noise in ("VBox(children", "0step", "?it/s", "PosixPath(", "[WARNING]", "Setting accelerator to CPU"):
+        assert noise not in html, noise
+    assert not re.search(r"\d\.\d{12,}", html)  # no float32 noise such as 0.10000000149011612
+    assert html.count("injected-parameters") <= len(study.NOTEBOOKS)  # one parameters cell per notebook
     # The walkthrough ran after training: its group was sampled from the warm-started base.
     walkthrough = (out / "notebooks" / "00_grpo_walkthrough.ipynb").read_text()
     assert f"policy: {study.run_dir(cfg, 'warmstart').final}" in walkthrough

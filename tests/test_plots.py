@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import json
 
 import numpy as np
@@ -212,6 +213,22 @@ def test_benchmark_bars_without_reference_rows(tmp_path):
     assert [p.get_height() for p in bars.patches] == pytest.approx([25, 0])
     segments = next(c for c in ax.containers[0].lines[2]).get_segments()
     assert (segments[1][0][1], segments[1][1][1]) == pytest.approx((0, 2))  # a CI starting at 0 is drawn
+
+
+def test_benchmark_bars_labels_do_not_overlap(tmp_path):
+    """The study's five columns with their long titles, three models: every x label stays clear of the others."""
+    titles = [f"miniature {task} (image)" for task in ("counting", "geometry", "grounding", "spatial")]
+    summaries = {}
+    for label in ("base", "GRPO-text", "GRPO-vis"):
+        directory = write_summary(tmp_path / label, {t: (0.3, 0.25, 0.35) for t in [*titles, "average"]})
+        summaries[label] = directory
+    fig = benchmark_bars(results_table(summaries, reference=False))
+    fig.canvas.draw()
+    (ax,) = fig.axes
+    boxes = [t.get_window_extent() for t in ax.get_xticklabels()]
+    assert len(boxes) == 5
+    for left, right in itertools.pairwise(boxes):
+        assert left.x1 < right.x0, (left, right)
 
 
 # ---------------------------------------------------------------------------------------------------------------
