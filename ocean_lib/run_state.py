@@ -8,6 +8,7 @@ and its schedule, prepares them with accelerate, restores a checkpoint and makes
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -135,18 +136,24 @@ def save_checkpoint(state: TrainState, target: Path, step: int, epoch: int) -> N
     tmp = target.parent / f".tmp_{target.name}"
     weights = acc.get_state_dict(state.model)  # every process calls it: ZeRO-3 gathers the shards
     if acc.is_main_process:
-        tmp.mkdir(parents=True, exist_ok=True)
-        adapters = peft_model(state.model)
-        if adapters is not None:
-            # PEFT keeps only the adapter's tensors of the full state dict (gathered under ZeRO-3).
-            adapters.save_pretrained(tmp / ADAPTER_DIR, state_dict=weights)
-            m = state.cfg.model
-            weights = merged_state_dict(weights, scaling=m.lora_alpha / m.lora_rank)
-        state.policy.save_pretrained(tmp, state_dict=weights, safe_serialization=True)
-        state.processor.save_pretrained(tmp)
-        if not state.deepspeed:
-            torch.save(state.optimizer.state_dict(), tmp / "optimizer.pt")
-            torch.save(state.scheduler.state_dict(), tmp / "scheduler.pt")
+        try:
+            tmp.mkdir(parents=True, exist_ok=True)
+            adapters = peft_model(state.model)
+            if adapters is not None:
+                # PEFT keeps only the adapter's tensors of the full state dict (gathered under ZeRO-3).
+                adapters.save_pretrained(tmp / ADAPTER_DIR, state_dict=weights)
+                m = state.cfg.model
+                weights = merged_state_dict(weights, scaling=m.lora_alpha / m.lora_rank)
+            state.policy.save_pretrained(tmp, state_dict=weights, safe_serialization=True)
+            state.processor.save_pretrained(tmp)
+            if not state.deepspeed:
+                torch.save(state.optimizer.state_dict(), tmp / "optimizer.pt")
+                torch.save(state.scheduler.state_dict(), tmp / "scheduler.pt")
+        except (OSError, RuntimeError) as error:  # a full disk reaches us as torch's "unexpected pos ..."
+            free = shutil.disk_usage(tmp.parent).free / 2**20
+            raise TrainingError(
+                f"could not write the checkpoint {target} ({free:,.0f} MiB free on its disk): {error}"
+            ) from error
     acc.wait_for_everyone()
     if state.deepspeed:  # the optimizer states are sharded over ranks: each rank writes its own
         acc.save_state(str(tmp / SHARDED_STATE))

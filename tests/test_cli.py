@@ -5,7 +5,9 @@ help texts that say where outputs go, and launch's progress bar."""
 from __future__ import annotations
 
 import os
+import resource
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -136,3 +138,33 @@ def test_launch_shows_steps_of_the_total_and_counts_from_the_checkpoint_on_resum
     assert again.returncode == 0, again.stderr
     assert "1/2" in again.stderr and "2/2" in again.stderr
     assert [row["step"] for row in run.read_metrics()] == [1, 2]
+
+
+def test_a_full_disk_names_the_checkpoint_it_could_not_write(tiny_model_dir, mini_data_dir, tmp_path):
+    """Files may grow to 1 MiB only (RLIMIT_FSIZE, as a nearly full disk): the weights fit, the optimizer state
+    does not, and torch's own error ("unexpected pos ...") would name no file."""
+    overrides = tiny_overrides(tiny_model_dir, mini_data_dir, tmp_path / "runs")
+    params = params_file(tmp_path, overrides)
+
+    def small_files() -> None:
+        signal.signal(
+            signal.SIGXFSZ, signal.SIG_IGN
+        )  # a write past the limit fails (EFBIG) instead of killing
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2**20, 2**20))
+
+    done = subprocess.run(
+        [sys.executable, "-m", "ocean_lib", "train", *params],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        preexec_fn=small_files,
+    )
+    checkpoint = RunDir(load_config(None, overrides).run_dir).checkpoint(1)
+    assert done.returncode == 1, done.stderr
+    assert (
+        f"error: could not write the checkpoint {checkpoint} (" in done.stderr
+        and "MiB free on its disk" in done.stderr
+    )
+    assert "Traceback" not in done.stderr
