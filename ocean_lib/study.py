@@ -266,7 +266,8 @@ class StudyProgress:
     def __init__(self, cfg: RunConfig, interval_s: float = 30.0):
         self.cfg = cfg
         self.interval_s = interval_s
-        self._seen: dict[str, tuple[float, int]] = {}  # stage -> (time, step) when first seen training
+        self._seen: dict[str, tuple[float, int]] = {}  # stage (or "evaluation") -> (time, count) first seen
+        self._items: int | None = None  # items per evaluated model
 
     def training_status(self) -> str | None:
         """The first stage that is not finished, if it has started: ``<stage> (i of n): step s of t, ...``."""
@@ -296,15 +297,40 @@ class StudyProgress:
             return status
         return None
 
+    def evaluation_items(self) -> int | None:
+        """Items one model is evaluated on (every study benchmark, capped by eval.max_items); None if unknown."""
+        from ocean_lib.evaluation import get_benchmark
+        from ocean_lib.evaluation.runner import benchmark_home
+
+        try:
+            counts = [
+                len(get_benchmark(n).load_items(benchmark_home(get_benchmark(n), self.cfg)))
+                for n in self.cfg.study.benchmarks
+            ]
+        except (OSError, ValueError):  # data not there yet: the notebook itself will say so
+            return None
+        cap = self.cfg.eval.max_items
+        return sum(min(n, cap) if cap > 0 else n for n in counts)
+
     def evaluation_status(self) -> str | None:
-        """Items answered so far per evaluated model: ``base 1200, GRPO-text 40``."""
+        """Items answered so far per evaluated model, of how many, with an ETA: ``base 1200 of 2000, ...``."""
         counts = {}
         for label in rows(self.cfg):
-            files = (eval_dir(self.cfg, label)).glob("*.jsonl")
+            files = eval_dir(self.cfg, label).glob("*.jsonl")
             counts[label] = sum(len(path.read_bytes().splitlines()) for path in files)
-        if not any(counts.values()):
+        done = sum(counts.values())
+        if not done:
             return None
-        return "evaluation items answered: " + ", ".join(f"{label} {n}" for label, n in counts.items())
+        if "evaluation" not in self._seen:
+            self._seen["evaluation"] = (time.time(), done)
+            self._items = self.evaluation_items()
+        of = f" of {self._items}" if self._items else ""
+        status = "evaluation items answered: " + ", ".join(f"{label} {n}{of}" for label, n in counts.items())
+        since, first = self._seen["evaluation"]
+        if self._items and done > first:
+            per_item = (time.time() - since) / (done - first)
+            status += f"; about {_clock(per_item * (self._items * len(counts) - done))} left"
+        return status
 
     def status(self, notebook: str) -> str | None:
         if notebook == "02_train":

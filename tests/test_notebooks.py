@@ -11,6 +11,7 @@ import pytest
 
 from ocean_lib import study
 from ocean_lib.config import load_config
+from ocean_lib.data import synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -107,6 +108,16 @@ def test_reproduce_reports_where_training_and_evaluation_are(tmp_path):
     answers.parent.mkdir(parents=True)
     answers.write_text('{"id": 1}\n{"id": 2}\n')
     assert progress.status("03_evaluate") == "evaluation items answered: base 2, GRPO-text 0, GRPO-vis 0"
+    synthetic.build(cfg)  # with the benchmarks' data there, the total and an ETA
+    progress = study.StudyProgress(cfg)
+    assert (
+        progress.status("03_evaluate")
+        == "evaluation items answered: base 2 of 16, GRPO-text 0 of 16, GRPO-vis 0 of 16"
+    )
+    answers.write_text('{"id": 1}\n{"id": 2}\n{"id": 3}\n')
+    assert re.fullmatch(
+        r"evaluation items answered: base 3 of 16, .*; about \d+:\d\d left", progress.status("03_evaluate")
+    )
 
 
 @pytest.mark.slow

@@ -294,6 +294,7 @@ def check_images(plans: Sequence[Plan]) -> None:
 
 
 def benchmark_home(benchmark: Benchmark, cfg: RunConfig) -> Path:
+    """The directory a benchmark's items are read from: eval.data_root, or the miniature's data directory."""
     return Path(cfg.eval.data_root if benchmark.home == "benchmarks" else cfg.data.synthetic.output_dir)
 
 
