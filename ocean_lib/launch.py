@@ -156,7 +156,13 @@ def train(
             log.flush()
             rows = run.read_metrics()
             fresh = run.metrics.exists() and run.metrics.stat().st_mtime >= started
-            if rows and bar is not None and (fresh or rows[-1]["step"] <= resumable):
+            # Redrawn when the step changes only: a log file of the terminal's output keeps one frame per step.
+            if (
+                rows
+                and bar is not None
+                and rows[-1]["step"] != bar.n
+                and (fresh or rows[-1]["step"] <= resumable)
+            ):
                 bar.n = rows[-1]["step"]
                 bar.set_postfix(
                     {k: f"{rows[-1][k]:.3f}" for k in ("reward/overall", "loss/sft") if k in rows[-1]},
