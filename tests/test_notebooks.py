@@ -43,7 +43,7 @@ FIGURES = [
     ("00_grpo_walkthrough", "table.plot.scatter("),
     ("01_data", "plots.example_grid("),
     *[
-        ("02_train", f'"{stage}",')
+        ("02_train", f'LiveCurves(study.figure_path(cfg, "{stage}")')
         for stage in ("warmstart", "grpo_text", "grpo_vis_stage1", "grpo_vis_stage2")
     ],
     ("02_train", "plots.training_curves("),
