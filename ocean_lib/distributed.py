@@ -273,12 +273,6 @@ def check_same_modalities(accelerator: Any, has_images: list[bool], where: str) 
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _activation_checkpointing(policy: Any) -> bool:
-    # transformers 5.24 renamed is_gradient_checkpointing (deprecated there) to is_activation_checkpointing.
-    name = "is_activation_checkpointing" if hasattr(type(policy), "is_activation_checkpointing") else None
-    return bool(getattr(policy, name or "is_gradient_checkpointing"))
-
-
 VERSIONED = ("torch", "transformers", "accelerate", "deepspeed", "vllm", "peft", "flash-attn")
 
 
@@ -295,6 +289,8 @@ def package_versions() -> dict[str, str | None]:
 
 def run_info(accelerator: Any, cfg: RunConfig, policy: Any, reference: str | None) -> dict[str, Any]:
     """How this run actually runs, read from the live objects (not from the config that asked for it)."""
+    from ocean_lib.models import activation_checkpointing  # transformers: not for the launcher's light import
+
     ds = accelerator.state.deepspeed_plugin.deepspeed_config if is_deepspeed(accelerator) else None
     backend = torch.distributed.get_backend() if torch.distributed.is_initialized() else None
     weights = next(p for p in policy.parameters())
@@ -312,7 +308,7 @@ def run_info(accelerator: Any, cfg: RunConfig, policy: Any, reference: str | Non
         if ds and ds.get("bf16", {}).get("enabled")
         else accelerator.mixed_precision,
         "attn_implementation": policy.config._attn_implementation,
-        "gradient_checkpointing": _activation_checkpointing(policy),
+        "gradient_checkpointing": activation_checkpointing(policy),
         "training_mode": bool(policy.training),
         "reference": reference,
         "rollout_backend": cfg.rollout.backend,
