@@ -159,6 +159,10 @@ class ModelConfig:
     reference_on_cpu: bool = knob(
         False, "keep the frozen KL reference on the CPU and run it there (slower; frees accelerator memory)"
     )
+    reference_offload: bool = knob(
+        False,
+        "DeepSpeed: keep the reference's ZeRO-3 shards in host memory between uses, computing on the accelerator",
+    )
     tiny: TinyModelConfig = field(
         default_factory=TinyModelConfig, metadata={"help": "shape of the offline-built miniature model"}
     )
@@ -425,6 +429,11 @@ class RunConfig:
             (
                 t.micro_batch_tokens >= 0,
                 f"train.micro_batch_tokens={t.micro_batch_tokens} must be >= 0 (0: off)",
+            ),
+            (
+                not (self.model.reference_on_cpu and self.model.reference_offload),
+                "model.reference_on_cpu and model.reference_offload exclude each other (run on the CPU, or "
+                "offload between uses and compute on the accelerator)",
             ),
             (self.model.lora_rank >= 0, f"model.lora_rank={self.model.lora_rank} must be >= 0 (0: no LoRA)"),
             (self.model.lora_alpha > 0, f"model.lora_alpha={self.model.lora_alpha} must be > 0"),

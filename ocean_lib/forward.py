@@ -2,16 +2,25 @@
 
 Used by the trainer's GRPO and SFT updates, the KL reference, the walkthrough and the benchmarks, so that all of
 them compute the log-probs the sampler's agree with (same images, token types and 3-D positions).
+
+Memory: the forward returns the final hidden states, and the output layer turns them into log-probs chunk by
+chunk (:func:`ocean_lib.grpo.token_logprobs` with ``head``): no full-vocabulary logits of a whole micro-batch
+exist (about 18 GiB with their gradient at 7B for 8 sequences of 4k completion tokens).
+
+Under DeepSpeed ZeRO-3 every forward gathers weights from all processes, so every process must run as many
+forwards as the others: :func:`forward_passes` adds filler passes to the processes with fewer micro-batches.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import torch
 from transformers import PreTrainedModel
 
-from ocean_lib import grpo
+from ocean_lib import distributed, grpo
 from ocean_lib.batch import RolloutBatch, mrope_positions, select_images
 from ocean_lib.config import TrainConfig
 from ocean_lib.lora import peft_model, unwrap_peft
@@ -19,6 +28,8 @@ from ocean_lib.models import activation_checkpointing, kv_cache
 
 # Per micro-batch: (row ids of the batch, their positions within the rows being trained on).
 MicroBatches = list[tuple[torch.Tensor, torch.Tensor]]
+# Per forward pass: a micro-batch, and whether it counts (False: a filler, see forward_passes).
+Passes = list[tuple[torch.Tensor, torch.Tensor, bool]]
 
 
 def completion_logprobs(
@@ -53,29 +64,70 @@ def completion_logprobs(
     grid = None if grid is None else grid.to(device)
     positions = mrope_positions(policy, ids, mask, types, grid)
     if _can_run_prompts_once(model, batch.prompt_index[rows], width):
-        logits = _logits_running_prompts_once(model, batch, rows, ids, mask, positions, width)
+        hidden = _hidden_running_prompts_once(model, batch, rows, ids, mask, positions, width)
     else:
-        logits = model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=positions,
-            image_grid_thw=grid,
-            pixel_values=None if pixel_values is None else pixel_values.to(device),
-            logits_to_keep=width + 1,
-        ).logits[:, :-1]
-    temperature = temperature if temperature > 0 else 1.0
-    logprobs = grpo.token_logprobs(logits, completion.to(device), temperature=temperature)
-    entropies = None
-    if entropy == "loss":
-        entropies = grpo.token_entropy(logits, temperature=temperature)
-    elif entropy == "metric":
-        with torch.no_grad():
-            entropies = grpo.token_entropy(logits.detach(), temperature=temperature)
+        with _final_hidden_states(policy) as captured:
+            model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions,
+                image_grid_thw=grid,
+                pixel_values=None if pixel_values is None else pixel_values.to(device),
+                logits_to_keep=1,  # the log-probs come from the hidden states, chunk by chunk
+            )
+        hidden = captured[0][:, -(width + 1) : -1]
+    logprobs, entropies = _logprobs_through_head(policy, hidden, completion.to(device), temperature, entropy)
     return logprobs, entropies, completion_mask.to(device).to(logprobs.dtype)
 
 
+@contextlib.contextmanager
+def _final_hidden_states(policy: Any) -> Iterator[list[torch.Tensor]]:
+    """The language model's final (normed) hidden states of each forward inside this block, in call order."""
+    captured: list[torch.Tensor] = []
+    handle = policy.model.register_forward_hook(
+        lambda _m, _a, output: captured.append(output.last_hidden_state)
+    )
+    try:
+        yield captured
+    finally:
+        handle.remove()
+
+
+def _logprobs_through_head(
+    policy: Any,
+    hidden: torch.Tensor,
+    tokens: torch.Tensor,
+    temperature: float,
+    entropy: Literal["none", "metric", "loss"],
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Token log-probs (and entropies) from the final hidden states [r, w, H], the output layer applied chunk by
+    chunk (:func:`ocean_lib.grpo.token_logprobs`).
+
+    The computation runs as the output layer's forward: under ZeRO-3 DeepSpeed gathers a layer's weight only
+    while that layer runs, in forward and, through the hooks it puts on the layer's outputs, in backward, where
+    the chunks' logits are recomputed."""
+    head = policy.get_output_embeddings()
+    temperature = temperature if temperature > 0 else 1.0
+
+    def forward(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        logprobs = grpo.token_logprobs(h, tokens, temperature=temperature, head=head.weight)
+        entropies = None
+        if entropy == "loss":
+            entropies = grpo.token_entropy(h, temperature=temperature, head=head.weight)
+        elif entropy == "metric":
+            with torch.no_grad():
+                entropies = grpo.token_entropy(h.detach(), temperature=temperature, head=head.weight)
+        return logprobs, entropies
+
+    head.forward = forward  # an instance attribute: the module's hooks still run around it
+    try:
+        return head(hidden)
+    finally:
+        del head.forward
+
+
 def _can_run_prompts_once(model: Any, prompt_index: torch.Tensor, width: int) -> bool:
-    """Whether ``_logits_running_prompts_once`` applies: some rows share a prompt, the completions are longer
+    """Whether ``_hidden_running_prompts_once`` applies: some rows share a prompt, the completions are longer
     than one token, the model keeps a KV cache in a training forward (gradient checkpointing drops it), its
     attention reads a left-padded cache (sdpa, eager), and it is a plain module or DDP-wrapped (a DeepSpeed
     engine must see exactly one forward per backward)."""
@@ -89,7 +141,7 @@ def _can_run_prompts_once(model: Any, prompt_index: torch.Tensor, width: int) ->
     )
 
 
-def _logits_running_prompts_once(
+def _hidden_running_prompts_once(
     model: Any,
     batch: RolloutBatch,
     rows: torch.Tensor,
@@ -98,7 +150,8 @@ def _logits_running_prompts_once(
     positions: torch.Tensor,
     width: int,
 ) -> torch.Tensor:
-    """The completion logits [r, w, V] of ``completion_logprobs``, each distinct prompt run through the model once.
+    """The final hidden states [r, w, H] predicting the completion tokens of ``completion_logprobs``, each
+    distinct prompt run through the model once.
 
     A GRPO group is n completions of one prompt, so the plain forward encodes every image and prompt token n
     times. Here the distinct prompts fill a KV cache (keeping its autograd graph), each row reads its prompt's
@@ -119,27 +172,30 @@ def _logits_running_prompts_once(
     )
     prompt_len = ids.shape[1] - width
     cache = DynamicCache(config=bare.config)
-    # The bare module runs the prompts, so that a DDP wrapper sees one forward (the completions') per backward.
-    prompt_logits = bare(
-        input_ids=ids[first_row, :prompt_len],
-        attention_mask=mask[first_row, :prompt_len],
-        position_ids=positions[:, first_row, :prompt_len],
-        pixel_values=None if pixel_values is None else pixel_values.to(device),
-        image_grid_thw=None if grid is None else grid.to(device),
-        **kv_cache(bare, cache),
-        use_cache=True,
-        logits_to_keep=1,
-    ).logits
-    cache.batch_select_indices(row_prompt)
-    completion_logits = model(
-        input_ids=ids[:, prompt_len:-1],
-        attention_mask=mask[:, :-1],
-        position_ids=positions[:, :, prompt_len:-1],
-        **kv_cache(bare, cache),
-        use_cache=True,
-    ).logits
+    with _final_hidden_states(bare) as captured:
+        # The bare module runs the prompts, so that a DDP wrapper sees one forward (the completions') per backward.
+        bare(
+            input_ids=ids[first_row, :prompt_len],
+            attention_mask=mask[first_row, :prompt_len],
+            position_ids=positions[:, first_row, :prompt_len],
+            pixel_values=None if pixel_values is None else pixel_values.to(device),
+            image_grid_thw=None if grid is None else grid.to(device),
+            **kv_cache(bare, cache),
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        cache.batch_select_indices(row_prompt)
+        model(
+            input_ids=ids[:, prompt_len:-1],
+            attention_mask=mask[:, :-1],
+            position_ids=positions[:, :, prompt_len:-1],
+            **kv_cache(bare, cache),
+            use_cache=True,
+            logits_to_keep=1,
+        )
+    prompt_hidden, completion_hidden = captured
     # A prompt's last position predicts the first token of each of its completions.
-    return torch.cat([prompt_logits[row_prompt], completion_logits], 1)
+    return torch.cat([prompt_hidden[row_prompt, -1:], completion_hidden], 1)
 
 
 def reference_logprobs(
@@ -147,27 +203,30 @@ def reference_logprobs(
     policy: Any,
     reference: Any | None,
     batch: RolloutBatch,
-    micro_batches: MicroBatches,
+    passes: Passes,
     temperature: float,
 ) -> torch.Tensor:
-    """Log-probs under the frozen initial policy: ``reference``, its own copy (on the training device, or on the
-    CPU with ``model.reference_on_cpu``), or, when it is None (LoRA), the policy itself with its adapters off."""
+    """Log-probs under the frozen initial policy: ``reference``, its own copy (under DeepSpeed a ZeRO-3 engine,
+    :func:`ocean_lib.distributed.deepspeed_reference`; else on the training device, or on the CPU with
+    ``model.reference_on_cpu``), or, when it is None (LoRA), the policy itself with its adapters off."""
     if reference is not None:
-        return logprobs_no_grad(reference, reference, batch, micro_batches, temperature)
+        bare = getattr(reference, "module", reference)  # the model inside a DeepSpeed engine
+        return logprobs_no_grad(reference, bare, batch, passes, temperature)
     with peft_model(model).disable_adapter():
-        return logprobs_no_grad(model, policy, batch, micro_batches, temperature)
+        return logprobs_no_grad(model, policy, batch, passes, temperature)
 
 
 def logprobs_no_grad(
-    model: Any, policy: Any, batch: RolloutBatch, micro_batches: MicroBatches, temperature: float
+    model: Any, policy: Any, batch: RolloutBatch, passes: Passes, temperature: float
 ) -> torch.Tensor:
-    """Log-probs of the micro-batches' rows under ``model`` without gradients, as one [rows, Lc] tensor (0-padded),
-    row ``i`` holding position ``i`` of the micro-batches."""
-    out = torch.zeros(sum(len(chunk) for chunk, _ in micro_batches), batch.completion_ids.shape[1])
+    """Log-probs of the passes' rows under ``model`` without gradients, as one [rows, Lc] tensor (0-padded),
+    row ``i`` holding position ``i`` of the micro-batches (filler passes run and are discarded)."""
+    out = torch.zeros(sum(len(chunk) for chunk, _, real in passes if real), batch.completion_ids.shape[1])
     with torch.no_grad():
-        for chunk, positions in micro_batches:
+        for chunk, positions, real in passes:
             logp, _, _ = completion_logprobs(model, policy, batch, chunk, temperature)
-            out[positions, : logp.shape[1]] = logp.float().cpu()
+            if real:
+                out[positions, : logp.shape[1]] = logp.float().cpu()
     return out
 
 
@@ -195,11 +254,27 @@ def pack_micro_batches(lengths: list[int], size: int, max_tokens: int = 0) -> li
 
 
 def micro_batches(rows: torch.Tensor, batch: RolloutBatch, train: TrainConfig) -> MicroBatches:
-    """(row ids, their positions within ``rows``) per micro-batch (:func:`pack_micro_batches`)."""
+    """(row ids, their positions within ``rows``) per micro-batch (:func:`pack_micro_batches`); none if no rows."""
     chunks = pack_micro_batches(
         batch.lengths[rows].tolist(), train.micro_batch_size, train.micro_batch_tokens
     )
     return [(rows[chunk], torch.tensor(chunk)) for chunk in chunks]
+
+
+def forward_passes(accelerator: Any, micro_batches: MicroBatches, batch: RolloutBatch) -> Passes:
+    """The micro-batches, then as many filler passes as make every process run the same number of forwards.
+
+    Under ZeRO-3 every forward and backward gathers weights from all processes, so a process that runs fewer
+    micro-batches (length buckets, dynamic sampling) leaves the others waiting forever. The count is agreed
+    over processes; a filler repeats this process's cheapest micro-batch (row 0 of the batch if it has none),
+    its log-probs are discarded and its loss is multiplied by 0, so it changes no gradient."""
+    (count,) = distributed.all_reduce(accelerator, [float(len(micro_batches))], "max")
+    if micro_batches:
+        filler = min(micro_batches, key=lambda mb: len(mb[0]) * int(batch.lengths[mb[0]].max()))
+    else:
+        filler = (torch.tensor([0]), torch.tensor([0]))
+    real = [(rows, positions, True) for rows, positions in micro_batches]
+    return real + [(*filler, False)] * (int(count) - len(micro_batches))
 
 
 def bare_model(model: Any) -> Any:

@@ -103,59 +103,84 @@ def group_advantages(
 
 
 def _per_position(
-    fn: Callable[..., Tensor], logits: Tensor, *others: Tensor, temperature: float, chunk_size: int
+    fn: Callable[..., Tensor],
+    inputs: Tensor,
+    *others: Tensor,
+    temperature: float,
+    chunk_size: int,
+    head: Tensor | None = None,
 ) -> Tensor:
     """Apply ``fn(z [n, V] fp32, *others [n]) -> [n]`` to chunks of at most ``chunk_size`` positions.
 
-    Each chunk is upcast and divided by the temperature inside a checkpoint, so forward holds one chunk's fp32
-    copy at a time and backward recomputes it instead of keeping all of them. Rows are walked one by one so a
-    non-contiguous view such as ``logits[:, :-1]`` is never copied whole.
+    ``inputs`` are logits [B, T, V], or with ``head`` [V, H] hidden states [B, T, H] whose logits
+    ``z = h @ head^T`` are computed chunk by chunk. Each chunk is projected, upcast and divided by the temperature
+    inside a checkpoint, so forward holds one chunk's logits at a time and backward recomputes them instead of
+    keeping all of them. Rows are walked one by one so a non-contiguous view such as ``logits[:, :-1]`` is never
+    copied whole.
     """
 
     def fp32_fn(chunk: Tensor, *chunk_others: Tensor) -> Tensor:
-        return fn(chunk.float() / temperature, *chunk_others)
+        logits = chunk if head is None else torch.nn.functional.linear(chunk, head)
+        return fn(logits.float() / temperature, *chunk_others)
 
-    if logits.shape[0] == 0:
-        return logits.new_zeros(logits.shape[:2], dtype=torch.float32)
+    if inputs.shape[0] == 0:
+        return inputs.new_zeros(inputs.shape[:2], dtype=torch.float32)
     rows = []
-    for row, *row_others in zip(logits.unbind(0), *(o.unbind(0) for o in others), strict=True):
+    for row, *row_others in zip(inputs.unbind(0), *(o.unbind(0) for o in others), strict=True):
         chunks = zip(row.split(chunk_size), *(o.split(chunk_size) for o in row_others), strict=True)
         rows.append(torch.cat([checkpoint(fp32_fn, *chunk, use_reentrant=False) for chunk in chunks]))
     return torch.stack(rows)
 
 
+def _check_shapes(inputs: Tensor, head: Tensor | None, tokens: Tensor | None = None) -> None:
+    width = inputs.shape[-1] if inputs.dim() == 3 else None
+    if inputs.dim() != 3 or (tokens is not None and tokens.shape != inputs.shape[:2]):
+        raise ValueError(
+            f"need logits [B, T, V] (or hidden [B, T, H] with a head) and tokens [B, T], got {tuple(inputs.shape)}"
+            f" and {None if tokens is None else tuple(tokens.shape)}"
+        )
+    if head is not None and (head.dim() != 2 or head.shape[1] != width):
+        raise ValueError(f"head must be [V, H] with H = {width}, got {tuple(head.shape)}")
+
+
 def token_logprobs(
-    logits: Tensor, tokens: Tensor, *, temperature: float = 1.0, chunk_size: int = 256
+    logits: Tensor,
+    tokens: Tensor,
+    *,
+    temperature: float = 1.0,
+    chunk_size: int = 256,
+    head: Tensor | None = None,
 ) -> Tensor:
     """Log-probability of each sampled token: log p(y_t) = z_t[y_t] - logsumexp_v z_t[v], z = logits / temperature.
 
     logits: [B, T, V] (any float dtype; computed in fp32), tokens: long [B, T]. Returns fp32 [B, T].
     Exact (the same maths as ``log_softmax(z).gather(y)``) without a full-vocabulary fp32 copy of the logits:
-    at most ``chunk_size`` positions are upcast at once, in forward and in backward.
+    at most ``chunk_size`` positions are upcast at once, in forward and in backward. With ``head`` (the output
+    layer's weight, [V, H]) ``logits`` are the final hidden states [B, T, H] and no full-vocabulary logits of the
+    whole batch exist at any time: z_t = h_t @ head^T is formed chunk by chunk.
     """
-    if logits.dim() != 3 or tokens.shape != logits.shape[:2]:
-        raise ValueError(
-            f"need logits [B, T, V] and tokens [B, T], got {tuple(logits.shape)} and {tuple(tokens.shape)}"
-        )
+    _check_shapes(logits, head, tokens)
 
     def logprob(z: Tensor, y: Tensor) -> Tensor:
         return z.gather(-1, y[:, None]).squeeze(-1) - z.logsumexp(-1)
 
-    return _per_position(logprob, logits, tokens, temperature=temperature, chunk_size=chunk_size)
+    return _per_position(logprob, logits, tokens, temperature=temperature, chunk_size=chunk_size, head=head)
 
 
-def token_entropy(logits: Tensor, *, temperature: float = 1.0, chunk_size: int = 256) -> Tensor:
+def token_entropy(
+    logits: Tensor, *, temperature: float = 1.0, chunk_size: int = 256, head: Tensor | None = None
+) -> Tensor:
     """Entropy of each position's next-token distribution: H_t = logsumexp(z_t) - sum_v softmax(z_t)_v z_t[v].
 
-    logits: [B, T, V] (any float dtype; computed in fp32 in chunks like ``token_logprobs``). Returns fp32 [B, T].
+    logits: [B, T, V] (any float dtype; computed in fp32 in chunks like ``token_logprobs``), or hidden states
+    [B, T, H] with ``head`` [V, H]. Returns fp32 [B, T].
     """
-    if logits.dim() != 3:
-        raise ValueError(f"need logits [B, T, V], got {tuple(logits.shape)}")
+    _check_shapes(logits, head)
 
     def entropy(z: Tensor) -> Tensor:
         return z.logsumexp(-1) - (z.softmax(-1) * z).sum(-1)
 
-    return _per_position(entropy, logits, temperature=temperature, chunk_size=chunk_size)
+    return _per_position(entropy, logits, temperature=temperature, chunk_size=chunk_size, head=head)
 
 
 def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor, estimator: KLEstimator = "k3") -> Tensor:

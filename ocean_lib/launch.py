@@ -7,7 +7,9 @@ optional callback (live plots), and on failure raises with the child's error mes
 
 On CPU, ``accelerate launch --cpu --num_processes 2`` silently starts ONE process; the working form is
 ``--multi_gpu --num_processes N`` with ``Accelerator(cpu=True)`` in the script, which the trainer does when
-no GPU is present. The trainer also asserts that the process count is the one the config expects.
+no GPU is present (and, for a DeepSpeed config file, DeepSpeed over gloo: :mod:`ocean_lib.distributed`). The
+trainer refuses a launch it would not honour (process count, precision, DeepSpeed settings that contradict the
+params) and records how it ran in ``<run>/run_info.json``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import collections
 import os
 import queue
+import signal
 import subprocess
 import sys
 import threading
@@ -25,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ocean_lib.config import load_config
+from ocean_lib.distributed import precision_of
 from ocean_lib.io import DirectoryLock
 from ocean_lib.run_dir import RunDir, error_message_in, parse_plan_line
 
@@ -46,9 +50,12 @@ class Topology:
 
 
 def accelerate_command(
-    params: str | Path, overrides: list[str], topology: Topology, resume: bool
+    params: str | Path, overrides: list[str], topology: Topology, resume: bool, mixed_precision: str = "no"
 ) -> list[str]:
-    """The ``accelerate launch`` command line for one training stage (tested as a list of strings)."""
+    """The ``accelerate launch`` command line for one training stage (tested as a list of strings).
+
+    Without a config file the command names every setting (a user's default accelerate config must not leak in);
+    ``mixed_precision`` is the one the params ask for (:func:`ocean_lib.distributed.precision_of`)."""
     t = topology
     total = t.num_processes * t.num_machines
     cmd = [sys.executable, "-m", "accelerate.commands.launch"]
@@ -69,7 +76,7 @@ def accelerate_command(
             str(t.main_process_port),
         ]
     if not t.accelerate_config:
-        cmd += ["--mixed_precision", "no", "--dynamo_backend", "no"]
+        cmd += ["--mixed_precision", mixed_precision, "--dynamo_backend", "no"]
     # --debug: the child prints its traceback into log.txt as well as its one-line error
     cmd += ["-m", "ocean_lib", "--debug", "train", "--params", str(params)]
     for item in [*overrides, f"train.num_processes={total}", "logging.progress=false"]:
@@ -99,19 +106,21 @@ def train(
     resume: bool = False,
     on_metrics: Callable[[list[dict[str, Any]]], None] | None = None,
     callback_interval_s: float = 10.0,
+    timeout_s: float | None = None,
 ) -> Path:
     """Launch one stage and wait for it; return the run's ``final/`` directory.
 
     Holds the run directory's lock while the stage trains (a second writer gets :class:`~ocean_lib.io.LockedError`).
     The child's output goes to ``<run>/log.txt``, not to the screen, so the progress bar stays one line; on
-    failure the error names the child's own message and the log that holds its traceback.
+    failure the error names the child's own message and the log that holds its traceback. ``timeout_s``: stop
+    the whole process group and raise after this many seconds (a hung collective waits forever otherwise).
     """
     overrides = list(overrides or [])
     topology = topology or Topology()
     total = topology.num_processes * topology.num_machines
     cfg = load_config(params, [*overrides, f"train.num_processes={total}"])  # fail fast, before spawning
     run = RunDir(cfg.run_dir)
-    cmd = accelerate_command(params, overrides, topology, resume)
+    cmd = accelerate_command(params, overrides, topology, resume, precision_of(cfg))
     lock = DirectoryLock(run.path, "training run")
     env = {
         **os.environ,
@@ -132,14 +141,23 @@ def train(
         lock,
         open(run.log, "a", encoding="utf-8") as log,
         subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, bufsize=1
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            bufsize=1,
+            start_new_session=timeout_s is not None,  # its own process group, killed whole on timeout
         ) as child,
     ):
         # A thread drains the child's output so that a full pipe never blocks it while we poll metrics.
         threading.Thread(target=_pump, args=(child.stdout, lines), daemon=True).start()
-        finished = False
+        finished, timed_out, launched = False, False, time.monotonic()
         while not finished:
             time.sleep(1.0)
+            if timeout_s is not None and not timed_out and time.monotonic() - launched > timeout_s:
+                os.killpg(child.pid, signal.SIGKILL)
+                timed_out = True
             while not finished:
                 try:
                     line = lines.get_nowait()
@@ -194,7 +212,9 @@ def train(
             )
     if child.returncode != 0:
         message = error_message_in(list(tail))
-        if message is None:
+        if timed_out:
+            message = f"it did not finish within {timeout_s} s and was stopped (a hung collective?)"
+        elif message is None:
             message = "its last lines:\n" + "\n".join(list(tail)[-25:])
         raise LaunchError(
             f"training run {run.path} failed (exit code {child.returncode}): {message}\n"

@@ -51,6 +51,11 @@ METRICS: dict[str, str] = {
     "ratio/min": "smallest importance ratio in the batch",
     "ratio/max": "largest importance ratio in the batch",
     "grad/norm": "global gradient norm before clipping",
+    # micro-batches
+    "micro_batch/count": "micro-batches trained on, all processes together (per update pass)",
+    "micro_batch/filler_passes": "forward passes run only so that every process runs as many as the busiest one "
+    "(ZeRO-3 gathers weights in every forward); their loss is multiplied by 0",
+    "micro_batch/padding_fraction": "fraction of the token slots of the training forwards that are padding",
     # validation
     "val/accuracy": "greedy accuracy on the validation records",
     "val/format": "format compliance of greedy validation outputs",

@@ -18,7 +18,7 @@ the first update is exactly 1.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import torch
@@ -51,10 +51,12 @@ class RolloutEngine(Protocol):
         ...
 
 
-def make_engine(model: Any, processor: Any, cfg: RolloutConfig) -> RolloutEngine:
-    """The rollout engine the config selects."""
+def make_engine(
+    model: Any, processor: Any, cfg: RolloutConfig, all_done: Callable[[bool], bool] | None = None
+) -> RolloutEngine:
+    """The rollout engine the config selects. ``all_done`` (HF backend): see :class:`HFRolloutEngine`."""
     if cfg.backend == "hf":
-        return HFRolloutEngine(model, processor, cfg)
+        return HFRolloutEngine(model, processor, cfg, all_done)
     if cfg.backend == "vllm":
         from ocean_lib.rollout_vllm import VLLMRolloutEngine
 
@@ -68,12 +70,18 @@ def make_engine(model: Any, processor: Any, cfg: RolloutConfig) -> RolloutEngine
 
 
 class HFRolloutEngine:
-    """KV-cached sampling with transformers modules: prefill each prompt once, decode ``n`` samples per prompt."""
+    """KV-cached sampling with transformers modules: prefill each prompt once, decode ``n`` samples per prompt.
 
-    def __init__(self, model: Any, processor: Any, cfg: RolloutConfig):
+    ``all_done(this_process_done) -> bool``, given under DeepSpeed ZeRO-3, where every forward gathers weights
+    from all processes: a process that has finished keeps decoding (its rows padded) until every process has,
+    so that all run the same forwards (``transformers``' ``synced_gpus``)."""
+
+    def __init__(
+        self, model: Any, processor: Any, cfg: RolloutConfig, all_done: Callable[[bool], bool] | None = None
+    ):
         from ocean_lib.models import vision_special_token_ids
 
-        self.model, self.processor, self.cfg = model, processor, cfg
+        self.model, self.processor, self.cfg, self.all_done = model, processor, cfg, all_done
         tokenizer = processor.tokenizer
         self.eos_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
         self.stop_ids = stop_token_ids(model, processor, cfg.stop_tokens)  # rollout.stop_tokens
@@ -161,7 +169,8 @@ class HFRolloutEngine:
             done |= stopped
             if seen is not None:
                 seen[torch.arange(rows, device=device), token] = True
-            if bool(done.all()) or step == max_new - 1:
+            finished = bool(done.all()) or step == max_new - 1
+            if self.all_done(finished) if self.all_done is not None else finished:
                 break
             mask = torch.cat([mask, (~done).long().unsqueeze(1) | stopped.long().unsqueeze(1)], 1)
             out = model(

@@ -4,6 +4,7 @@
 
     outputs/runs/<name>/
       config.yaml        resolved RunConfig
+      run_info.json      how the run actually ran: processes, backend, ZeRO stage, dtypes, attention, versions
       metrics.jsonl      one line per optimizer step (append-only; trimmed back to the checkpoint on resume)
       rollouts.jsonl     sampled completions with their reward breakdown and advantage
       checkpoints/step_N/  policy + processor (save_pretrained), optimizer.pt, scheduler.pt, trainer_state.json
@@ -70,6 +71,10 @@ class RunDir:
     @property
     def config(self) -> Path:
         return self.path / "config.yaml"
+
+    @property
+    def run_info(self) -> Path:
+        return self.path / "run_info.json"
 
     @property
     def metrics(self) -> Path:

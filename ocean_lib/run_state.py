@@ -8,6 +8,7 @@ and its schedule, prepares them with accelerate, restores a checkpoint and makes
 
 from __future__ import annotations
 
+import functools
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 
 import torch
 
+from ocean_lib import distributed
 from ocean_lib.config import RunConfig, TrainConfig, config_changes, load_config
 from ocean_lib.lora import ADAPTER_DIR, attach_lora, merged_state_dict, peft_model, unwrap_peft
 from ocean_lib.models import load_policy
@@ -39,13 +41,25 @@ def build_state(cfg: RunConfig, accelerator: Any, run: RunDir, checkpoint: Path 
     lora = cfg.model.lora_rank > 0
     # With LoRA the frozen weights always come from the start; a checkpoint holds the adapter (lora.py).
     start = cfg.model.name_or_path if lora or checkpoint is None else str(checkpoint)
-    model, processor = load_policy(start, dtype="float32", **load)
+    deepspeed = distributed.is_deepspeed(accelerator)
+    kl = cfg.train.objective == "grpo" and cfg.algorithm.kl_coef > 0
+    if cfg.model.reference_offload and not deepspeed:
+        raise TrainingError(
+            "model.reference_offload shards the reference with DeepSpeed ZeRO-3: launch with "
+            "params/accelerate/single_node_zero{2,3}.yaml, or keep the reference in host memory with "
+            "model.reference_on_cpu=true"
+        )
     reference = None
-    if cfg.train.objective == "grpo" and cfg.algorithm.kl_coef > 0 and not lora:
-        # The reference is the stage's initial policy (Ocean-R1: stage 2's reference is stage 1's result),
-        # frozen, in the compute dtype. (With LoRA it is the policy with its adapters off: no copy.)
-        reference = load_policy(cfg.model.name_or_path, dtype=cfg.model.dtype, **load)[0]
-        reference.requires_grad_(False).eval().to("cpu" if cfg.model.reference_on_cpu else accelerator.device)
+    with distributed.whole_weights_loading(accelerator):
+        model, processor = load_policy(start, dtype="float32", **load)
+        if kl and not lora:
+            # The reference is the stage's initial policy (Ocean-R1: stage 2's reference is stage 1's result),
+            # frozen, in the compute dtype. (With LoRA it is the policy with its adapters off: no copy.)
+            reference = load_policy(cfg.model.name_or_path, dtype=cfg.model.dtype, **load)[0]
+            reference.requires_grad_(False).eval()
+    # from_pretrained returns eval mode, and transformers recomputes checkpointed layers only in training mode.
+    check_no_dropout(model)
+    model.train()
     if cfg.model.freeze_vision_tower:
         model.model.visual.requires_grad_(False)
     if cfg.model.gradient_checkpointing:
@@ -59,18 +73,52 @@ def build_state(cfg: RunConfig, accelerator: Any, run: RunDir, checkpoint: Path 
 
     optimizer = make_optimizer(model, cfg.train)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda done: lr_factor(done, cfg.train))
+    if deepspeed:
+        distributed.fill_deepspeed_auto_sizes(accelerator, model.config)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    placement = "policy_with_adapters_off" if kl and lora else None
+    if reference is not None and deepspeed:
+        reference = distributed.deepspeed_reference(
+            accelerator, reference, offload=cfg.model.reference_offload
+        )
+        placement = "deepspeed_zero3_offload" if cfg.model.reference_offload else "deepspeed_zero3"
+    elif reference is not None:
+        placement = "cpu" if cfg.model.reference_on_cpu else accelerator.device.type
+        reference.to("cpu" if cfg.model.reference_on_cpu else accelerator.device)
     if checkpoint is not None and (checkpoint / SHARDED_STATE).is_dir():
         accelerator.load_state(str(checkpoint / SHARDED_STATE))  # DeepSpeed: every rank reads its shard
     elif checkpoint is not None:
         optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
         scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", weights_only=True))
 
-    state = TrainState(
-        accelerator, model, reference, processor, optimizer, scheduler, cfg, run, is_deepspeed(accelerator)
-    )
-    state.engine = make_engine(state.policy, processor, cfg.rollout)  # once: a vLLM engine is expensive
+    state = TrainState(accelerator, model, reference, processor, optimizer, scheduler, cfg, run, deepspeed)
+    state.reference_placement = placement
+    # Under ZeRO-3 every forward is a collective: the processes decode in lockstep until all are done.
+    lockstep = None
+    if distributed.zero_stage(accelerator) == 3:
+        lockstep = functools.partial(distributed.all_done, accelerator)
+    state.engine = make_engine(state.policy, processor, cfg.rollout, lockstep)  # once: vLLM is expensive
     return state
+
+
+def check_no_dropout(model: Any) -> None:
+    """Refuse a policy with dropout: training mode (needed for gradient checkpointing) would switch it on, and
+    the sampler draws in eval mode, so the training forward's log-probs would differ from the sampler's and the
+    PPO ratio would not start at 1. Qwen2.5-VL's configs have no dropout (attention_dropout 0.0)."""
+    rates = {
+        name: module.p
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Dropout) and module.p > 0
+    }
+    for where, config in (("text_config", model.config.get_text_config()), ("config", model.config)):
+        for key in ("attention_dropout", "hidden_dropout", "dropout"):
+            if float(getattr(config, key, 0.0) or 0.0) > 0:
+                rates[f"{where}.{key}"] = getattr(config, key)
+    if rates:
+        raise TrainingError(
+            f"the policy has dropout ({rates}); in training mode its forward would differ from the sampler's: "
+            "set the model's dropout rates to 0"
+        )
 
 
 @dataclass
@@ -85,6 +133,7 @@ class TrainState:
     run: RunDir
     deepspeed: bool = False
     engine: Any = None  # the rollout engine, made once per process
+    reference_placement: str | None = None  # where the KL reference runs (run_info.json)
 
     @property
     def policy(self) -> Any:
@@ -211,9 +260,3 @@ def check_resumable(run: RunDir, cfg: RunConfig) -> None:
             f"{run.path} was trained with other settings ({listed}); resuming would mix two runs. Pick a new "
             "logging.run_name (or study.output_dir), or delete the run (`reproduce --force` clears a study)"
         )
-
-
-def is_deepspeed(accelerator: Any) -> bool:
-    from accelerate.utils import DistributedType
-
-    return accelerator.distributed_type == DistributedType.DEEPSPEED

@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from ocean_lib import grpo
+from ocean_lib import distributed, grpo
 from ocean_lib.batch import (
     RolloutBatch,
     teacher_forced_batch,
@@ -42,8 +42,15 @@ from ocean_lib.batch import (
 from ocean_lib.config import RunConfig, save_config
 from ocean_lib.data import Record, load_example, read_records
 from ocean_lib.data.records import drop_overlong_prompts
-from ocean_lib.forward import completion_logprobs, logprobs_no_grad, micro_batches, reference_logprobs
-from ocean_lib.io import atomic_write_bytes
+from ocean_lib.forward import (
+    Passes,
+    completion_logprobs,
+    forward_passes,
+    logprobs_no_grad,
+    micro_batches,
+    reference_logprobs,
+)
+from ocean_lib.io import atomic_write_bytes, atomic_write_json
 from ocean_lib.metrics import POLICY_METRICS, Tally, check_registered
 from ocean_lib.prompts import Prompt
 from ocean_lib.rewards import score_batch
@@ -52,7 +59,6 @@ from ocean_lib.run_state import (
     TrainingError,
     TrainState,
     build_state,
-    is_deepspeed,
     loss_settings,
     resume_point,
     save_checkpoint,
@@ -65,26 +71,9 @@ from ocean_lib.run_state import (
 
 def train(cfg: RunConfig, resume: bool = False) -> Path:
     """Run (or resume) one training stage; return the directory of the final weights."""
-    from accelerate import Accelerator
-
-    # bf16 runs keep fp32 master weights and compute under autocast: AdamW steps of lr 1e-6 vanish when
-    # applied to bf16 weights directly.
-    precision = "bf16" if cfg.model.dtype == "bfloat16" else "no"
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=precision)
-    if (
-        is_deepspeed(accelerator)
-        and accelerator.state.deepspeed_plugin.zero_stage == 3
-        and cfg.rollout.backend == "hf"
-    ):
-        raise TrainingError(
-            "DeepSpeed ZeRO-3 with rollout.backend=hf would deadlock (every forward gathers weights across ranks "
-            "and ranks stop decoding at different steps); use rollout.backend=vllm or ZeRO-2"
-        )
-    if accelerator.num_processes != cfg.train.num_processes:
-        raise TrainingError(
-            f"train.num_processes={cfg.train.num_processes} but {accelerator.num_processes} process(es) started; "
-            "on CPU launch with `accelerate launch --multi_gpu --num_processes N` (`--cpu` starts only one)"
-        )
+    # The launch file's settings, honoured or refused (DeepSpeed on CPU, precision, clipping, process count).
+    # bf16 runs keep fp32 master weights: AdamW steps of lr 1e-6 vanish when applied to bf16 weights directly.
+    accelerator = distributed.make_accelerator(cfg)
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // accelerator.num_processes))
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True)
@@ -102,6 +91,8 @@ def train(cfg: RunConfig, resume: bool = False) -> Path:
     schedule = Schedule(len(records), cfg)
     total = schedule.total_steps
     if accelerator.is_main_process:
+        info = distributed.run_info(accelerator, cfg, state.policy, state.reference_placement)
+        atomic_write_json(run.run_info, info)
         print(plan_line(start_step, total), flush=True)  # the launcher's progress bar reads the total here
 
     if (
@@ -177,6 +168,7 @@ def grpo_step(
 
     # 1-2. Sample a group of n completions for each prompt.
     prompts, truths = zip(*(prompt_of(r, cfg) for r in records), strict=True)
+    distributed.check_same_modalities(acc, [bool(p.images) for p in prompts], f"step {step}")
     with tally.timer("time/generate_s"), acc.autocast():
         batch = state.engine.generate(list(prompts), n=n, seeds=seeds)
     if hasattr(state.engine, "release_memory"):  # vLLM frees its GPU memory until the next weight sync
@@ -208,59 +200,67 @@ def grpo_step(
         keep = ~flat_groups.repeat_interleave(n)
     kept_rows = keep.nonzero().squeeze(1)
 
-    # 5. Reference (and, for several updates per batch, old) log-probs, without gradients, in the micro-batches
-    #    the update will use.
-    if len(kept_rows) == 0:
+    # Normalisers over all processes (each micro-batch's loss is its share of the global batch loss). The values
+    # go to the collective on accelerator.device: NCCL takes GPU tensors only.
+    num_tokens, num_seqs = distributed.all_reduce(
+        acc, [float(batch.completion_mask[kept_rows].sum()), float(len(kept_rows))], "sum"
+    )
+    if num_seqs == 0:
         raise TrainingError("no sequences to train on this step (all groups dropped by dynamic sampling)")
-    chunks = micro_batches(kept_rows, batch, cfg.train)
+
+    # 5. Reference (and, for several updates per batch, old) log-probs, without gradients, in the micro-batches
+    #    the update will use (every process running as many as the busiest one: forward_passes).
+    passes = forward_passes(acc, micro_batches(kept_rows, batch, cfg.train), batch)
+    _tally_passes(tally, passes, batch, acc.num_processes)
     ref_logprobs = old_logprobs = None
+    temperature = cfg.rollout.temperature
     if alg.kl_coef > 0:
-        with tally.timer("time/reference_s"):
+        with tally.timer("time/reference_s"), acc.autocast():
             ref_logprobs = reference_logprobs(
-                state.model, state.policy, state.reference, batch, chunks, cfg.rollout.temperature
+                state.model, state.policy, state.reference, batch, passes, temperature
             )
     if alg.updates_per_batch > 1:
-        old_logprobs = logprobs_no_grad(state.model, state.policy, batch, chunks, cfg.rollout.temperature)
+        with acc.autocast():
+            old_logprobs = logprobs_no_grad(state.model, state.policy, batch, passes, temperature)
 
     # 6. Micro-batched clipped-loss updates; normalisers are global so micro-batch losses add up exactly.
-    num_tokens: float | torch.Tensor = acc.reduce(
-        batch.completion_mask[kept_rows].sum().float(), "sum"
-    ).item()
     if alg.token_mean_over == "micro_batch":  # verl: each sequence's own denominator, from its micro-batch
         num_tokens = _verl_denominators(acc, batch, cfg)
-    num_seqs = acc.reduce(torch.tensor(float(len(kept_rows))), "sum").item()
     loss_sum = 0.0  # the batch loss is the sum of the micro-batch losses (global normalisers)
     with tally.timer("time/update_s"):
         for _ in range(alg.updates_per_batch):
-            for k, (chunk, positions) in enumerate(chunks):
-                logp, entropy, mask = completion_logprobs(
-                    state.model,
-                    state.policy,
-                    batch,
-                    chunk,
-                    cfg.rollout.temperature,
-                    entropy="loss" if alg.entropy_coef > 0 else "metric",
-                )
+            for k, (chunk, positions, real) in enumerate(passes):
+                with acc.autocast():  # the output layer runs outside the model's (autocast) forward
+                    logp, entropy, mask = completion_logprobs(
+                        state.model,
+                        state.policy,
+                        batch,
+                        chunk,
+                        temperature,
+                        entropy="loss" if alg.entropy_coef > 0 else "metric",
+                    )
                 width = mask.shape[1]
-                old = logp.detach() if old_logprobs is None else old_logprobs[positions, :width]
+                old = logp.detach() if old_logprobs is None or not real else old_logprobs[positions, :width]
+                ref = None if ref_logprobs is None else ref_logprobs[positions, :width].to(logp.device)
                 loss, stats = grpo.policy_loss(
                     logp,
                     old,
                     advantages[chunk].to(logp.device),
                     mask,
-                    ref_logprobs=None
-                    if ref_logprobs is None
-                    else ref_logprobs[positions, :width].to(logp.device),
+                    ref_logprobs=ref
+                    if real or ref is None
+                    else logp.detach(),  # a filler's loss counts for 0
                     entropy=entropy,
                     num_tokens=num_tokens[chunk] if isinstance(num_tokens, torch.Tensor) else num_tokens,
                     num_sequences=num_seqs,
                     **loss_settings(cfg),
                 )
-                tally.merge(stats, POLICY_METRICS)
-                loss_sum += float(loss.detach())
-                gap = (logp.detach().cpu() - batch.logprobs[chunk, :width]).abs() * mask.cpu()
-                tally.add("response/sampler_logprob_gap", float(gap.sum()), count=float(mask.sum()))
-                _backward(state, loss, sync=k == len(chunks) - 1)
+                if real:
+                    tally.merge(stats, POLICY_METRICS)
+                    loss_sum += float(loss.detach())
+                    gap = (logp.detach().cpu() - batch.logprobs[chunk, :width]).abs() * mask.cpu()
+                    tally.add("response/sampler_logprob_gap", float(gap.sum()), count=float(mask.sum()))
+                _backward(state, loss if real else loss * 0.0, sync=k == len(passes) - 1)
             _optimizer_step(state, tally)
     # Each process holds its share of the global loss: a count of 1/W makes the reduced "mean" their sum.
     tally.add("loss/total", loss_sum / alg.updates_per_batch, count=1 / acc.num_processes)
@@ -337,16 +337,20 @@ def sft_step(state: TrainState, records: list[Record], step: int) -> tuple[Tally
             )
         prompts.append(prompt_of(record, cfg)[0])
         completions.append(record.completion)
+    distributed.check_same_modalities(acc, [bool(p.images) for p in prompts], f"step {step}")
     batch = teacher_forced_batch(state.processor, prompts, completions)
     all_rows = torch.arange(len(prompts))
-    num_tokens = acc.reduce(batch.completion_mask.sum().float(), "sum").item()
+    (num_tokens,) = distributed.all_reduce(acc, [float(batch.completion_mask.sum())], "sum")
     with tally.timer("time/update_s"):
-        chunks = micro_batches(all_rows, batch, cfg.train)
-        for k, (chunk, _) in enumerate(chunks):
-            logp, _, mask = completion_logprobs(state.model, state.policy, batch, chunk, temperature=1.0)
+        passes = forward_passes(acc, micro_batches(all_rows, batch, cfg.train), batch)
+        _tally_passes(tally, passes, batch, acc.num_processes)
+        for k, (chunk, _, real) in enumerate(passes):
+            with acc.autocast():
+                logp, _, mask = completion_logprobs(state.model, state.policy, batch, chunk, temperature=1.0)
             token_nll = -(logp * mask).sum()
-            tally.add("loss/sft", float(token_nll.detach()), count=float(mask.sum()))
-            _backward(state, token_nll / num_tokens, sync=k == len(chunks) - 1)
+            if real:
+                tally.add("loss/sft", float(token_nll.detach()), count=float(mask.sum()))
+            _backward(state, token_nll / num_tokens * float(real), sync=k == len(passes) - 1)
         _optimizer_step(state, tally)
     tally.add("response/length_mean", float(batch.completion_mask.sum()), count=len(prompts))
     return tally, []
@@ -358,14 +362,22 @@ def sft_step(state: TrainState, records: list[Record], step: int) -> tuple[Tally
 
 
 def validate(state: TrainState, records: list[Record], tally: Tally) -> None:
-    """Greedy generation on this process's share of the validation records, scored by the training reward."""
+    """Greedy generation on this process's share of the validation records, scored by the training reward.
+
+    Every process generates as often as the busiest one (under ZeRO-3 every forward is a collective): one with
+    fewer chunks repeats its first (or the first record) and scores nothing for it."""
     cfg, acc = state.cfg, state.accelerator
     mine = records[acc.process_index :: acc.num_processes]
-    for start in range(0, len(mine), cfg.eval.batch_size):
-        chunk = mine[start : start + cfg.eval.batch_size]
+    chunks = [mine[start : start + cfg.eval.batch_size] for start in range(0, len(mine), cfg.eval.batch_size)]
+    (count,) = distributed.all_reduce(acc, [float(len(chunks))], "max")
+    for k in range(int(count)):
+        chunk = chunks[k] if k < len(chunks) else (chunks[0] if chunks else records[:1])
         prompts, truths = zip(*(prompt_of(r, cfg) for r in chunk), strict=True)
+        distributed.check_same_modalities(acc, [bool(p.images) for p in prompts], "validation")
         with acc.autocast():
             texts = reward_texts(state, state.engine.generate(list(prompts), n=1, greedy=True))
+        if k >= len(chunks):
+            continue
         for record, score in zip(
             chunk, score_batch(texts, list(truths), [r.reward_func for r in chunk], cfg.reward), strict=True
         ):
@@ -438,6 +450,17 @@ def _tally_rewards(
     tally.add("response/length_mean", float(lengths.sum()), count=len(lengths))
     tally.add("response/length_max", float(lengths.max()), reduce="max")
     tally.add("response/clipped_fraction", float(sum(not f for f in batch.finished)), count=len(lengths))
+
+
+def _tally_passes(tally: Tally, passes: Passes, batch: RolloutBatch, world: int) -> None:
+    real = [rows for rows, _, counts in passes if counts]
+    # A count of 1/W per process makes the reduced "mean" the sum over processes.
+    tally.add("micro_batch/count", len(real), count=1 / world)
+    tally.add("micro_batch/filler_passes", len(passes) - len(real), count=1 / world)
+    prompt_lengths, completion_lengths = batch.prompt_mask.sum(-1), batch.completion_mask.sum(-1)
+    slots = sum(len(rows) * int(prompt_lengths[rows].max() + completion_lengths[rows].max()) for rows in real)
+    tokens = sum(int(prompt_lengths[rows].sum() + completion_lengths[rows].sum()) for rows in real)
+    tally.add("micro_batch/padding_fraction", slots - tokens, count=slots)
 
 
 def _image_ref(run: RunDir, record: Record, prompt: Prompt) -> str | None:

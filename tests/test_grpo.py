@@ -201,6 +201,26 @@ def test_token_entropy_by_hand_and_against_the_definition():
     torch.testing.assert_close(token_entropy(bf16), token_entropy(bf16.float()), atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("chunk_size", [1, 3, 256])
+def test_log_probs_from_hidden_states_and_head_equal_those_from_the_full_logits(chunk_size):
+    """The training forward passes the final hidden states and the output layer's weight, so that no
+    full-vocabulary logits of a whole micro-batch exist: same values and gradients as from the logits."""
+    torch.manual_seed(0)
+    hidden = torch.randn(2, 5, 8, requires_grad=True)
+    head = torch.randn(11, 8, requires_grad=True)
+    tokens = torch.randint(0, 11, (2, 5))
+    for fn, args in ((token_logprobs, (tokens,)), (token_entropy, ())):
+        got = fn(hidden, *args, temperature=0.7, chunk_size=chunk_size, head=head)
+        want = fn(hidden @ head.T, *args, temperature=0.7, chunk_size=256)
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+        got_grads = torch.autograd.grad(got.square().sum(), (hidden, head))
+        want_grads = torch.autograd.grad(want.square().sum(), (hidden, head))
+        for g, w in zip(got_grads, want_grads, strict=True):
+            torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"head must be \[V, H\] with H = 8"):
+        token_logprobs(hidden, tokens, head=torch.zeros(11, 7))
+
+
 def test_logprob_inputs_are_checked():
     with pytest.raises(ValueError, match=r"tokens \[B, T\]"):
         token_logprobs(torch.zeros(2, 3, 5), torch.zeros(2, 4, dtype=torch.long))
