@@ -26,7 +26,6 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import json
-import platform
 import tempfile
 import threading
 import time
@@ -38,13 +37,13 @@ from typing import Any
 
 import torch
 
+from ocean_lib.distributed import package_versions
 from ocean_lib.paths import PROJECT_ROOT
 
 DEFAULT_PARAMS = PROJECT_ROOT / "params" / "qwen25vl_3b_stage1.yaml"
 ACCELERATE_CONFIGS = {2: "single_node_zero2.yaml", 3: "single_node_zero3.yaml"}
 DEFAULT_OUT = PROJECT_ROOT / "outputs" / "gpu_check.json"
 # Packages whose versions the report states (distribution names).
-VERSIONED = ("torch", "transformers", "accelerate", "deepspeed", "peft", "vllm", "flash-attn")
 
 # Qwen2.5-VL-3B/7B-Instruct's config.json (the hub files), the sizes that set memory: text model, vision tower.
 # Their parameter counts, 3,754,622,976 and 8,292,166,656, are the published ones (tested).
@@ -134,17 +133,6 @@ def module_installed(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 
 
-def versions() -> dict[str, str | None]:
-    """Installed versions of the packages the checks exercise (None: not installed)."""
-    found: dict[str, str | None] = {"python": platform.python_version()}
-    for name in VERSIONED:
-        try:
-            found[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            found[name] = None
-    return found
-
-
 def format_line(result: Result) -> str:
     """One report line: status, check, seconds, peak GPU memory (- when not measured), note."""
     peak = "-" if result.peak_gb is None else f"{result.peak_gb:.1f}"
@@ -227,7 +215,7 @@ def main(
         "cuda": torch.version.cuda,
         "attn_implementation": cfg.model.attn_implementation,
         "rollout_backend": cfg.rollout.backend,
-        "versions": versions(),
+        "versions": package_versions(),
     }
     print(
         f"gpu-check of {params} {' '.join(overrides)}: {context['device'] or 'no CUDA GPU'}, "
@@ -254,7 +242,7 @@ def environment_result(cfg: Any, installed: Callable[[str], bool]) -> Result:
         problems.insert(
             0, f"no CUDA GPU: torch.cuda.is_available() is False (torch {torch.__version__}, {build})"
         )
-    found = versions()
+    found = package_versions()
     note = "; ".join(problems) or ", ".join(f"{k} {v}" for k, v in found.items() if v)
     return Result("environment", "failed" if problems else "passed", 0.0, None, note, {"versions": found})
 
