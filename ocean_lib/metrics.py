@@ -124,3 +124,35 @@ class Tally:
 
             parts = gather_object([self.stats])
         return grpo.stat_values(grpo.merge_stats(*parts))
+
+
+def tally_rewards(tally: Tally, scores, rows, rewards, advantages, flat_groups, batch: Any, n: int) -> None:
+    """Add a GRPO step's reward, group, advantage and response-length metrics to ``tally``."""
+    for score, record in zip(scores, rows, strict=True):
+        tally.add("reward/overall", score.overall)
+        tally.add("reward/accuracy", score.accuracy)
+        tally.add("reward/format", score.format)
+        tally.add(f"accuracy/{record.data_source}", score.accuracy)
+        tally.add("reward/timeouts", float(score.timed_out))
+        tally.add("reward/unknown_reward_func", float(score.unknown_reward_func))
+    groups = rewards.view(-1, n)
+    tally.add("reward/std_in_group", float(groups.std(-1, unbiased=True).sum()), count=len(groups))
+    tally.add("groups/zero_variance_fraction", float(flat_groups.sum()), count=len(flat_groups))
+    tally.add("advantage/mean", float(advantages.sum()), count=len(advantages))
+    tally.add("advantage/abs_mean", float(advantages.abs().sum()), count=len(advantages))
+    lengths = batch.completion_mask.sum(-1).float()
+    tally.add("response/length_mean", float(lengths.sum()), count=len(lengths))
+    tally.add("response/length_max", float(lengths.max()), reduce="max")
+    tally.add("response/clipped_fraction", float(sum(not f for f in batch.finished)), count=len(lengths))
+
+
+def tally_passes(tally: Tally, passes: Any, batch: Any, world: int) -> None:
+    """Add the micro-batch metrics of ``passes`` (:data:`ocean_lib.forward.Passes`) to ``tally``."""
+    real = [rows for rows, _, counts in passes if counts]
+    # A count of 1/W per process makes the reduced "mean" the sum over processes.
+    tally.add("micro_batch/count", len(real), count=1 / world)
+    tally.add("micro_batch/filler_passes", len(passes) - len(real), count=1 / world)
+    prompt_lengths, completion_lengths = batch.prompt_mask.sum(-1), batch.completion_mask.sum(-1)
+    slots = sum(len(rows) * int(prompt_lengths[rows].max() + completion_lengths[rows].max()) for rows in real)
+    tokens = sum(int(prompt_lengths[rows].sum() + completion_lengths[rows].sum()) for rows in real)
+    tally.add("micro_batch/padding_fraction", slots - tokens, count=slots)

@@ -260,3 +260,31 @@ def check_resumable(run: RunDir, cfg: RunConfig) -> None:
             f"{run.path} was trained with other settings ({listed}); resuming would mix two runs. Pick a new "
             "logging.run_name (or study.output_dir), or delete the run (`reproduce --force` clears a study)"
         )
+
+
+class Schedule:
+    """Which records each step trains on: a seeded permutation per epoch, cut into global batches."""
+
+    def __init__(self, n_records: int, cfg: RunConfig):
+        self.per_step = cfg.train.prompts_per_step
+        if n_records < self.per_step:
+            raise TrainingError(f"{n_records} training records < train.prompts_per_step={self.per_step}")
+        self.steps_per_epoch = n_records // self.per_step
+        self.n_records, self.seed, self.shuffle = n_records, cfg.train.seed, cfg.data.shuffle
+        planned = self.steps_per_epoch * cfg.train.epochs
+        self.total_steps = min(planned, cfg.train.max_steps) if cfg.train.max_steps else planned
+
+    def epoch(self, step: int) -> int:
+        return (step - 1) // self.steps_per_epoch
+
+    def indices(self, step: int, rank: int, world: int) -> list[int]:
+        epoch, within = divmod(step - 1, self.steps_per_epoch)
+        if self.shuffle:
+            order = torch.randperm(
+                self.n_records, generator=torch.Generator().manual_seed(self.seed * 1000 + epoch)
+            )
+        else:
+            order = torch.arange(self.n_records)
+        batch = order[within * self.per_step : (within + 1) * self.per_step].tolist()
+        share = self.per_step // world
+        return batch[rank * share : (rank + 1) * share]

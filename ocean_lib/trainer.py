@@ -43,7 +43,6 @@ from ocean_lib.config import RunConfig, save_config
 from ocean_lib.data import Record, load_example, read_records
 from ocean_lib.data.records import drop_overlong_prompts
 from ocean_lib.forward import (
-    Passes,
     completion_logprobs,
     forward_passes,
     logprobs_no_grad,
@@ -51,11 +50,12 @@ from ocean_lib.forward import (
     reference_logprobs,
 )
 from ocean_lib.io import atomic_write_bytes, atomic_write_json
-from ocean_lib.metrics import POLICY_METRICS, Tally, check_registered
+from ocean_lib.metrics import POLICY_METRICS, Tally, check_registered, tally_passes, tally_rewards
 from ocean_lib.prompts import Prompt
 from ocean_lib.rewards import score_batch
 from ocean_lib.run_dir import ROLLOUT_THUMBNAIL_SIDE, RunDir, plan_line, prune_checkpoints
 from ocean_lib.run_state import (
+    Schedule,
     TrainingError,
     TrainState,
     build_state,
@@ -211,7 +211,7 @@ def grpo_step(
     # 5. Reference (and, for several updates per batch, old) log-probs, without gradients, in the micro-batches
     #    the update will use (every process running as many as the busiest one: forward_passes).
     passes = forward_passes(acc, micro_batches(kept_rows, batch, cfg.train), batch)
-    _tally_passes(tally, passes, batch, acc.num_processes)
+    tally_passes(tally, passes, batch, acc.num_processes)
     ref_logprobs = old_logprobs = None
     temperature = cfg.rollout.temperature
     if alg.kl_coef > 0:
@@ -266,7 +266,7 @@ def grpo_step(
     tally.add("loss/total", loss_sum / alg.updates_per_batch, count=1 / acc.num_processes)
 
     # 7. Metrics (sums and counts) and rollout records.
-    _tally_rewards(tally, scores, rows_of, rewards, advantages, flat_groups, batch, n)
+    tally_rewards(tally, scores, rows_of, rewards, advantages, flat_groups, batch, n)
     image_refs = [_image_ref(state.run, r, p) for r, p in zip(records, prompts, strict=True)]
     rollout_rows = [
         {
@@ -343,7 +343,7 @@ def sft_step(state: TrainState, records: list[Record], step: int) -> tuple[Tally
     (num_tokens,) = distributed.all_reduce(acc, [float(batch.completion_mask.sum())], "sum")
     with tally.timer("time/update_s"):
         passes = forward_passes(acc, micro_batches(all_rows, batch, cfg.train), batch)
-        _tally_passes(tally, passes, batch, acc.num_processes)
+        tally_passes(tally, passes, batch, acc.num_processes)
         for k, (chunk, _, real) in enumerate(passes):
             with acc.autocast():
                 logp, _, mask = completion_logprobs(state.model, state.policy, batch, chunk, temperature=1.0)
@@ -401,66 +401,6 @@ def _read(paths: list[str], cfg: RunConfig, tokenizer: Any) -> list[Record]:
             loaded = drop_overlong_prompts(loaded, tokenizer, cfg.data.max_prompt_tokens)
         records += loaded
     return records
-
-
-class Schedule:
-    """Which records each step trains on: a seeded permutation per epoch, cut into global batches."""
-
-    def __init__(self, n_records: int, cfg: RunConfig):
-        self.per_step = cfg.train.prompts_per_step
-        if n_records < self.per_step:
-            raise TrainingError(f"{n_records} training records < train.prompts_per_step={self.per_step}")
-        self.steps_per_epoch = n_records // self.per_step
-        self.n_records, self.seed, self.shuffle = n_records, cfg.train.seed, cfg.data.shuffle
-        planned = self.steps_per_epoch * cfg.train.epochs
-        self.total_steps = min(planned, cfg.train.max_steps) if cfg.train.max_steps else planned
-
-    def epoch(self, step: int) -> int:
-        return (step - 1) // self.steps_per_epoch
-
-    def indices(self, step: int, rank: int, world: int) -> list[int]:
-        epoch, within = divmod(step - 1, self.steps_per_epoch)
-        if self.shuffle:
-            order = torch.randperm(
-                self.n_records, generator=torch.Generator().manual_seed(self.seed * 1000 + epoch)
-            )
-        else:
-            order = torch.arange(self.n_records)
-        batch = order[within * self.per_step : (within + 1) * self.per_step].tolist()
-        share = self.per_step // world
-        return batch[rank * share : (rank + 1) * share]
-
-
-def _tally_rewards(
-    tally: Tally, scores, rows, rewards, advantages, flat_groups, batch: RolloutBatch, n: int
-) -> None:
-    for score, record in zip(scores, rows, strict=True):
-        tally.add("reward/overall", score.overall)
-        tally.add("reward/accuracy", score.accuracy)
-        tally.add("reward/format", score.format)
-        tally.add(f"accuracy/{record.data_source}", score.accuracy)
-        tally.add("reward/timeouts", float(score.timed_out))
-        tally.add("reward/unknown_reward_func", float(score.unknown_reward_func))
-    groups = rewards.view(-1, n)
-    tally.add("reward/std_in_group", float(groups.std(-1, unbiased=True).sum()), count=len(groups))
-    tally.add("groups/zero_variance_fraction", float(flat_groups.sum()), count=len(flat_groups))
-    tally.add("advantage/mean", float(advantages.sum()), count=len(advantages))
-    tally.add("advantage/abs_mean", float(advantages.abs().sum()), count=len(advantages))
-    lengths = batch.completion_mask.sum(-1).float()
-    tally.add("response/length_mean", float(lengths.sum()), count=len(lengths))
-    tally.add("response/length_max", float(lengths.max()), reduce="max")
-    tally.add("response/clipped_fraction", float(sum(not f for f in batch.finished)), count=len(lengths))
-
-
-def _tally_passes(tally: Tally, passes: Passes, batch: RolloutBatch, world: int) -> None:
-    real = [rows for rows, _, counts in passes if counts]
-    # A count of 1/W per process makes the reduced "mean" the sum over processes.
-    tally.add("micro_batch/count", len(real), count=1 / world)
-    tally.add("micro_batch/filler_passes", len(passes) - len(real), count=1 / world)
-    prompt_lengths, completion_lengths = batch.prompt_mask.sum(-1), batch.completion_mask.sum(-1)
-    slots = sum(len(rows) * int(prompt_lengths[rows].max() + completion_lengths[rows].max()) for rows in real)
-    tokens = sum(int(prompt_lengths[rows].sum() + completion_lengths[rows].sum()) for rows in real)
-    tally.add("micro_batch/padding_fraction", slots - tokens, count=slots)
 
 
 def _image_ref(run: RunDir, record: Record, prompt: Prompt) -> str | None:

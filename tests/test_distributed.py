@@ -43,7 +43,8 @@ from ocean_lib.forward import pack_micro_batches
 from ocean_lib.io import read_jsonl
 from ocean_lib.models import load_policy
 from ocean_lib.run_dir import RunDir
-from ocean_lib.trainer import Schedule, prompt_of, train
+from ocean_lib.run_state import Schedule
+from ocean_lib.trainer import prompt_of, train
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
