@@ -99,3 +99,18 @@ def tiny_overrides(model_dir: Path, data_dir: Path, run_root: Path, name: str = 
         f"logging.run_name={name}",
         "logging.progress=false",
     ]
+
+
+def v1_features():
+    """The columns of the first recipe's Hugging Face dataset (problem, solution, image, has_image, reward_func)."""
+    import datasets
+
+    return datasets.Features(
+        {
+            "problem": datasets.Value("string"),
+            "solution": datasets.Value("string"),
+            "image": datasets.Image(),
+            "has_image": datasets.Value("bool"),
+            "reward_func": datasets.Value("string"),
+        }
+    )

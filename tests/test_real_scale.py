@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import v1_features
 from safetensors import safe_open
 
 from ocean_lib import launch
@@ -97,15 +98,7 @@ def _v1_dataset(mini_data_dir: Path, out: Path) -> Path:
                     "reward_func": record.reward_func,
                 }
             )
-    features = datasets.Features(
-        {
-            "problem": datasets.Value("string"),
-            "solution": datasets.Value("string"),
-            "image": datasets.Image(),
-            "has_image": datasets.Value("bool"),
-            "reward_func": datasets.Value("string"),
-        }
-    )
+    features = v1_features()
     datasets.Dataset.from_list(rows, features=features).to_parquet(str(out))
     return out
 

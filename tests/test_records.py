@@ -12,7 +12,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import ANNOTATIONS, needs_shared
+from conftest import ANNOTATIONS, needs_shared, v1_features
 from PIL import Image, ImageDraw
 
 from ocean_lib.config import DataConfig
@@ -327,15 +327,7 @@ def v1_dataset():
     import datasets
 
     picture = Image.open(io.BytesIO(png((56, 84))))
-    features = datasets.Features(
-        {
-            "problem": datasets.Value("string"),
-            "solution": datasets.Value("string"),
-            "image": datasets.Image(),
-            "has_image": datasets.Value("bool"),
-            "reward_func": datasets.Value("string"),
-        }
-    )
+    features = v1_features()
     return datasets.Dataset.from_dict(
         {
             "problem": ["How many cubes are there?", "Locate the red box.", "What is 2 + 3?"],
