@@ -214,14 +214,22 @@ def test_the_collective_spy_flags_a_host_tensor_and_passes_a_device_tensor(tmp_p
 def test_a_launch_file_that_cannot_be_honoured_is_an_error(
     tiny_model_dir, mini_data_dir, tmp_path, monkeypatch
 ):
-    """The DeepSpeed JSON enables bf16 but the params say float32: refused, naming both, before any training."""
+    """A DeepSpeed JSON that pins bf16 on while the params say float32: refused, naming both, before any
+    training (the shipped JSONs say "auto" and follow the params)."""
     cfg = load_config(None, [*tiny_overrides(tiny_model_dir, mini_data_dir, tmp_path), "model.dtype=float32"])
     params = tmp_path / "params.yaml"
     save_config(cfg, params)
+    ds = json.loads((REPO / "params/accelerate/ds_zero2.json").read_text())
+    ds["bf16"] = {"enabled": True}
+    (tmp_path / "ds_bf16.json").write_text(json.dumps(ds))
+    shipped = (REPO / "params/accelerate/single_node_zero2.yaml").read_text()
+    (tmp_path / "zero2_bf16.yaml").write_text(
+        shipped.replace("params/accelerate/ds_zero2.json", str(tmp_path / "ds_bf16.json"))
+    )
     monkeypatch.chdir(REPO)
-    topology = launch.Topology(1, accelerate_config="params/accelerate/single_node_zero2.yaml")
+    topology = launch.Topology(1, accelerate_config=str(tmp_path / "zero2_bf16.yaml"))
     with pytest.raises(
-        launch.LaunchError, match=r"ds_zero2.json has bf16.enabled=True but model.dtype=float32"
+        launch.LaunchError, match=r"ds_bf16.json has bf16.enabled=True but model.dtype=float32"
     ):
         launch.train(params, topology=topology, timeout_s=HANG_TIMEOUT_S)
     assert not RunDir(cfg.run_dir).metrics.exists()

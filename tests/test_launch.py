@@ -145,7 +145,12 @@ def test_deepspeed_files_parse_as_accelerate_reads_them(path):
     plugin = DeepSpeedPlugin(hf_ds_config=str(path))
     assert plugin.zero_stage == stage
     assert plugin.hf_ds_config.is_zero3() == (stage == 3)
-    assert plugin.deepspeed_config["bf16"]["enabled"] is True
+    # bf16 follows the params' model.dtype through the precision the trainer gives accelerate
+    assert plugin.deepspeed_config["bf16"]["enabled"] == "auto"
+    for precision, bf16 in (("bf16", True), ("no", False)):
+        filled = DeepSpeedPlugin(hf_ds_config=str(path))
+        filled.set_mixed_precision(precision)
+        assert filled.deepspeed_config["bf16"]["enabled"] is bf16
     assert plugin.gradient_accumulation_steps == 1  # DeepSpeed must not rescale the trainer's normalised loss
     assert plugin.gradient_clipping == load_config(REPO / PARAMS).train.grad_clip
     assert isinstance(
