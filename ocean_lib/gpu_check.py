@@ -14,7 +14,7 @@ the params ask for is missing. With the tiny Qwen2.5-VL (built on the fly) and a
 ``vLLM weight sync`` vLLM generates; after the policy changes, ``sync_weights`` brings vLLM's log-probs to it
 ``memory 3B``, ``memory 7B``  peak GPU memory of one GRPO micro-batch (forward, loss, backward; bf16,
                   gradient checkpointing) of a randomly initialised Qwen2.5-VL at the real width, built from its
-                  config (no download), next to the estimate of docs/real_scale.md (:func:`micro_batch_estimate_gb`)
+                  config (no download), next to the memory model's estimate (:func:`micro_batch_estimate_gb`)
 
 One line per check as it finishes (status, seconds, peak GPU memory, note), then a summary line, and every result
 in a JSON file. Exit status 0 only if no check failed. Peak memory of the subprocess checks is sampled over the
@@ -38,6 +38,7 @@ from typing import Any
 import torch
 
 from ocean_lib.distributed import package_versions
+from ocean_lib.memory import ModelShape, per_process_bytes
 from ocean_lib.paths import PROJECT_ROOT
 
 DEFAULT_PARAMS = PROJECT_ROOT / "params" / "qwen25vl_3b_stage1.yaml"
@@ -359,19 +360,19 @@ def synthetic_micro_batch(config: Any, rows: int, prompt_tokens: int, response_t
     )
 
 
-def micro_batch_estimate_gb(
-    parameters: int, config: Any, rows: int, tokens: int, response_tokens: int
-) -> float:
-    """docs/real_scale.md's estimate of a micro-batch's peak memory on one GPU, without optimizer state:
-
-    4·N (bf16 weights and gradients) + 2·L·B·T·H (the layer inputs gradient checkpointing keeps, bf16)
-    + 4·B·R·V (one fp32 copy of the completion logits), for N parameters, L layers of width H, vocabulary V,
-    B rows of T tokens of which R are the response.
-    """
-    text = config.text_config
-    kept = 2 * text.num_hidden_layers * rows * tokens * text.hidden_size
-    logits = 4 * rows * response_tokens * text.vocab_size
-    return (4 * parameters + kept + logits) / 1e9
+def micro_batch_estimate_gb(shape: ModelShape, rows: int, tokens: int, response_tokens: int) -> float:
+    """The memory model's peak for the memory check's micro-batch (:mod:`ocean_lib.memory`, docs/real_scale.md):
+    one process, no DeepSpeed, bf16 weights and their bf16 gradients, no optimizer state, no reference."""
+    parts = per_process_bytes(
+        shape,
+        world=1,
+        zero_stage=0,
+        tokens=rows * tokens,
+        completion_tokens=rows * response_tokens,
+        reference="none",
+        gradient_bytes=2,
+    )
+    return (sum(parts.values()) - parts["optimizer"] - parts["master_weights"]) / 1e9
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -532,12 +533,13 @@ class Workspace:
             loss.backward()
             torch.cuda.synchronize()
             peak = (torch.cuda.max_memory_allocated() - base) / 1e9
-            parameters = sum(p.numel() for p in model.parameters())
+            model_shape = ModelShape.of(model)
+            parameters = int(model_shape.params)
         finally:
             del model
             torch.cuda.empty_cache()
         tokens = shape["prompt_tokens"] + shape["response_tokens"]
-        estimate = micro_batch_estimate_gb(parameters, config, rows, tokens, shape["response_tokens"])
+        estimate = micro_batch_estimate_gb(model_shape, rows, tokens, shape["response_tokens"])
         self.details.update(
             peak_gb=peak,
             estimate_gb=estimate,

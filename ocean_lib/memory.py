@@ -91,8 +91,11 @@ def per_process_bytes(
     reference: Literal["device", "sharded", "offload", "none"] = "sharded",
     reference_bytes: int = 2,
     max_live_params: float = 1e9,
+    gradient_bytes: int = 4,
 ) -> dict[str, float]:
-    """Peak bytes of one training process during a training micro-batch, by component (see the module)."""
+    """Peak bytes of one training process during a training micro-batch, by component (see the module).
+    ``gradient_bytes``: 4 under DeepSpeed (``grad_accum_dtype: fp32``) or with fp32 weights; 2 for a plain bf16
+    model, whose gradients take its dtype."""
     p = shape.params
     weights = weight_bytes * p
     if zero_stage >= 3:
@@ -101,7 +104,7 @@ def per_process_bytes(
         "weights": weights,
         "master_weights": 4 * p / world if weight_bytes == 2 else 0.0,
         "optimizer": 8 * p / (world if zero_stage >= 1 else 1),
-        "gradients": 4 * p / (world if zero_stage >= 2 else 1),
+        "gradients": gradient_bytes * p / (world if zero_stage >= 2 else 1),
         "reference": {"device": reference_bytes * p, "sharded": reference_bytes * p / world}.get(
             reference, 0.0
         ),

@@ -28,6 +28,7 @@ from ocean_lib.gpu_check import (
     synthetic_micro_batch,
     write_report,
 )
+from ocean_lib.memory import ModelShape, activation_bytes
 from ocean_lib.models import load_policy
 
 NO_CUDA = pytest.mark.skipif(
@@ -194,11 +195,15 @@ def test_the_synthetic_micro_batch_runs_through_the_training_forward(tiny_model_
         synthetic_micro_batch(model.config, rows=1, prompt_tokens=5, response_tokens=1, image_side=56)
 
 
-def test_micro_batch_estimate_adds_weights_gradients_checkpoints_and_logits():
-    config = real_width_config("3B")
-    # 4 bytes x 1e9 parameters + 2 bytes x 36 layers x 8 rows x 4096 tokens x 2048 + 4 bytes x 8 x 2048 x 151936
-    expected = (4e9 + 2 * 36 * 8 * 4096 * 2048 + 4 * 8 * 2048 * 151936) / 1e9
-    assert micro_batch_estimate_gb(10**9, config, 8, 4096, 2048) == pytest.approx(expected)
+def test_memory_check_estimate_is_the_memory_model_without_optimizer_or_reference():
+    """One bf16 process, no DeepSpeed: weights and gradients 2 bytes each, plus the micro-batch's activations
+    exactly as ocean_lib.memory counts them (the table in docs/real_scale.md), nothing else."""
+    text = real_width_config("3B").text_config
+    shape = ModelShape(1e9, text.hidden_size, text.num_hidden_layers, text.intermediate_size, text.vocab_size)
+    rows, tokens, response = 8, 4096, 2048
+    activations = activation_bytes(shape, rows * tokens, rows * response, chunk=256)
+    expected = (2e9 + 2e9 + sum(activations.values())) / 1e9
+    assert micro_batch_estimate_gb(shape, rows, tokens, response) == pytest.approx(expected)
 
 
 @pytest.mark.slow
