@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import ANNOTATIONS, grey_image
+from safetensors.torch import load_file, save_file
 
 from ocean_lib.config import load_config
 from ocean_lib.data import read_records, rescale_box_truth, synthetic, write_records
@@ -252,7 +253,10 @@ def test_answers_of_a_model_retrained_in_place_are_not_reused(mini, tiny_model_d
     run(model, ["mini_counting"], cfg, max_new_tokens_cap=4, max_items=2, model_name="m")
     run(model, ["mini_counting"], cfg, max_new_tokens_cap=4, max_items=2, model_name="m")  # untouched: reused
     weights = model / "model.safetensors"
-    weights.write_bytes(weights.read_bytes())  # as a new training run's save would: same path, new file
+    tensors = load_file(weights)
+    name = sorted(tensors)[0]
+    tensors[name] = tensors[name] + 1e-3  # a new training run's save: same path, other weights
+    save_file(tensors, weights, metadata={"format": "pt"})
     with pytest.raises(SettingsMismatchError, match="weights: '[0-9a-f]+' -> '[0-9a-f]+'"):
         run(model, ["mini_counting"], cfg, max_new_tokens_cap=4, max_items=2, model_name="m")
 
@@ -405,15 +409,23 @@ def test_eval_without_params_loads_the_model_in_bf16_as_ocean_r1(mini, tiny_mode
     assert settings["dtype"] == "bfloat16"
 
 
-def test_a_moved_study_reuses_its_answers(mini, tiny_model_dir, tmp_path):
-    """The cache is keyed by what the weights are, not where they are: a study moved to another directory (its
-    model and its answers with it) is not evaluated again."""
+@pytest.mark.parametrize("how", ["moved", "copied"])
+def test_a_moved_or_copied_study_reuses_its_answers(how, mini, tiny_model_dir, tmp_path):
+    """The cache is keyed by what the weights are, not where they are: a study moved or copied to another
+    directory (its model and its answers with it; a copy as `cp -r` makes it, with new modification times) is
+    not evaluated again."""
     old = tmp_path / "old"
     shutil.copytree(tiny_model_dir, old / "model")
     cfg = config(mini, **{"eval.output_dir": str(old / "eval")})
     run(old / "model", ["mini_counting"], cfg, max_new_tokens_cap=4, max_items=2, model_name="m")
-    shutil.move(old, tmp_path / "new")
     new = tmp_path / "new"
+    if how == "moved":
+        shutil.move(old, new)
+    else:
+        shutil.copytree(old, new, copy_function=shutil.copyfile)
+        assert (new / "model/model.safetensors").stat().st_mtime_ns != (
+            old / "model/model.safetensors"
+        ).stat().st_mtime_ns
     answers = new / "eval/m/mini_counting.jsonl"
     before = (answers.read_bytes(), answers.stat().st_mtime_ns)
     moved = config(mini, **{"eval.output_dir": str(new / "eval")})

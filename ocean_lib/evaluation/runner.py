@@ -231,14 +231,28 @@ def run_settings(
 
 
 def weights_fingerprint(model_path: str | Path) -> str:
-    """Name, size and modification time of a local checkpoint's weight files, hashed: a model retrained in
-    place gets a new fingerprint, so its old answers are not reused. A hub id gives "" (its revision is fixed)."""
+    """The SHA-256 of a local checkpoint's weight files (names and bytes): a model retrained in place gets a new
+    fingerprint, so its old answers are not reused, and a copied or moved study keeps its answers. A hub id
+    gives "" (its revision is fixed)."""
     path = Path(model_path)
     if not path.is_dir():
         return ""
-    files = sorted(p for pattern in ("*.safetensors", "*.bin") for p in path.glob(pattern))
-    listing = "".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns};" for p in files)
-    return hashlib.sha256(listing.encode()).hexdigest()[:16]
+    digest = hashlib.sha256()
+    for file in sorted(p for pattern in ("*.safetensors", "*.bin") for p in path.glob(pattern)):
+        stat = file.stat()
+        digest.update(f"{file.name}:{_file_digest(file.resolve(), stat.st_size, stat.st_mtime_ns)};".encode())
+    return digest.hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=64)
+def _file_digest(path: Path, size: int, mtime_ns: int) -> str:
+    """One file's SHA-256, read once per process while its size and modification time stand (a 7B checkpoint
+    is 16 GB: every benchmark of an evaluation asks for it)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 UNCOMPARED_SETTINGS = ("model",)  # where the weights were read from: the fingerprint says what they are
