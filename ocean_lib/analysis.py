@@ -237,6 +237,44 @@ def reflection_counts_per_step(rollouts: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+def reflection_over_training(rollouts: pd.DataFrame, windows: int = 4, seed: int = 0) -> pd.DataFrame:
+    """Does RL amplify or suppress reflection? The run's steps cut into ``windows`` equal consecutive ranges;
+    per range, the share of reflective completions (at least one lexicon match) and the accuracy of reflective
+    and other completions, each with a 95% bootstrap interval.
+
+    The samples of one prompt at one step (a GRPO group) are not independent, so the bootstrap resamples
+    whole groups (``step``, ``prompt_id``; :func:`ocean_lib.evaluation.stats.bootstrap_accuracy`). Accuracy is
+    the reward's ``accuracy`` field (1/0, or the IoU-based credit of boxes). Columns, one row per range:
+    ``steps`` ("1-10"), ``n``, ``reflective``, ``rate`` / ``rate_low`` / ``rate_high``, and ``accuracy_reflective``
+    and ``accuracy_other`` with their ``_low`` / ``_high`` (NaN where a range has no such completion).
+    """
+    from ocean_lib.evaluation.stats import bootstrap_accuracy
+
+    if rollouts.empty:
+        raise ValueError("no rollouts: the run has logged no completions yet")
+    steps = np.sort(rollouts["step"].unique())
+    reflective = rollouts["completion"].map(lambda text: bool(find_reflections(text)))
+    group = rollouts["step"].astype(str) + "/" + rollouts["prompt_id"].astype(str)
+    accuracy = rollouts["reward/accuracy"].astype(float)
+    rows = []
+    for part in np.array_split(steps, min(windows, len(steps))):
+        inside = rollouts["step"].isin(part)
+        row: dict[str, Any] = {"steps": f"{part[0]}-{part[-1]}", "n": int(inside.sum())}
+        row["reflective"] = int(reflective[inside].sum())
+        cells = {
+            "rate": (reflective[inside], inside),
+            "accuracy_reflective": (accuracy[inside & reflective], inside & reflective),
+            "accuracy_other": (accuracy[inside & ~reflective], inside & ~reflective),
+        }
+        for name, (values, where) in cells.items():
+            interval = bootstrap_accuracy(
+                [values.to_numpy(float)], seed=seed, clusters=[group[where].tolist()]
+            )
+            row.update({name: interval.value, f"{name}_low": interval.low, f"{name}_high": interval.high})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def response_length_per_step(rollouts: pd.DataFrame) -> pd.DataFrame:
     """Completion length in tokens per training step, indexed by ``step``.
 

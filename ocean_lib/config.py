@@ -53,6 +53,13 @@ class SyntheticConfig:
     difficulty: int = knob(1, "difficulty level 1-3 (more objects, more distractors, smaller targets)")
     image_size: int = knob(112, "side of the square images, pixels (multiple of 28)")
     seed: int = knob(0, "base seed; train and test use disjoint seed ranges derived from it")
+    background: Literal["flat", "gradient"] = knob(
+        "flat", "flat (mean grey) or gradient (red rises left to right, blue top to bottom): where a patch is"
+    )
+    reflective: float = knob(
+        0.0,
+        "share of training traces that check or revise their work in words (half each; data.synthetic docs)",
+    )
     output_dir: str = knob("outputs/data/mini", "directory the parquet splits and preview.png are written to")
 
 

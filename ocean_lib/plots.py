@@ -39,9 +39,14 @@ TRAINING_PANELS: tuple[Panel, ...] = (
     ("KL to reference", ("kl/mean",)),
     ("entropy (nats / token)", ("entropy/mean",)),
     ("clip fraction", ("clip/fraction",)),
+    ("groups without signal (equal rewards)", ("groups/zero_variance_fraction",)),
     ("supervised loss (warm-start)", ("loss/sft",)),
     ("validation accuracy (greedy)", ("val/accuracy", "val/accuracy/")),
 )
+
+# A run that takes one update per rollout batch computes its ratio against the weights that sampled: the ratio
+# is exactly 1 and nothing can be clipped. Its clip panel (all zeros by construction) is left out.
+RATIO_KEYS = ("ratio/min", "ratio/max")
 
 LABEL_CHARS = 14  # benchmark names on the bar chart's x axis are wrapped at this many characters
 RAW_ALPHA = 0.25  # the unsmoothed series is drawn faintly under its smoothed line
@@ -106,8 +111,18 @@ def _plot_series(ax: Any, steps: Any, values: Any, smoothing: float, **style: An
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _panel_keys(panel: Panel, columns: Sequence[str]) -> list[str]:
-    keys = []
+def _ratio_never_left_one(table: pd.DataFrame) -> bool:
+    if not set(RATIO_KEYS) <= set(table.columns):
+        return False
+    values = table[list(RATIO_KEYS)].to_numpy(float)
+    values = values[~np.isnan(values)]
+    return values.size > 0 and bool(np.all(np.abs(values - 1.0) < 1e-6))
+
+
+def _panel_keys(panel: Panel, table: pd.DataFrame) -> list[str]:
+    if panel[1] == ("clip/fraction",) and _ratio_never_left_one(table):
+        return []
+    columns, keys = list(table.columns), []
     for key in panel[1]:
         if key.endswith("/"):
             keys += sorted(c for c in columns if c.startswith(key) and "/" not in c[len(key) :])
@@ -128,7 +143,8 @@ def training_curves(
     ``runs``: one metrics table (:func:`~ocean_lib.analysis.load_metrics`), or a mapping from a run label to its
     table or run directory (e.g. ``{"GRPO-text": ..., "GRPO-vis": ...}``). ``panels``: :data:`TRAINING_PANELS`
     by default; a plain key string is a panel of its own. Panels with no data in any run are left out (a
-    warm-start run has no reward, a GRPO run no supervised loss). One run: one colour per key. Several runs:
+    warm-start run has no reward, a GRPO run no supervised loss), and so is the clip fraction of a run whose
+    importance ratio never left 1 (one update per rollout batch: nothing can be clipped). One run: one colour per key. Several runs:
     one colour per run, one line style per key. Each series is drawn raw (faint) and smoothed with
     :func:`~ocean_lib.analysis.smooth` (``smoothing`` is its weight; 0 draws the raw series alone).
     """
@@ -143,7 +159,7 @@ def training_curves(
     )
     specs = [(p, (p,)) if isinstance(p, str) else p for p in panels]
     drawn = [
-        (title, {label: _panel_keys((title, keys), list(t.columns)) for label, t in tables.items()})
+        (title, {label: _panel_keys((title, keys), t) for label, t in tables.items()})
         for title, keys in specs
     ]
     drawn = [(title, per_run) for title, per_run in drawn if any(per_run.values())]

@@ -16,7 +16,9 @@ from ocean_lib.analysis import (
     load_metrics,
     load_rollouts,
     reflection_counts_per_step,
+    reflection_over_training,
     response_length_per_step,
+    rollouts_frame,
     smooth,
     split_completion,
     think_answer_disagreement_rate_per_step,
@@ -298,6 +300,32 @@ def test_reflection_counts_per_step(rollouts):
     assert counts.loc[2, "however ... error"] == 1 and counts.loc[2, "I made a mistake"] == 1
     assert counts.loc[2, "wait"] == 0
     assert set(REFLECTION_LEXICON) <= set(counts.columns)
+
+
+def test_reflection_over_training_rates_and_accuracies_by_window_of_steps():
+    """Steps 1-4 in two windows: early, half the completions reflect and are right; late, none reflect and
+    one of four others is right. Groups are (step, prompt): the interval resamples whole groups."""
+    rows = []
+    for step in (1, 2, 3, 4):
+        for k in range(4):
+            reflect = step <= 2 and k < 2
+            text = (
+                "<think>Wait, that's wrong. 3.</think><answer>3</answer>" if reflect else "<answer>3</answer>"
+            )
+            row = rollout(step, text, prompt_id=f"p{k % 2}")
+            row["reward"] = {**row["reward"], "accuracy": float(reflect or (step > 2 and k == 0))}
+            rows.append(row)
+    table = reflection_over_training(rollouts_frame(rows), windows=2)
+    assert table["steps"].tolist() == ["1-2", "3-4"]
+    assert table["n"].tolist() == [8, 8] and table["reflective"].tolist() == [4, 0]
+    assert table["rate"].tolist() == [0.5, 0.0]
+    assert table.loc[0, "accuracy_reflective"] == 1.0 and table.loc[0, "accuracy_other"] == 0.0
+    assert math.isnan(table.loc[1, "accuracy_reflective"]) and table.loc[1, "accuracy_other"] == 0.25
+    # every group of window 1 holds one reflective and one other completion: the rate cannot vary
+    assert table.loc[0, "rate_low"] == table.loc[0, "rate_high"] == 0.5
+    assert table.loc[1, "accuracy_other_low"] <= 0.25 <= table.loc[1, "accuracy_other_high"]
+    with pytest.raises(ValueError, match="no rollouts"):
+        reflection_over_training(rollouts_frame([]))
 
 
 def test_response_length_per_step(rollouts):

@@ -50,6 +50,9 @@ def grpo_rows(steps: int) -> list[dict]:
             "kl/mean": 0.001 * step,
             "entropy/mean": 1.2,
             "clip/fraction": 0.01,
+            "ratio/min": 0.9,
+            "ratio/max": 1.2,
+            "groups/zero_variance_fraction": 0.25,
             "loss/total": 0.1,
             "time/step_s": 1.0,
         }
@@ -87,6 +90,7 @@ def test_training_curves_one_run(grpo_run, tmp_path):
         "KL to reference",
         "entropy (nats / token)",
         "clip fraction",
+        "groups without signal (equal rewards)",
         "validation accuracy (greedy)",
     ]
     reward, accuracy = fig.axes[0], fig.axes[1]
@@ -96,6 +100,13 @@ def test_training_curves_one_run(grpo_run, tmp_path):
     assert validation.lines[0].get_xdata().tolist() == [5, 10]  # only the steps that validated
     width, height = is_png(tmp_path / "figures" / "curves.png")
     assert width > height > 100
+
+
+def test_clip_panel_is_left_out_where_the_ratio_never_left_one(grpo_run):
+    """One update per rollout batch: the ratio is exactly 1 and the clip fraction 0 by construction."""
+    one_update = load_metrics(grpo_run).assign(**{"ratio/min": 1.0, "ratio/max": 1.0, "clip/fraction": 0.0})
+    assert "clip fraction" not in titles(training_curves(one_update))
+    assert "clip fraction" in titles(training_curves({"one": one_update, "two": load_metrics(grpo_run)}))
 
 
 def test_training_curves_raw_only_and_chosen_panels(grpo_run):

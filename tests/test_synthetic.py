@@ -7,19 +7,24 @@ import json
 import math
 from collections import Counter, defaultdict
 
+import numpy as np
 import pytest
 from PIL import Image
 
+from ocean_lib.analysis import find_reflections
 from ocean_lib.config import DataConfig, SyntheticConfig, from_dict
 from ocean_lib.data import load_example, parse_box, read_records, write_records
 from ocean_lib.data.synthetic import (
     BACKGROUND,
     COLOURS,
     FAMILIES,
+    REFLECTION_STYLES,
     Shape,
     build,
+    canvas,
     corpus,
     make_tasks,
+    reflective,
     sample_task,
     task_record,
     task_seed,
@@ -214,6 +219,25 @@ def test_background_is_mean_grey_not_white():
         assert max(image.getcolors())[1] == BACKGROUND
 
 
+def test_gradient_background_writes_where_a_patch_is_and_keeps_the_mean_grey():
+    pixels = np.asarray(canvas(112, "gradient"), dtype=float)
+    assert np.allclose(pixels.reshape(-1, 3).mean(axis=0), BACKGROUND, atol=0.5)
+    assert np.all(np.diff(pixels[:, :, 0], axis=1) >= 0) and pixels[0, -1, 0] - pixels[0, 0, 0] == 80
+    assert np.all(np.diff(pixels[:, :, 2], axis=0) >= 0) and pixels[-1, 0, 2] - pixels[0, 0, 2] == 80
+    assert np.all(pixels[:, :, 1] == BACKGROUND[1])
+    # every 14-px patch of the background is a colour of its own: the patch says where it lies
+    patches = pixels.reshape(8, 14, 8, 14, 3).mean(axis=(1, 3)).reshape(64, 3)
+    assert len({tuple(np.round(p, 3)) for p in patches}) == 64
+    with pytest.raises(ValueError, match="unknown background 'white'"):
+        canvas(112, "white")
+    for task in tasks("grounding", 1, n=5):  # objects are drawn the same; only the background changes
+        flat, gradient = np.asarray(task.image()), np.asarray(task.image("gradient"))
+        drawn = np.any(flat != BACKGROUND, axis=-1)
+        assert 0 < drawn.mean() < 0.5
+        assert np.array_equal(flat[drawn], gradient[drawn])
+        assert np.array_equal(gradient[~drawn], np.asarray(canvas(112, "gradient"))[~drawn])
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Records, determinism, splits, twins
 # ----------------------------------------------------------------------------------------------------------------
@@ -315,6 +339,48 @@ def test_build_writes_splits_twins_preview_and_manifest(tmp_path):
         "test/counting.parquet",
         "train/counting.parquet",
     ]  # files of the earlier, larger build are gone, so a split directory reads this build only
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_reflective_traces_check_or_revise_and_keep_the_answer(family):
+    rng = np.random.default_rng(0)
+    for task in tasks(family, 1, n=20):
+        check = reflective(task, "check", rng)
+        assert check.reasoning.startswith(task.reasoning) and "Let me double-check: " in check.reasoning
+        revise = reflective(task, "revise", rng)
+        first = revise.reasoning.removeprefix("At first ").split(". Wait, that's wrong. ")[0]
+        assert revise.reasoning.endswith(f"Wait, that's wrong. {task.reasoning}")
+        correct = check.reasoning.removeprefix(f"{task.reasoning} Let me double-check: ").removesuffix(".")
+        assert first != correct  # the first value is wrong, the checked one is the answer's
+        if family in ("counting", "geometry", "spatial"):
+            assert correct == task.answer.removesuffix("°") + ("°" if family == "geometry" else "")
+        for variant in (check, revise):
+            assert variant.answer == task.answer and find_reflections(variant.completion)
+    with pytest.raises(ValueError, match="unknown reflection style"):
+        reflective(task, "ponder", rng)
+
+
+def test_build_makes_the_configured_share_of_training_traces_reflective(tmp_path):
+    build(run_config(tmp_path, n_train=400, n_test=50, reflective=0.3))
+    out = tmp_path / "mini"
+    plain = tmp_path / "plain"
+    build(run_config(tmp_path, n_train=400, n_test=50, output_dir=str(plain)))
+    for family in FAMILIES:
+        train = read_records(out / "train" / f"{family}.parquet", DataConfig())
+        twins = read_records(out / "train_text" / f"{family}.parquet", DataConfig())
+        found = [bool(find_reflections(r.reasoning)) for r in train]
+        assert 0.24 <= sum(found) / len(found) <= 0.36, family
+        assert [bool(find_reflections(r.reasoning)) for r in twins] == found  # the twin has the same trace
+        styles = {
+            "check" if "double-check" in r.reasoning else "revise"
+            for r, f in zip(train, found, strict=True)
+            if f
+        }
+        assert styles == set(REFLECTION_STYLES)
+        baseline = read_records(plain / "train" / f"{family}.parquet", DataConfig())
+        assert [r.ground_truth for r in train] == [r.ground_truth for r in baseline]
+        test = read_records(out / "test" / f"{family}.parquet", DataConfig())
+        assert not any(find_reflections(r.reasoning) for r in test)
 
 
 def test_corpus_covers_instructions_questions_twins_and_completions(tmp_path):

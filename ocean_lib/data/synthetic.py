@@ -39,7 +39,7 @@ import json
 import math
 import textwrap
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,8 @@ COLOURS = {
     "purple": (145, 60, 185),
     "cyan": (40, 195, 205),
 }
+BACKGROUNDS = ("flat", "gradient")
+GRADIENT_AMPLITUDE = 40  # red rises left to right and blue top to bottom by ±40 levels around BACKGROUND
 SHAPES = ("circle", "square", "triangle")
 GRID = 4  # the picture is a GRID × GRID array of cells; every object sits in its own cell
 SIDE_AT_112 = {"large": 24, "small": 14}  # object side in pixels at image_size 112 (cell 28)
@@ -106,8 +108,8 @@ class ShapeScene:
     size: int
     objects: tuple[Shape, ...]
 
-    def draw(self) -> Image.Image:
-        image = Image.new("RGB", (self.size, self.size), BACKGROUND)
+    def draw(self, background: str = "flat") -> Image.Image:
+        image = canvas(self.size, background)
         draw = ImageDraw.Draw(image)
         for obj in self.objects:
             x1, y1, x2, y2 = obj.box
@@ -145,9 +147,9 @@ class Diagram:
     labels: tuple[str, ...]  # points whose names are written in the figure
     angles: dict[str, tuple[str, str, str]]
 
-    def draw(self) -> Image.Image:
+    def draw(self, background: str = "flat") -> Image.Image:
         scale = self.size / 112
-        image = Image.new("RGB", (self.size, self.size), BACKGROUND)
+        image = canvas(self.size, background)
         draw = ImageDraw.Draw(image)
         font = _font(round(12 * scale))
         radius = 11 * scale
@@ -177,6 +179,22 @@ class Diagram:
         return image
 
 
+def canvas(size: int, background: str) -> Image.Image:
+    """An empty picture: ``flat`` mean grey, or ``gradient``, the same grey with red rising left to right and
+    blue rising top to bottom (:data:`GRADIENT_AMPLITUDE`). The gradient's mean is still the processor's mean
+    colour; what it adds is where a patch lies, written in the patch itself."""
+    if background == "flat":
+        return Image.new("RGB", (size, size), BACKGROUND)
+    if background != "gradient":
+        raise ValueError(f"unknown background {background!r}; expected one of {BACKGROUNDS}")
+    ramp = np.linspace(-GRADIENT_AMPLITUDE, GRADIENT_AMPLITUDE, size)
+    pixels = np.empty((size, size, 3))
+    pixels[..., 0] = BACKGROUND[0] + ramp[None, :]
+    pixels[..., 1] = BACKGROUND[1]
+    pixels[..., 2] = BACKGROUND[2] + ramp[:, None]
+    return Image.fromarray(np.rint(pixels).astype(np.uint8), "RGB")
+
+
 def _screen_angle(point: tuple[float, float], vertex: tuple[float, float]) -> float:
     """Direction of vertex→point in PIL's convention: degrees clockwise (on screen) from +x."""
     return math.degrees(math.atan2(point[1] - vertex[1], point[0] - vertex[0])) % 360
@@ -201,8 +219,8 @@ class Task:
     reasoning: str  # short worked reasoning, the think-text of the supervised warm-start
     reward_func: str
 
-    def image(self) -> Image.Image:
-        return self.scene.draw()
+    def image(self, background: str = "flat") -> Image.Image:
+        return self.scene.draw(background)
 
     @property
     def completion(self) -> str:
@@ -723,6 +741,68 @@ def _centre_distance(a: Shape, b: Shape) -> float:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Reflective traces: a behaviour for RL to amplify or suppress
+# ----------------------------------------------------------------------------------------------------------------
+
+REFLECTION_STYLES = ("check", "revise")
+
+
+def _shifted(value: int, lo: int, hi: int, step: int, rng: np.random.Generator) -> int:
+    """``value`` moved one ``step`` up or down, staying inside [lo, hi]."""
+    moves = [m for m in (-step, step) if lo <= value + m <= hi]
+    return value + _pick(rng, moves)
+
+
+def _answer_in_words(task: Task, rng: np.random.Generator, wrong: bool) -> str:
+    """The task's answer as its reasoning states it, or (``wrong``) a plausible wrong first value: a count or
+    an angle one step off, the neighbouring cell, another option."""
+    if task.family == "counting":
+        n = int(task.answer)
+        return str(_shifted(n, 1, GRID * GRID, 1, rng) if wrong else n)
+    if task.family == "geometry":
+        value = int(task.answer.removesuffix("°"))
+        return f"{_shifted(value, 1, 179, _ANGLE_STEP[task.difficulty], rng) if wrong else value}°"
+    if task.family == "grounding":
+        target = task.scene.objects[task.query["target"]]
+        row, col = target.row, target.col
+        if wrong:
+            if rng.integers(2):
+                row = _shifted(row, 0, GRID - 1, 1, rng)
+            else:
+                col = _shifted(col, 0, GRID - 1, 1, rng)
+        return f"row {row + 1}, column {col + 1}"
+    n_options = len(task.query.get("options") or task.query["candidates"])
+    letters = [f"({letter})" for letter in LETTERS[:n_options]]
+    return _pick(rng, [x for x in letters if x != task.answer]) if wrong else task.answer
+
+
+def reflective(task: Task, style: str, rng: np.random.Generator) -> Task:
+    """The task with a reasoning that checks its result (``check``: "... Let me double-check: 3.") or states a
+    wrong first value and corrects it (``revise``: "At first 4. Wait, that's wrong. ..."). The answer is
+    unchanged and both wordings are in :data:`ocean_lib.analysis.REFLECTION_LEXICON`."""
+    if style == "check":
+        reasoning = f"{task.reasoning} Let me double-check: {_answer_in_words(task, rng, wrong=False)}."
+    elif style == "revise":
+        reasoning = (
+            f"At first {_answer_in_words(task, rng, wrong=True)}. Wait, that's wrong. {task.reasoning}"
+        )
+    else:
+        raise ValueError(f"unknown reflection style {style!r}; expected one of {REFLECTION_STYLES}")
+    return replace(task, reasoning=reasoning)
+
+
+def with_reflections(tasks: list[Task], family: str, cfg: SyntheticConfig) -> list[Task]:
+    """``cfg.reflective`` of the tasks (seeded draw per item, styles alternating at random) made reflective."""
+    rng = np.random.default_rng((cfg.seed, FAMILIES.index(family), len(SPLITS)))  # a stream of its own
+    chosen = rng.random(len(tasks)) < cfg.reflective
+    styles = rng.integers(len(REFLECTION_STYLES), size=len(tasks))
+    return [
+        reflective(task, REFLECTION_STYLES[style], rng) if pick else task
+        for task, pick, style in zip(tasks, chosen, styles, strict=True)
+    ]
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Tasks, records, files
 # ----------------------------------------------------------------------------------------------------------------
 
@@ -786,15 +866,16 @@ def png_bytes(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def task_record(task: Task, index: int, text_only: bool = False) -> Record:
-    """The task as a record: its picture embedded as PNG bytes, or (``text_only``) its twin without one."""
+def task_record(task: Task, index: int, text_only: bool = False, background: str = "flat") -> Record:
+    """The task as a record: its picture (on ``background``) embedded as PNG bytes, or (``text_only``) its
+    twin without one."""
     return Record.from_question(
         data_source=f"synthetic_{task.family}" + ("_text" if text_only else ""),
         question=task.text_question if text_only else task.question,
         answer=task.answer,
         reward_func=task.reward_func,
         index=index,
-        images=[] if text_only else [ImageRef(bytes=png_bytes(task.image()))],
+        images=[] if text_only else [ImageRef(bytes=png_bytes(task.image(background)))],
         ability=task.family,
         reasoning=task.reasoning,
         # Ocean-R1's iou truth is a bare [x1, y1, x2, y2]; the completion answers with {"bbox_2d": [...]}.
@@ -828,10 +909,14 @@ def build(cfg: RunConfig) -> dict[str, Any]:
     examples = {}
     for family in syn.families:
         tasks = make_tasks(family, syn)
+        tasks["train"] = with_reflections(tasks["train"], family, syn)
         examples[family] = tasks["train"][:4]
         for split in splits:
             text_only = split.endswith("_text")
-            records = [task_record(t, i, text_only) for i, t in enumerate(tasks[split.removesuffix("_text")])]
+            records = [
+                task_record(t, i, text_only, syn.background)
+                for i, t in enumerate(tasks[split.removesuffix("_text")])
+            ]
             path = write_records(records, out / split / f"{family}.parquet")
             files[split][family], counts[split][family] = str(path), len(records)
     for split in (*SPLITS, *(f"{s}_text" for s in SPLITS)):
@@ -839,7 +924,7 @@ def build(cfg: RunConfig) -> dict[str, Any]:
             if str(stale) not in files.get(split, {}).values():
                 stale.unlink()
     preview = out / "preview.png"
-    atomic_write_bytes(preview, png_bytes(preview_grid(examples)))
+    atomic_write_bytes(preview, png_bytes(preview_grid(examples, background=syn.background)))
     result = {
         "files": files,
         "counts": counts,
@@ -850,7 +935,7 @@ def build(cfg: RunConfig) -> dict[str, Any]:
     return result
 
 
-def preview_grid(examples: dict[str, list[Task]], tile: int = 224) -> Image.Image:
+def preview_grid(examples: dict[str, list[Task]], tile: int = 224, background: str = "flat") -> Image.Image:
     """One row per family: each picture enlarged to ``tile`` pixels with its question and answer beneath."""
     text_height, font = 120, _font(11)
     columns = max(len(tasks) for tasks in examples.values())
@@ -859,7 +944,7 @@ def preview_grid(examples: dict[str, list[Task]], tile: int = 224) -> Image.Imag
     for r, (family, tasks) in enumerate(examples.items()):
         for c, task in enumerate(tasks):
             x, y = c * tile, r * (tile + text_height)
-            sheet.paste(task.image().resize((tile, tile), Image.Resampling.NEAREST), (x, y))
+            sheet.paste(task.image(background).resize((tile, tile), Image.Resampling.NEAREST), (x, y))
             lines = [f"[{family}]"]
             for part in task.question.split("\n"):
                 lines += textwrap.wrap(part, width=40)
@@ -875,6 +960,7 @@ def corpus(cfg: RunConfig, per_level: int = 300) -> Iterator[str]:
     ``per_level`` tasks per family and level, from the training seeds; no pictures are drawn.
     """
     syn = cfg.data.synthetic
+    rng = np.random.default_rng(syn.seed)
     yield from INSTRUCTIONS.values()
     for family in syn.families:
         for difficulty in range(1, MAX_DIFFICULTY + 1):
@@ -886,3 +972,5 @@ def corpus(cfg: RunConfig, per_level: int = 300) -> Iterator[str]:
                 yield user_text(task.question, task.reward_func, n_images=0)
                 yield user_text(task.text_question, task.reward_func, n_images=0)
                 yield task.completion
+                if syn.reflective:
+                    yield from (reflective(task, style, rng).completion for style in REFLECTION_STYLES)
