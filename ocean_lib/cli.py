@@ -19,7 +19,7 @@ from ocean_lib.run_dir import ERROR_PREFIX
 DESCRIPTION = "One command-line entry point for every step of the Ocean-R1 study."
 EPILOG = """\
 first run (the miniature, on CPU):
-  python -m ocean_lib reproduce --params params/mini.yaml    the whole study, ~15 minutes
+  python -m ocean_lib reproduce --params params/mini.yaml    the whole study, ~22 minutes
   python -m ocean_lib reproduce --params params/ci.yaml      the same at the size of a test, ~3 minutes
 
 where outputs go: a study under study.output_dir (params/mini.yaml: outputs/mini/); one training run under
