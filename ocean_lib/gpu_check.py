@@ -38,7 +38,7 @@ from typing import Any
 import torch
 
 from ocean_lib.distributed import package_versions
-from ocean_lib.memory import ModelShape, per_process_bytes
+from ocean_lib.memory import QWEN25_VL_WIDTHS, ModelShape, per_process_bytes
 from ocean_lib.paths import PROJECT_ROOT
 
 DEFAULT_PARAMS = PROJECT_ROOT / "params" / "qwen25vl_3b_stage1.yaml"
@@ -46,12 +46,8 @@ ACCELERATE_CONFIGS = {2: "single_node_zero2.yaml", 3: "single_node_zero3.yaml"}
 DEFAULT_OUT = PROJECT_ROOT / "outputs" / "gpu_check.json"
 # Packages whose versions the report states (distribution names).
 
-# Qwen2.5-VL-3B/7B-Instruct's config.json (the hub files), the sizes that set memory: text model, vision tower.
-# Their parameter counts, 3,754,622,976 and 8,292,166,656, are the published ones (tested).
-REAL_WIDTHS = {
-    "3B": dict(hidden=2048, intermediate=11008, layers=36, heads=16, kv_heads=2, vocab=151936, tied=True),
-    "7B": dict(hidden=3584, intermediate=18944, layers=28, heads=28, kv_heads=4, vocab=152064, tied=False),
-}
+# Qwen2.5-VL-3B/7B-Instruct's config.json (the hub files): the text sizes are ocean_lib.memory.QWEN25_VL_WIDTHS,
+# the vision tower (the same in both) is here.
 QWEN_VISION = dict(
     depth=32,
     hidden_size=1280,
@@ -283,7 +279,7 @@ def real_width_config(size: str, layers: int | None = None, vision_depth: int | 
     """Qwen2.5-VL-``size``'s configuration (3B or 7B), optionally with fewer layers (tests build it on CPU)."""
     from transformers import Qwen2_5_VLConfig
 
-    w = REAL_WIDTHS[size]
+    w = QWEN25_VL_WIDTHS[size]
     text = dict(
         vocab_size=w["vocab"],
         hidden_size=w["hidden"],

@@ -48,20 +48,43 @@ class ModelShape:
     vocab: int
 
     @classmethod
+    def of_config(cls, config: Any, params: float) -> ModelShape:
+        text = config.get_text_config()
+        return cls(params, text.hidden_size, text.num_hidden_layers, text.intermediate_size, text.vocab_size)
+
+    @classmethod
     def of(cls, model: Any) -> ModelShape:
-        text = model.config.get_text_config()
-        return cls(
-            params=float(sum(p.numel() for p in model.parameters())),
-            hidden=text.hidden_size,
-            layers=text.num_hidden_layers,
-            intermediate=text.intermediate_size,
-            vocab=text.vocab_size,
-        )
+        return cls.of_config(model.config, float(sum(p.numel() for p in model.parameters())))
 
 
-# Qwen2.5-VL's published configurations (config.json of the hub repositories).
-QWEN25_VL_3B = ModelShape(params=3.75e9, hidden=2048, layers=36, intermediate=11008, vocab=151936)
-QWEN25_VL_7B = ModelShape(params=8.29e9, hidden=3584, layers=28, intermediate=18944, vocab=152064)
+# Qwen2.5-VL's published text configurations (config.json of the hub repositories) and parameter counts;
+# ocean_lib.gpu_check builds the whole models from them (tested against the counts).
+QWEN25_VL_WIDTHS = {
+    "3B": dict(
+        params=3_754_622_976,
+        hidden=2048,
+        intermediate=11008,
+        layers=36,
+        heads=16,
+        kv_heads=2,
+        vocab=151936,
+        tied=True,
+    ),
+    "7B": dict(
+        params=8_292_166_656,
+        hidden=3584,
+        intermediate=18944,
+        layers=28,
+        heads=28,
+        kv_heads=4,
+        vocab=152064,
+        tied=False,
+    ),
+}
+QWEN25_VL = {
+    size: ModelShape(w["params"], w["hidden"], w["layers"], w["intermediate"], w["vocab"])
+    for size, w in QWEN25_VL_WIDTHS.items()
+}
 
 
 def activation_bytes(

@@ -28,7 +28,7 @@ from ocean_lib.gpu_check import (
     synthetic_micro_batch,
     write_report,
 )
-from ocean_lib.memory import ModelShape, activation_bytes
+from ocean_lib.memory import QWEN25_VL, ModelShape, activation_bytes
 from ocean_lib.models import load_policy
 
 NO_CUDA = pytest.mark.skipif(
@@ -175,6 +175,7 @@ def test_real_width_configs_have_the_published_parameter_counts(size, published)
     with torch.device("meta"):  # no memory: shapes only
         model = Qwen2_5_VLForConditionalGeneration(real_width_config(size))
     assert sum(p.numel() for p in model.parameters()) == published
+    assert ModelShape.of(model) == QWEN25_VL[size]  # the memory model's table is these models
     assert (model.lm_head.weight is model.model.language_model.embed_tokens.weight) == (size == "3B")
     fewer = real_width_config(size, layers=2, vision_depth=1)
     assert fewer.text_config.num_hidden_layers == 2 and fewer.vision_config.fullatt_block_indexes == [0]
@@ -198,8 +199,7 @@ def test_the_synthetic_micro_batch_runs_through_the_training_forward(tiny_model_
 def test_memory_check_estimate_is_the_memory_model_without_optimizer_or_reference():
     """One bf16 process, no DeepSpeed: weights and gradients 2 bytes each, plus the micro-batch's activations
     exactly as ocean_lib.memory counts them (the table in docs/real_scale.md), nothing else."""
-    text = real_width_config("3B").text_config
-    shape = ModelShape(1e9, text.hidden_size, text.num_hidden_layers, text.intermediate_size, text.vocab_size)
+    shape = ModelShape.of_config(real_width_config("3B"), params=1e9)
     rows, tokens, response = 8, 4096, 2048
     activations = activation_bytes(shape, rows * tokens, rows * response, chunk=256)
     expected = (2e9 + 2e9 + sum(activations.values())) / 1e9

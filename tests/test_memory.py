@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from ocean_lib.memory import ModelShape, activation_bytes
+from ocean_lib.memory import QWEN25_VL, GiB, ModelShape, activation_bytes, per_process_bytes
 
 MEASURE = textwrap.dedent(
     """
@@ -101,3 +101,26 @@ def test_the_memory_model_predicts_the_peak_of_a_training_micro_batch(tiny_model
     assert predicted / 1.5 < run["chunked"] < predicted * 1.5, (run, predicted)
     full_logits_and_gradient = 2 * run["completion"] * shape.vocab * 4
     assert run["full_logits"] > grads + full_logits_and_gradient > 3 * run["chunked"], run
+
+
+@pytest.mark.parametrize(
+    ("size", "zero_stage", "reference", "total_gib"),
+    [
+        ("3B", 3, "sharded", 22.9),
+        ("3B", 2, "sharded", 27.2),
+        ("7B", 3, "offload", 38.7),
+        ("7B", 2, "offload", 50.3),
+    ],
+)
+def test_the_docs_memory_table_is_what_the_model_computes(size, zero_stage, reference, total_gib):
+    """docs/real_scale.md, "The memory of one GPU", rows "as shipped": 8 GPUs, micro-batches of at most 32,768
+    tokens, 8 responses of 4,096 tokens."""
+    parts = per_process_bytes(
+        QWEN25_VL[size],
+        world=8,
+        zero_stage=zero_stage,
+        tokens=32768,
+        completion_tokens=8 * 4096,
+        reference=reference,
+    )
+    assert round(sum(parts.values()) / GiB, 1) == total_gib
