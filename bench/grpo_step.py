@@ -45,16 +45,16 @@ from typing import Any
 
 import torch
 
-from ocean_lib.batch import encode_prompts
-from ocean_lib.config import RunConfig, load_config
+from ocean_lib.base.config import RunConfig, load_config
+from ocean_lib.base.prompts import split_image_markers
+from ocean_lib.base.run_dir import RunDir
 from ocean_lib.data import Record, synthetic
-from ocean_lib.models import load_policy, vision_special_token_ids
-from ocean_lib.prompts import split_image_markers
 from ocean_lib.rewards import score_batch
-from ocean_lib.run_dir import RunDir
-from ocean_lib.run_state import build_state
-from ocean_lib.study import build_miniature_model
-from ocean_lib.trainer import grpo_step, prompt_of
+from ocean_lib.study.pipeline import build_miniature_model
+from ocean_lib.training.batch import encode_prompts
+from ocean_lib.training.models import load_policy, vision_special_token_ids
+from ocean_lib.training.run_state import build_state
+from ocean_lib.training.trainer import grpo_step, prompt_of
 
 THREADS = 2
 PROMPTS = 4

@@ -29,14 +29,14 @@ import time
 import numpy as np
 import torch
 
-from ocean_lib.batch import RolloutBatch, encode_prompts
-from ocean_lib.config import load_config
+from ocean_lib.base.config import load_config
+from ocean_lib.base.prompts import Prompt
 from ocean_lib.data import synthetic
-from ocean_lib.forward import completion_logprobs, pack_micro_batches
-from ocean_lib.models import load_policy, vision_special_token_ids
-from ocean_lib.prompts import Prompt
-from ocean_lib.study import build_miniature_model
-from ocean_lib.trainer import prompt_of
+from ocean_lib.study.pipeline import build_miniature_model
+from ocean_lib.training.batch import RolloutBatch, encode_prompts
+from ocean_lib.training.forward import completion_logprobs, pack_micro_batches
+from ocean_lib.training.models import load_policy, vision_special_token_ids
+from ocean_lib.training.trainer import prompt_of
 
 PROMPTS, GROUP, MICRO = 8, 8, 8
 

@@ -34,9 +34,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ocean_lib.config import RunConfig, load_config
+from ocean_lib.base.config import RunConfig, load_config
+from ocean_lib.base.io import read_jsonl
 from ocean_lib.evaluation import rescore
-from ocean_lib.io import read_jsonl
 
 # Log file name prefix -> our benchmark (the registry name whose protocol produced the log).
 LOG_BENCHMARKS = {

@@ -1,8 +1,8 @@
-"""``python -m ocean_lib``: see :mod:`ocean_lib.cli`."""
+"""``python -m ocean_lib``: see :mod:`ocean_lib.cli.main`."""
 
 import sys
 
-from ocean_lib.cli import main
+from ocean_lib.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main())

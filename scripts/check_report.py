@@ -15,7 +15,7 @@ import json
 import re
 import sys
 
-from ocean_lib.report_html import browser_check
+from ocean_lib.study.report_html import browser_check
 
 SCREENSHOTS = {
     "report_top.png": "",

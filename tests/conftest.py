@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from ocean_lib.config import TinyModelConfig
-from ocean_lib.models import build_tiny_model
-from ocean_lib.prompts import Prompt, reference_completion, user_text
+from ocean_lib.base.config import TinyModelConfig
+from ocean_lib.base.prompts import Prompt, reference_completion, user_text
+from ocean_lib.training.models import build_tiny_model
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 ANNOTATIONS = SHARED / "benchmark_annotations"
@@ -63,7 +63,7 @@ def mixed_prompts() -> list[Prompt]:
 @pytest.fixture(scope="session")
 def mini_data_dir(tmp_path_factory) -> Path:
     """The procedural tasks, a few records per family (train/test, pictures and text twins)."""
-    from ocean_lib.config import load_config
+    from ocean_lib.base.config import load_config
     from ocean_lib.data import synthetic
 
     out = tmp_path_factory.mktemp("data") / "mini"

@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ocean_lib.analysis import (
+from ocean_lib.base.run_dir import RunDir
+from ocean_lib.study.analysis import (
     MAX_SCAN_CHARS,
     REFLECTION_LEXICON,
     find_reflections,
@@ -23,7 +24,6 @@ from ocean_lib.analysis import (
     split_completion,
     think_answer_disagreement_rate_per_step,
 )
-from ocean_lib.run_dir import RunDir
 
 
 def rollout(step: int, completion: str, *, length: int = 10, finished: bool = True, disagree=False, **extra):

@@ -11,8 +11,9 @@ import re
 import pytest
 from PIL import Image
 
-from ocean_lib.analysis import load_rollouts
-from ocean_lib.browser import (
+from ocean_lib.base.run_dir import RunDir
+from ocean_lib.study.analysis import load_rollouts
+from ocean_lib.study.browser import (
     ANSWER_COLOUR,
     IMAGE_MAX_SIDE,
     TRUTH_COLOUR,
@@ -24,7 +25,6 @@ from ocean_lib.browser import (
     render_rollout_html,
     sample_rollouts,
 )
-from ocean_lib.run_dir import RunDir
 
 SCRIPT = "<script>alert('x')</script>"
 

@@ -16,9 +16,9 @@ import pytest
 from conftest import tiny_overrides
 from test_io import hold
 
-from ocean_lib.cli import build_parser
-from ocean_lib.config import load_config, save_config
-from ocean_lib.run_dir import RunDir
+from ocean_lib.base.config import load_config, save_config
+from ocean_lib.base.run_dir import RunDir
+from ocean_lib.cli.main import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 CI = str(ROOT / "params" / "ci.yaml")

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ocean_lib.config import ConfigError, RunConfig, config_changes, field_docs, load_config, save_config
+from ocean_lib.base.config import ConfigError, RunConfig, config_changes, field_docs, load_config, save_config
 
 ROOT = Path(__file__).parents[1]
 PARAMS = sorted((ROOT / "params").glob("**/*.yaml"))
@@ -104,14 +104,15 @@ def test_a_set_mistake_is_blamed_on_the_set_not_the_params_file(tmp_path):
 
 def test_moving_the_study_moves_its_data_model_and_runs(tmp_path):
     """Every path of the miniature's params follows study.output_dir (``${study.output_dir}`` references)."""
-    from ocean_lib import study
+    from ocean_lib.study import pipeline
 
     moved = tmp_path / "elsewhere"
     cfg = load_config(ROOT / "params" / "mini.yaml", [f"study.output_dir={moved}"])
     paths = [cfg.data.synthetic.output_dir, cfg.model.name_or_path, *cfg.data.train_files]
     for stage in cfg.study.stages:
         stage_cfg = load_config(
-            ROOT / "params" / "mini.yaml", [f"study.output_dir={moved}", *study.stage_overrides(cfg, stage)]
+            ROOT / "params" / "mini.yaml",
+            [f"study.output_dir={moved}", *pipeline.stage_overrides(cfg, stage)],
         )
         paths += [stage_cfg.model.name_or_path, *stage_cfg.data.train_files, str(stage_cfg.run_dir)]
     assert all(Path(p).is_relative_to(moved) for p in paths), paths

@@ -35,16 +35,16 @@ import pytest
 import torch
 from conftest import tiny_overrides
 
-from ocean_lib import launch
-from ocean_lib.batch import encode_prompts
-from ocean_lib.config import load_config, save_config
+from ocean_lib.base.config import load_config, save_config
+from ocean_lib.base.io import read_jsonl
+from ocean_lib.base.run_dir import RunDir
 from ocean_lib.data import read_records
-from ocean_lib.forward import pack_micro_batches
-from ocean_lib.io import read_jsonl
-from ocean_lib.models import load_policy
-from ocean_lib.run_dir import RunDir
-from ocean_lib.run_state import Schedule
-from ocean_lib.trainer import prompt_of, train
+from ocean_lib.training import launch
+from ocean_lib.training.batch import encode_prompts
+from ocean_lib.training.forward import pack_micro_batches
+from ocean_lib.training.models import load_policy
+from ocean_lib.training.run_state import Schedule
+from ocean_lib.training.trainer import prompt_of, train
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent

@@ -16,7 +16,7 @@ import pytest
 from conftest import ANNOTATIONS, needs_shared
 from PIL import Image
 
-from ocean_lib import prompts
+from ocean_lib.base import prompts
 from ocean_lib.evaluation.benchmarks import (
     BENCHMARKS,
     BenchmarkDataError,

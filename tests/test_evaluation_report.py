@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from ocean_lib import prompts
+from ocean_lib.base import prompts
+from ocean_lib.base.io import append_jsonl, atomic_write_json
 from ocean_lib.evaluation import MANUAL_STEPS, FetchError, export_vlmevalkit, fetch_benchmarks
 from ocean_lib.evaluation.fetch import UrlFile
-from ocean_lib.io import append_jsonl, atomic_write_json
-from ocean_lib.report import PUBLISHED_ROWS, results_table
+from ocean_lib.study.report import PUBLISHED_ROWS, results_table
 
 
 def entry(accuracy: float, low: float, high: float, title: str = "") -> dict:
@@ -233,7 +233,7 @@ def test_fetch_delivers_every_file_the_registry_reads_or_names_the_manual_step(t
 
 
 def test_group_average_is_the_mean_of_split_accuracies_over_the_summarised_items(tmp_path):
-    from ocean_lib.config import RunConfig
+    from ocean_lib.base.config import RunConfig
     from ocean_lib.evaluation import group_average
 
     verdicts = {"refcoco": [True, True, False, False], "refcocop": [True], "refcocog": [False, False]}

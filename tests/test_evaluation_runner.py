@@ -18,10 +18,10 @@ import yaml
 from conftest import ANNOTATIONS, grey_image
 from safetensors.torch import load_file, save_file
 
-from ocean_lib.config import load_config
+from ocean_lib.base.config import load_config
+from ocean_lib.base.io import read_jsonl
 from ocean_lib.data import read_records, rescale_box_truth, synthetic, write_records
 from ocean_lib.evaluation import BENCHMARKS, MissingImagesError, SettingsMismatchError, rescore, run
-from ocean_lib.io import read_jsonl
 
 OVERRIDES = {
     "eval.batch_size": 2,
@@ -331,8 +331,8 @@ def test_rescore_scores_another_harness_outputs_without_a_model(mini, tmp_path):
 
 def test_decoding_follows_the_checkpoints_generation_config_as_generate_does(tiny_model_dir):
     from ocean_lib.evaluation.runner import decoding_of
-    from ocean_lib.models import load_policy
-    from ocean_lib.rollout import make_engine
+    from ocean_lib.training.models import load_policy
+    from ocean_lib.training.rollout import make_engine
 
     model, processor = load_policy(str(tiny_model_dir))
     engine = make_engine(model, processor, load_config(None, []).rollout)

@@ -7,13 +7,13 @@ import math
 import numpy as np
 import pytest
 
+from ocean_lib.base.io import append_jsonl
 from ocean_lib.evaluation.stats import (
     bootstrap_accuracy,
     compare_predictions,
     mcnemar_exact,
     paired_comparison,
 )
-from ocean_lib.io import append_jsonl
 
 
 @pytest.mark.parametrize(

@@ -10,9 +10,8 @@ import pytest
 import torch
 from transformers import Qwen2_5_VLForConditionalGeneration
 
-from ocean_lib.config import load_config
-from ocean_lib.forward import completion_logprobs
-from ocean_lib.gpu_check import (
+from ocean_lib.base.config import load_config
+from ocean_lib.cli.gpu_check import (
     CHECKS,
     DEFAULT_PARAMS,
     Check,
@@ -28,8 +27,9 @@ from ocean_lib.gpu_check import (
     synthetic_micro_batch,
     write_report,
 )
-from ocean_lib.memory import QWEN25_VL, ModelShape, activation_bytes
-from ocean_lib.models import load_policy
+from ocean_lib.training.forward import completion_logprobs
+from ocean_lib.training.memory import QWEN25_VL, ModelShape, activation_bytes
+from ocean_lib.training.models import load_policy
 
 NO_CUDA = pytest.mark.skipif(
     torch.cuda.is_available(), reason="this machine has a GPU: run `python -m ocean_lib gpu-check`"
@@ -198,7 +198,7 @@ def test_the_synthetic_micro_batch_runs_through_the_training_forward(tiny_model_
 
 def test_memory_check_estimate_is_the_memory_model_without_optimizer_or_reference():
     """One bf16 process, no DeepSpeed: weights and gradients 2 bytes each, plus the micro-batch's activations
-    exactly as ocean_lib.memory counts them (the table in docs/real_scale.md), nothing else."""
+    exactly as ocean_lib.training.memory counts them (the table in docs/real_scale.md), nothing else."""
     shape = ModelShape.of_config(real_width_config("3B"), params=1e9)
     rows, tokens, response = 8, 4096, 2048
     activations = activation_bytes(shape, rows * tokens, rows * response, chunk=256)

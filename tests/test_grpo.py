@@ -6,8 +6,8 @@ import typing
 import pytest
 import torch
 
-from ocean_lib.config import AlgorithmConfig
-from ocean_lib.grpo import (
+from ocean_lib.base.config import AlgorithmConfig
+from ocean_lib.training.grpo import (
     KLEstimator,
     LossAgg,
     Stat,

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from ocean_lib.io import INHERITED_LOCKS, LOCK_FILE, DirectoryLock, LockedError
+from ocean_lib.base.io import INHERITED_LOCKS, LOCK_FILE, DirectoryLock, LockedError
 
 ROOT = Path(__file__).resolve().parents[1]
 HOLD = textwrap.dedent(
     """
     import sys, time
-    from ocean_lib.io import DirectoryLock
+    from ocean_lib.base.io import DirectoryLock
     lock = DirectoryLock(sys.argv[1], "test writer")
     lock.acquire()
     print("held", flush=True)

@@ -15,9 +15,9 @@ from accelerate.commands.config.config_args import load_config_from_file
 from accelerate.commands.launch import _validate_launch_command, launch_command_parser
 from accelerate.utils import DeepSpeedPlugin
 
-from ocean_lib.cli import build_parser
-from ocean_lib.config import load_config
-from ocean_lib.launch import LaunchError, Topology, accelerate_command
+from ocean_lib.base.config import load_config
+from ocean_lib.cli.main import build_parser
+from ocean_lib.training.launch import LaunchError, Topology, accelerate_command
 
 REPO = Path(__file__).resolve().parents[1]
 ACCELERATE = REPO / "params" / "accelerate"

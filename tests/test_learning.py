@@ -3,11 +3,11 @@
 import pytest
 from conftest import TINY, tiny_corpus
 
-from ocean_lib.config import load_config
+from ocean_lib.base.config import load_config
+from ocean_lib.base.run_dir import RunDir
 from ocean_lib.data import synthetic
-from ocean_lib.models import build_tiny_model
-from ocean_lib.run_dir import RunDir
-from ocean_lib.trainer import train
+from ocean_lib.training.models import build_tiny_model
+from ocean_lib.training.trainer import train
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""The memory model of docs/real_scale.md (``ocean_lib.memory``) against the peak measured on CPU.
+"""The memory model of docs/real_scale.md (``ocean_lib.training.memory``) against the peak measured on CPU.
 
 A small Qwen2.5-VL (2 layers, width 128) with a 32k vocabulary, so that the output layer weighs as it does at 3B/7B
 scale, runs one training micro-batch's forward and backward (``forward.completion_logprobs``, gradient
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from ocean_lib.memory import QWEN25_VL, GiB, ModelShape, activation_bytes, per_process_bytes
+from ocean_lib.training.memory import QWEN25_VL, GiB, ModelShape, activation_bytes, per_process_bytes
 
 MEASURE = textwrap.dedent(
     """
@@ -25,11 +25,11 @@ MEASURE = textwrap.dedent(
     from pathlib import Path
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
-    from ocean_lib import grpo
-    from ocean_lib.batch import teacher_forced_batch
-    from ocean_lib.forward import completion_logprobs
-    from ocean_lib.models import load_policy
-    from ocean_lib.prompts import Prompt, user_text
+    from ocean_lib.training import grpo
+    from ocean_lib.training.batch import teacher_forced_batch
+    from ocean_lib.training.forward import completion_logprobs
+    from ocean_lib.training.models import load_policy
+    from ocean_lib.base.prompts import Prompt, user_text
 
     def resident(field):
         return int(re.search(field + r":\\s+(\\d+) kB", Path("/proc/self/status").read_text()).group(1)) * 1024

@@ -17,8 +17,9 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING_NAMES
 
-from ocean_lib.config import TinyModelConfig
-from ocean_lib.models import (
+from ocean_lib.base.config import TinyModelConfig
+from ocean_lib.base.prompts import chat_messages, reference_completion, user_text
+from ocean_lib.training.models import (
     REASONING_TAGS,
     SPECIAL_TOKENS,
     STOCK_PROCESSOR_CLASS,
@@ -30,7 +31,6 @@ from ocean_lib.models import (
     load_policy,
     vision_special_token_ids,
 )
-from ocean_lib.prompts import chat_messages, reference_completion, user_text
 
 COLOURS = ("red", "blue", "green", "yellow")
 CORPUS = [
@@ -314,7 +314,7 @@ def test_hub_id_loads_from_the_cache_offline_and_says_what_to_place_where_when_a
     (cached / "refs").mkdir()
     (cached / "refs" / "main").write_text(revision)
     code = (
-        "import sys; from ocean_lib.models import load_policy; "
+        "import sys; from ocean_lib.training.models import load_policy; "
         "print('LOADED', type(load_policy(sys.argv[1])[1]).__name__); load_policy(sys.argv[2])"
     )
     env = os.environ | {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path)}  # no network, a cache of our own
@@ -332,7 +332,7 @@ def test_hub_id_loads_from_the_cache_offline_and_says_what_to_place_where_when_a
 
 
 def test_kept_whitespace_renders_as_verl_substitutes_images(tiny_dir):
-    from ocean_lib.prompts import R1_SYSTEM_PROMPT, V1_INSTRUCTIONS, v1_user_text
+    from ocean_lib.base.prompts import R1_SYSTEM_PROMPT, V1_INSTRUCTIONS, v1_user_text
 
     _, processor = load_policy(str(tiny_dir))
     content = user_text("How many red objects are there?", "acc", 1)  # "<image> How many ..."

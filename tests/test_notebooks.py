@@ -9,17 +9,17 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from ocean_lib import study
-from ocean_lib.config import load_config
+from ocean_lib.base.config import load_config
 from ocean_lib.data import synthetic
+from ocean_lib.study import pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
 
 def test_the_pipeline_runs_every_notebook_there_is():
-    assert [p.stem for p in NOTEBOOKS] == study.NOTEBOOKS
-    assert sorted(study.EXECUTION_ORDER) == study.NOTEBOOKS  # each once, whatever the order
+    assert [p.stem for p in NOTEBOOKS] == pipeline.NOTEBOOKS
+    assert sorted(pipeline.EXECUTION_ORDER) == pipeline.NOTEBOOKS  # each once, whatever the order
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -43,7 +43,7 @@ FIGURES = [
     ("00_grpo_walkthrough", "table.plot.scatter("),
     ("01_data", "plots.example_grid("),
     *[
-        ("02_train", f'LiveCurves(study.figure_path(cfg, "{stage}")')
+        ("02_train", f'LiveCurves(pipeline.figure_path(cfg, "{stage}")')
         for stage in ("warmstart", "grpo_text", "grpo_vis_stage1", "grpo_vis_stage2")
     ],
     ("02_train", "plots.training_curves("),
@@ -81,15 +81,15 @@ def test_the_data_notebook_displays_its_figure(tmp_path, monkeypatch):
 
 def test_reproduce_reports_where_training_and_evaluation_are(tmp_path):
     """What reproduce prints while 02_train and 03_evaluate run, read from the run and eval directories."""
-    from ocean_lib.run_dir import plan_line
+    from ocean_lib.base.run_dir import plan_line
 
     cfg = load_config(ROOT / "params" / "ci.yaml", [f"study.output_dir={tmp_path}"])
-    progress = study.StudyProgress(cfg)
+    progress = pipeline.StudyProgress(cfg)
     assert progress.status("02_train") is None  # nothing started
-    warm = study.run_dir(cfg, "warmstart")
+    warm = pipeline.run_dir(cfg, "warmstart")
     (warm.final).mkdir(parents=True)
     (warm.final / "trainer_state.json").write_text("{}")
-    text = study.run_dir(cfg, "grpo_text")
+    text = pipeline.run_dir(cfg, "grpo_text")
     text.path.mkdir(parents=True)
     text.log.write_text("Loading weights\n")
     assert progress.status("02_train") == "grpo_text (stage 2 of 4): starting"
@@ -104,12 +104,12 @@ def test_reproduce_reports_where_training_and_evaluation_are(tmp_path):
     )
 
     assert progress.status("03_evaluate") is None
-    answers = study.eval_dir(cfg, "base") / "mini_counting.jsonl"
+    answers = pipeline.eval_dir(cfg, "base") / "mini_counting.jsonl"
     answers.parent.mkdir(parents=True)
     answers.write_text('{"id": 1}\n{"id": 2}\n')
     assert progress.status("03_evaluate") == "evaluation items answered: base 2, GRPO-text 0, GRPO-vis 0"
     synthetic.build(cfg)  # with the benchmarks' data there, the total and an ETA
-    progress = study.StudyProgress(cfg)
+    progress = pipeline.StudyProgress(cfg)
     assert (
         progress.status("03_evaluate")
         == "evaluation items answered: base 2 of 16, GRPO-text 0 of 16, GRPO-vis 0 of 16"
@@ -124,20 +124,20 @@ def test_reproduce_reports_where_training_and_evaluation_are(tmp_path):
 def test_reproduce_runs_the_study_end_to_end(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)  # notebooks resolve params/ from the project root
     overrides = [f"study.output_dir={tmp_path}/ci"]  # data, model and runs follow it
-    report = study.reproduce("params/ci.yaml", overrides)
+    report = pipeline.reproduce("params/ci.yaml", overrides)
     out = tmp_path / "ci"
     cfg = load_config("params/ci.yaml", overrides)
 
     assert report == out / "report.html" and report.stat().st_size > 10_000
     html = report.read_text()
-    for name in study.NOTEBOOKS:  # every notebook's title made it into the report
+    for name in pipeline.NOTEBOOKS:  # every notebook's title made it into the report
         title = (
             nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4).cells[0].source.splitlines()[0]
         )
         assert title.lstrip("# ").split("·")[-1].strip() in html
     # Every promised figure is displayed in its executed notebook (what JupyterLab and the report show) ...
     executed = {
-        name: nbformat.read(out / "notebooks" / f"{name}.ipynb", as_version=4) for name in study.NOTEBOOKS
+        name: nbformat.read(out / "notebooks" / f"{name}.ipynb", as_version=4) for name in pipeline.NOTEBOOKS
     }
     for name, piece in FIGURES:
         assert displayed_images(executed[name], piece) >= 1, (name, piece)
@@ -149,27 +149,27 @@ def test_reproduce_runs_the_study_end_to_end(tmp_path, monkeypatch):
     for noise in ("VBox(children", "0step", "?it/s", "PosixPath(", "[WARNING]", "Setting accelerator to CPU"):
         assert noise not in html, noise
     assert not re.search(r"\d\.\d{12,}", html)  # no float32 noise such as 0.10000000149011612
-    assert html.count("injected-parameters") <= len(study.NOTEBOOKS)  # one parameters cell per notebook
+    assert html.count("injected-parameters") <= len(pipeline.NOTEBOOKS)  # one parameters cell per notebook
     # The walkthrough ran after training: its group was sampled from the warm-started base.
     walkthrough = (out / "notebooks" / "00_grpo_walkthrough.ipynb").read_text()
-    assert f"policy: {study.run_dir(cfg, 'warmstart').final}" in walkthrough
+    assert f"policy: {pipeline.run_dir(cfg, 'warmstart').final}" in walkthrough
     for stage in cfg.study.stages:
-        run = study.run_dir(cfg, stage)
+        run = pipeline.run_dir(cfg, stage)
         assert run.is_finished() and len(run.read_metrics()) == 2
-    for label in study.rows(cfg):
-        summary = json.loads((study.eval_dir(cfg, label) / "summary.json").read_text())
+    for label in pipeline.rows(cfg):
+        summary = json.loads((pipeline.eval_dir(cfg, label) / "summary.json").read_text())
         for name in cfg.study.benchmarks:
             entry = summary["benchmarks"][name]
             assert entry["n"] == cfg.data.synthetic.n_test and 0.0 <= entry["accuracy"] <= 1.0
     results = (out / "results.md").read_text()
-    assert all(label in results for label in study.rows(cfg)) and "average" in results
+    assert all(label in results for label in pipeline.rows(cfg)) and "average" in results
     assert (out / "results.csv").read_text().count("\n") == 1 + 3 * (len(cfg.study.benchmarks) + 1)
     figures = {p.stem for p in (out / "figures").glob("*.png")}
     assert {"examples", "warmstart", "training_curves", "benchmarks", "reflections", "results"} <= figures
 
     # Re-running skips finished work: no stage trains again, no item is generated again.
     before = {p: p.stat().st_mtime for p in (out / "eval").rglob("*.jsonl")}
-    study.reproduce("params/ci.yaml", overrides)
+    pipeline.reproduce("params/ci.yaml", overrides)
     assert {p: p.stat().st_mtime for p in (out / "eval").rglob("*.jsonl")} == before
-    assert all(len(study.run_dir(cfg, stage).read_metrics()) == 2 for stage in cfg.study.stages)
+    assert all(len(pipeline.run_dir(cfg, stage).read_metrics()) == 2 for stage in cfg.study.stages)
     shutil.rmtree(out)

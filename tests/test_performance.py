@@ -10,10 +10,10 @@ import pytest
 import torch
 from conftest import mixed_prompts
 
-from ocean_lib.config import RolloutConfig
-from ocean_lib.forward import completion_logprobs
-from ocean_lib.models import load_policy
-from ocean_lib.rollout import make_engine
+from ocean_lib.base.config import RolloutConfig
+from ocean_lib.training.forward import completion_logprobs
+from ocean_lib.training.models import load_policy
+from ocean_lib.training.rollout import make_engine
 
 GROUP = 3
 

@@ -12,7 +12,9 @@ from matplotlib.collections import LineCollection, PolyCollection
 from matplotlib.container import BarContainer, ErrorbarContainer
 from PIL import Image
 
-from ocean_lib.analysis import (
+from ocean_lib.base.run_dir import RunDir
+from ocean_lib.data import ImageRef, Record
+from ocean_lib.study.analysis import (
     load_metrics,
     load_rollouts,
     metrics_frame,
@@ -20,8 +22,7 @@ from ocean_lib.analysis import (
     response_length_per_step,
     think_answer_disagreement_rate_per_step,
 )
-from ocean_lib.data import ImageRef, Record
-from ocean_lib.plots import (
+from ocean_lib.study.plots import (
     LiveCurves,
     benchmark_bars,
     disagreement_plot,
@@ -30,8 +31,7 @@ from ocean_lib.plots import (
     reflection_plot,
     training_curves,
 )
-from ocean_lib.report import results_table
-from ocean_lib.run_dir import RunDir
+from ocean_lib.study.report import results_table
 
 
 def grpo_rows(steps: int) -> list[dict]:
@@ -164,7 +164,7 @@ def test_live_curves_in_jupyter_update_one_display_in_place(tmp_path):
 
     rows = grpo_rows(6)
     source = (
-        "from ocean_lib.plots import LiveCurves\n"
+        "from ocean_lib.study.plots import LiveCurves\n"
         f"rows = {json.dumps(rows)}\n"
         "curves = LiveCurves(panels=['kl/mean'])\n"
         "for n in (2, 4):\n"

@@ -7,7 +7,7 @@ import json
 import subprocess
 import sys
 
-from ocean_lib.paths import PROJECT_ROOT
+from ocean_lib.base.paths import PROJECT_ROOT
 
 
 def test_published_logs_are_rescored_through_the_registry(tmp_path):

@@ -14,10 +14,10 @@ import torch
 from conftest import v1_features
 from safetensors import safe_open
 
-from ocean_lib import launch
-from ocean_lib.config import load_config
-from ocean_lib.models import load_policy
-from ocean_lib.run_dir import RunDir
+from ocean_lib.base.config import load_config
+from ocean_lib.base.run_dir import RunDir
+from ocean_lib.training import launch
+from ocean_lib.training.models import load_policy
 
 PARAMS = Path(__file__).resolve().parents[1] / "params" / "qwen25vl_3b_stage1.yaml"
 V1_PARAMS = PARAMS.with_name("qwen25vl_3b_v1.yaml")
@@ -105,9 +105,9 @@ def _v1_dataset(mini_data_dir: Path, out: Path) -> Path:
 
 @pytest.mark.slow
 def test_3b_first_recipe_runs_two_steps_on_cpu_with_the_tiny_model(tiny_model_dir, mini_data_dir, tmp_path):
-    from ocean_lib.batch import encode_prompts
     from ocean_lib.data import read_records
-    from ocean_lib.trainer import prompt_of
+    from ocean_lib.training.batch import encode_prompts
+    from ocean_lib.training.trainer import prompt_of
 
     data = _v1_dataset(mini_data_dir, tmp_path / "v1.parquet")
     recipe = load_config(V1_PARAMS)

@@ -15,7 +15,8 @@ import pytest
 from conftest import ANNOTATIONS, needs_shared, v1_features
 from PIL import Image, ImageDraw
 
-from ocean_lib.config import DataConfig
+from ocean_lib.base.config import DataConfig
+from ocean_lib.base.prompts import INSTRUCTIONS
 from ocean_lib.data import (
     DataError,
     ImageRef,
@@ -28,7 +29,6 @@ from ocean_lib.data import (
     write_records,
 )
 from ocean_lib.data.records import HUB_PROBE_TIMEOUT_S, reachable
-from ocean_lib.prompts import INSTRUCTIONS
 
 
 def png(size: tuple[int, int], box: tuple[int, int, int, int] | None = None) -> bytes:
@@ -342,7 +342,7 @@ def v1_dataset():
 
 @pytest.mark.parametrize("form", ["save_to_disk", "parquet"])
 def test_v1_layout_reads_as_the_first_recipe_prompted(tmp_path, form):
-    from ocean_lib.prompts import V1_INSTRUCTIONS
+    from ocean_lib.base.prompts import V1_INSTRUCTIONS
 
     if form == "save_to_disk":
         v1_dataset().save_to_disk(str(tmp_path / "v1"))
@@ -396,7 +396,7 @@ def test_v1_rows_whose_has_image_disagrees_are_bad_rows(tmp_path):
 
 def test_overlong_prompts_are_counted_as_verl_counts_them_and_dropped(tiny_model_dir, tmp_path):
     from ocean_lib.data.records import drop_overlong_prompts, verl_prompt_tokens
-    from ocean_lib.models import load_policy
+    from ocean_lib.training.models import load_policy
 
     tokenizer = load_policy(str(tiny_model_dir))[1].tokenizer
     image = ImageRef(bytes=png((112, 112)))
@@ -428,8 +428,8 @@ def test_overlong_prompts_are_counted_as_verl_counts_them_and_dropped(tiny_model
 def test_two_image_rows_are_left_out_and_counted_under_the_verl_recipes_limit(tmp_path):
     # Ocean-R1's LIMIT_IMAGE_NUM=1 made vLLM refuse two-image prompts, so its runs trained on single-image rows:
     # the verl params set max_images_per_prompt=1 with on_bad_row=skip.
-    from ocean_lib.config import load_config
-    from ocean_lib.paths import PROJECT_ROOT
+    from ocean_lib.base.config import load_config
+    from ocean_lib.base.paths import PROJECT_ROOT
 
     recipe = load_config(PROJECT_ROOT / "params" / "qwen25vl_3b_stage1.yaml").data
     assert (recipe.max_images_per_prompt, recipe.on_bad_row) == (1, "skip")

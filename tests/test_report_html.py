@@ -12,7 +12,7 @@ import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 from PIL import Image
 
-from ocean_lib.report_html import (
+from ocean_lib.study.report_html import (
     browser_check,
     clean_outputs,
     find_chromium,

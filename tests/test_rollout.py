@@ -4,11 +4,11 @@ import pytest
 import torch
 from conftest import mixed_prompts
 
-from ocean_lib.batch import encode_prompts, mrope_positions, select_images
-from ocean_lib.config import RolloutConfig
-from ocean_lib.models import load_policy, vision_special_token_ids
-from ocean_lib.prompts import Prompt
-from ocean_lib.rollout import (
+from ocean_lib.base.config import RolloutConfig
+from ocean_lib.base.prompts import Prompt
+from ocean_lib.training.batch import encode_prompts, mrope_positions, select_images
+from ocean_lib.training.models import load_policy, vision_special_token_ids
+from ocean_lib.training.rollout import (
     _filter_top_k_top_p,
     _mask_through_eos,
     apply_repetition_penalty,
@@ -100,7 +100,7 @@ def test_completion_mask_runs_through_the_first_stop_token():
 
 
 def test_stop_tokens_are_im_end_or_the_generation_configs(tiny_model_dir):
-    from ocean_lib.batch import stop_token_ids
+    from ocean_lib.training.batch import stop_token_ids
 
     model, processor = load_policy(str(tiny_model_dir))
     im_end = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
@@ -153,8 +153,8 @@ def test_seeded_samples_do_not_depend_on_the_rest_of_the_batch(tiny_model_dir):
 
 
 def test_left_truncation_keeps_each_prompts_last_tokens_and_refuses_to_cut_images(tiny_model_dir):
-    from ocean_lib.batch import truncate_prompts_left
-    from ocean_lib.forward import completion_logprobs
+    from ocean_lib.training.batch import truncate_prompts_left
+    from ocean_lib.training.forward import completion_logprobs
 
     model, processor = load_policy(str(tiny_model_dir))
     engine = make_engine(model, processor, RolloutConfig(max_new_tokens=6))
@@ -184,8 +184,8 @@ def test_left_truncation_keeps_each_prompts_last_tokens_and_refuses_to_cut_image
 
 
 def test_reward_text_with_special_tokens_ends_where_the_mask_ends(tiny_model_dir):
-    from ocean_lib.batch import teacher_forced_batch, texts_with_special_tokens
-    from ocean_lib.prompts import reference_completion
+    from ocean_lib.base.prompts import reference_completion
+    from ocean_lib.training.batch import teacher_forced_batch, texts_with_special_tokens
 
     model, processor = load_policy(str(tiny_model_dir))
     # Finished completions (the reference answers, each closed by <|im_end|>): verl's decode keeps the stop token.

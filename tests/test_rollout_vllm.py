@@ -12,12 +12,12 @@ import torch
 from conftest import grey_image
 from safetensors import safe_open
 
-from ocean_lib.batch import encode_prompts
-from ocean_lib.config import RolloutConfig
-from ocean_lib.models import load_policy, vision_special_token_ids
-from ocean_lib.prompts import Prompt, user_text
-from ocean_lib.rollout import make_engine
-from ocean_lib.rollout_vllm import (
+from ocean_lib.base.config import RolloutConfig
+from ocean_lib.base.prompts import Prompt, user_text
+from ocean_lib.training.batch import encode_prompts
+from ocean_lib.training.models import load_policy, vision_special_token_ids
+from ocean_lib.training.rollout import make_engine
+from ocean_lib.training.rollout_vllm import (
     ColocatedEngine,
     RolloutMismatch,
     VLLMRolloutEngine,

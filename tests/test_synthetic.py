@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ocean_lib.analysis import find_reflections
-from ocean_lib.config import DataConfig, SyntheticConfig, from_dict
+from ocean_lib.base.config import DataConfig, SyntheticConfig, from_dict
+from ocean_lib.base.prompts import IMAGE_MARKER, INSTRUCTIONS
 from ocean_lib.data import load_example, parse_box, read_records, write_records
 from ocean_lib.data.synthetic import (
     BACKGROUND,
@@ -29,7 +29,7 @@ from ocean_lib.data.synthetic import (
     task_record,
     task_seed,
 )
-from ocean_lib.prompts import IMAGE_MARKER, INSTRUCTIONS
+from ocean_lib.study.analysis import find_reflections
 
 LEVELS = (1, 2, 3)
 N = 30  # tasks per family and level

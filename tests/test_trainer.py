@@ -15,16 +15,16 @@ import pytest
 import torch
 from conftest import tiny_overrides
 
-from ocean_lib import launch
-from ocean_lib.config import load_config, save_config
-from ocean_lib.forward import pack_micro_batches
-from ocean_lib.io import read_jsonl
-from ocean_lib.lora import ADAPTER_DIR, attach_lora
-from ocean_lib.metrics import is_registered
-from ocean_lib.models import load_policy
-from ocean_lib.run_dir import RunDir
-from ocean_lib.run_state import resume_point
-from ocean_lib.trainer import TrainingError, train
+from ocean_lib.base.config import load_config, save_config
+from ocean_lib.base.io import read_jsonl
+from ocean_lib.base.run_dir import RunDir
+from ocean_lib.training import launch
+from ocean_lib.training.forward import pack_micro_batches
+from ocean_lib.training.lora import ADAPTER_DIR, attach_lora
+from ocean_lib.training.metrics import is_registered
+from ocean_lib.training.models import load_policy
+from ocean_lib.training.run_state import resume_point
+from ocean_lib.training.trainer import TrainingError, train
 
 NOT_COMPARABLE = ("time/",)  # wall-clock metrics differ between any two runs
 LORA = ["model.lora_rank=4", "model.lora_alpha=8", "train.lr=1e-2"]  # adapters move visibly in one step
@@ -123,8 +123,8 @@ def test_micro_batches_accumulate_to_the_full_batch(tiny_model_dir, mini_data_di
 def test_verl_denominators_come_from_every_process_lengths_in_rank_order():
     from accelerate import Accelerator
 
-    from ocean_lib.batch import RolloutBatch
-    from ocean_lib.trainer import _verl_denominators
+    from ocean_lib.training.batch import RolloutBatch
+    from ocean_lib.training.trainer import _verl_denominators
 
     # 4 sequences (2 prompts x 2): completion lengths [3, 1, 2, 5], prompt lengths [1, 1, 1, 1] (left-padded
     # to 2 columns), so prompt + completion = [4, 2, 3, 6]. Balanced over 2 ranks: sorted (2, 1), (3, 2), (4, 0),
@@ -347,12 +347,12 @@ def test_a_run_that_stopped_before_its_first_step_restarts_with_the_fixed_settin
 def test_a_finished_stage_of_a_moved_study_is_reused(tmp_path):
     """Runs compare their settings relative to the study's directory: a study moved (or copied) elsewhere and
     re-run with the new study.output_dir reuses its finished stages."""
-    from ocean_lib import study
+    from ocean_lib.study import pipeline
 
     ci = Path(__file__).resolve().parents[1] / "params" / "ci.yaml"
     old = load_config(ci, [f"study.output_dir={tmp_path}/old"])
-    stage = load_config(ci, [f"study.output_dir={tmp_path}/old", *study.stage_overrides(old, "grpo_text")])
-    run = study.run_dir(old, "grpo_text")
+    stage = load_config(ci, [f"study.output_dir={tmp_path}/old", *pipeline.stage_overrides(old, "grpo_text")])
+    run = pipeline.run_dir(old, "grpo_text")
     save_config(stage, run.config)
     run.log_metrics({"step": 2})
     (run.final).mkdir(parents=True)
@@ -360,10 +360,10 @@ def test_a_finished_stage_of_a_moved_study_is_reused(tmp_path):
     shutil.move(tmp_path / "old", tmp_path / "new")
 
     new = load_config(ci, [f"study.output_dir={tmp_path}/new"])
-    moved = load_config(ci, [f"study.output_dir={tmp_path}/new", *study.stage_overrides(new, "grpo_text")])
-    assert resume_point(study.run_dir(new, "grpo_text"), moved, resume=True, is_main=True) == (2, None)
+    moved = load_config(ci, [f"study.output_dir={tmp_path}/new", *pipeline.stage_overrides(new, "grpo_text")])
+    assert resume_point(pipeline.run_dir(new, "grpo_text"), moved, resume=True, is_main=True) == (2, None)
     changed = load_config(
-        ci, [f"study.output_dir={tmp_path}/new", *study.stage_overrides(new, "grpo_text"), "train.lr=0.5"]
+        ci, [f"study.output_dir={tmp_path}/new", *pipeline.stage_overrides(new, "grpo_text"), "train.lr=0.5"]
     )
     with pytest.raises(TrainingError, match="train.lr"):
-        resume_point(study.run_dir(new, "grpo_text"), changed, resume=True, is_main=True)
+        resume_point(pipeline.run_dir(new, "grpo_text"), changed, resume=True, is_main=True)

@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from ocean_lib import grpo
-from ocean_lib.config import load_config
+from ocean_lib.base.config import load_config
 from ocean_lib.data import read_records
-from ocean_lib.models import load_policy
-from ocean_lib.walkthrough import group_update
+from ocean_lib.study.walkthrough import group_update
+from ocean_lib.training import grpo
+from ocean_lib.training.models import load_policy
 
 
 def test_group_update_unrolls_one_grpo_step(tiny_model_dir, mini_data_dir):

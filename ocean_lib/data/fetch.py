@@ -22,6 +22,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from ocean_lib.base.paths import HUB_FILE_PATTERNS
 from ocean_lib.data.records import HUB_PROBE_TIMEOUT_S, DataError, reachable
 
 STAGE_DATA = {
@@ -107,7 +108,6 @@ def fetch_training(root: str, stage: str, models: tuple[str, ...] = (BASE_MODEL,
         )
         print(f"fetch-training: {why}.\n{manual_steps(plan)}", file=sys.stderr)
         return 2
-    from ocean_lib.models import HUB_FILE_PATTERNS
 
     for item in plan:
         if item.repo_type == "model":

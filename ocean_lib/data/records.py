@@ -56,16 +56,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from ocean_lib.config import DataConfig
-from ocean_lib.data.images import ImageError, ImageRef, parse_box, prepare_images
-from ocean_lib.io import atomic_write_bytes
-from ocean_lib.prompts import (
+from ocean_lib.base.config import DataConfig
+from ocean_lib.base.io import atomic_write_bytes
+from ocean_lib.base.prompts import (
     IMAGE_MARKER,
     REWARD_FUNCS,
     reference_completion,
     user_text,
     v1_user_text,
 )
+from ocean_lib.data.images import ImageError, ImageRef, parse_box, prepare_images
 
 log = logging.getLogger(__name__)
 

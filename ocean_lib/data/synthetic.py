@@ -46,11 +46,11 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from ocean_lib.config import RunConfig, SyntheticConfig
+from ocean_lib.base.config import RunConfig, SyntheticConfig
+from ocean_lib.base.io import atomic_write_bytes, atomic_write_json
+from ocean_lib.base.prompts import INSTRUCTIONS, reference_completion, user_text
 from ocean_lib.data.images import ImageRef, parse_box
 from ocean_lib.data.records import Record, write_records
-from ocean_lib.io import atomic_write_bytes, atomic_write_json
-from ocean_lib.prompts import INSTRUCTIONS, reference_completion, user_text
 
 FAMILIES = ("counting", "geometry", "grounding", "spatial")  # order is part of the seed: append only
 SPLITS = ("train", "test")
@@ -779,7 +779,7 @@ def _answer_in_words(task: Task, rng: np.random.Generator, wrong: bool) -> str:
 def reflective(task: Task, style: str, rng: np.random.Generator) -> Task:
     """The task with a reasoning that checks its result (``check``: "... Let me double-check: 3.") or states a
     wrong first value and corrects it (``revise``: "At first 4. Wait, that's wrong. ..."). The answer is
-    unchanged and both wordings are in :data:`ocean_lib.analysis.REFLECTION_LEXICON`."""
+    unchanged and both wordings are in :data:`ocean_lib.study.analysis.REFLECTION_LEXICON`."""
     if style == "check":
         reasoning = f"{task.reasoning} Let me double-check: {_answer_in_words(task, rng, wrong=False)}."
     elif style == "revise":

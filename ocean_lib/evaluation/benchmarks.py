@@ -37,8 +37,8 @@ from typing import Any, Literal
 
 import pyarrow.parquet as pq
 
-from ocean_lib import prompts
-from ocean_lib.config import DataConfig
+from ocean_lib.base import prompts
+from ocean_lib.base.config import DataConfig
 from ocean_lib.data.images import ImageRef, parse_box
 from ocean_lib.data.records import Record, read_records
 from ocean_lib.evaluation.items import Item, Scorer
@@ -168,7 +168,7 @@ def _item_id(path: Path, files: list[Path], key: Any) -> str:
 
 def load_question_jsonl(files: list[Path], image_root: Path, template: str = "think") -> list[Item]:
     """R1-V's and Ocean-R1's evaluation files (SuperCLEVR, GeoQA): rows ``{image_path, question, ground_truth}``;
-    the prompt is :data:`~ocean_lib.prompts.EVAL_TEMPLATES` ``[template]``, the image first."""
+    the prompt is :data:`~ocean_lib.base.prompts.EVAL_TEMPLATES` ``[template]``, the image first."""
     items = []
     for path in files:
         for index, row in enumerate(read_rows(path)):

@@ -47,8 +47,9 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from ocean_lib import prompts
-from ocean_lib.config import RunConfig, to_dict
+from ocean_lib.base import prompts
+from ocean_lib.base.config import RunConfig, to_dict
+from ocean_lib.base.io import DirectoryLock, append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
 from ocean_lib.data.images import ImageError, prepare_images, rescale_box_truth
 from ocean_lib.evaluation import scorers
 from ocean_lib.evaluation.benchmarks import (
@@ -61,7 +62,6 @@ from ocean_lib.evaluation.benchmarks import (
 )
 from ocean_lib.evaluation.items import Verdict
 from ocean_lib.evaluation.stats import bootstrap_accuracy
-from ocean_lib.io import DirectoryLock, append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
 from ocean_lib.rewards import format_ok, rules
 from ocean_lib.rewards.scoring import run_bounded
 
@@ -723,8 +723,8 @@ def load_engine(model_path: str | Path, cfg: RunConfig, benchmarks: Sequence[Ben
     span every benchmark's (each image is fitted to its own benchmark's limits before it reaches the processor)."""
     import torch
 
-    from ocean_lib.models import load_policy
-    from ocean_lib.rollout import make_engine
+    from ocean_lib.training.models import load_policy
+    from ocean_lib.training.rollout import make_engine
 
     limits = [pixel_limits(benchmark, cfg) for benchmark in benchmarks] or [
         (cfg.data.min_pixels, cfg.data.max_pixels)

@@ -21,7 +21,7 @@ import json
 import re
 from typing import Any
 
-from ocean_lib import prompts
+from ocean_lib.base import prompts
 from ocean_lib.evaluation.items import Item, Verdict
 from ocean_lib.rewards import rules
 from ocean_lib.rewards.scoring import reference_accuracy

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ocean_lib.io import read_jsonl
+from ocean_lib.base.io import read_jsonl
 
 
 @dataclass(frozen=True)

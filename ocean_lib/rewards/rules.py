@@ -64,7 +64,7 @@ from typing import Any, Literal
 
 from Levenshtein import ratio
 
-from ocean_lib.prompts import REWARD_FUNCS
+from ocean_lib.base.prompts import REWARD_FUNCS
 
 TAGS = ("<think>", "</think>", "<answer>", "</answer>")
 _OPEN, _CLOSE = "<answer>", "</answer>"

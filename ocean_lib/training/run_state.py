@@ -16,12 +16,12 @@ from typing import Any
 
 import torch
 
-from ocean_lib import distributed
-from ocean_lib.config import RunConfig, TrainConfig, config_changes, load_config
-from ocean_lib.lora import ADAPTER_DIR, attach_lora, merged_state_dict, peft_model, unwrap_peft
-from ocean_lib.models import load_policy
-from ocean_lib.rollout import make_engine
-from ocean_lib.run_dir import RunDir, publish_dir, read_state
+from ocean_lib.base.config import RunConfig, TrainConfig, config_changes, load_config
+from ocean_lib.base.run_dir import RunDir, publish_dir, read_state
+from ocean_lib.training import distributed
+from ocean_lib.training.lora import ADAPTER_DIR, attach_lora, merged_state_dict, peft_model, unwrap_peft
+from ocean_lib.training.models import load_policy
+from ocean_lib.training.rollout import make_engine
 
 SHARDED_STATE = "sharded_state"  # accelerate.save_state folder of a DeepSpeed checkpoint
 

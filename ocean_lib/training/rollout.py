@@ -5,9 +5,9 @@ One interface, two backends:
 * ``hf`` (default, CPU and GPU): our own KV-cached decode loop over the transformers model. Each prompt (and
   its images) is encoded and prefilled **once**; the cache is then repeated ``n`` times for the group, so the
   vision tower never sees the same image twice in a rollout.
-* ``vllm`` (GPU, ``gpu`` extra): see :mod:`ocean_lib.rollout_vllm`.
+* ``vllm`` (GPU, ``gpu`` extra): see :mod:`ocean_lib.training.rollout_vllm`.
 
-Both compute Qwen2.5-VL's 3-D rotary positions explicitly (:func:`ocean_lib.batch.mrope_positions`), as the
+Both compute Qwen2.5-VL's 3-D rotary positions explicitly (:func:`ocean_lib.training.batch.mrope_positions`), as the
 training forward does, so sampler and trainer log-probs agree to float precision (tested).
 
 The log-probs returned are ``log softmax(logits / temperature)`` of the sampled token over the full
@@ -23,9 +23,9 @@ from typing import Any, Protocol
 
 import torch
 
-from ocean_lib.batch import RolloutBatch, encode_prompts, mrope_positions, stop_token_ids
-from ocean_lib.config import RolloutConfig
-from ocean_lib.prompts import Prompt
+from ocean_lib.base.config import RolloutConfig
+from ocean_lib.base.prompts import Prompt
+from ocean_lib.training.batch import RolloutBatch, encode_prompts, mrope_positions, stop_token_ids
 
 
 class RolloutEngine(Protocol):
@@ -58,7 +58,7 @@ def make_engine(
     if cfg.backend == "hf":
         return HFRolloutEngine(model, processor, cfg, all_done)
     if cfg.backend == "vllm":
-        from ocean_lib.rollout_vllm import VLLMRolloutEngine
+        from ocean_lib.training.rollout_vllm import VLLMRolloutEngine
 
         return VLLMRolloutEngine(model, processor, cfg)
     raise ValueError(f"unknown rollout.backend {cfg.backend!r}; expected 'hf' or 'vllm'")
@@ -79,7 +79,7 @@ class HFRolloutEngine:
     def __init__(
         self, model: Any, processor: Any, cfg: RolloutConfig, all_done: Callable[[bool], bool] | None = None
     ):
-        from ocean_lib.models import vision_special_token_ids
+        from ocean_lib.training.models import vision_special_token_ids
 
         self.model, self.processor, self.cfg, self.all_done = model, processor, cfg, all_done
         tokenizer = processor.tokenizer
@@ -115,7 +115,7 @@ class HFRolloutEngine:
         model.eval()
         from transformers import DynamicCache
 
-        from ocean_lib.models import kv_cache
+        from ocean_lib.training.models import kv_cache
 
         cache = DynamicCache(config=model.config)
         out = model(

@@ -20,13 +20,13 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from ocean_lib.analysis import REFLECTION_LEXICON, load_metrics, metrics_frame, smooth
-from ocean_lib.config import DataConfig
+from ocean_lib.base.config import DataConfig
+from ocean_lib.base.io import atomic_write_bytes
 from ocean_lib.data.records import DataError, Record, load_images
-from ocean_lib.io import atomic_write_bytes
+from ocean_lib.study.analysis import REFLECTION_LEXICON, load_metrics, metrics_frame, smooth
 
 if TYPE_CHECKING:
-    from ocean_lib.report import ResultsTable
+    from ocean_lib.study.report import ResultsTable
 
 # A panel: a title and the metric keys it draws; a key ending in "/" stands for its whole family
 # ("accuracy/" draws accuracy/<data_source> for every data source the run logged).
@@ -83,7 +83,7 @@ def _grid(n_axes: int, ncols: int, cell: tuple[float, float]) -> tuple[Figure, l
 
 
 def _plot_series(ax: Any, steps: Any, values: Any, smoothing: float, **style: Any) -> None:
-    """A series against steps: the raw values faint, their :func:`~ocean_lib.analysis.smooth` on top.
+    """A series against steps: the raw values faint, their :func:`~ocean_lib.study.analysis.smooth` on top.
 
     NaN values (a key not logged at that step) are dropped first; with ``smoothing`` 0 only the raw line is drawn.
     """
@@ -140,13 +140,13 @@ def training_curves(
 ) -> Figure:
     """Training curves against optimizer step, one panel per metric group, several runs overlaid.
 
-    ``runs``: one metrics table (:func:`~ocean_lib.analysis.load_metrics`), or a mapping from a run label to its
+    ``runs``: one metrics table (:func:`~ocean_lib.study.analysis.load_metrics`), or a mapping from a run label to its
     table or run directory (e.g. ``{"GRPO-text": ..., "GRPO-vis": ...}``). ``panels``: :data:`TRAINING_PANELS`
     by default; a plain key string is a panel of its own. Panels with no data in any run are left out (a
     warm-start run has no reward, a GRPO run no supervised loss), and so is the clip fraction of a run whose
     importance ratio never left 1 (one update per rollout batch: nothing can be clipped). One run: one colour per key. Several runs:
     one colour per run, one line style per key. Each series is drawn raw (faint) and smoothed with
-    :func:`~ocean_lib.analysis.smooth` (``smoothing`` is its weight; 0 draws the raw series alone).
+    :func:`~ocean_lib.study.analysis.smooth` (``smoothing`` is its weight; 0 draws the raw series alone).
     """
     single = isinstance(runs, pd.DataFrame)
     tables = (
@@ -203,7 +203,7 @@ def _in_jupyter() -> bool:
 class LiveCurves:
     """Training curves that redraw in place while a run trains.
 
-    Pass it as ``ocean_lib.launch.train(params, overrides, on_metrics=LiveCurves(...))``: the launcher calls it
+    Pass it as ``ocean_lib.training.launch.train(params, overrides, on_metrics=LiveCurves(...))``: the launcher calls it
     with all metric rows so far whenever new ones appear. In Jupyter the first call displays the figure and the
     following ones replace it (one display handle, so the cell keeps one figure); anywhere else nothing is
     displayed. With ``path`` every update is also written there (atomically), which is what a script or a
@@ -247,7 +247,7 @@ def benchmark_bars(
 ) -> Figure:
     """Grouped bars: one group per benchmark (the table's columns), one bar per model (its rows).
 
-    ``table`` is :func:`ocean_lib.report.results_table` (accuracies in percent). Measured rows carry their
+    ``table`` is :func:`ocean_lib.study.report.results_table` (accuracies in percent). Measured rows carry their
     95% bootstrap interval as an error bar; reference rows (Ocean-R1's published numbers, which have no
     interval) are hatched and have none. A model without a result on a benchmark has no bar there.
     """
@@ -300,7 +300,7 @@ def benchmark_bars(
 
 
 def reflection_plot(counts: pd.DataFrame, smoothing: float = 0.6, path: str | Path | None = None) -> Figure:
-    """Two panels from :func:`~ocean_lib.analysis.reflection_counts_per_step`: the fraction of completions with a
+    """Two panels from :func:`~ocean_lib.study.analysis.reflection_counts_per_step`: the fraction of completions with a
     reflective phrase, and each pattern's occurrences per completion (patterns never seen are left out)."""
     fig, (left, right) = _grid(2, 2, (4.8, 3.2))
     _plot_series(left, counts.index, counts["reflective_fraction"], smoothing, color="C0")
@@ -325,7 +325,7 @@ def reflection_plot(counts: pd.DataFrame, smoothing: float = 0.6, path: str | Pa
 
 
 def length_plot(lengths: pd.DataFrame, smoothing: float = 0.6, path: str | Path | None = None) -> Figure:
-    """Two panels from :func:`~ocean_lib.analysis.response_length_per_step`: mean length with the 10–90th
+    """Two panels from :func:`~ocean_lib.study.analysis.response_length_per_step`: mean length with the 10–90th
     percentile band, and the fraction of completions cut at max_new_tokens."""
     fig, (left, right) = _grid(2, 2, (4.8, 3.2))
     left.fill_between(
@@ -345,7 +345,7 @@ def length_plot(lengths: pd.DataFrame, smoothing: float = 0.6, path: str | Path 
 
 
 def disagreement_plot(rates: pd.DataFrame, smoothing: float = 0.6, path: str | Path | None = None) -> Figure:
-    """The rate from :func:`~ocean_lib.analysis.think_answer_disagreement_rate_per_step` against step."""
+    """The rate from :func:`~ocean_lib.study.analysis.think_answer_disagreement_rate_per_step` against step."""
     fig, (ax,) = _grid(1, 1, (5.0, 3.2))
     _plot_series(ax, rates.index, rates["rate"], smoothing, color="C1")
     if rates["rate"].isna().all():

@@ -12,9 +12,9 @@ import sys
 import traceback
 from pathlib import Path
 
-from ocean_lib.config import ConfigError, RunConfig, add_params_arguments, load_config
-from ocean_lib.paths import PROJECT_ROOT
-from ocean_lib.run_dir import ERROR_PREFIX
+from ocean_lib.base.config import ConfigError, RunConfig, add_params_arguments, load_config
+from ocean_lib.base.paths import PROJECT_ROOT
+from ocean_lib.base.run_dir import ERROR_PREFIX
 
 DESCRIPTION = "One command-line entry point for every step of the Ocean-R1 study."
 EPILOG = """\
@@ -211,7 +211,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _check_inputs(args: argparse.Namespace):
     """The run's config, after making sure what the miniature builds (data, tiny model) is there."""
-    from ocean_lib.study import missing_inputs
+    from ocean_lib.study.pipeline import missing_inputs
 
     cfg = load_config(args.params, args.overrides)
     hint = missing_inputs(cfg, args.params)
@@ -223,8 +223,8 @@ def _check_inputs(args: argparse.Namespace):
 def _train(args: argparse.Namespace) -> int:
     import os
 
-    from ocean_lib.io import DirectoryLock
-    from ocean_lib.trainer import train
+    from ocean_lib.base.io import DirectoryLock
+    from ocean_lib.training.trainer import train
 
     cfg = _check_inputs(args)
     if os.environ.get("RANK", "0") != "0":  # accelerate's other processes: the main one holds the lock
@@ -237,7 +237,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _launch(args: argparse.Namespace) -> int:
-    from ocean_lib import launch
+    from ocean_lib.training import launch
 
     cfg = _check_inputs(args)
     topology = launch.Topology(
@@ -280,7 +280,7 @@ def _data(args: argparse.Namespace) -> int:
 
 
 def _model(args: argparse.Namespace) -> int:
-    from ocean_lib.study import build_miniature_model
+    from ocean_lib.study.pipeline import build_miniature_model
 
     print(f"tiny model saved to {build_miniature_model(load_config(args.params, args.overrides))}")
     return 0
@@ -322,7 +322,7 @@ def _rescore(args: argparse.Namespace, cfg: RunConfig, names: list[str] | None) 
     """``eval rescore``: the stored outputs scored again by the current items and scorers, and the table."""
     from ocean_lib.evaluation import model_name_of, rescore
     from ocean_lib.evaluation.runner import benchmarks_with_outputs
-    from ocean_lib.report import results_table
+    from ocean_lib.study.report import results_table
 
     if args.outputs is None and args.model is None and args.model_name is None:
         raise UsageError("eval rescore needs --outputs (or --model / --model-name)")
@@ -338,7 +338,7 @@ def _rescore(args: argparse.Namespace, cfg: RunConfig, names: list[str] | None) 
 
 
 def _reproduce(args: argparse.Namespace) -> int:
-    from ocean_lib.study import reproduce
+    from ocean_lib.study.pipeline import reproduce
 
     reproduce(args.params, args.overrides, force=args.force)
     return 0
@@ -356,7 +356,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _gpu_check(args: argparse.Namespace) -> int:
-    from ocean_lib.gpu_check import main
+    from ocean_lib.cli.gpu_check import main
 
     return main(args.params, args.overrides, args.out)
 

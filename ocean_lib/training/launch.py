@@ -7,7 +7,7 @@ optional callback (live plots), and on failure raises with the child's error mes
 
 On CPU, ``accelerate launch --cpu --num_processes 2`` silently starts ONE process; the working form is
 ``--multi_gpu --num_processes N`` with ``Accelerator(cpu=True)`` in the script, which the trainer does when
-no GPU is present (and, for a DeepSpeed config file, DeepSpeed over gloo: :mod:`ocean_lib.distributed`). The
+no GPU is present (and, for a DeepSpeed config file, DeepSpeed over gloo: :mod:`ocean_lib.training.distributed`). The
 trainer refuses a launch it would not honour (process count, precision, DeepSpeed settings that contradict the
 params) and records how it ran in ``<run>/run_info.json``.
 """
@@ -27,10 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ocean_lib.config import load_config
-from ocean_lib.distributed import precision_of
-from ocean_lib.io import DirectoryLock
-from ocean_lib.run_dir import RunDir, error_message_in, parse_plan_line
+from ocean_lib.base.config import load_config
+from ocean_lib.base.io import DirectoryLock
+from ocean_lib.base.run_dir import RunDir, error_message_in, parse_plan_line
+from ocean_lib.training.distributed import precision_of
 
 
 class LaunchError(RuntimeError):
@@ -55,7 +55,7 @@ def accelerate_command(
     """The ``accelerate launch`` command line for one training stage (tested as a list of strings).
 
     Without a config file the command names every setting (a user's default accelerate config must not leak in);
-    ``mixed_precision`` is the one the params ask for (:func:`ocean_lib.distributed.precision_of`)."""
+    ``mixed_precision`` is the one the params ask for (:func:`ocean_lib.training.distributed.precision_of`)."""
     t = topology
     total = t.num_processes * t.num_machines
     cmd = [sys.executable, "-m", "accelerate.commands.launch"]
@@ -110,7 +110,7 @@ def train(
 ) -> Path:
     """Launch one stage and wait for it; return the run's ``final/`` directory.
 
-    Holds the run directory's lock while the stage trains (a second writer gets :class:`~ocean_lib.io.LockedError`).
+    Holds the run directory's lock while the stage trains (a second writer gets :class:`~ocean_lib.base.io.LockedError`).
     The child's output goes to ``<run>/log.txt``, not to the screen, so the progress bar stays one line; on
     failure the error names the child's own message and the log that holds its traceback. ``timeout_s``: stop
     the whole process group and raise after this many seconds (a hung collective waits forever otherwise).

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ocean_lib.io import atomic_write_text
+from ocean_lib.base.io import atomic_write_text
 
 # Column headers of the published table, keyed by our benchmark names. The published base model's RefCOCO
 # number most likely comes from VLM-R1's baseline script (plain prompt, first box anywhere; Ocean-R1's own REC

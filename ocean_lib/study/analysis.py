@@ -16,7 +16,7 @@ we count, exactly:
   for every scored completion; :func:`think_answer_disagreement_rate_per_step` explains it and rates it per step.
 
 The lexicon is a detector of *wording*, not of reasoning: a model can say "wait" without changing its mind, and
-can correct itself silently. Read the counts next to the rollouts themselves (:mod:`ocean_lib.browser`).
+can correct itself silently. Read the counts next to the rollouts themselves (:mod:`ocean_lib.study.browser`).
 
 Model output is untrusted: every pattern is a flat sequence of literals, character classes and bounded
 repetitions (no nested quantifiers), so a scan is linear in the scanned length, and the length is capped.
@@ -33,8 +33,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ocean_lib.io import read_jsonl
-from ocean_lib.run_dir import RunDir
+from ocean_lib.base.io import read_jsonl
+from ocean_lib.base.run_dir import RunDir
 
 MAX_SCAN_CHARS = 20_000  # ~4,096 tokens of English; longer completions are scanned up to here
 
@@ -108,7 +108,7 @@ def metrics_frame(rows: Iterable[Mapping[str, Any]], source: str = "metrics") ->
 
 
 def load_metrics(run_dir: str | Path | RunDir) -> pd.DataFrame:
-    """``<run_dir>/metrics.jsonl`` as a :func:`metrics_frame` (keys documented in :mod:`ocean_lib.metrics`)."""
+    """``<run_dir>/metrics.jsonl`` as a :func:`metrics_frame` (keys documented in :mod:`ocean_lib.training.metrics`)."""
     path = _run_file(run_dir, "metrics.jsonl")
     return metrics_frame(read_jsonl(path), str(path))
 

@@ -37,16 +37,16 @@ from typing import Any
 
 import torch
 
-from ocean_lib.distributed import package_versions
-from ocean_lib.memory import QWEN25_VL_WIDTHS, ModelShape, per_process_bytes
-from ocean_lib.paths import PROJECT_ROOT
+from ocean_lib.base.paths import PROJECT_ROOT
+from ocean_lib.training.distributed import package_versions
+from ocean_lib.training.memory import QWEN25_VL_WIDTHS, ModelShape, per_process_bytes
 
 DEFAULT_PARAMS = PROJECT_ROOT / "params" / "qwen25vl_3b_stage1.yaml"
 ACCELERATE_CONFIGS = {2: "single_node_zero2.yaml", 3: "single_node_zero3.yaml"}
 DEFAULT_OUT = PROJECT_ROOT / "outputs" / "gpu_check.json"
 # Packages whose versions the report states (distribution names).
 
-# Qwen2.5-VL-3B/7B-Instruct's config.json (the hub files): the text sizes are ocean_lib.memory.QWEN25_VL_WIDTHS,
+# Qwen2.5-VL-3B/7B-Instruct's config.json (the hub files): the text sizes are ocean_lib.training.memory.QWEN25_VL_WIDTHS,
 # the vision tower (the same in both) is here.
 QWEN_VISION = dict(
     depth=32,
@@ -197,7 +197,7 @@ def main(
     params: str | Path | None = None, overrides: list[str] | None = None, out: str | Path | None = None
 ) -> int:
     """Run every check for ``params`` (+ ``overrides``), print the report, write ``out``; 0 if none failed."""
-    from ocean_lib.config import load_config
+    from ocean_lib.base.config import load_config
 
     start = time.perf_counter()
     params = Path(params) if params else DEFAULT_PARAMS
@@ -306,7 +306,7 @@ def real_width_config(size: str, layers: int | None = None, vision_depth: int | 
 def synthetic_micro_batch(config: Any, rows: int, prompt_tokens: int, response_tokens: int, image_side: int):
     """A GRPO micro-batch of random tokens: ``rows`` completions of one prompt (an image of ``image_side`` px,
     then text, ``prompt_tokens`` in all) each ``response_tokens`` long, as :class:`RolloutBatch`."""
-    from ocean_lib.batch import RolloutBatch
+    from ocean_lib.training.batch import RolloutBatch
 
     vision = config.vision_config
     patches = image_side // vision.patch_size
@@ -357,7 +357,7 @@ def synthetic_micro_batch(config: Any, rows: int, prompt_tokens: int, response_t
 
 
 def micro_batch_estimate_gb(shape: ModelShape, rows: int, tokens: int, response_tokens: int) -> float:
-    """The memory model's peak for the memory check's micro-batch (:mod:`ocean_lib.memory`, docs/real_scale.md):
+    """The memory model's peak for the memory check's micro-batch (:mod:`ocean_lib.training.memory`, docs/real_scale.md):
     one process, no DeepSpeed, bf16 weights and their bf16 gradients, no optimizer state, no reference."""
     parts = per_process_bytes(
         shape,
@@ -390,9 +390,9 @@ class Workspace:
 
     @classmethod
     def build(cls, root: Path, params: Path, overrides: list[str], device: str = "cuda") -> Workspace:
-        from ocean_lib.config import TinyModelConfig, load_config
+        from ocean_lib.base.config import TinyModelConfig, load_config
         from ocean_lib.data import synthetic
-        from ocean_lib.models import build_tiny_model
+        from ocean_lib.training.models import build_tiny_model
 
         cfg = load_config(
             None,
@@ -413,20 +413,20 @@ class Workspace:
 
     @property
     def cfg(self):
-        from ocean_lib.config import load_config
+        from ocean_lib.base.config import load_config
 
         return load_config(self.params, self.overrides)
 
     def _prompts(self):
-        from ocean_lib.config import DataConfig
+        from ocean_lib.base.config import DataConfig
+        from ocean_lib.base.prompts import Prompt
         from ocean_lib.data import load_example, read_records
-        from ocean_lib.prompts import Prompt
 
         records = list(read_records(self.data_dir / "test", DataConfig()))[:2]
         return [Prompt(r.content, load_example(r, DataConfig())[0]) for r in records]
 
     def _policy(self):
-        from ocean_lib.models import load_policy
+        from ocean_lib.training.models import load_policy
 
         cfg = self.cfg
         model, processor = load_policy(
@@ -436,7 +436,7 @@ class Workspace:
 
     def _gap(self, model, batch) -> float:
         """Mean |log p(sampler) - log p(training forward)| over the completion tokens."""
-        from ocean_lib.forward import completion_logprobs
+        from ocean_lib.training.forward import completion_logprobs
 
         rows = torch.arange(len(batch.texts))
         with torch.no_grad():
@@ -447,8 +447,8 @@ class Workspace:
     # -- in-process checks --------------------------------------------------------------------------------------
 
     def generation(self) -> str:
-        from ocean_lib.config import RolloutConfig
-        from ocean_lib.rollout import make_engine
+        from ocean_lib.base.config import RolloutConfig
+        from ocean_lib.training.rollout import make_engine
 
         model, processor = self._policy()
         ran = model.config._attn_implementation
@@ -462,8 +462,8 @@ class Workspace:
         return f"attention {ran}, {len(batch.texts)} samples, mean |Δ log p| vs training forward {gap:.1e}"
 
     def vllm_rollout(self) -> str:
-        from ocean_lib.config import RolloutConfig
-        from ocean_lib.rollout_vllm import VLLMRolloutEngine
+        from ocean_lib.base.config import RolloutConfig
+        from ocean_lib.training.rollout_vllm import VLLMRolloutEngine
 
         model, processor = self._policy()
         cfg = RolloutConfig(
@@ -495,9 +495,9 @@ class Workspace:
         """Peak memory of one GRPO micro-batch of the real-width model, next to the docs' estimate."""
         from transformers import Qwen2_5_VLForConditionalGeneration
 
-        from ocean_lib import grpo
-        from ocean_lib.forward import completion_logprobs
-        from ocean_lib.run_state import loss_settings
+        from ocean_lib.training import grpo
+        from ocean_lib.training.forward import completion_logprobs
+        from ocean_lib.training.run_state import loss_settings
 
         cfg = self.cfg
         config = real_width_config(size)
@@ -552,8 +552,8 @@ class Workspace:
     # -- training steps (accelerate subprocesses) ---------------------------------------------------------------
 
     def _train(self, name: str, zero_stage: int | None, extra: tuple[str, ...] = ()) -> str:
-        from ocean_lib import launch
-        from ocean_lib.run_dir import RunDir
+        from ocean_lib.base.run_dir import RunDir
+        from ocean_lib.training import launch
 
         cfg = self.cfg
         overrides = [

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ocean_lib.io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
+from ocean_lib.base.io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
 
 STATE_FILE = "trainer_state.json"
 ROLLOUT_THUMBNAIL_SIDE = 256  # images/ holds embedded images reduced to this side, for the rollout browser

@@ -2,8 +2,8 @@
 
 A :class:`RolloutBatch` holds ``n`` sampled completions per prompt with everything the training forward needs to
 see exactly what the sampler saw: the chat-templated prompt tokens, the processor's token types, the image
-patches (each prompt's images once) and the sampler's log-probs. Both rollout engines (:mod:`ocean_lib.rollout`,
-:mod:`ocean_lib.rollout_vllm`) build one; the training forward (:mod:`ocean_lib.forward`) reads it; supervised
+patches (each prompt's images once) and the sampler's log-probs. Both rollout engines (:mod:`ocean_lib.training.rollout`,
+:mod:`ocean_lib.training.rollout_vllm`) build one; the training forward (:mod:`ocean_lib.training.forward`) reads it; supervised
 warm-start steps build one from reference completions (:func:`teacher_forced_batch`).
 
 Qwen2.5-VL places tokens with 3-D rotary positions (M-RoPE: time, height, width for image tokens; equal for
@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import torch
 
-from ocean_lib.prompts import Prompt, chat_messages, split_image_markers
+from ocean_lib.base.prompts import Prompt, chat_messages, split_image_markers
 
 
 @dataclass

@@ -25,11 +25,11 @@ from typing import Any
 import pandas as pd
 from PIL import Image, ImageDraw
 
-from ocean_lib.analysis import MAX_SCAN_CHARS, find_reflections, load_rollouts, split_completion
-from ocean_lib.config import load_config
+from ocean_lib.base.config import load_config
+from ocean_lib.base.run_dir import ROLLOUT_THUMBNAIL_SIDE, RunDir
 from ocean_lib.data.images import fit_pixels
 from ocean_lib.rewards import first_int_box, literal_box
-from ocean_lib.run_dir import ROLLOUT_THUMBNAIL_SIDE, RunDir
+from ocean_lib.study.analysis import MAX_SCAN_CHARS, find_reflections, load_rollouts, split_completion
 
 IMAGE_MAX_SIDE = 384  # pixels; larger images are shown scaled down
 IMAGE_MIN_WIDTH = 224  # CSS pixels; the miniature's 112 px images are shown enlarged (pixelated, not blurred)
@@ -55,7 +55,7 @@ def filter_rollouts(
 
     ``steps``, ``reward`` (on ``reward/overall``) and ``length`` (tokens) are inclusive ranges; ``data_source``
     None keeps every task; ``reflective_only`` keeps completions with at least one match of the reflection
-    lexicon (:func:`ocean_lib.analysis.find_reflections`).
+    lexicon (:func:`ocean_lib.study.analysis.find_reflections`).
     """
     keep = pd.Series(True, index=rollouts.index)
     for column, bounds in (("step", steps), ("reward/overall", reward), ("length", length)):
@@ -74,7 +74,7 @@ def highlight_reflections(text: str) -> str:
 
     The text is escaped piece by piece around the matches (found on the raw text), so no character of it can
     become markup. Of overlapping matches the first (longest at equal start) is marked. Text beyond
-    :data:`~ocean_lib.analysis.MAX_SCAN_CHARS` is cut, with a note of how much.
+    :data:`~ocean_lib.study.analysis.MAX_SCAN_CHARS` is cut, with a note of how much.
     """
     shown, cut = text[:MAX_SCAN_CHARS], len(text) - MAX_SCAN_CHARS
     parts, cursor = [], 0
@@ -179,7 +179,7 @@ def _value(value: Any) -> str:
 def render_rollout_html(
     row: Mapping[str, Any], image_root: str | Path | None = None, pixels: tuple[int, int] | None = None
 ) -> str:
-    """One rollout (a row of :func:`ocean_lib.analysis.load_rollouts`) as HTML.
+    """One rollout (a row of :func:`ocean_lib.study.analysis.load_rollouts`) as HTML.
 
     Shows the step, task, prompt id, length and whether generation finished; the image (with the ground-truth and
     answered boxes of a grounding task; ``pixels`` as in :func:`image_html`); the question and ground truth; the
@@ -293,7 +293,7 @@ class RolloutBrowser:
     """Browse rollouts with filters (step range, task, reward range, length range, reflective phrase only) and
     previous/next buttons; with several runs, a run selector. Display it by ending a cell with it.
 
-    ``runs``: one run's rollouts (:func:`ocean_lib.analysis.load_rollouts`, with ``image_root`` resolving its
+    ``runs``: one run's rollouts (:func:`ocean_lib.study.analysis.load_rollouts`, with ``image_root`` resolving its
     relative image paths), or a mapping from a label to a run directory (images, boxes and the run's pixel limits
     are then found there); runs without rollouts are left out. The widgets are attributes (``run``, ``steps``,
     ``task``, ``reward``, ``length``, ``reflective``, ``previous``, ``next``, ``html``); ``filtered`` holds the

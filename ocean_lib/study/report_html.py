@@ -136,7 +136,7 @@ def write_report(notebooks: Sequence[str | Path], path: str | Path) -> Path:
     import nbformat
     from nbconvert import HTMLExporter
 
-    from ocean_lib.io import atomic_write_text
+    from ocean_lib.base.io import atomic_write_text
 
     merged = None
     for source in notebooks:

@@ -3,13 +3,13 @@
 Each step (``grpo_step``) is the recipe of Ocean-R1 / verl, in order:
 
 1. take this step's prompts (a seeded permutation of the records; each process its own slice);
-2. sample ``n`` completions per prompt (:mod:`ocean_lib.rollout`, handing back a :class:`ocean_lib.batch.RolloutBatch`);
+2. sample ``n`` completions per prompt (:mod:`ocean_lib.training.rollout`, handing back a :class:`ocean_lib.training.batch.RolloutBatch`);
 3. score them with the rule-based reward (:mod:`ocean_lib.rewards`);
-4. normalise rewards within each group into advantages (:func:`ocean_lib.grpo.group_advantages`);
+4. normalise rewards within each group into advantages (:func:`ocean_lib.training.grpo.group_advantages`);
 5. reference log-probs from the frozen initial weights, when the KL coefficient is not 0 (with LoRA: the policy
-   with its adapters off, :mod:`ocean_lib.lora`);
+   with its adapters off, :mod:`ocean_lib.training.lora`);
 6. micro-batched (optionally length-bucketed) forward/backward of the clipped policy loss
-   (:func:`ocean_lib.grpo.policy_loss`), gradients accumulated and all-reduced once, clipped, one AdamW step
+   (:func:`ocean_lib.training.grpo.policy_loss`), gradients accumulated and all-reduced once, clipped, one AdamW step
    (Ocean-R1: one optimizer step per batch);
 7. metrics (reduced as sums and counts over all processes), rollouts and checkpoints into the run directory.
 
@@ -32,29 +32,29 @@ from typing import Any
 
 import torch
 
-from ocean_lib import distributed, grpo
-from ocean_lib.batch import (
+from ocean_lib.base.config import RunConfig, save_config
+from ocean_lib.base.io import atomic_write_bytes, atomic_write_json
+from ocean_lib.base.prompts import Prompt
+from ocean_lib.base.run_dir import ROLLOUT_THUMBNAIL_SIDE, RunDir, plan_line, prune_checkpoints
+from ocean_lib.data import Record, load_example, read_records
+from ocean_lib.data.records import drop_overlong_prompts
+from ocean_lib.rewards import score_batch
+from ocean_lib.training import distributed, grpo
+from ocean_lib.training.batch import (
     RolloutBatch,
     teacher_forced_batch,
     texts_with_special_tokens,
     truncate_prompts_left,
 )
-from ocean_lib.config import RunConfig, save_config
-from ocean_lib.data import Record, load_example, read_records
-from ocean_lib.data.records import drop_overlong_prompts
-from ocean_lib.forward import (
+from ocean_lib.training.forward import (
     completion_logprobs,
     forward_passes,
     logprobs_no_grad,
     micro_batches,
     reference_logprobs,
 )
-from ocean_lib.io import atomic_write_bytes, atomic_write_json
-from ocean_lib.metrics import POLICY_METRICS, Tally, check_registered, tally_passes, tally_rewards
-from ocean_lib.prompts import Prompt
-from ocean_lib.rewards import score_batch
-from ocean_lib.run_dir import ROLLOUT_THUMBNAIL_SIDE, RunDir, plan_line, prune_checkpoints
-from ocean_lib.run_state import (
+from ocean_lib.training.metrics import POLICY_METRICS, Tally, check_registered, tally_passes, tally_rewards
+from ocean_lib.training.run_state import (
     Schedule,
     TrainingError,
     TrainState,

@@ -10,7 +10,7 @@ What travels where:
 * **Prompts**: the chat-templated text with one image placeholder per image, plus the PIL images as
   ``multi_modal_data``; vLLM's own Qwen2.5-VL processor expands the placeholders, with the pixel limits read from
   *our* processor (so from ``data.min_pixels``/``data.max_pixels``). The prompt half of the returned batch is
-  :func:`ocean_lib.batch.encode_prompts`, exactly what the training forward expects; vLLM's prompt token ids
+  :func:`ocean_lib.training.batch.encode_prompts`, exactly what the training forward expects; vLLM's prompt token ids
   are compared with ours and any difference stops the run (training would otherwise score completions against
   a prompt the sampler never saw).
 * **Log-probs**: vLLM returns the sampled token's log-prob (``logprobs=0``). Its kernels differ from the
@@ -48,10 +48,10 @@ from typing import Any
 
 import torch
 
-from ocean_lib.batch import RolloutBatch, encode_prompts, prompt_text, stop_token_ids
-from ocean_lib.config import DataConfig, RolloutConfig
-from ocean_lib.lora import peft_model
-from ocean_lib.prompts import Prompt
+from ocean_lib.base.config import DataConfig, RolloutConfig
+from ocean_lib.base.prompts import Prompt
+from ocean_lib.training.batch import RolloutBatch, encode_prompts, prompt_text, stop_token_ids
+from ocean_lib.training.lora import peft_model
 
 # Engines of this process, by their construction arguments (one in practice: see the module docstring).
 _ENGINES: dict[tuple[Any, ...], ColocatedEngine] = {}
@@ -401,7 +401,7 @@ class ColocatedEngine:
 
 
 class VLLMRolloutEngine:
-    """Colocated vLLM sampling with the same interface and output as :class:`ocean_lib.rollout.HFRolloutEngine`.
+    """Colocated vLLM sampling with the same interface and output as :class:`ocean_lib.training.rollout.HFRolloutEngine`.
 
     ``max_images_per_prompt`` bounds vLLM's ``limit_mm_per_prompt`` (pass ``data.max_images_per_prompt``);
     ``llm_overrides`` are extra ``vllm.LLM`` arguments (e.g. ``enforce_eager=True`` for a quick check).
@@ -416,7 +416,7 @@ class VLLMRolloutEngine:
         max_images_per_prompt: int = DataConfig().max_images_per_prompt,
         **llm_overrides: Any,
     ):
-        from ocean_lib.models import vision_special_token_ids
+        from ocean_lib.training.models import vision_special_token_ids
 
         self.vllm = require_vllm()
         self.model, self.processor, self.cfg = model, processor, cfg

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ocean_lib import grpo
+from ocean_lib.training import grpo
 
 METRICS: dict[str, str] = {
     "step": "optimizer steps completed (1-based)",
@@ -80,7 +80,7 @@ def is_registered(key: str) -> bool:
 def check_registered(keys: list[str] | set[str]) -> None:
     unknown = sorted(k for k in keys if not is_registered(k))
     if unknown:
-        raise KeyError(f"metric keys not registered in ocean_lib/metrics.py: {unknown}")
+        raise KeyError(f"metric keys not registered in ocean_lib/training/metrics.py: {unknown}")
 
 
 # grpo.policy_loss's statistic names -> registered metric keys.
@@ -147,7 +147,7 @@ def tally_rewards(tally: Tally, scores, rows, rewards, advantages, flat_groups, 
 
 
 def tally_passes(tally: Tally, passes: Any, batch: Any, world: int) -> None:
-    """Add the micro-batch metrics of ``passes`` (:data:`ocean_lib.forward.Passes`) to ``tally``."""
+    """Add the micro-batch metrics of ``passes`` (:data:`ocean_lib.training.forward.Passes`) to ``tally``."""
     real = [rows for rows, _, counts in passes if counts]
     # A count of 1/W per process makes the reduced "mean" the sum over processes.
     tally.add("micro_batch/count", len(real), count=1 / world)

@@ -57,8 +57,9 @@ from transformers import (
 )
 from transformers.image_utils import SizeDict
 
-from ocean_lib.config import TinyModelConfig
-from ocean_lib.lora import unwrap_peft
+from ocean_lib.base.config import TinyModelConfig
+from ocean_lib.base.paths import HUB_FILE_PATTERNS
+from ocean_lib.training.lora import unwrap_peft
 
 # Qwen's special tokens, in Qwen's order; <|endoftext|> pads, <|im_end|> ends a turn.
 SPECIAL_TOKENS = (
@@ -82,7 +83,7 @@ BYTE_ALPHABET_SIZE = 256
 # Qwen2-VL's chat format, written for this project: a default system turn unless the conversation starts with
 # one, each turn wrapped in <|im_start|>role ... <|im_end|>, and every image part rendered as the vision
 # placeholder the processor expands to one <|image_pad|> per merged patch. Parts keep the caller's order
-# (ocean_lib.prompts.chat_messages puts images before the text, as Ocean-R1 did).
+# (ocean_lib.base.prompts.chat_messages puts images before the text, as Ocean-R1 did).
 CHAT_TEMPLATE = (
     "{% if messages[0]['role'] != 'system' %}"
     "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
@@ -109,8 +110,6 @@ CHAT_TEMPLATE = (
     "{% endif %}"
 )
 
-# Files of a hub repository that loading needs; skips duplicate .bin weights some repositories carry.
-HUB_FILE_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.txt"]
 QWEN2_5_VL_MODEL_TYPE = "qwen2_5_vl"
 
 

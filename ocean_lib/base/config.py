@@ -155,7 +155,9 @@ class ModelConfig:
     )
     gradient_checkpointing: bool = knob(False, "recompute activations in backward (Ocean-R1: true)")
     freeze_vision_tower: bool = knob(False, "train the language model only")
-    lora_rank: int = knob(0, "LoRA adapter rank; 0 trains all weights (Ocean-R1: 0). See ocean_lib/lora.py")
+    lora_rank: int = knob(
+        0, "LoRA adapter rank; 0 trains all weights (Ocean-R1: 0). See ocean_lib/training/lora.py"
+    )
     lora_alpha: float = knob(
         32.0, "LoRA scale numerator: adapter updates are scaled by lora_alpha / lora_rank"
     )
@@ -570,7 +572,7 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:
     """Write the resolved config as YAML, atomically."""
-    from ocean_lib.io import atomic_write_text
+    from ocean_lib.base.io import atomic_write_text
 
     atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 

@@ -1,6 +1,6 @@
 """One GRPO update on one prompt, with every intermediate kept: what ``00_grpo_walkthrough`` shows.
 
-It is the trainer's step (:func:`ocean_lib.trainer.grpo_step`) reduced to a single group and unrolled, so a
+It is the trainer's step (:func:`ocean_lib.training.trainer.grpo_step`) reduced to a single group and unrolled, so a
 reader can look at each quantity: the sampled answers, their reward breakdowns, the group-normalised
 advantages, the clipped loss and its KL term, and how the update moved each answer's probability.
 """
@@ -13,16 +13,16 @@ from typing import Any
 
 import torch
 
-from ocean_lib import grpo
-from ocean_lib.batch import RolloutBatch
-from ocean_lib.config import RunConfig
+from ocean_lib.base.config import RunConfig
+from ocean_lib.base.prompts import Prompt
 from ocean_lib.data import Record
-from ocean_lib.forward import completion_logprobs
-from ocean_lib.prompts import Prompt
 from ocean_lib.rewards import RewardBreakdown, score_batch
-from ocean_lib.rollout import make_engine
-from ocean_lib.run_state import loss_settings, make_optimizer
-from ocean_lib.trainer import prompt_of
+from ocean_lib.training import grpo
+from ocean_lib.training.batch import RolloutBatch
+from ocean_lib.training.forward import completion_logprobs
+from ocean_lib.training.rollout import make_engine
+from ocean_lib.training.run_state import loss_settings, make_optimizer
+from ocean_lib.training.trainer import prompt_of
 
 
 @dataclass

@@ -10,7 +10,7 @@
 Everything lives under ``study.output_dir``: ``data/``, ``models/``, ``runs/<stage>/``, ``eval/<model>/``,
 ``notebooks/`` (executed), ``report.html``, ``results.md``, ``results.csv`` and ``figures/``. The stage graph is
 data: ``study.stages`` in the params file names each stage, the stage it starts from, the knobs it sets and the
-result row it becomes (:class:`ocean_lib.config.StageConfig`), so one file describes the study.
+result row it becomes (:class:`ocean_lib.base.config.StageConfig`), so one file describes the study.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ocean_lib.config import RunConfig, load_config, to_dict
-from ocean_lib.paths import PROJECT_ROOT
-from ocean_lib.run_dir import RunDir
+from ocean_lib.base.config import RunConfig, load_config, to_dict
+from ocean_lib.base.paths import PROJECT_ROOT
+from ocean_lib.base.run_dir import RunDir
 
 NOTEBOOKS = ["00_grpo_walkthrough", "01_data", "02_train", "03_evaluate", "04_aha_moments", "05_results"]
 """The notebooks in reading order (the report's order)."""
@@ -123,7 +123,7 @@ def build_miniature_model(cfg: RunConfig, corpus_per_level: int = 300) -> Path:
     """The miniature Qwen2.5-VL at ``model.name_or_path``, its tokenizer trained on the procedural tasks' text
     (``corpus_per_level`` tasks per family and difficulty: fewer build faster, for benchmarks)."""
     from ocean_lib.data import synthetic
-    from ocean_lib.models import build_tiny_model
+    from ocean_lib.training.models import build_tiny_model
 
     return build_tiny_model(
         cfg.model.tiny,
@@ -143,7 +143,7 @@ def train_stage(
 ) -> None:
     """Train one stage as an accelerate-launched subprocess (a finished stage returns at once) and print where
     its final weights are (:func:`run_dir` ``(cfg, stage).final``)."""
-    from ocean_lib import launch
+    from ocean_lib.training import launch
 
     cfg = load_config(params, overrides)
     topology = launch.Topology(num_processes=num_processes)
@@ -190,7 +190,7 @@ def reproduce(params: str | Path, overrides: list[str] | None = None, force: boo
     """
     import papermill
 
-    from ocean_lib.io import LOCK_FILE, DirectoryLock
+    from ocean_lib.base.io import LOCK_FILE, DirectoryLock
 
     overrides = list(overrides or [])
     started = time.perf_counter()
@@ -235,8 +235,8 @@ def reproduce(params: str | Path, overrides: list[str] | None = None, force: boo
 
 def write_report(out: Path) -> Path:
     """One self-contained HTML page holding every executed notebook, in reading order
-    (:func:`ocean_lib.report_html.write_report`)."""
-    from ocean_lib import report_html
+    (:func:`ocean_lib.study.report_html.write_report`)."""
+    from ocean_lib.study import report_html
 
     return report_html.write_report(
         [out / "notebooks" / f"{name}.ipynb" for name in NOTEBOOKS], out / "report.html"
@@ -259,7 +259,7 @@ class StudyProgress:
     how many evaluation items are answered, every ``interval_s`` when it changed.
 
     It reads what the runs write (each stage's ``metrics.jsonl`` and the total its ``log.txt`` announces,
-    :func:`~ocean_lib.run_dir.plan_line`; the evaluation's ``<benchmark>.jsonl`` files), so it needs nothing
+    :func:`~ocean_lib.base.run_dir.plan_line`; the evaluation's ``<benchmark>.jsonl`` files), so it needs nothing
     from the notebook's kernel.
     """
 
@@ -271,7 +271,7 @@ class StudyProgress:
 
     def training_status(self) -> str | None:
         """The first stage that is not finished, if it has started: ``<stage> (i of n): step s of t, ...``."""
-        from ocean_lib.run_dir import parse_plan_line
+        from ocean_lib.base.run_dir import parse_plan_line
 
         stages = list(self.cfg.study.stages)
         for number, stage in enumerate(stages, start=1):
@@ -365,7 +365,7 @@ def results(cfg: RunConfig) -> Any:
     """The result table (rows: base, GRPO-text, GRPO-vis; columns: the study's benchmarks and their average,
     each with a 95% CI), written as ``results.md`` and ``results.csv`` in the study directory."""
     from ocean_lib.evaluation import group_average
-    from ocean_lib.report import load_summary, results_table
+    from ocean_lib.study.report import load_summary, results_table
 
     summaries = {}
     for label in rows(cfg):

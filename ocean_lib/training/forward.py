@@ -4,7 +4,7 @@ Used by the trainer's GRPO and SFT updates, the KL reference, the walkthrough an
 them compute the log-probs the sampler's agree with (same images, token types and 3-D positions).
 
 Memory: the forward returns the final hidden states, and the output layer turns them into log-probs chunk by
-chunk (:func:`ocean_lib.grpo.token_logprobs` with ``head``): no full-vocabulary logits of a whole micro-batch
+chunk (:func:`ocean_lib.training.grpo.token_logprobs` with ``head``): no full-vocabulary logits of a whole micro-batch
 exist (about 18 GiB with their gradient at 7B for 8 sequences of 4k completion tokens).
 
 Under DeepSpeed ZeRO-3 every forward gathers weights from all processes, so every process must run as many
@@ -20,11 +20,11 @@ from typing import Any, Literal
 import torch
 from transformers import PreTrainedModel
 
-from ocean_lib import distributed, grpo
-from ocean_lib.batch import RolloutBatch, mrope_positions, select_images
-from ocean_lib.config import TrainConfig
-from ocean_lib.lora import peft_model, unwrap_peft
-from ocean_lib.models import activation_checkpointing, kv_cache
+from ocean_lib.base.config import TrainConfig
+from ocean_lib.training import distributed, grpo
+from ocean_lib.training.batch import RolloutBatch, mrope_positions, select_images
+from ocean_lib.training.lora import peft_model, unwrap_peft
+from ocean_lib.training.models import activation_checkpointing, kv_cache
 
 # Per micro-batch: (row ids of the batch, their positions within the rows being trained on).
 MicroBatches = list[tuple[torch.Tensor, torch.Tensor]]
@@ -101,7 +101,7 @@ def _logprobs_through_head(
     entropy: Literal["none", "metric", "loss"],
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Token log-probs (and entropies) from the final hidden states [r, w, H], the output layer applied chunk by
-    chunk (:func:`ocean_lib.grpo.token_logprobs`).
+    chunk (:func:`ocean_lib.training.grpo.token_logprobs`).
 
     The computation runs as the output layer's forward: under ZeRO-3 DeepSpeed gathers a layer's weight only
     while that layer runs, in forward and, through the hooks it puts on the layer's outputs, in backward, where
@@ -207,7 +207,7 @@ def reference_logprobs(
     temperature: float,
 ) -> torch.Tensor:
     """Log-probs under the frozen initial policy: ``reference``, its own copy (under DeepSpeed a ZeRO-3 engine,
-    :func:`ocean_lib.distributed.deepspeed_reference`; else on the training device, or on the CPU with
+    :func:`ocean_lib.training.distributed.deepspeed_reference`; else on the training device, or on the CPU with
     ``model.reference_on_cpu``), or, when it is None (LoRA), the policy itself with its adapters off."""
     if reference is not None:
         bare = getattr(reference, "module", reference)  # the model inside a DeepSpeed engine

@@ -15,7 +15,7 @@ checkpoints        ``T·H·a·L``: each decoder layer's input, kept for the back
 layer              ``T·(8·H + 6·I)·a``: one decoder layer's activations and their gradients while it is recomputed
 logits             ``c·V·(a + 8) + C·H·a``: one chunk of ``c`` positions' logits and two fp32 temporaries (the
                    upcast, temperature-scaled logits and ``logsumexp``'s exponentials, or their gradient), and the
-                   completion positions' final hidden states (:func:`ocean_lib.grpo.token_logprobs`)
+                   completion positions' final hidden states (:func:`ocean_lib.training.grpo.token_logprobs`)
 head gradient      ``2·V·H·4``: the output layer's weight gradient of one chunk and the sum it is added to
 =================  ==============================================================================================
 
@@ -58,7 +58,7 @@ class ModelShape:
 
 
 # Qwen2.5-VL's published text configurations (config.json of the hub repositories) and parameter counts;
-# ocean_lib.gpu_check builds the whole models from them (tested against the counts).
+# ocean_lib.cli.gpu_check builds the whole models from them (tested against the counts).
 QWEN25_VL_WIDTHS = {
     "3B": dict(
         params=3_754_622_976,
