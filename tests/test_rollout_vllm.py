@@ -261,7 +261,7 @@ def test_sleep_discards_the_weights_and_generation_waits_for_the_next_push(polic
     engine.release_memory()
     engine.release_memory()  # already asleep: nothing more to free
     assert llm.calls == ["generate", "sleep(2)"]
-    with pytest.raises(RuntimeError, match="discarded while it slept.*sync_weights"):
+    with pytest.raises(RuntimeError, match="discarded while it slept.*after_update"):
         engine.generate(["b"], [None])
     llm.calls.clear()
     engine.load(policy_weights(model))

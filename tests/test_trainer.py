@@ -18,11 +18,12 @@ from conftest import tiny_overrides
 from ocean_lib.base.config import load_config, save_config
 from ocean_lib.base.io import read_jsonl
 from ocean_lib.base.run_dir import RunDir
-from ocean_lib.training import launch
+from ocean_lib.training import launch, run_state
 from ocean_lib.training.forward import pack_micro_batches
 from ocean_lib.training.lora import ADAPTER_DIR, attach_lora
 from ocean_lib.training.metrics import is_registered
 from ocean_lib.training.models import load_policy
+from ocean_lib.training.rollout import HFRolloutEngine
 from ocean_lib.training.run_state import resume_point
 from ocean_lib.training.trainer import TrainingError, train
 
@@ -69,6 +70,33 @@ def test_grpo_run_writes_a_complete_run_directory(tiny_model_dir, mini_data_dir,
     assert final == run.final and run.is_finished()
     before, after = _weights(tiny_model_dir), _weights(final)
     assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_the_trainer_drives_the_engine_through_its_lifecycle_each_step(
+    tiny_model_dir, mini_data_dir, tmp_path, monkeypatch
+):
+    """generate -> after_generate -> (update) -> after_update, each step, on any engine (vLLM's frees memory and
+    receives the weights there): the trainer asks the protocol, not the engine's class."""
+    calls = []
+
+    class RecordingEngine(HFRolloutEngine):
+        def generate(self, *args, **kwargs):
+            calls.append("generate")
+            return super().generate(*args, **kwargs)
+
+        def after_generate(self):
+            calls.append("after_generate")
+
+        def after_update(self, model):
+            calls.append(f"after_update(step {len(calls) // 3 + 1})")
+            assert model is not None
+
+    monkeypatch.setattr(run_state, "make_engine", RecordingEngine)
+    train(_config(tiny_model_dir, mini_data_dir, tmp_path))
+    assert calls == [
+        *["generate", "after_generate", "after_update(step 1)"],
+        *["generate", "after_generate", "after_update(step 2)"],
+    ]
 
 
 def test_an_existing_run_is_never_overwritten(tiny_model_dir, mini_data_dir, tmp_path):

@@ -11,7 +11,7 @@ the params ask for is missing. With the tiny Qwen2.5-VL (built on the fly) and a
 ``LoRA step``     the same with LoRA, the reference on the CPU and length buckets (HF rollouts)
 ``ZeRO-2 step``, ``ZeRO-3 step``  the same through ``params/accelerate/single_node_zero{2,3}.yaml``, one process,
                   NCCL; ``run_info.json`` must say ZeRO stage 2 / 3 on nccl (ZeRO-3 with the params' backend)
-``vLLM weight sync`` vLLM generates; after the policy changes, ``sync_weights`` brings vLLM's log-probs to it
+``vLLM weight sync`` vLLM generates; after the policy changes, ``after_update`` (the weight push) brings vLLM's log-probs to it
 ``memory 3B``, ``memory 7B``  peak GPU memory of one GRPO micro-batch (forward, loss, backward; bf16,
                   gradient checkpointing) of a randomly initialised Qwen2.5-VL at the real width, built from its
                   config (no download), next to the memory model's estimate (:func:`micro_batch_estimate_gb`)
@@ -472,21 +472,21 @@ class Workspace:
         engine = VLLMRolloutEngine(model, processor, cfg, max_images_per_prompt=1, enforce_eager=True)
         prompts = self._prompts()
         before = self._gap(model, engine.generate(prompts, n=4, seeds=[1, 2]))
-        engine.release_memory()  # as the trainer does: weights and KV cache freed (sleep level 2)
+        engine.after_generate()  # as the trainer does: weights and KV cache freed (sleep level 2)
 
         # Change the policy, push it, sample again: vLLM must now agree with the changed policy.
         original = {k: v.clone() for k, v in model.state_dict().items()}
         with torch.no_grad():
             for parameter in model.parameters():
                 parameter.add_(torch.randn_like(parameter) * 0.02)
-        engine.sync_weights(model)
+        engine.after_update(model)
         batch = engine.generate(prompts, n=4, seeds=[1, 2])
         after = self._gap(model, batch)
         model.load_state_dict(original)
         stale = self._gap(model, batch)  # the same samples against the old weights
         if not (after < 0.1 and after < stale):
             raise AssertionError(
-                f"after sync_weights vLLM's log-probs differ from the new policy's by {after:.3g} "
+                f"after the push (after_update) vLLM's log-probs differ from the new policy's by {after:.3g} "
                 f"(from the old policy's by {stale:.3g})"
             )
         return f"mean |Δ log p| {before:.1e}; after a weight change, sleep and sync {after:.1e} (stale {stale:.1e})"

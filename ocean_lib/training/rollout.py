@@ -19,36 +19,14 @@ the first update is exactly 1.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
 from ocean_lib.base.config import RolloutConfig
 from ocean_lib.base.prompts import Prompt
-from ocean_lib.training.batch import RolloutBatch, encode_prompts, mrope_positions, stop_token_ids
-
-
-class RolloutEngine(Protocol):
-    def generate(
-        self,
-        prompts: list[Prompt],
-        n: int = 1,
-        *,
-        greedy: bool = False,
-        max_new_tokens: int | None = None,
-        seeds: list[int] | None = None,
-        stop_token_ids: Sequence[int] | None = None,
-        repetition_penalty: float = 1.0,
-    ) -> RolloutBatch:
-        """Sample ``n`` completions per prompt (greedy: the argmax path, repeated ``n`` times).
-
-        ``seeds`` (one per prompt) makes each prompt's samples a function of its seed alone, whatever else
-        is in the batch and however many processes share the work; without them the global RNG is used.
-        ``stop_token_ids`` end a completion (default: ``<|im_end|>`` alone); ``repetition_penalty`` is
-        transformers' (:func:`apply_repetition_penalty`; 1.0 = none), which ``model.generate`` takes from the
-        checkpoint's generation config: evaluation passes both, training leaves them at their defaults.
-        """
-        ...
+from ocean_lib.training.batch import RolloutBatch, encode_prompts, mrope_positions
+from ocean_lib.training.engine import EngineSetup, RolloutEngine
 
 
 def make_engine(
@@ -69,7 +47,7 @@ def make_engine(
 # ----------------------------------------------------------------------------------------------------------------
 
 
-class HFRolloutEngine:
+class HFRolloutEngine(EngineSetup):
     """KV-cached sampling with transformers modules: prefill each prompt once, decode ``n`` samples per prompt.
 
     ``all_done(this_process_done) -> bool``, given under DeepSpeed ZeRO-3, where every forward gathers weights
@@ -79,14 +57,8 @@ class HFRolloutEngine:
     def __init__(
         self, model: Any, processor: Any, cfg: RolloutConfig, all_done: Callable[[bool], bool] | None = None
     ):
-        from ocean_lib.training.models import vision_special_token_ids
-
-        self.model, self.processor, self.cfg, self.all_done = model, processor, cfg, all_done
-        tokenizer = processor.tokenizer
-        self.eos_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
-        self.stop_ids = stop_token_ids(model, processor, cfg.stop_tokens)  # rollout.stop_tokens
-        self.pad_id = tokenizer.pad_token_id
-        self.suppressed = torch.tensor(vision_special_token_ids(processor), dtype=torch.long)
+        super().__init__(model, processor, cfg)
+        self.all_done = all_done
 
     @torch.no_grad()
     def generate(
@@ -222,7 +194,7 @@ class HFRolloutEngine:
         temperature = 1.0 if greedy else cfg.temperature
         policy_logp = torch.log_softmax(logits / temperature, dim=-1)
         allowed = logits.clone()
-        allowed[:, self.suppressed.to(logits.device)] = float("-inf")
+        allowed[:, torch.tensor(self.suppressed, device=logits.device)] = float("-inf")
         if not allow_eos:
             allowed[:, self.eos_id if stops is None else stops] = float("-inf")
         if greedy:

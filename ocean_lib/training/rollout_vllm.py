@@ -17,7 +17,7 @@ What travels where:
   training forward's, so the loss uses the trainer's recomputed log-probs; vLLM's only feed the
   ``response/sampler_logprob_gap`` metric (mean |Δ log p|). vLLM's default log-probs are those of the raw
   logits: with ``temperature != 1`` the gap also contains the temperature's effect.
-* **Weights**: :meth:`VLLMRolloutEngine.sync_weights` pushes the policy's weights after every optimizer step
+* **Weights**: :meth:`VLLMRolloutEngine.after_update` pushes the policy's weights after every optimizer step
   through vLLM's in-place reload (``LLM.collective_rpc("reload_weights")``, see :class:`ColocatedEngine`), one
   layer at a time. Under DeepSpeed ZeRO-3 each process holds a shard only, so each layer is gathered
   (``deepspeed.zero.GatheredParameters``) just while vLLM reads it. Names are mapped to the Hugging Face
@@ -27,7 +27,7 @@ What travels where:
 * **Memory**: while the trainer computes log-probs and gradients the engine sleeps at level 2
   (:meth:`ColocatedEngine.release_memory`): vLLM frees its KV cache and its weights outright, keeping only the
   model's buffers in host memory. Level 1 would first copy every weight to pinned host memory (a 3B's 7.5 GB per
-  process, 60 GB per 8-GPU node, every step) for nothing: ``sync_weights`` overwrites all of them before the
+  process, 60 GB per 8-GPU node, every step) for nothing: ``after_update`` overwrites all of them before the
   next generation. A generation after level-2 sleep without that sync is refused.
 * **Tensor parallelism**: with ``rollout.vllm_tensor_parallel_size = k > 1`` each group of ``k`` consecutive
   ranks shares one engine (vLLM's ``external_launcher``); the group's prompts are gathered, generated once, and
@@ -50,7 +50,8 @@ import torch
 
 from ocean_lib.base.config import DataConfig, RolloutConfig
 from ocean_lib.base.prompts import Prompt
-from ocean_lib.training.batch import RolloutBatch, encode_prompts, prompt_text, stop_token_ids
+from ocean_lib.training.batch import RolloutBatch, encode_prompts, prompt_text
+from ocean_lib.training.engine import EngineSetup
 from ocean_lib.training.lora import peft_model
 
 # Engines of this process, by their construction arguments (one in practice: see the module docstring).
@@ -246,7 +247,7 @@ def vllm_param_name(hf_name: str) -> str | None:
     ``module.model.language_model.layers.0.mlp.up_proj.weight`` -> ``model.layers.0.mlp.up_proj.weight``;
     ``model.visual.blocks.0.attn.qkv.weight`` -> ``visual.blocks.0.attn.qkv.weight``; ``lm_head.weight`` stays.
     PEFT LoRA: ``...q_proj.base_layer.weight`` -> ``...q_proj.weight`` (after merging the adapters, see
-    :meth:`VLLMRolloutEngine.sync_weights`); the adapter matrices themselves (``lora_A``/``lora_B``) -> None.
+    :meth:`VLLMRolloutEngine.after_update`); the adapter matrices themselves (``lora_A``/``lora_B``) -> None.
     """
     name = hf_name
     stripped = True
@@ -350,7 +351,7 @@ class ColocatedEngine:
         if not self.weights_current:
             raise RuntimeError(
                 "vLLM's weights were discarded while it slept (level 2): push the policy with "
-                "VLLMRolloutEngine.sync_weights before generating"
+                "VLLMRolloutEngine.after_update before generating"
             )
         self._wake({"kv_cache"})
         return list(self.llm.generate(requests, params, use_tqdm=False))
@@ -400,7 +401,7 @@ class ColocatedEngine:
             self.asleep -= set(waking)
 
 
-class VLLMRolloutEngine:
+class VLLMRolloutEngine(EngineSetup):
     """Colocated vLLM sampling with the same interface and output as :class:`ocean_lib.training.rollout.HFRolloutEngine`.
 
     ``max_images_per_prompt`` bounds vLLM's ``limit_mm_per_prompt`` (pass ``data.max_images_per_prompt``);
@@ -416,20 +417,13 @@ class VLLMRolloutEngine:
         max_images_per_prompt: int = DataConfig().max_images_per_prompt,
         **llm_overrides: Any,
     ):
-        from ocean_lib.training.models import vision_special_token_ids
-
         self.vllm = require_vllm()
-        self.model, self.processor, self.cfg = model, processor, cfg
-        tokenizer = processor.tokenizer
-        self.eos_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
-        self.stop_ids = stop_token_ids(model, processor, cfg.stop_tokens)  # rollout.stop_tokens
-        self.pad_id = tokenizer.pad_token_id
-        self.suppressed = vision_special_token_ids(processor)
+        super().__init__(model, processor, cfg)
         self.engine, created = self._engine(max_images_per_prompt, llm_overrides)
         if created and peft_model(model) is not None:
             # vLLM loaded the base weights from disk; the policy is those plus its adapters (a resumed run's
             # already trained): push the merged weights before the first generation.
-            self.sync_weights(model)
+            self.after_update(model)
 
     def _engine(self, max_images: int, overrides: dict[str, Any]) -> tuple[ColocatedEngine, bool]:
         """This process's engine for these arguments, created on first use; and whether it was created now."""
@@ -531,13 +525,14 @@ class VLLMRolloutEngine:
 
     # -- weights and memory -------------------------------------------------------------------------------------
 
-    def release_memory(self) -> None:
-        """Free vLLM's GPU memory until the next :meth:`sync_weights` (call after generating, before training)."""
+    def after_generate(self) -> None:
+        """Free vLLM's GPU memory until the next :meth:`after_update` (the trainer calls it before the update)."""
         self.engine.release_memory()
 
     @torch.no_grad()
-    def sync_weights(self, model: Any) -> None:
-        """Push the policy's current weights into the vLLM engine (call on every process after each optimizer step).
+    def after_update(self, model: Any) -> None:
+        """Push the policy's current weights into the vLLM engine (the trainer calls it on every process after each
+        optimizer step).
 
         ``model`` may be the bare transformers model or its DDP/DeepSpeed/PEFT wrapper. Under ZeRO-3 this is a
         collective: every process must call it, and each layer is gathered whole on every process in turn.

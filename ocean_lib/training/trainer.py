@@ -171,8 +171,7 @@ def grpo_step(
     distributed.check_same_modalities(acc, [bool(p.images) for p in prompts], f"step {step}")
     with tally.timer("time/generate_s"), acc.autocast():
         batch = state.engine.generate(list(prompts), n=n, seeds=seeds)
-    if hasattr(state.engine, "release_memory"):  # vLLM frees its GPU memory until the next weight sync
-        state.engine.release_memory()
+    state.engine.after_generate()  # vLLM frees its GPU memory for the update
     rows_of = [records[i // n] for i in range(len(batch.texts))]
 
     # 3. Score every completion with the rule-based reward.
@@ -440,8 +439,7 @@ def _optimizer_step(state: TrainState, tally: Tally) -> None:
     state.optimizer.step()
     state.scheduler.step()
     state.optimizer.zero_grad(set_to_none=True)
-    if hasattr(state.engine, "sync_weights"):  # vLLM samples from its own copy of the weights
-        state.engine.sync_weights(state.model)
+    state.engine.after_update(state.model)  # vLLM samples from its own copy of the weights: push them
 
 
 def _check_finite(metrics: dict[str, float], run: RunDir) -> None:
