@@ -35,6 +35,7 @@ from typing import Any, Literal
 import torch
 
 from ocean_lib.base.config import RunConfig
+from ocean_lib.training.compat import activation_checkpointing
 
 
 class LaunchMismatch(RuntimeError):
@@ -289,10 +290,6 @@ def package_versions() -> dict[str, str | None]:
 
 def run_info(accelerator: Any, cfg: RunConfig, policy: Any, reference: str | None) -> dict[str, Any]:
     """How this run actually runs, read from the live objects (not from the config that asked for it)."""
-    from ocean_lib.training.models import (
-        activation_checkpointing,  # transformers: not for the launcher's light import
-    )
-
     ds = accelerator.state.deepspeed_plugin.deepspeed_config if is_deepspeed(accelerator) else None
     backend = torch.distributed.get_backend() if torch.distributed.is_initialized() else None
     weights = next(p for p in policy.parameters())

@@ -23,8 +23,8 @@ from transformers import PreTrainedModel
 from ocean_lib.base.config import TrainConfig
 from ocean_lib.training import distributed, grpo
 from ocean_lib.training.batch import RolloutBatch, mrope_positions, select_images
-from ocean_lib.training.lora import peft_model, unwrap_peft
-from ocean_lib.training.models import activation_checkpointing, kv_cache
+from ocean_lib.training.compat import activation_checkpointing, bare_model, kv_cache
+from ocean_lib.training.lora import peft_model
 
 # Per micro-batch: (row ids of the batch, their positions within the rows being trained on).
 MicroBatches = list[tuple[torch.Tensor, torch.Tensor]]
@@ -275,12 +275,3 @@ def forward_passes(accelerator: Any, micro_batches: MicroBatches, batch: Rollout
         filler = (torch.tensor([0]), torch.tensor([0]))
     real = [(rows, positions, True) for rows, positions in micro_batches]
     return real + [(*filler, False)] * (int(count) - len(micro_batches))
-
-
-def bare_model(model: Any) -> Any:
-    """The transformers model inside DDP and PEFT wrappers (LoRA layers, injected in place, stay active).
-
-    A DeepSpeed engine is returned as it is: it must see exactly one forward per backward."""
-    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
-        model = model.module
-    return unwrap_peft(model)

@@ -15,9 +15,7 @@ Facts about transformers 5.x that the rest of the project depends on (supported:
   (every GPU environment: vLLM requires it). Without torchvision ``AutoProcessor`` raises (no video processor);
   a custom class name in the files would be worse: transformers 5.16 hands back the bare tokenizer, no error.
 
-* The KV-cache argument of a model's forward is ``cache`` in transformers 5.24 and ``past_key_values`` in 5.20
-  and earlier; the forward's ``**kwargs`` swallows the other name and runs without the cache, silently
-  (:func:`kv_cache`). ``is_activation_checkpointing`` is 5.24's name too (:func:`activation_checkpointing`).
+* What differs between the supported transformers versions is bridged in :mod:`ocean_lib.training.compat`.
 
 * A training forward that reproduces generation's log-probs (to ~1e-6) needs, besides ``input_ids`` and
   ``attention_mask`` (left padding, extended with ones over the completion), ``pixel_values``,
@@ -35,7 +33,6 @@ Facts about transformers 5.x that the rest of the project depends on (supported:
 
 from __future__ import annotations
 
-import inspect
 import itertools
 import shutil
 import tempfile
@@ -48,7 +45,6 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     AutoModelForImageTextToText,
     GenerationConfig,
-    PreTrainedModel,
     PreTrainedTokenizerFast,
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
@@ -59,7 +55,6 @@ from transformers.image_utils import SizeDict
 
 from ocean_lib.base.config import TinyModelConfig
 from ocean_lib.base.paths import HUB_FILE_PATTERNS
-from ocean_lib.training.lora import unwrap_peft
 
 # Qwen's special tokens, in Qwen's order; <|endoftext|> pads, <|im_end|> ends a turn.
 SPECIAL_TOKENS = (
@@ -206,23 +201,6 @@ class Qwen2_5_VLImageTextProcessor(Qwen2_5_VLProcessor):
         self.tokenizer._set_processor_class(STOCK_PROCESSOR_CLASS)
         self.tokenizer.save_pretrained(save_directory)
         return files
-
-
-def kv_cache(model: PreTrainedModel, cache: Any) -> dict[str, Any]:
-    """``{argument name: cache}`` for the forward of ``model`` (a transformers model, or a PEFT model around one):
-    ``cache`` (transformers 5.24) or ``past_key_values`` (5.20 and earlier), read from the signature because the
-    wrong name is swallowed without an error."""
-    parameters = inspect.signature(unwrap_peft(model).forward).parameters
-    for name in ("cache", "past_key_values"):
-        if name in parameters:
-            return {name: cache}
-    raise TypeError(f"{type(model).__name__}.forward takes neither `cache` nor `past_key_values`")
-
-
-def activation_checkpointing(model: torch.nn.Module) -> bool:
-    """Whether any layer of ``model`` recomputes its activations in backward (transformers' own test, which
-    5.24 calls ``is_activation_checkpointing`` and 5.20 ``is_gradient_checkpointing``)."""
-    return any(getattr(module, "gradient_checkpointing", False) for module in model.modules())
 
 
 def vision_special_token_ids(processor: Any) -> list[int]:

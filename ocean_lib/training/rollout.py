@@ -87,7 +87,7 @@ class HFRolloutEngine(EngineSetup):
         model.eval()
         from transformers import DynamicCache
 
-        from ocean_lib.training.models import kv_cache
+        from ocean_lib.training.compat import kv_cache
 
         cache = DynamicCache(config=model.config)
         out = model(
