@@ -45,9 +45,10 @@ from typing import Any
 
 import torch
 
-from ocean_lib.base.config import RunConfig, load_config
+from ocean_lib.base.config import load_config
 from ocean_lib.base.prompts import split_image_markers
 from ocean_lib.base.run_dir import RunDir
+from ocean_lib.base.schema import RunConfig
 from ocean_lib.data import Record, synthetic
 from ocean_lib.rewards import score_batch
 from ocean_lib.study.pipeline import build_miniature_model

@@ -34,8 +34,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ocean_lib.base.config import RunConfig, load_config
+from ocean_lib.base.config import load_config
 from ocean_lib.base.io import read_jsonl
+from ocean_lib.base.schema import RunConfig
 from ocean_lib.evaluation import rescore
 
 # Log file name prefix -> our benchmark (the registry name whose protocol produced the log).

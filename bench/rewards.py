@@ -34,7 +34,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from ocean_lib.base.config import RewardConfig
+from ocean_lib.base.schema import RewardConfig
 from ocean_lib.rewards import format_ok, reference_accuracy, score_batch
 
 COLOURS = ("red", "blue", "green", "yellow", "purple", "grey")

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from ocean_lib.base.config import TinyModelConfig
 from ocean_lib.base.prompts import Prompt, reference_completion, user_text
+from ocean_lib.base.schema import TinyModelConfig
 from ocean_lib.training.models import build_tiny_model
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"

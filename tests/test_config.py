@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ocean_lib.base.config import ConfigError, RunConfig, config_changes, field_docs, load_config, save_config
+from ocean_lib.base.config import RenamedKnobWarning, config_changes, from_dict, load_config, save_config
+from ocean_lib.base.schema import ConfigError, RunConfig, field_docs
 
 ROOT = Path(__file__).parents[1]
 PARAMS = sorted((ROOT / "params").glob("**/*.yaml"))
@@ -140,3 +141,23 @@ def test_config_changes_relative_to_the_study():
     assert config_changes(a, b, relative_to_study=True) == {}
     c = load_config(ROOT / "params" / "ci.yaml", ["study.output_dir=/two/study", "train.lr=0.5"])
     assert set(config_changes(a, c, relative_to_study=True)) == {"train.lr"}
+
+
+def test_the_split_model_dtype_still_loads_and_names_its_new_knobs(tmp_path):
+    """``model.dtype`` meant the training precision and the frozen copies' dtype at once; an old params file (or a
+    run's saved config.yaml) sets both, with a warning naming them and where the old name was."""
+    old = tmp_path / "old.yaml"
+    old.write_text("model:\n  dtype: bfloat16\n")
+    with pytest.warns(
+        RenamedKnobWarning, match=r"old.yaml: model.dtype is now model.train_precision and model"
+    ):
+        cfg = load_config(old)
+    assert (cfg.model.train_precision, cfg.model.inference_dtype) == ("bfloat16", "bfloat16")
+    with pytest.warns(RenamedKnobWarning, match=r"--set model.dtype=bfloat16: model.dtype is now"):
+        assert load_config(None, ["model.dtype=bfloat16"]).model.inference_dtype == "bfloat16"
+    old.write_text("model:\n  dtype: bfloat16\n  inference_dtype: float32\n")  # a new name set beside it wins
+    with pytest.warns(RenamedKnobWarning):
+        cfg = load_config(old)
+    assert (cfg.model.train_precision, cfg.model.inference_dtype) == ("bfloat16", "float32")
+    with pytest.warns(RenamedKnobWarning, match="model.dtype is now"):
+        assert from_dict({"model": {"dtype": "bfloat16"}}).model.train_precision == "bfloat16"

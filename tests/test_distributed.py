@@ -51,7 +51,7 @@ TESTS = Path(__file__).resolve().parent
 HANG_TIMEOUT_S = 900  # a run takes about a minute on 2 busy cores; a hung collective would wait forever
 
 RECIPE_FORM = [
-    "model.dtype=bfloat16",
+    "model.train_precision=bfloat16",
     "model.gradient_checkpointing=true",
     "algorithm.kl_coef=0.001",
     "algorithm.entropy_coef=0.1",  # a gradient even when every group's rewards are equal (random tiny model)
@@ -216,7 +216,9 @@ def test_a_launch_file_that_cannot_be_honoured_is_an_error(
 ):
     """A DeepSpeed JSON that pins bf16 on while the params say float32: refused, naming both, before any
     training (the shipped JSONs say "auto" and follow the params)."""
-    cfg = load_config(None, [*tiny_overrides(tiny_model_dir, mini_data_dir, tmp_path), "model.dtype=float32"])
+    cfg = load_config(
+        None, [*tiny_overrides(tiny_model_dir, mini_data_dir, tmp_path), "model.train_precision=float32"]
+    )
     params = tmp_path / "params.yaml"
     save_config(cfg, params)
     ds = json.loads((REPO / "params/accelerate/ds_zero2.json").read_text())
@@ -229,7 +231,7 @@ def test_a_launch_file_that_cannot_be_honoured_is_an_error(
     monkeypatch.chdir(REPO)
     topology = launch.Topology(1, accelerate_config=str(tmp_path / "zero2_bf16.yaml"))
     with pytest.raises(
-        launch.LaunchError, match=r"ds_bf16.json has bf16.enabled=True but model.dtype=float32"
+        launch.LaunchError, match=r"ds_bf16.json has bf16.enabled=True but model.train_precision=float32"
     ):
         launch.train(params, topology=topology, timeout_s=HANG_TIMEOUT_S)
     assert not RunDir(cfg.run_dir).metrics.exists()

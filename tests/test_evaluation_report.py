@@ -233,7 +233,7 @@ def test_fetch_delivers_every_file_the_registry_reads_or_names_the_manual_step(t
 
 
 def test_group_average_is_the_mean_of_split_accuracies_over_the_summarised_items(tmp_path):
-    from ocean_lib.base.config import RunConfig
+    from ocean_lib.base.schema import RunConfig
     from ocean_lib.evaluation import group_average
 
     verdicts = {"refcoco": [True, True, False, False], "refcocop": [True], "refcocog": [False, False]}

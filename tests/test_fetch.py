@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from huggingface_hub import constants
 
-from ocean_lib.base.config import DataConfig, load_config
+from ocean_lib.base.config import load_config
+from ocean_lib.base.schema import DataConfig
 from ocean_lib.data import DataError, read_records, write_records
 from ocean_lib.data.fetch import fetch_training, link_split, training_downloads
 from ocean_lib.data.synthetic import sample_task, task_record

@@ -6,7 +6,7 @@ import typing
 import pytest
 import torch
 
-from ocean_lib.base.config import AlgorithmConfig
+from ocean_lib.base.schema import AlgorithmConfig
 from ocean_lib.training.grpo import (
     KLEstimator,
     LossAgg,

@@ -145,7 +145,7 @@ def test_deepspeed_files_parse_as_accelerate_reads_them(path):
     plugin = DeepSpeedPlugin(hf_ds_config=str(path))
     assert plugin.zero_stage == stage
     assert plugin.hf_ds_config.is_zero3() == (stage == 3)
-    # bf16 follows the params' model.dtype through the precision the trainer gives accelerate
+    # bf16 follows the params' model.train_precision through the precision the trainer gives accelerate
     assert plugin.deepspeed_config["bf16"]["enabled"] == "auto"
     for precision, bf16 in (("bf16", True), ("no", False)):
         filled = DeepSpeedPlugin(hf_ds_config=str(path))

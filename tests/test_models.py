@@ -17,8 +17,8 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING_NAMES
 
-from ocean_lib.base.config import TinyModelConfig
 from ocean_lib.base.prompts import chat_messages, reference_completion, user_text
+from ocean_lib.base.schema import TinyModelConfig
 from ocean_lib.training.models import (
     REASONING_TAGS,
     SPECIAL_TOKENS,

@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import mixed_prompts
 
-from ocean_lib.base.config import RolloutConfig
+from ocean_lib.base.schema import RolloutConfig
 from ocean_lib.training.forward import completion_logprobs
 from ocean_lib.training.models import load_policy
 from ocean_lib.training.rollout import make_engine

@@ -56,7 +56,11 @@ def test_3b_stage1_recipe_runs_two_steps_on_cpu_with_the_tiny_model(tiny_model_d
         recipe.reward,
     )
     assert (cfg.train.lr, cfg.train.weight_decay, cfg.train.grad_clip) == (1e-6, 0.01, 1.0)
-    assert (cfg.model.dtype, cfg.model.gradient_checkpointing) == ("bfloat16", True)
+    assert (cfg.model.train_precision, cfg.model.inference_dtype, cfg.model.gradient_checkpointing) == (
+        "bfloat16",
+        "bfloat16",
+        True,
+    )
 
     metrics = run.read_metrics()
     assert [m["step"] for m in metrics] == [0, 1, 2]  # verl validates before training (step 0)...

@@ -15,8 +15,8 @@ import pytest
 from conftest import ANNOTATIONS, needs_shared, v1_features
 from PIL import Image, ImageDraw
 
-from ocean_lib.base.config import DataConfig
 from ocean_lib.base.prompts import INSTRUCTIONS
+from ocean_lib.base.schema import DataConfig
 from ocean_lib.data import (
     DataError,
     ImageRef,

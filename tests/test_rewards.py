@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import ANNOTATIONS
 
-from ocean_lib.base.config import RewardConfig
+from ocean_lib.base.schema import RewardConfig
 from ocean_lib.rewards import (
     choice_letter,
     extract_answer_span,

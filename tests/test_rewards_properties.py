@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ocean_lib.base.config import RewardConfig
+from ocean_lib.base.schema import RewardConfig
 from ocean_lib.rewards import (
     choice_letter,
     literal_box,

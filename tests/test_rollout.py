@@ -4,8 +4,8 @@ import pytest
 import torch
 from conftest import mixed_prompts
 
-from ocean_lib.base.config import RolloutConfig
 from ocean_lib.base.prompts import Prompt
+from ocean_lib.base.schema import RolloutConfig
 from ocean_lib.training.batch import encode_prompts, mrope_positions, select_images
 from ocean_lib.training.models import load_policy, vision_special_token_ids
 from ocean_lib.training.rollout import (

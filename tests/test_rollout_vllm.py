@@ -12,8 +12,8 @@ import torch
 from conftest import grey_image
 from safetensors import safe_open
 
-from ocean_lib.base.config import RolloutConfig
 from ocean_lib.base.prompts import Prompt, user_text
+from ocean_lib.base.schema import RolloutConfig
 from ocean_lib.training.batch import encode_prompts
 from ocean_lib.training.models import load_policy, vision_special_token_ids
 from ocean_lib.training.rollout import make_engine

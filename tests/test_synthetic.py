@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ocean_lib.base.config import DataConfig, SyntheticConfig, from_dict
+from ocean_lib.base.config import from_dict
 from ocean_lib.base.prompts import IMAGE_MARKER, INSTRUCTIONS
+from ocean_lib.base.schema import DataConfig, SyntheticConfig
 from ocean_lib.data import load_example, parse_box, read_records, write_records
 from ocean_lib.data.synthetic import (
     BACKGROUND,

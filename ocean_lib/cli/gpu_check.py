@@ -390,7 +390,8 @@ class Workspace:
 
     @classmethod
     def build(cls, root: Path, params: Path, overrides: list[str], device: str = "cuda") -> Workspace:
-        from ocean_lib.base.config import TinyModelConfig, load_config
+        from ocean_lib.base.config import load_config
+        from ocean_lib.base.schema import TinyModelConfig
         from ocean_lib.data import synthetic
         from ocean_lib.training.models import build_tiny_model
 
@@ -418,8 +419,8 @@ class Workspace:
         return load_config(self.params, self.overrides)
 
     def _prompts(self):
-        from ocean_lib.base.config import DataConfig
         from ocean_lib.base.prompts import Prompt
+        from ocean_lib.base.schema import DataConfig
         from ocean_lib.data import load_example, read_records
 
         records = list(read_records(self.data_dir / "test", DataConfig()))[:2]
@@ -447,7 +448,7 @@ class Workspace:
     # -- in-process checks --------------------------------------------------------------------------------------
 
     def generation(self) -> str:
-        from ocean_lib.base.config import RolloutConfig
+        from ocean_lib.base.schema import RolloutConfig
         from ocean_lib.training.rollout import make_engine
 
         model, processor = self._policy()
@@ -462,7 +463,7 @@ class Workspace:
         return f"attention {ran}, {len(batch.texts)} samples, mean |Δ log p| vs training forward {gap:.1e}"
 
     def vllm_rollout(self) -> str:
-        from ocean_lib.base.config import RolloutConfig
+        from ocean_lib.base.schema import RolloutConfig
         from ocean_lib.training.rollout_vllm import VLLMRolloutEngine
 
         model, processor = self._policy()

@@ -12,9 +12,10 @@ import sys
 import traceback
 from pathlib import Path
 
-from ocean_lib.base.config import ConfigError, RunConfig, add_params_arguments, load_config
+from ocean_lib.base.config import add_params_arguments, load_config
 from ocean_lib.base.paths import PROJECT_ROOT
 from ocean_lib.base.run_dir import ERROR_PREFIX
+from ocean_lib.base.schema import ConfigError, RunConfig
 
 DESCRIPTION = "One command-line entry point for every step of the Ocean-R1 study."
 EPILOG = """\
@@ -290,7 +291,7 @@ def _eval(args: argparse.Namespace) -> int:
     from ocean_lib.evaluation import evaluate, model_name_of
 
     # Without a params file, bf16 as Ocean-R1's evaluation scripts load the model (the knob's default is fp32).
-    overrides = args.overrides if args.params else ["model.dtype=bfloat16", *args.overrides]
+    overrides = args.overrides if args.params else ["model.inference_dtype=bfloat16", *args.overrides]
     cfg = load_config(args.params, overrides)
     names = args.benchmarks.split(",") if args.benchmarks else None
     if args.action == "rescore":

@@ -56,7 +56,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from ocean_lib.base.config import DataConfig
 from ocean_lib.base.io import atomic_write_bytes
 from ocean_lib.base.prompts import (
     IMAGE_MARKER,
@@ -65,6 +64,7 @@ from ocean_lib.base.prompts import (
     user_text,
     v1_user_text,
 )
+from ocean_lib.base.schema import DataConfig
 from ocean_lib.data.images import ImageError, ImageRef, parse_box, prepare_images
 
 log = logging.getLogger(__name__)

@@ -46,9 +46,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from ocean_lib.base.config import RunConfig, SyntheticConfig
 from ocean_lib.base.io import atomic_write_bytes, atomic_write_json
 from ocean_lib.base.prompts import INSTRUCTIONS, reference_completion, user_text
+from ocean_lib.base.schema import RunConfig, SyntheticConfig
 from ocean_lib.data.images import ImageRef, parse_box
 from ocean_lib.data.records import Record, write_records
 

@@ -38,7 +38,7 @@ from typing import Any, Literal
 import pyarrow.parquet as pq
 
 from ocean_lib.base import prompts
-from ocean_lib.base.config import DataConfig
+from ocean_lib.base.schema import DataConfig
 from ocean_lib.data.images import ImageRef, parse_box
 from ocean_lib.data.records import Record, read_records
 from ocean_lib.evaluation.items import Item, Scorer

@@ -48,8 +48,9 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ocean_lib.base import prompts
-from ocean_lib.base.config import RunConfig, to_dict
+from ocean_lib.base.config import to_dict
 from ocean_lib.base.io import DirectoryLock, append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
+from ocean_lib.base.schema import RunConfig
 from ocean_lib.data.images import ImageError, prepare_images, rescale_box_truth
 from ocean_lib.evaluation import scorers
 from ocean_lib.evaluation.benchmarks import (
@@ -220,7 +221,7 @@ def run_settings(
         "max_new_tokens": generation_budget(benchmark, cfg, cap),
         "decoding": "greedy",
         "backend": cfg.rollout.backend,
-        "dtype": cfg.model.dtype,
+        "dtype": cfg.model.inference_dtype,
         "min_pixels": min_pixels,
         "max_pixels": max_pixels,
         "repetition_penalty": "generation_config"
@@ -731,7 +732,7 @@ def load_engine(model_path: str | Path, cfg: RunConfig, benchmarks: Sequence[Ben
     ]
     model, processor = load_policy(
         str(model_path),
-        dtype=cfg.model.dtype,
+        dtype=cfg.model.inference_dtype,
         attn_implementation=cfg.model.attn_implementation,
         min_pixels=min(low for low, _ in limits),
         max_pixels=max(high for _, high in limits),
@@ -740,7 +741,7 @@ def load_engine(model_path: str | Path, cfg: RunConfig, benchmarks: Sequence[Ben
         from accelerate import PartialState
 
         model.to(PartialState().device)
-    return make_engine(model, processor, cfg.rollout)
+    return make_engine(model, processor, cfg.rollout, dtype=cfg.model.inference_dtype)
 
 
 def export_vlmevalkit(jsonl: str | Path, destination: str | Path) -> Path:

@@ -28,7 +28,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ocean_lib.base.config import RewardConfig
+from ocean_lib.base.schema import RewardConfig
 from ocean_lib.rewards import rules
 from ocean_lib.rewards.deadline import Call, DeadlinePool, default_size
 

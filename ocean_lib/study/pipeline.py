@@ -27,9 +27,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ocean_lib.base.config import RunConfig, load_config, to_dict
+from ocean_lib.base.config import load_config, to_dict
 from ocean_lib.base.paths import PROJECT_ROOT
 from ocean_lib.base.run_dir import RunDir
+from ocean_lib.base.schema import RunConfig
 
 NOTEBOOKS = ["00_grpo_walkthrough", "01_data", "02_train", "03_evaluate", "04_aha_moments", "05_results"]
 """The notebooks in reading order (the report's order)."""

@@ -20,8 +20,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from ocean_lib.base.config import DataConfig
 from ocean_lib.base.io import atomic_write_bytes
+from ocean_lib.base.schema import DataConfig
 from ocean_lib.data.records import DataError, Record, load_images
 from ocean_lib.study.analysis import REFLECTION_LEXICON, load_metrics, metrics_frame, smooth
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-from ocean_lib.base.config import RunConfig
 from ocean_lib.base.prompts import Prompt
+from ocean_lib.base.schema import RunConfig
 from ocean_lib.data import Record
 from ocean_lib.rewards import RewardBreakdown, score_batch
 from ocean_lib.training import grpo

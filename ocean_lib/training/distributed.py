@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 import torch
 
-from ocean_lib.base.config import RunConfig
+from ocean_lib.base.schema import RunConfig
 from ocean_lib.training.compat import activation_checkpointing
 
 
@@ -47,9 +47,9 @@ def _env_flag(name: str) -> bool:
 
 
 def precision_of(cfg: RunConfig) -> Literal["bf16", "no"]:
-    """The accelerate mixed precision a config asks for: ``model.dtype: bfloat16`` keeps fp32 master weights
-    (in the optimizer) and computes in bf16, since AdamW steps of lr 1e-6 vanish in bf16 weights."""
-    return "bf16" if cfg.model.dtype == "bfloat16" else "no"
+    """The accelerate mixed precision a config asks for: ``model.train_precision: bfloat16`` keeps fp32 master
+    weights (in the optimizer) and computes in bf16, since AdamW steps of lr 1e-6 vanish in bf16 weights."""
+    return "bf16" if cfg.model.train_precision == "bfloat16" else "no"
 
 
 def is_deepspeed(accelerator: Any) -> bool:
@@ -110,7 +110,7 @@ def check_launch(accelerator: Any, cfg: RunConfig) -> None:
         asked = os.environ.get("ACCELERATE_MIXED_PRECISION")
         if asked is not None and asked != precision_of(cfg):
             errors.append(
-                f"the launch asks for mixed_precision={asked} but model.dtype={cfg.model.dtype} means "
+                f"the launch asks for mixed_precision={asked} but model.train_precision={cfg.model.train_precision} means "
                 f"mixed_precision={precision_of(cfg)} (bfloat16: fp32 weights, bf16 compute); make them agree"
             )
     if errors:
@@ -123,10 +123,10 @@ def _deepspeed_conflicts(plugin: Any, cfg: RunConfig) -> list[str]:
     where = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE") or "the DeepSpeed config"
     errors = []
     bf16 = ds.get("bf16", {}).get("enabled") is True
-    if bf16 != (cfg.model.dtype == "bfloat16"):
+    if bf16 != (cfg.model.train_precision == "bfloat16"):
         errors.append(
-            f"{where} has bf16.enabled={bf16} but model.dtype={cfg.model.dtype}: with bf16 DeepSpeed keeps fp32 "
-            "master weights and computes in bf16, which is model.dtype=bfloat16 here"
+            f"{where} has bf16.enabled={bf16} but model.train_precision={cfg.model.train_precision}: with bf16 DeepSpeed keeps fp32 "
+            "master weights and computes in bf16, which is model.train_precision=bfloat16 here"
         )
     if ds.get("fp16", {}).get("enabled") is True:
         errors.append(f"{where} enables fp16; this trainer runs fp32 or bf16 only")

@@ -16,8 +16,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from ocean_lib.base.config import RolloutConfig
 from ocean_lib.base.prompts import Prompt
+from ocean_lib.base.schema import RolloutConfig
 from ocean_lib.training.batch import RolloutBatch, stop_token_ids
 
 

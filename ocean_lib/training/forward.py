@@ -20,7 +20,7 @@ from typing import Any, Literal
 import torch
 from transformers import PreTrainedModel
 
-from ocean_lib.base.config import TrainConfig
+from ocean_lib.base.schema import TrainConfig
 from ocean_lib.training import distributed, grpo
 from ocean_lib.training.batch import RolloutBatch, mrope_positions, select_images
 from ocean_lib.training.compat import activation_checkpointing, bare_model, kv_cache

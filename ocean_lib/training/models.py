@@ -53,8 +53,8 @@ from transformers import (
 )
 from transformers.image_utils import SizeDict
 
-from ocean_lib.base.config import TinyModelConfig
 from ocean_lib.base.paths import HUB_FILE_PATTERNS
+from ocean_lib.base.schema import TinyModelConfig
 
 # Qwen's special tokens, in Qwen's order; <|endoftext|> pads, <|im_end|> ends a turn.
 SPECIAL_TOKENS = (

@@ -23,22 +23,29 @@ from typing import Any
 
 import torch
 
-from ocean_lib.base.config import RolloutConfig
 from ocean_lib.base.prompts import Prompt
+from ocean_lib.base.schema import RolloutConfig
 from ocean_lib.training.batch import RolloutBatch, encode_prompts, mrope_positions
 from ocean_lib.training.engine import EngineSetup, RolloutEngine
 
 
 def make_engine(
-    model: Any, processor: Any, cfg: RolloutConfig, all_done: Callable[[bool], bool] | None = None
+    model: Any,
+    processor: Any,
+    cfg: RolloutConfig,
+    all_done: Callable[[bool], bool] | None = None,
+    *,
+    dtype: str = "bfloat16",
 ) -> RolloutEngine:
-    """The rollout engine the config selects. ``all_done`` (HF backend): see :class:`HFRolloutEngine`."""
+    """The rollout engine the config selects. ``all_done`` (HF backend): see :class:`HFRolloutEngine`; ``dtype``
+    (vLLM backend): the dtype of vLLM's copy of the weights (``model.inference_dtype``; the HF backend samples
+    from the policy itself)."""
     if cfg.backend == "hf":
         return HFRolloutEngine(model, processor, cfg, all_done)
     if cfg.backend == "vllm":
         from ocean_lib.training.rollout_vllm import VLLMRolloutEngine
 
-        return VLLMRolloutEngine(model, processor, cfg)
+        return VLLMRolloutEngine(model, processor, cfg, dtype=dtype)
     raise ValueError(f"unknown rollout.backend {cfg.backend!r}; expected 'hf' or 'vllm'")
 
 

@@ -48,8 +48,8 @@ from typing import Any
 
 import torch
 
-from ocean_lib.base.config import DataConfig, RolloutConfig
 from ocean_lib.base.prompts import Prompt
+from ocean_lib.base.schema import DataConfig, RolloutConfig
 from ocean_lib.training.batch import RolloutBatch, encode_prompts, prompt_text
 from ocean_lib.training.engine import EngineSetup
 from ocean_lib.training.lora import peft_model
@@ -404,7 +404,8 @@ class ColocatedEngine:
 class VLLMRolloutEngine(EngineSetup):
     """Colocated vLLM sampling with the same interface and output as :class:`ocean_lib.training.rollout.HFRolloutEngine`.
 
-    ``max_images_per_prompt`` bounds vLLM's ``limit_mm_per_prompt`` (pass ``data.max_images_per_prompt``);
+    ``dtype`` is the dtype of vLLM's weights (``model.inference_dtype``; verl's rollout.dtype is bf16): an fp32
+    policy's weights are cast on each push. ``max_images_per_prompt`` bounds vLLM's ``limit_mm_per_prompt`` (pass ``data.max_images_per_prompt``);
     ``llm_overrides`` are extra ``vllm.LLM`` arguments (e.g. ``enforce_eager=True`` for a quick check).
     """
 
@@ -414,12 +415,13 @@ class VLLMRolloutEngine(EngineSetup):
         processor: Any,
         cfg: RolloutConfig,
         *,
+        dtype: str = "bfloat16",
         max_images_per_prompt: int = DataConfig().max_images_per_prompt,
         **llm_overrides: Any,
     ):
         self.vllm = require_vllm()
         super().__init__(model, processor, cfg)
-        self.engine, created = self._engine(max_images_per_prompt, llm_overrides)
+        self.engine, created = self._engine(max_images_per_prompt, {"dtype": dtype, **llm_overrides})
         if created and peft_model(model) is not None:
             # vLLM loaded the base weights from disk; the policy is those plus its adapters (a resumed run's
             # already trained): push the merged weights before the first generation.
@@ -433,7 +435,6 @@ class VLLMRolloutEngine(EngineSetup):
         kwargs: dict[str, Any] = {
             "model": source,
             "tokenizer": source,
-            "dtype": "bfloat16",  # verl's rollout.dtype; an fp32 policy's weights are cast on sync
             "tensor_parallel_size": cfg.vllm_tensor_parallel_size,
             "gpu_memory_utilization": cfg.vllm_gpu_memory_utilization,
             "max_model_len": cfg.vllm_max_model_len,

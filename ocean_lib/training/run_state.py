@@ -16,8 +16,9 @@ from typing import Any
 
 import torch
 
-from ocean_lib.base.config import RunConfig, TrainConfig, config_changes, load_config
+from ocean_lib.base.config import config_changes, load_config
 from ocean_lib.base.run_dir import RunDir, publish_dir, read_state
+from ocean_lib.base.schema import RunConfig, TrainConfig
 from ocean_lib.training import distributed
 from ocean_lib.training.lora import ADAPTER_DIR, attach_lora, merged_state_dict, peft_model, unwrap_peft
 from ocean_lib.training.models import load_policy
@@ -54,8 +55,8 @@ def build_state(cfg: RunConfig, accelerator: Any, run: RunDir, checkpoint: Path 
         model, processor = load_policy(start, dtype="float32", **load)
         if kl and not lora:
             # The reference is the stage's initial policy (Ocean-R1: stage 2's reference is stage 1's result),
-            # frozen, in the compute dtype. (With LoRA it is the policy with its adapters off: no copy.)
-            reference = load_policy(cfg.model.name_or_path, dtype=cfg.model.dtype, **load)[0]
+            # frozen, in the inference dtype. (With LoRA it is the policy with its adapters off: no copy.)
+            reference = load_policy(cfg.model.name_or_path, dtype=cfg.model.inference_dtype, **load)[0]
             reference.requires_grad_(False).eval()
     # from_pretrained returns eval mode, and transformers recomputes checkpointed layers only in training mode.
     check_no_dropout(model)
@@ -97,7 +98,9 @@ def build_state(cfg: RunConfig, accelerator: Any, run: RunDir, checkpoint: Path 
     lockstep = None
     if distributed.zero_stage(accelerator) == 3:
         lockstep = functools.partial(distributed.all_done, accelerator)
-    state.engine = make_engine(state.policy, processor, cfg.rollout, lockstep)  # once: vLLM is expensive
+    state.engine = make_engine(
+        state.policy, processor, cfg.rollout, lockstep, dtype=cfg.model.inference_dtype
+    )  # once: vLLM is expensive
     return state
 
 

@@ -32,10 +32,11 @@ from typing import Any
 
 import torch
 
-from ocean_lib.base.config import RunConfig, save_config
+from ocean_lib.base.config import save_config
 from ocean_lib.base.io import atomic_write_bytes, atomic_write_json
 from ocean_lib.base.prompts import Prompt
 from ocean_lib.base.run_dir import ROLLOUT_THUMBNAIL_SIDE, RunDir, plan_line, prune_checkpoints
+from ocean_lib.base.schema import RunConfig
 from ocean_lib.data import Record, load_example, read_records
 from ocean_lib.data.records import drop_overlong_prompts
 from ocean_lib.rewards import score_batch
