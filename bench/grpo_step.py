@@ -451,7 +451,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=10, help="measured steps per side (after warm-up)")
     parser.add_argument("--warmup", type=int, default=2, help="discarded steps per side")
-    parser.add_argument("--scaling-steps", type=int, default=3, help="measured steps per scaling point")
+    parser.add_argument(
+        "--scaling-steps", type=int, default=3, help="measured steps per scaling point (0: no scaling table)"
+    )
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = parser.parse_args()
     if "OMP_WAIT_POLICY" not in os.environ:
@@ -478,8 +480,10 @@ def main() -> None:
         )
         side_by_side = alternate(cfg, records, args.steps, args.warmup, root / "trl")
         loads["load_average_after_side_by_side"] = os.getloadavg()
-        print("scaling (ocean_lib alone)", flush=True)
-        table = scaling(model_dir, root / "runs", records, args.scaling_steps)
+        table = []
+        if args.scaling_steps > 0:
+            print("scaling (ocean_lib alone)", flush=True)
+            table = scaling(model_dir, root / "runs", records, args.scaling_steps)
         loads["load_average_after_scaling"] = os.getloadavg()
 
     results = {**summarise(side_by_side, table, loads), "total_s": time.perf_counter() - started}

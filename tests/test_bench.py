@@ -30,3 +30,30 @@ def test_micro_batch_bench_checks_equal_gradients_and_prints_ratios():
     )
     assert re.search(r"bucketed: \d+% of computed token slots are padding", "\n".join(lines))
     assert re.fullmatch(r"with gradient checkpointing, consecutive / bucketed: [0-9.]+x", lines[-1])
+
+
+def test_bench_help_shows_the_benchmarks_own_options():
+    done = subprocess.run(
+        [sys.executable, "-m", "ocean_lib", "bench", "grpo", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0 and "--scaling-steps" in done.stdout, done.stdout + done.stderr
+
+
+@pytest.mark.slow
+def test_grpo_bench_runs_two_steps_per_side_through_the_cli(tmp_path):
+    """The bench's whole path (TRL's GRPOTrainer and ours on the same work, the JSON, the ratio line) for two
+    steps each (its statistics need two); the ratio's value is not a test."""
+    done = subprocess.run(
+        [sys.executable, "-m", "ocean_lib", "bench", "grpo", "--steps", "2", "--warmup", "0"]
+        + ["--scaling-steps", "0", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert re.search(r"^ratio TRL / ocean_lib: [0-9.]+x$", done.stdout, re.M), done.stdout
+    (result,) = tmp_path.glob("*.json")
+    assert result.read_text().count('"median"') >= 2

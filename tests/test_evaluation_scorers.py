@@ -1,6 +1,6 @@
 """The scoring rules, benchmark by benchmark, as tables of our own cases. Each case states the rule of the
 reference script it pins (the first Ocean-R1 repository's ``src/eval`` scripts, the later repository's CV-Bench
-script, VLM-R1's baseline REC script, VLMEvalKit's OCRBench rule); ``bench/published_verdicts.py`` measures the
+script, VLM-R1's baseline REC script, VLMEvalKit's OCRBench rule); ``python -m ocean_lib verdicts`` measures the
 same scorers against the published per-item verdicts."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""bench/published_verdicts.py on logs in the first Ocean-R1 repository's format (small ones written here): it
+"""``python -m ocean_lib verdicts`` on logs in the first Ocean-R1 repository's format (small ones written here): it
 re-scores them through the registry and counts the verdicts that agree, and names the ones that do not."""
 
 from __future__ import annotations
@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-
-from ocean_lib.base.paths import PROJECT_ROOT
 
 
 def test_published_logs_are_rescored_through_the_registry(tmp_path):
@@ -42,7 +40,9 @@ def test_published_logs_are_rescored_through_the_registry(tmp_path):
     done = subprocess.run(
         [
             sys.executable,
-            str(PROJECT_ROOT / "bench/published_verdicts.py"),
+            "-m",
+            "ocean_lib",
+            "verdicts",
             "--logs",
             str(logs),
             "--work",

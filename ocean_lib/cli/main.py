@@ -184,6 +184,20 @@ def build_parser() -> argparse.ArgumentParser:
         "Prints its measurements (docs/performance.md says how to read them).",
     )
     p.add_argument("which", choices=list(BENCH_SCRIPTS), help="which benchmark")
+    p.add_argument(
+        "options", nargs=argparse.REMAINDER, help="the benchmark's own options (bench NAME --help lists them)"
+    )
+
+    p = _command(
+        commands,
+        "verdicts",
+        "re-score Ocean-R1's published per-item evaluation logs and compare every verdict with ours",
+        "A correctness check of the evaluation (ocean_lib/evaluation/verdicts.py).",
+    )
+    p.add_argument("--logs", required=True, help="directory holding Ocean-R1's src/eval/logs/eval/*.json")
+    p.add_argument("--work", default=None, help="scratch directory (default: a temporary one)")
+    p.add_argument("--only", default=None, help="comma-separated log name prefixes to measure")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds per scored output (math-verify's own)")
 
     p = _command(
         commands,
@@ -205,6 +219,7 @@ def run(args: argparse.Namespace) -> int:
         "eval": _eval,
         "reproduce": _reproduce,
         "bench": _bench,
+        "verdicts": _verdicts,
         "gpu-check": _gpu_check,
     }[args.command]
     return handler(args) or 0
@@ -351,9 +366,15 @@ def _bench(args: argparse.Namespace) -> int:
     script = PROJECT_ROOT / "bench" / BENCH_SCRIPTS[args.which]
     if not script.exists():
         raise FileNotFoundError(f"{script} not found: benchmarks run from a source checkout of ocean_lib")
-    sys.argv = [str(script)]  # the script parses its own arguments, not the CLI's
+    sys.argv = [f"python -m ocean_lib bench {args.which}", *args.options]  # the script parses its own options
     runpy.run_path(str(script), run_name="__main__")
     return 0
+
+
+def _verdicts(args: argparse.Namespace) -> int:
+    from ocean_lib.evaluation import verdicts
+
+    return verdicts.main(args)
 
 
 def _gpu_check(args: argparse.Namespace) -> int:

@@ -12,7 +12,7 @@ verdict with the published one.
 Published verdicts: ``is_correct`` where the log has it; the SuperCLEVR logs have none, and their script's
 verdict is ``extracted_answer is not None and extracted_answer == ground_truth``.
 
-    python bench/published_verdicts.py --logs DIR [--work DIR] [--only PREFIX,...] [--timeout 5]
+    python -m ocean_lib verdicts --logs DIR [--work DIR] [--only PREFIX,...] [--timeout 5]
 
 Prints one line per log (items, published accuracy, ours, verdicts that agree, the first disagreements) and
 one line per benchmark, and writes ``<work>/published_verdicts.json``.
@@ -171,17 +171,8 @@ def measure(log: Path, benchmark: str, work: Path, cfg: RunConfig) -> dict[str, 
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--logs", required=True, help="directory holding Ocean-R1's src/eval/logs/eval/*.json"
-    )
-    parser.add_argument("--work", default=None, help="scratch directory (default: a temporary one)")
-    parser.add_argument("--only", default=None, help="comma-separated log name prefixes to measure")
-    parser.add_argument(
-        "--timeout", type=float, default=5.0, help="seconds per scored output (math-verify's own)"
-    )
-    args = parser.parse_args(argv)
+def main(args: argparse.Namespace) -> int:
+    """Measure every log under ``args.logs``; print a line per log and per benchmark; write the JSON report."""
     work = Path(args.work or tempfile.mkdtemp(prefix="published_verdicts_"))
     logs = sorted(p for p in Path(args.logs).glob("*.json") if benchmark_of(p))
     if args.only:
@@ -221,7 +212,3 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"written: {report}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
