@@ -56,6 +56,15 @@ def rows(cfg: RunConfig) -> dict[str, str]:
     return {stage.row: name for name, stage in cfg.study.stages.items() if stage.row}
 
 
+def grpo_stages(cfg: RunConfig) -> list[str]:
+    """The stages trained with GRPO (``train.objective``, the stage's own or the params'), in stage order."""
+    return [
+        name
+        for name, stage in cfg.study.stages.items()
+        if stage.set.get("train", {}).get("objective", cfg.train.objective) == "grpo"
+    ]
+
+
 def stage_overrides(cfg: RunConfig, stage: str) -> list[str]:
     """What turns the study's params into one stage's run: its own knobs, run directory and start weights."""
     if stage not in cfg.study.stages:
