@@ -91,7 +91,11 @@ def test_the_trainer_drives_the_engine_through_its_lifecycle_each_step(
             calls.append(f"after_update(step {len(calls) // 3 + 1})")
             assert model is not None
 
-    monkeypatch.setattr(run_state, "make_engine", RecordingEngine)
+    monkeypatch.setattr(
+        run_state,
+        "make_engine",
+        lambda model, processor, cfg, all_done, dtype: RecordingEngine(model, processor, cfg),
+    )
     train(_config(tiny_model_dir, mini_data_dir, tmp_path))
     assert calls == [
         *["generate", "after_generate", "after_update(step 1)"],

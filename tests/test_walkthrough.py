@@ -32,7 +32,7 @@ def test_group_update_unrolls_one_grpo_step(tiny_model_dir, mini_data_dir):
     # The "before" log-probs are the sampler's own, summed over each answer.
     sampled = (update.batch.logprobs * update.batch.completion_mask).sum(-1)
     assert update.logprob_before == pytest.approx(sampled, abs=1e-4)
-    assert update.metrics["ratio_mean"] == pytest.approx(1.0)
+    assert update.metrics["ratio/mean"] == pytest.approx(1.0)
     # One optimizer step happened and moved the answers' probabilities.
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert not torch.allclose(update.logprob_after, update.logprob_before)

@@ -1,8 +1,10 @@
 """One GRPO update on one prompt, with every intermediate kept: what ``00_grpo_walkthrough`` shows.
 
-It is the trainer's step (:func:`ocean_lib.training.trainer.grpo_step`) reduced to a single group and unrolled, so a
-reader can look at each quantity: the sampled answers, their reward breakdowns, the group-normalised
-advantages, the clipped loss and its KL term, and how the update moved each answer's probability.
+It runs the trainer's own step functions (:func:`ocean_lib.training.trainer.sample_groups` and
+:func:`~ocean_lib.training.trainer.update`, as :func:`~ocean_lib.training.trainer.grpo_step` does) on a single
+group in one process, and keeps what they compute, so a reader can look at each quantity: the sampled answers,
+their reward breakdowns, the group-normalised advantages, the clipped loss and its KL term, and how the update
+moved each answer's probability.
 """
 
 from __future__ import annotations
@@ -16,13 +18,13 @@ import torch
 from ocean_lib.base.prompts import Prompt
 from ocean_lib.base.schema import RunConfig
 from ocean_lib.data import Record
-from ocean_lib.rewards import RewardBreakdown, score_batch
-from ocean_lib.training import grpo
+from ocean_lib.rewards import RewardBreakdown
+from ocean_lib.training import trainer
 from ocean_lib.training.batch import RolloutBatch
 from ocean_lib.training.forward import completion_logprobs
+from ocean_lib.training.metrics import POLICY_METRICS, Tally
 from ocean_lib.training.rollout import make_engine
-from ocean_lib.training.run_state import loss_settings, make_optimizer
-from ocean_lib.training.trainer import prompt_of
+from ocean_lib.training.run_state import TrainState, make_optimizer, make_schedule
 
 
 @dataclass
@@ -63,52 +65,45 @@ class GroupUpdate:
 
 
 def group_update(model: Any, processor: Any, record: Record, cfg: RunConfig, seed: int = 0) -> GroupUpdate:
-    """Sample ``cfg.rollout.n`` answers to ``record``, score them, and take one GRPO step on ``model``."""
-    alg, n = cfg.algorithm, cfg.rollout.n
-    reference = copy.deepcopy(model).requires_grad_(False).eval()
+    """Sample ``cfg.rollout.n`` answers to ``record``, score them, and take one GRPO step on ``model``, through
+    the trainer's own steps 1-4 (:func:`~ocean_lib.training.trainer.sample_groups`) and 5-6
+    (:func:`~ocean_lib.training.trainer.update`), in one process."""
+    from accelerate import Accelerator
 
-    # 1. Sample a group of n answers to one prompt.
-    prompt, truth = prompt_of(record, cfg)
-    batch = make_engine(model, processor, cfg.rollout).generate([prompt], n=n, seeds=[seed])
-    rows = torch.arange(n)
-
-    # 2. Score them with the rule-based reward; 3. normalise within the group.
-    scores = score_batch(batch.texts, [truth] * n, [record.reward_func] * n, cfg.reward)
-    rewards = torch.tensor([s.overall for s in scores])
-    advantages = grpo.group_advantages(rewards, n, eps=alg.adv_eps, scale=alg.scale_rewards)
-
-    # 4. The clipped policy loss with its KL term, then one optimizer step.
+    reference = copy.deepcopy(model).requires_grad_(False).eval()  # the KL reference: the weights before
     optimizer = make_optimizer(model, cfg.train)
-    logp, entropy, mask = completion_logprobs(
-        model, model, batch, rows, cfg.rollout.temperature, entropy="loss"
+    state = TrainState(
+        Accelerator(cpu=not torch.cuda.is_available()),
+        model,
+        reference,
+        processor,
+        optimizer,
+        make_schedule(optimizer, cfg.train),
+        cfg,
+        run=None,  # nothing is written: the notebook shows what the step computes
     )
-    with torch.no_grad():
-        ref_logp, _, _ = completion_logprobs(reference, reference, batch, rows, cfg.rollout.temperature)
-    loss, stats = grpo.policy_loss(
-        logp,
-        logp.detach(),
-        advantages,
-        mask,
-        ref_logprobs=ref_logp,
-        entropy=entropy,
-        **loss_settings(cfg),
-    )
-    loss.backward()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    state.engine = make_engine(model, processor, cfg.rollout)
+    tally = Tally()
 
-    # 5. How the update moved each answer's probability (up for positive advantages, down for negative).
+    # 1-4. Sample a group of n answers to one prompt, score them, normalise within the group.
+    groups = trainer.sample_groups(state, [record], step=1, seeds=[seed], tally=tally)
+    # 5-6. Reference log-probs, the clipped policy loss with its KL term, one optimizer step.
+    trainer.update(state, groups, tally)
+
+    # How the update moved each answer's probability (up for positive advantages, down for negative).
+    batch, rows = groups.batch, torch.arange(len(groups.batch.texts))
     with torch.no_grad():
-        after, _, _ = completion_logprobs(model, model, batch, rows, cfg.rollout.temperature)
+        after, _, mask = completion_logprobs(model, model, batch, rows, cfg.rollout.temperature)
+    metrics = tally.reduce(state.accelerator)  # the trainer's metrics of this step; the loss's are shown
     return GroupUpdate(
-        prompt=prompt,
-        ground_truth=truth,
+        prompt=groups.prompts[0],
+        ground_truth=groups.truths[0],
         batch=batch,
-        scores=scores,
-        rewards=rewards,
-        advantages=advantages,
-        loss=float(loss.detach()),
-        metrics=grpo.stat_values(stats),
-        logprob_before=(logp.detach() * mask).sum(-1),
+        scores=groups.scores,
+        rewards=groups.rewards,
+        advantages=groups.advantages,
+        loss=metrics["loss/total"],
+        metrics={k: metrics[k] for k in POLICY_METRICS.values() if k in metrics},
+        logprob_before=(batch.logprobs[:, : mask.shape[1]] * mask).sum(-1),  # the sampler's own log-probs
         logprob_after=(after * mask).sum(-1),
     )

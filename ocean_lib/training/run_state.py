@@ -73,7 +73,7 @@ def build_state(cfg: RunConfig, accelerator: Any, run: RunDir, checkpoint: Path 
         model = attach_lora(model, m.lora_rank, m.lora_alpha, m.lora_target_modules, adapter)
 
     optimizer = make_optimizer(model, cfg.train)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda done: lr_factor(done, cfg.train))
+    scheduler = make_schedule(optimizer, cfg.train)
     if deepspeed:
         distributed.fill_deepspeed_auto_sizes(accelerator, model.config)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
@@ -152,6 +152,11 @@ def make_optimizer(model: Any, train: TrainConfig) -> torch.optim.Optimizer:
         weight_decay=train.weight_decay,
         betas=(train.adam_beta1, train.adam_beta2),
     )
+
+
+def make_schedule(optimizer: torch.optim.Optimizer, train: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    """The learning-rate schedule of ``train.lr_schedule`` (:func:`lr_factor`), stepped once per optimizer step."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda done: lr_factor(done, train))
 
 
 def lr_factor(done: int, train: TrainConfig) -> float:

@@ -13,6 +13,9 @@ Each step (``grpo_step``) is the recipe of Ocean-R1 / verl, in order:
    (Ocean-R1: one optimizer step per batch);
 7. metrics (reduced as sums and counts over all processes), rollouts and checkpoints into the run directory.
 
+Steps 1-4 are :func:`sample_groups`, 5-6 :func:`update`: the teaching walkthrough
+(:mod:`ocean_lib.study.walkthrough`) runs these two, so what it shows is what the trainer does.
+
 ``objective: sft`` runs the supervised warm-start through the same loop: step 2 becomes the record's reference
 completion and step 6 minimises its cross-entropy.
 
@@ -27,6 +30,7 @@ import io
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +43,7 @@ from ocean_lib.base.run_dir import ROLLOUT_THUMBNAIL_SIDE, RunDir, plan_line, pr
 from ocean_lib.base.schema import RunConfig
 from ocean_lib.data import Record, load_example, read_records
 from ocean_lib.data.records import drop_overlong_prompts
-from ocean_lib.rewards import score_batch
+from ocean_lib.rewards import RewardBreakdown, score_batch
 from ocean_lib.training import distributed, grpo
 from ocean_lib.training.batch import (
     RolloutBatch,
@@ -157,14 +161,61 @@ def train(cfg: RunConfig, resume: bool = False) -> Path:
 def grpo_step(
     state: TrainState, records: list[Record], step: int, seeds: list[int]
 ) -> tuple[Tally, list[dict[str, Any]]]:
-    """One GRPO step on this process's share of the step's prompts (``seeds``: one per prompt).
+    """One GRPO step on this process's share of the step's prompts (``seeds``: one per prompt): steps 1-4
+    (:func:`sample_groups`), 5-6 (:func:`update`), then 7, the step's metrics and rollout records."""
+    tally = Tally()
+    groups = sample_groups(state, records, step, seeds, tally)
+    update(state, groups, tally)
 
-    The loss of every micro-batch is normalised by global counts: ``num_tokens`` and ``num_seqs`` are summed over
-    all micro-batches and all processes (step 6), so the micro-batch losses add up to the loss of the whole step.
-    The per-process scaling lives in :func:`_backward`: DDP and DeepSpeed average gradients over processes, so
-    each process's loss is multiplied by the process count to turn that average into the sum.
-    """
-    cfg, acc, tally = state.cfg, state.accelerator, Tally()
+    # 7. Metrics (sums and counts) and rollout records.
+    n, batch = state.cfg.rollout.n, groups.batch
+    rows_of = [records[i // n] for i in range(len(batch.texts))]
+    tally_rewards(
+        tally, groups.scores, rows_of, groups.rewards, groups.advantages, groups.flat_groups, batch, n
+    )
+    image_refs = [_image_ref(state.run, r, p) for r, p in zip(records, groups.prompts, strict=True)]
+    rollout_rows = [
+        {
+            "step": step,
+            "prompt_id": f"{r.data_source}:{r.index}",
+            "data_source": r.data_source,
+            "reward_func": r.reward_func,
+            "image": image_refs[i // n],
+            "prompt": r.question,
+            "ground_truth": groups.truths[i // n],
+            "completion": text,
+            "reward": s.to_dict(),
+            "advantage": float(groups.advantages[i]),
+            "length": int(length),
+            "finished": bool(fin),
+        }
+        for i, (r, text, s, length, fin) in enumerate(
+            zip(rows_of, batch.texts, groups.scores, batch.completion_lengths, batch.finished, strict=True)
+        )
+    ]
+    return tally, rollout_rows
+
+
+@dataclass
+class SampledGroups:
+    """Steps 1-4 of a GRPO step for this process's prompts: ``n`` completions per prompt, their scores and
+    group-normalised advantages, and the rows the update trains on."""
+
+    prompts: list[Prompt]
+    truths: list[str]
+    batch: RolloutBatch
+    scores: list[RewardBreakdown]
+    rewards: torch.Tensor  # [prompts * n]
+    advantages: torch.Tensor  # [prompts * n]
+    flat_groups: torch.Tensor  # [prompts] groups whose rewards are all equal
+    kept_rows: torch.Tensor  # rows the update trains on (dynamic sampling drops the flat groups')
+
+
+def sample_groups(
+    state: TrainState, records: list[Record], step: int, seeds: list[int], tally: Tally
+) -> SampledGroups:
+    """Steps 1-4: sample a group of ``n`` completions per prompt, score them, normalise within each group."""
+    cfg, acc = state.cfg, state.accelerator
     n, alg = cfg.rollout.n, cfg.algorithm
 
     # 1-2. Sample a group of n completions for each prompt.
@@ -199,6 +250,22 @@ def grpo_step(
     if alg.dynamic_sampling:
         keep = ~flat_groups.repeat_interleave(n)
     kept_rows = keep.nonzero().squeeze(1)
+    return SampledGroups(
+        list(prompts), list(truths), batch, scores, rewards, advantages, flat_groups, kept_rows
+    )
+
+
+def update(state: TrainState, groups: SampledGroups, tally: Tally) -> None:
+    """Steps 5-6: reference log-probs, then the micro-batched clipped-loss update and one optimizer step (per
+    ``algorithm.updates_per_batch``).
+
+    The loss of every micro-batch is normalised by global counts: ``num_tokens`` and ``num_seqs`` are summed over
+    all micro-batches and all processes, so the micro-batch losses add up to the loss of the whole step. The
+    per-process scaling lives in :func:`_backward`: DDP and DeepSpeed average gradients over processes, so each
+    process's loss is multiplied by the process count to turn that average into the sum.
+    """
+    cfg, acc, alg = state.cfg, state.accelerator, state.cfg.algorithm
+    batch, advantages, kept_rows = groups.batch, groups.advantages, groups.kept_rows
 
     # Normalisers over all processes (each micro-batch's loss is its share of the global batch loss). The values
     # go to the collective on accelerator.device: NCCL takes GPU tensors only.
@@ -264,30 +331,6 @@ def grpo_step(
             _optimizer_step(state, tally)
     # Each process holds its share of the global loss: a count of 1/W makes the reduced "mean" their sum.
     tally.add("loss/total", loss_sum / alg.updates_per_batch, count=1 / acc.num_processes)
-
-    # 7. Metrics (sums and counts) and rollout records.
-    tally_rewards(tally, scores, rows_of, rewards, advantages, flat_groups, batch, n)
-    image_refs = [_image_ref(state.run, r, p) for r, p in zip(records, prompts, strict=True)]
-    rollout_rows = [
-        {
-            "step": step,
-            "prompt_id": f"{r.data_source}:{r.index}",
-            "data_source": r.data_source,
-            "reward_func": r.reward_func,
-            "image": image_refs[i // n],
-            "prompt": r.question,
-            "ground_truth": truths[i // n],
-            "completion": text,
-            "reward": s.to_dict(),
-            "advantage": float(advantages[i]),
-            "length": int(length),
-            "finished": bool(fin),
-        }
-        for i, (r, text, s, length, fin) in enumerate(
-            zip(rows_of, batch.texts, scores, batch.completion_lengths, batch.finished, strict=True)
-        )
-    ]
-    return tally, rollout_rows
 
 
 def prompt_of(record: Record, cfg: RunConfig) -> tuple[Prompt, str]:
