@@ -593,6 +593,9 @@ PROTOCOLS = {
     "mathverse": V1.format(script="test_qwen2d5vl_mathverse_multigpu.py"),
     "olympiadbench": V1.format(script="test_qwen2d5vl_olympiadbench_multigpu.py"),
     "mmmu": V1.format(script="test_qwen2d5vl_mmmu.py"),
+    "superclevr_verl": "Ocean-R1 verl (eval/test_qwen2d5vl_counting_superclevr_5k.py)",
+    "geoqa_verl": "Ocean-R1 verl (eval/test_qwen2d5vl_geoqa.py)",
+    "rec_bare": "Ocean-R1 REC script's base-model branch (is_baseline: the bare question, box read in <answer>)",
     "cvbench": "Ocean-R1 verl (eval/test_qwen2d5vl_cvbench.py)",
     "r1v": "R1-V (src/eval, test200 prompt)",
     "ocrbench": "VLMEvalKit (OCRBench.evaluate, Qwen2.5-VL config)",
@@ -631,6 +634,9 @@ def _registry() -> dict[str, Benchmark]:
         box_frame="model_input",
         load=partial(load_rec_json, template="grounding_plain", sample=2000, seed=42),
     )
+    # The REC script as written for a base model (is_baseline): the bare question, a box read only inside
+    # <answer> tags; a model that never writes them scores 0, so the published base 75.3 cannot come from it.
+    rec_bare = partial(rec, protocol=PROTOCOLS["rec_bare"], load=partial(load_rec_json, template="question"))
     cvbench = partial(
         Benchmark,
         score=score_option_math_verify,
@@ -656,6 +662,10 @@ def _registry() -> dict[str, Benchmark]:
                  load=load_question_jsonl, protocol=PROTOCOLS["r1v"]),
         geoqa("geoqa", "GeoQA (754)", ("geoqa/geoqa_test_prompts.jsonl",), "geoqa",
               load=partial(load_question_jsonl, template="v1_geoqa"), protocol=PROTOCOLS["geoqa"]),
+        counting("superclevr_verl", "SuperCLEVR counting (5k), verl-repo prompt", ("superclevr/super_clevr_test_5k.jsonl",), "superclevr/images",
+                 load=partial(load_question_jsonl, template="think"), protocol=PROTOCOLS["superclevr_verl"]),
+        geoqa("geoqa_verl", "GeoQA (754), verl-repo prompt", ("geoqa/geoqa_test_prompts.jsonl",), "geoqa",
+              load=partial(load_question_jsonl, template="think"), protocol=PROTOCOLS["geoqa_verl"]),
         geoqa("geoqa_parquet", "GeoQA (740, training format)", ("geoqa/geoqa_test.parquet",), "geoqa",
               load=load_training_parquet, protocol=PROTOCOLS["verl_parquet"]),
         rec("refcoco", "RefCOCO val", ("rec/**/refcoco_val.json",), "coco/train2014"),
@@ -664,6 +674,9 @@ def _registry() -> dict[str, Benchmark]:
         rec_plain("refcoco_plain", "RefCOCO val (plain prompt, 2,000)", ("rec/**/refcoco_val.json",), "coco/train2014"),
         rec_plain("refcocop_plain", "RefCOCO+ val (plain prompt, 2,000)", ("rec/**/refcocop_val.json",), "coco/train2014"),
         rec_plain("refcocog_plain", "RefCOCOg val (plain prompt, 2,000)", ("rec/**/refcocog_val.json",), "coco/train2014"),
+        rec_bare("refcoco_bare", "RefCOCO val (bare question)", ("rec/**/refcoco_val.json",), "coco/train2014"),
+        rec_bare("refcocop_bare", "RefCOCO+ val (bare question)", ("rec/**/refcocop_val.json",), "coco/train2014"),
+        rec_bare("refcocog_bare", "RefCOCOg val (bare question)", ("rec/**/refcocog_val.json",), "coco/train2014"),
         cvbench("cvbench", "CV-Bench", ("cvbench/test_2d.parquet", "cvbench/test_3d.parquet", "cvbench/test.jsonl"), "cvbench", load=load_cvbench),
         cvbench("cvbench_parquet", "CV-Bench (training format)", ("cvbench/cvbench_test.parquet",), "cvbench", load=cvbench_task_of),
         strict("mathvista", "MathVista testmini", ("mathvista/**/testmini-*.parquet", "mathvista/testmini.json"), "mathvista",
@@ -697,7 +710,12 @@ BENCHMARKS: dict[str, Benchmark] = _registry()
 # The RefCOCO splits the result table averages into one column, by Ocean-R1's protocol and by VLM-R1's baseline.
 REC_SPLITS = ("refcoco", "refcocop", "refcocog")
 REC_PLAIN_SPLITS = ("refcoco_plain", "refcocop_plain", "refcocog_plain")
-REC_AVERAGES = {"refcoco_avg": REC_SPLITS, "refcoco_plain_avg": REC_PLAIN_SPLITS}
+REC_BARE_SPLITS = ("refcoco_bare", "refcocop_bare", "refcocog_bare")
+REC_AVERAGES = {
+    "refcoco_avg": REC_SPLITS,
+    "refcoco_plain_avg": REC_PLAIN_SPLITS,
+    "refcoco_bare_avg": REC_BARE_SPLITS,
+}
 
 
 def get_benchmark(name: str) -> Benchmark:
