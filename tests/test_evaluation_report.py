@@ -213,8 +213,9 @@ def test_manual_steps_cover_every_real_benchmark():
             assert f"`{name}`" in MANUAL_STEPS, name
 
 
-EXTERNAL_IMAGES = {"superclevr", "superclevr200", "geoqa", "geoqa_parquet", "refcoco", "refcocop", "refcocog",
-                   "refcoco_plain", "refcocop_plain", "refcocog_plain", "cvbench_parquet"}  # fmt: skip
+EXTERNAL_IMAGES = {"superclevr", "superclevr200", "superclevr_verl", "geoqa", "geoqa_parquet", "geoqa_verl",
+                   "refcoco", "refcocop", "refcocog", "refcoco_plain", "refcocop_plain", "refcocog_plain",
+                   "refcoco_bare", "refcocop_bare", "refcocog_bare", "cvbench_parquet"}  # fmt: skip
 
 
 def test_fetch_delivers_every_file_the_registry_reads_or_names_the_manual_step(tmp_path):
