@@ -299,6 +299,12 @@ class EvalConfig:
         "item", "what the bootstrap resamples: items, or images (the items sharing an image go together)"
     )
     seed: int = knob(0, "seed of the bootstrap")
+    judge_url: str = knob(
+        "",
+        "OpenAI-compatible endpoint of the model judge for the *_judge benchmarks, up to /v1 (e.g. vllm serve)",
+    )
+    judge_model: str = knob("", "model name the judge endpoint serves (eval judge; '' : no judge)")
+    judge_timeout_s: float = knob(120.0, "seconds one judge request may take")
     published_table: Literal["v1", "verl", "none"] = knob(
         "v1",
         "Ocean-R1's published table the results are set beside: v1 (first repository, TRL recipe), verl (the verl "

@@ -145,10 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "action",
         nargs="?",
-        choices=["run", "rescore", "table"],
+        choices=["run", "rescore", "judge", "table"],
         default="run",
         help="run: generate and score (default); rescore: score the stored outputs again and print the table; "
-        "table: the result table of --row summaries beside the params' published table (eval.published_table)",
+        "judge: score the stored outputs of *_judge benchmarks with the model judge (eval.judge_url, "
+        "eval.judge_model); table: the result table of --row summaries beside the params' published table "
+        "(eval.published_table)",
     )
     add_params_arguments(p, required=False)
     p.add_argument("--model", default=None, help="checkpoint directory or hub id (required to run)")
@@ -345,6 +347,8 @@ def _eval(args: argparse.Namespace) -> int:
         return _rescore(args, cfg, names)
     if args.action == "table":
         return _table(args, cfg, names)
+    if args.action == "judge":
+        return _judge(args, cfg, names)
     if args.model is None:
         raise UsageError("eval needs --model (or `eval rescore` to score stored outputs)")
     if args.step is not None:  # a run directory's intermediate checkpoint, named after the run and the step
@@ -387,6 +391,28 @@ def _rescore(args: argparse.Namespace, cfg: RunConfig, names: list[str] | None) 
         raise FileNotFoundError(f"no <benchmark>.jsonl of a registered benchmark in {directory}")
     summary = rescore(directory, names, cfg)
     print(results_table({directory.name: summary}, published=cfg.eval.published_table).markdown())
+    return 0
+
+
+def _judge(args: argparse.Namespace, cfg: RunConfig, names: list[str] | None) -> int:
+    """``eval judge``: the stored outputs of the judge benchmarks scored by the configured model judge."""
+    from ocean_lib.evaluation import model_name_of
+    from ocean_lib.evaluation.judge import KINDS
+    from ocean_lib.evaluation.runner import judge_outputs
+    from ocean_lib.study.report import results_table
+
+    if args.outputs is None and args.model is None and args.model_name is None:
+        raise UsageError("eval judge needs --outputs (or --model / --model-name)")
+    directory = Path(
+        args.outputs or Path(cfg.eval.output_dir) / (args.model_name or model_name_of(args.model))
+    )
+    names = names or [f"{k}_judge" for k in KINDS if (directory / f"{k}_judge.jsonl").exists()]
+    if not names:
+        raise FileNotFoundError(f"no <benchmark>.jsonl of a *_judge benchmark in {directory}")
+    summary = judge_outputs(directory, names, cfg)
+    print(
+        results_table({directory.name: summary}, columns=names, published=cfg.eval.published_table).markdown()
+    )
     return 0
 
 

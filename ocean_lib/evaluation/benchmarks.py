@@ -42,6 +42,7 @@ from ocean_lib.base.schema import DataConfig
 from ocean_lib.data.images import ImageRef, parse_box
 from ocean_lib.data.records import Record, read_records
 from ocean_lib.evaluation.items import Item, Scorer
+from ocean_lib.evaluation.judge import score_without_judge
 from ocean_lib.evaluation.scorers import (
     literal_list,
     score_box,
@@ -511,6 +512,48 @@ def load_ocrbench(files: list[Path], image_root: Path) -> list[Item]:
     return items
 
 
+def load_vlmevalkit_math(files: list[Path], image_root: Path, kind: str) -> list[Item]:
+    """MathVista, MathVision or MathVerse as VLMEvalKit ships them (``MathVista_MINI.tsv``, ``MathVision.tsv``,
+    ``MathVerse_MINIV.tsv``: ``index``, ``image`` in base64, ``question``, ``answer``, ``choices`` as a Python list
+    literal, MathVista's ``question_type``/``answer_type``/``answer_option``, MathVerse's ``question_for_eval``).
+    The prompt is VLMEvalKit's for Qwen2.5-VL (``use_custom_prompt=False``): the question alone, image first. The
+    answer field holds what the judge's checks read (:func:`ocean_lib.evaluation.judge.case_of`) as JSON."""
+    items = []
+    for path in files:
+        for index, row in enumerate(read_rows(path)):
+            question = field_of(row, "question", path, index, str)
+            raw = row.get("choices") or "[]"
+            choices = literal_list(raw) if isinstance(raw, str) and raw != "nan" else list(raw or [])
+            if choices is None:
+                raise BenchmarkDataError(f"{_where(path, index, 'choices')} is not a list literal: {raw!r}")
+            answer = str(field_of(row, "answer", path, index))
+            if kind == "mathvista":
+                multi = row.get("question_type") == "multi_choice"
+                answer = str(field_of(row, "answer_option", path, index)) if multi else answer
+                choices = choices if multi else []
+            case = {
+                "question": str(row.get("question_for_eval") or question),
+                "answer": answer,
+                "answer_type": str(row.get("answer_type") or ""),
+            }
+            image = field_of(row, "image", path, index, str)
+            try:
+                image_bytes = base64.b64decode(image, validate=True)
+            except binascii.Error as error:
+                raise BenchmarkDataError(f"{_where(path, index, 'image')} is not base64: {error}") from error
+            items.append(
+                Item(
+                    id=str(row.get("index", index)),
+                    prompt=prompts.eval_turn(question, "question", 1),
+                    answer=json.dumps(case, ensure_ascii=False),
+                    images=(ImageRef(bytes=image_bytes, source=f"{path.name}:{index}"),),
+                    subset=str(row.get("task") or row.get("category") or row.get("problem_version") or ""),
+                    options=tuple(str(c) for c in choices),
+                )
+            )
+    return items
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # The registry
 # ----------------------------------------------------------------------------------------------------------------
@@ -523,6 +566,7 @@ Home = Literal["benchmarks", "synthetic"]
 QWEN_MIN_PIXELS = 4 * 28 * 28
 QWEN_MAX_PIXELS = 16384 * 28 * 28
 OCRBENCH_MIN_PIXELS = 10 * 10 * 28 * 28
+VLMEVALKIT_MIN_PIXELS = 1280 * 28 * 28
 
 
 @dataclass(frozen=True)
@@ -602,6 +646,8 @@ PROTOCOLS = {
     "strict": "ours: reward strict mode (a reference's prompt and data)",
     "mathvista": "ours: reward strict mode (Ocean-R1 used VLMEvalKit with a GPT judge: not comparable)",
     "verl_parquet": "Ocean-R1 verl validation parquet, scored by the GeoQA rule",
+    "judge": "VLMEvalKit ({dataset}, Qwen2.5-VL config), a model judge extracting the answer (eval judge; "
+    "before it, the rule step alone)",
     "miniature": "miniature (its real counterpart's rule)",
 }
 
@@ -691,6 +737,17 @@ def _registry() -> dict[str, Benchmark]:
         strict("mathverse_strict", "MathVerse (mathverse_4k), strict", mathverse_4k, "mathverse", load=load_mathverse, max_new_tokens=2048),
         strict("olympiadbench_strict", "OlympiadBench (test_en), strict", olympiad, "olympiadbench", load=load_olympiadbench, max_new_tokens=4096),
         strict("mmmu_strict", "MMMU validation, strict", mmmu, "mmmu", load=load_mmmu, max_new_tokens=4096),
+        *(
+            Benchmark(f"{kind}_judge", f"{title} (VLMEvalKit, judge)", (f"{kind}/{tsv}",), kind,
+                      partial(load_vlmevalkit_math, kind=kind), partial(score_without_judge, kind=kind), "acc", 2048,
+                      PROTOCOLS["judge"].format(dataset=dataset), min_pixels=VLMEVALKIT_MIN_PIXELS,
+                      repetition_penalty=1.0)
+            for kind, title, tsv, dataset in (
+                ("mathvista", "MathVista testmini", "MathVista_MINI.tsv", "MathVista_MINI"),
+                ("mathvision", "MathVision (test)", "MathVision.tsv", "MathVision"),
+                ("mathverse", "MathVerse testmini", "MathVerse_MINIV.tsv", "MathVerse_MINI"),
+            )
+        ),
         Benchmark("ocrbench", "OCRBench", ("ocrbench/OCRBench.tsv", "ocrbench/**/test-*.parquet"), "ocrbench", load_ocrbench,
                   score_ocrbench, "acc", 2048, PROTOCOLS["ocrbench"], min_pixels=OCRBENCH_MIN_PIXELS, repetition_penalty=1.0,
                   note="VLMEvalKit's rule on the whole output; Ocean-R1's own prompt for it is unpublished: the question alone"),

@@ -47,6 +47,7 @@ their trailing components, so any unpacking that keeps the last folders of the o
 | OlympiadBench (`olympiadbench`, `olympiadbench_strict`) | Hugging Face dataset `lmms-lab/OlympiadBench`: the `test_en-*.parquet` files → `olympiadbench/` | embedded |
 | MMMU validation (`mmmu`, `mmmu_strict`) | Hugging Face dataset `MMMU/MMMU`: `<Subject>/validation-*.parquet` → `mmmu/` | embedded |
 | OCRBench (`ocrbench`) | VLMEvalKit's `OCRBench.tsv` (https://opencompass.openxlab.space/utils/VLMEval/OCRBench.tsv) → `ocrbench/` | embedded (base64) |
+| MathVista, MathVision, MathVerse for a model judge (`mathvista_judge`, `mathvision_judge`, `mathverse_judge`) | VLMEvalKit's `MathVista_MINI.tsv`, `MathVision.tsv`, `MathVerse_MINIV.tsv` → `mathvista/`, `mathvision/`, `mathverse/` | embedded (base64) |
 
 Check a layout without a GPU: `python -m ocean_lib eval --model <any checkpoint> --benchmarks <name>` stops
 before generating anything if an image is missing, naming the count, the first paths and the directory searched.
@@ -212,6 +213,12 @@ SOURCES: dict[str, tuple[Source, ...]] = {
     "mmmu": MMMU,
     "mmmu_strict": MMMU,
     "ocrbench": (UrlFile("https://opencompass.openxlab.space/utils/VLMEval/OCRBench.tsv", "ocrbench"),),
+    # VLMEvalKit's DATASET_URL of each (vlmeval/dataset/image_vqa.py)
+    "mathvista_judge": (UrlFile("https://opencompass.openxlab.space/utils/VLMEval/MathVista_MINI.tsv", "mathvista"),),
+    "mathvision_judge": (UrlFile("https://opencompass.openxlab.space/utils/VLMEval/MathVision.tsv", "mathvision"),),
+    "mathverse_judge": (
+        UrlFile("https://opencompass.openxlab.space/utils/benchmarks/MathVerse/MathVerse_MINIV.tsv", "mathverse"),
+    ),
 }  # fmt: skip
 
 

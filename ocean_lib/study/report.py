@@ -109,7 +109,9 @@ V1_TABLE = PublishedTable(
     },
 )  # fmt: skip
 
-_VLMEVALKIT = "VLMEvalKit with a model judge extracting the answer"
+_VLMEVALKIT = (
+    "VLMEvalKit, a model judge extracting the answer (GPT-4 there: another judge may read differently)"
+)
 
 # The verl-based Ocean-R1 repository's README (Our Findings): its eval/ scripts for SuperCLEVR, GeoQA, RefCOCO and
 # CV-Bench, VLMEvalKit for OCRBench and the math columns.
@@ -127,9 +129,11 @@ VERL_TABLE = PublishedTable(
         "refcoco_plain_avg": PublishedColumn("RefCOCO/+/g AVG (plain prompt)", INFERRED, _REC_BASE),
         "cvbench": PublishedColumn("CVBench", SAME, "its scoring lines agree with ours on 10,552 outputs"),
         "ocrbench": PublishedColumn("OCR Bench", INFERRED, "VLMEvalKit's rule; Ocean-R1's prompt for it is unpublished"),
-        "mathvision_judge": PublishedColumn("MathVision", SAME, _VLMEVALKIT, judge=True),
-        "mathvista_judge": PublishedColumn("MathVista", SAME, _VLMEVALKIT, judge=True),
-        "mathverse_judge": PublishedColumn("MathVerse", SAME, _VLMEVALKIT + " and scoring it", judge=True),
+        "mathvision_judge": PublishedColumn("MathVision", INFERRED, _VLMEVALKIT + "; split unpublished: full test", judge=True),
+        "mathvista_judge": PublishedColumn("MathVista", INFERRED, _VLMEVALKIT + "; split unpublished: testmini", judge=True),
+        "mathverse_judge": PublishedColumn(
+            "MathVerse", INFERRED, _VLMEVALKIT + " and scoring it; split unpublished: MathVerse_MINI", judge=True
+        ),
     },
     rows={
         "Qwen2.5-VL-3B-Instruct (published)": {
