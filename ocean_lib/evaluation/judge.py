@@ -320,6 +320,7 @@ class Judge:
             "model": self.model,
             "messages": [{"role": "user", "content": prompt}],
             "temperature": temperature,
+            "max_tokens": MAX_TOKENS,
         }
         request = urllib.request.Request(
             self.url.rstrip("/") + "/chat/completions",
