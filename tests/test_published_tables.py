@@ -21,7 +21,7 @@ from ocean_lib.cli.main import main
 from ocean_lib.data.records import Record
 from ocean_lib.evaluation.benchmarks import get_benchmark
 from ocean_lib.rewards import score_batch
-from ocean_lib.study.report import MARKS, NOT_COMPARABLE, PUBLISHED_TABLES, SAME, results_table
+from ocean_lib.study.report import INFERRED, MARKS, NOT_COMPARABLE, PUBLISHED_TABLES, results_table
 from ocean_lib.training.launch import Topology, accelerate_command
 from ocean_lib.training.metrics import Tally, tally_validation
 
@@ -120,7 +120,7 @@ def test_judge_columns_are_not_comparable_without_a_judge_every_one_of_them(tmp_
     judged = write_summary(
         tmp_path / "judged", judge_columns, judge="Qwen/Qwen2.5-72B-Instruct at http://judge/v1"
     )
-    assert comparability(judged) == {c: {SAME} for c in judge_columns}
+    assert comparability(judged) == {c: {INFERRED} for c in judge_columns}  # the VLMEvalKit split is inferred
     # The published cells alone (no measured model): not comparable either, since no judge scored anything here.
     alone = results_table({}, columns=judge_columns, published="verl")
     assert {row.cells[c].comparability for row in alone.rows for c in judge_columns} == {NOT_COMPARABLE}
