@@ -10,7 +10,11 @@ benchmarks run by the protocol that produced them:
 * the first Ocean-R1 repository (TRL-based, ``src/eval/``) produced the published 3B table: SuperCLEVR, GeoQA,
   RefCOCO/+/g, MathVision (test), MathVerse (``xyliu6/mathverse_4k``), OlympiadBench (``test_en``), MMMU
   (validation), all greedy, images at the processor's default limits (3,136 to 12,845,056 pixels);
-* the later, verl-based Ocean-R1 repository: CV-Bench (``eval/test_qwen2d5vl_cvbench.py``);
+* the later, verl-based Ocean-R1 repository, whose table the verl recipe is compared with: SuperCLEVR and GeoQA
+  asked with R1-V's think instruction (``superclevr_verl``, ``geoqa_verl``), CV-Bench
+  (``eval/test_qwen2d5vl_cvbench.py``), and through VLMEvalKit OCRBench and the math columns scored by a model
+  judge (``*_judge``, :mod:`ocean_lib.evaluation.judge`);
+* both repositories' REC script: ``refcoco*`` (its base-model branch, the bare question: ``*_bare``);
 * VLM-R1's baseline REC script: the ``*_plain`` RefCOCO variants, for base models (the published base 75.3
   most likely comes from it: Ocean-R1's own REC script asks a base model the bare question, then reads a box
   only inside answer tags);
