@@ -16,7 +16,7 @@ from ocean_lib.base import prompts
 from ocean_lib.base.io import append_jsonl, atomic_write_json
 from ocean_lib.evaluation import MANUAL_STEPS, FetchError, export_vlmevalkit, fetch_benchmarks
 from ocean_lib.evaluation.fetch import UrlFile
-from ocean_lib.study.report import PUBLISHED_ROWS, results_table
+from ocean_lib.study.report import PUBLISHED_TABLES, results_table
 
 
 def entry(accuracy: float, low: float, high: float, title: str = "") -> dict:
@@ -38,14 +38,21 @@ def test_results_table_rows_columns_and_published_reference_rows(tmp_path):
     assert table.columns == ["superclevr", "refcoco_avg", "mini_counting"]  # published order first
     lines = table.markdown().splitlines()
     assert lines[0] == "| Model | SuperCLEVR | RefCOCO/+/g avg | miniature counting (image) |"
-    assert lines[2] == "| base | 50.0 ± 10.0 | 25.0 ± 5.0 | 12.5 ± 2.5 |"
-    assert lines[3] == "| GRPO-vis | 75.0 ± 5.0 | – | – |"
+    # Cells of a published column say how comparable they are with the published number (= same protocol).
+    assert lines[2] == "| base | 50.0 ± 10.0 = | 25.0 ± 5.0 = | 12.5 ± 2.5 |"
+    assert lines[3] == "| GRPO-vis | 75.0 ± 5.0 = | – | – |"
     # Published rows fill only the columns they measured, without intervals; the base model's RefCOCO number
     # belongs to the plain-prompt protocol, so it is not in the Ocean-R1-protocol column.
-    assert lines[4] == "| *Qwen2.5-VL-3B-Instruct (published)* | 64.1 | – | – |"
-    assert lines[6] == "| *Ocean-R1 GRPO-vis 3B (published)* | 93.4 | 86.1 | – |"
-    # Then every column's protocol, from the registry.
-    assert lines[4 + len(PUBLISHED_ROWS) :] == [
+    assert lines[4] == "| *Qwen2.5-VL-3B-Instruct (published)* | 64.1 = | – | – |"
+    assert lines[6] == "| *Ocean-R1 GRPO-vis 3B (published)* | 93.4 = | 86.1 = | – |"
+    # Then the published table's source and each column's comparability, and every column's protocol.
+    below = lines[4 + len(PUBLISHED_TABLES["v1"].rows) :]
+    assert below[1].startswith("Published rows: github.com/fengzi258/Ocean-R1, README.md, Evaluation;")
+    assert below[4:6] == [
+        "- SuperCLEVR: same protocol, published per-item logs re-scored: every verdict agrees",
+        "- RefCOCO/+/g avg: same protocol, the REC script as written (no logs published)",
+    ]
+    assert below[6:] == [
         "",
         "Protocols: SuperCLEVR: Ocean-R1 v1 (first repo, src/eval/test_qwen2d5vl_counting_superclevr_5k.py); "
         "RefCOCO/+/g avg: Ocean-R1 v1 (first repo, src/eval/test_qwen2d5vl_rec.py, from VLM-R1's test_rec_r1.py); "
@@ -61,6 +68,7 @@ def test_results_table_rows_columns_and_published_reference_rows(tmp_path):
         "ci_high": "60.00",
         "reference": "0",
         "protocol": "Ocean-R1 v1 (first repo, src/eval/test_qwen2d5vl_counting_superclevr_5k.py)",
+        "comparability": "same protocol",
     }
     assert {
         "model": "Ocean-R1 GRPO-vis 3B (published)",
@@ -70,6 +78,7 @@ def test_results_table_rows_columns_and_published_reference_rows(tmp_path):
         "ci_high": "",
         "reference": "1",
         "protocol": "Ocean-R1 v1 (first repo, src/eval/test_qwen2d5vl_rec.py, from VLM-R1's test_rec_r1.py)",
+        "comparability": "same protocol",
     } in rows
 
     markdown, table_csv = table.write(tmp_path / "results")
@@ -204,8 +213,9 @@ def test_manual_steps_cover_every_real_benchmark():
             assert f"`{name}`" in MANUAL_STEPS, name
 
 
-EXTERNAL_IMAGES = {"superclevr", "superclevr200", "geoqa", "geoqa_parquet", "refcoco", "refcocop", "refcocog",
-                   "refcoco_plain", "refcocop_plain", "refcocog_plain", "cvbench_parquet"}  # fmt: skip
+EXTERNAL_IMAGES = {"superclevr", "superclevr200", "superclevr_verl", "geoqa", "geoqa_parquet", "geoqa_verl",
+                   "refcoco", "refcocop", "refcocog", "refcoco_plain", "refcocop_plain", "refcocog_plain",
+                   "refcoco_bare", "refcocop_bare", "refcocog_bare", "cvbench_parquet"}  # fmt: skip
 
 
 def test_fetch_delivers_every_file_the_registry_reads_or_names_the_manual_step(tmp_path):

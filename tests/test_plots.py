@@ -233,7 +233,7 @@ def test_benchmark_bars_labels_do_not_overlap(tmp_path):
     for label in ("base", "GRPO-text", "GRPO-vis"):
         directory = write_summary(tmp_path / label, {t: (0.3, 0.25, 0.35) for t in [*titles, "average"]})
         summaries[label] = directory
-    fig = benchmark_bars(results_table(summaries, reference=False))
+    fig = benchmark_bars(results_table(summaries, published="none"))
     fig.canvas.draw()
     (ax,) = fig.axes
     boxes = [t.get_window_extent() for t in ax.get_xticklabels()]

@@ -209,6 +209,12 @@ def test_verl_schedule_runs_step_one_at_lr_zero_and_validates_at_start_and_end(
     metrics = RunDir(cfg.run_dir).read_metrics()
     assert [m["step"] for m in metrics] == [0, 1, 2]
     assert [("val/accuracy" in m) for m in metrics] == [True, False, True]  # before training and at the end
+    # verl's own validation metric, per data source: mean(accuracy + format_weight * format)
+    sources = {k.removeprefix("val/accuracy/") for k in metrics[0] if k.startswith("val/accuracy/")}
+    for source in sources:
+        expected = metrics[0][f"val/accuracy/{source}"] + cfg.reward.format_weight * metrics[0]["val/format"]
+        assert metrics[0][f"val/test_score/{source}"] == pytest.approx(expected)
+    assert sources
     assert [m.get("lr") for m in metrics] == [None, 0.0, cfg.train.lr]
     # Step 1 ran at lr 0: AdamW moved its moments only, so the weights are the initial ones, bit for bit.
     initial, after_one = _weights(tiny_model_dir), _weights(RunDir(cfg.run_dir).checkpoint(1))

@@ -109,6 +109,17 @@ class RunDir:
                 found.append((int(child.name.removeprefix("step_")), child))
         return sorted(found)
 
+    def complete_checkpoint(self, step: int) -> Path:
+        """``checkpoints/step_N`` if it is complete; otherwise an error naming the complete steps there are
+        (``train.keep_last`` prunes older ones)."""
+        steps = dict(self.complete_checkpoints())
+        if step not in steps:
+            kept = ", ".join(str(s) for s in steps) or "none"
+            raise FileNotFoundError(
+                f"{self.path}: no complete checkpoint of step {step} (complete steps: {kept})"
+            )
+        return steps[step]
+
     def last_checkpoint(self) -> tuple[int, Path] | None:
         complete = self.complete_checkpoints()
         return complete[-1] if complete else None

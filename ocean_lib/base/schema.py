@@ -299,6 +299,17 @@ class EvalConfig:
         "item", "what the bootstrap resamples: items, or images (the items sharing an image go together)"
     )
     seed: int = knob(0, "seed of the bootstrap")
+    judge_url: str = knob(
+        "",
+        "OpenAI-compatible endpoint of the model judge for the *_judge benchmarks, up to /v1 (e.g. vllm serve)",
+    )
+    judge_model: str = knob("", "model name the judge endpoint serves (eval judge; '' : no judge)")
+    judge_timeout_s: float = knob(120.0, "seconds one judge request may take")
+    published_table: Literal["v1", "verl", "none"] = knob(
+        "v1",
+        "Ocean-R1's published table the results are set beside: v1 (first repository, TRL recipe), verl (the verl "
+        "repository's), none",
+    )
 
 
 @dataclass
@@ -379,6 +390,13 @@ class RunConfig:
     def run_dir(self) -> Path:
         return Path(self.logging.output_dir) / self.logging.run_name
 
+    @property
+    def balance_ranks(self) -> int:
+        """The ranks verl's balance_batch spreads a step over: ``algorithm.balance_ranks``, or with 0 the
+        processes of the launch, all machines together (``launch`` sets ``train.num_processes`` to them), as
+        verl's world size is n_gpus_per_node x nnodes."""
+        return self.algorithm.balance_ranks or self.train.num_processes
+
     def validate(self) -> RunConfig:
         """Check cross-field invariants; raise ConfigError naming the values involved."""
         d, r, a, t = self.data, self.rollout, self.algorithm, self.train
@@ -416,10 +434,9 @@ class RunConfig:
             (
                 a.token_mean_over == "batch"
                 or t.objective != "grpo"
-                or (t.prompts_per_step * r.n) % ((a.balance_ranks or t.num_processes) * t.micro_batch_size)
-                == 0,
+                or (t.prompts_per_step * r.n) % (self.balance_ranks * t.micro_batch_size) == 0,
                 f"algorithm.token_mean_over=micro_batch: train.prompts_per_step x rollout.n = "
-                f"{t.prompts_per_step * r.n} sequences must split into {a.balance_ranks or t.num_processes} ranks x "
+                f"{t.prompts_per_step * r.n} sequences must split into {self.balance_ranks} ranks x "
                 f"micro-batches of train.micro_batch_size={t.micro_batch_size}, as verl requires",
             ),
             (t.num_processes >= 1, f"train.num_processes={t.num_processes} must be >= 1"),

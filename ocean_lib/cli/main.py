@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ocean_lib.base.config import add_params_arguments, load_config
 from ocean_lib.base.paths import PROJECT_ROOT
-from ocean_lib.base.run_dir import ERROR_PREFIX
+from ocean_lib.base.run_dir import ERROR_PREFIX, RunDir
 from ocean_lib.base.schema import ConfigError, RunConfig
 
 DESCRIPTION = "One command-line entry point for every step of the Ocean-R1 study."
@@ -145,9 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "action",
         nargs="?",
-        choices=["run", "rescore"],
+        choices=["run", "rescore", "judge", "table"],
         default="run",
-        help="run: generate and score (default); rescore: score the stored outputs again and print the table",
+        help="run: generate and score (default); rescore: score the stored outputs again and print the table; "
+        "judge: score the stored outputs of *_judge benchmarks with the model judge (eval.judge_url, "
+        "eval.judge_model); table: the result table of --row summaries beside the params' published table "
+        "(eval.published_table)",
     )
     add_params_arguments(p, required=False)
     p.add_argument("--model", default=None, help="checkpoint directory or hub id (required to run)")
@@ -166,6 +169,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-items", type=int, default=None, help="first N items per benchmark (default: eval.max_items)"
     )
     p.add_argument("--max-new-tokens", type=int, default=None, help="cap every benchmark's generation budget")
+    p.add_argument(
+        "--step",
+        type=int,
+        default=None,
+        help="with --model RUN_DIR: evaluate its checkpoints/step_N instead of final/ (model name <run>_step_N)",
+    )
+    p.add_argument(
+        "--row",
+        action="append",
+        default=[],
+        metavar="LABEL=DIR",
+        help="table: a row label and its evaluation directory (summary.json); repeat for more rows",
+    )
+    p.add_argument("--out", default=None, help="table: also write <out>.md and <out>.csv")
 
     p = _command(
         commands,
@@ -201,6 +218,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _command(
         commands,
+        "plan",
+        "print the optimizer steps and checkpoints a params file plans for its training data",
+        "Writes nothing; reads the training data's row counts (parquet footers) or takes them from --rows.",
+    )
+    add_params_arguments(p)
+    p.add_argument(
+        "--rows",
+        type=int,
+        action="append",
+        default=[],
+        help="rows of a training source not on this machine (a hub id), one per data.train_files entry in "
+        "order; repeat for several",
+    )
+
+    p = _command(
+        commands,
         "gpu-check",
         "check on one GPU what a params file needs: vLLM, attention, DeepSpeed ZeRO-2/3, memory",
         "Writes a JSON report to --out and prints one line per check.",
@@ -220,6 +253,7 @@ def run(args: argparse.Namespace) -> int:
         "reproduce": _reproduce,
         "bench": _bench,
         "verdicts": _verdicts,
+        "plan": _plan,
         "gpu-check": _gpu_check,
     }[args.command]
     return handler(args) or 0
@@ -311,8 +345,15 @@ def _eval(args: argparse.Namespace) -> int:
     names = args.benchmarks.split(",") if args.benchmarks else None
     if args.action == "rescore":
         return _rescore(args, cfg, names)
+    if args.action == "table":
+        return _table(args, cfg, names)
+    if args.action == "judge":
+        return _judge(args, cfg, names)
     if args.model is None:
         raise UsageError("eval needs --model (or `eval rescore` to score stored outputs)")
+    if args.step is not None:  # a run directory's intermediate checkpoint, named after the run and the step
+        args.model_name = args.model_name or f"{Path(args.model).name}_step_{args.step}"
+        args.model = str(RunDir(Path(args.model)).complete_checkpoint(args.step))
     summary = evaluate(
         args.model,
         names,
@@ -349,7 +390,54 @@ def _rescore(args: argparse.Namespace, cfg: RunConfig, names: list[str] | None) 
     if not names:
         raise FileNotFoundError(f"no <benchmark>.jsonl of a registered benchmark in {directory}")
     summary = rescore(directory, names, cfg)
-    print(results_table({directory.name: summary}).markdown())
+    print(results_table({directory.name: summary}, published=cfg.eval.published_table).markdown())
+    return 0
+
+
+def _judge(args: argparse.Namespace, cfg: RunConfig, names: list[str] | None) -> int:
+    """``eval judge``: the stored outputs of the judge benchmarks scored by the configured model judge."""
+    from ocean_lib.evaluation import model_name_of
+    from ocean_lib.evaluation.judge import KINDS
+    from ocean_lib.evaluation.runner import judge_outputs
+    from ocean_lib.study.report import results_table
+
+    if args.outputs is None and args.model is None and args.model_name is None:
+        raise UsageError("eval judge needs --outputs (or --model / --model-name)")
+    directory = Path(
+        args.outputs or Path(cfg.eval.output_dir) / (args.model_name or model_name_of(args.model))
+    )
+    names = names or [f"{k}_judge" for k in KINDS if (directory / f"{k}_judge.jsonl").exists()]
+    if not names:
+        raise FileNotFoundError(f"no <benchmark>.jsonl of a *_judge benchmark in {directory}")
+    summary = judge_outputs(directory, names, cfg)
+    print(
+        results_table({directory.name: summary}, columns=names, published=cfg.eval.published_table).markdown()
+    )
+    return 0
+
+
+def _table(args: argparse.Namespace, cfg: RunConfig, names: list[str] | None) -> int:
+    """``eval table``: the result table of evaluated models beside the published table their params name (by
+    default every column of that table, so that each published number shows, with its comparability)."""
+    from ocean_lib.study.report import PUBLISHED_TABLES, load_summary, results_table
+
+    if not args.row:
+        raise UsageError("eval table needs at least one --row LABEL=DIR")
+    rows = {}
+    for spec in args.row:
+        label, sep, directory = spec.partition("=")
+        if not sep or not label or not directory:
+            raise UsageError(f"--row {spec!r}: expected LABEL=DIR")
+        rows[label] = directory
+    if (
+        names is None and cfg.eval.published_table != "none"
+    ):  # every published column, then the others measured
+        measured = [name for directory in rows.values() for name in load_summary(directory)["benchmarks"]]
+        names = list(dict.fromkeys([*PUBLISHED_TABLES[cfg.eval.published_table].columns, *measured]))
+    table = results_table(rows, columns=names, published=cfg.eval.published_table)
+    print(table.markdown())
+    if args.out:
+        print("written: " + ", ".join(str(path) for path in table.write(args.out)))
     return 0
 
 
@@ -375,6 +463,40 @@ def _verdicts(args: argparse.Namespace) -> int:
     from ocean_lib.evaluation import verdicts
 
     return verdicts.main(args)
+
+
+def _plan(args: argparse.Namespace) -> int:
+    """``plan``: the steps a run of the params trains, from its data's size (before rows are dropped)."""
+    from ocean_lib.data.records import count_rows
+    from ocean_lib.training.run_state import Schedule
+
+    cfg = load_config(args.params, args.overrides)
+    t, sources = cfg.train, cfg.data.train_files
+    if args.rows and len(args.rows) != len(sources):
+        raise UsageError(
+            f"--rows given {len(args.rows)} times; data.train_files has {len(sources)}: {sources}"
+        )
+    counts = args.rows or [count_rows(source) for source in sources]
+    for source, count in zip(sources, counts, strict=True):
+        print(f"{source}: {count:,} rows" + (" (--rows)" if args.rows else ""))
+    schedule = Schedule(sum(counts), cfg)
+    unused = sum(counts) - schedule.steps_per_epoch * t.prompts_per_step
+    print(
+        f"{t.prompts_per_step} prompts per step: {schedule.steps_per_epoch:,} steps per epoch "
+        f"({unused} rows of each epoch unused), {t.epochs} epochs"
+        + (f", train.max_steps {t.max_steps}" if t.max_steps else "")
+        + f": {schedule.total_steps:,} steps"
+    )
+    saved = list(range(t.save_every, schedule.total_steps, t.save_every)) if t.save_every else []
+    if saved:
+        print(
+            f"checkpoints/step_N every {t.save_every} steps: step_{saved[0]} ... step_{saved[-1]} "
+            f"({len(saved)}; the last {t.keep_last} kept), final/ = step {schedule.total_steps:,}"
+        )
+    else:
+        print(f"final/ = step {schedule.total_steps:,} (no intermediate checkpoints)")
+    print("(an upper bound: rows dropped as overlong or skipped as bad at load time shorten each epoch)")
+    return 0
 
 
 def _gpu_check(args: argparse.Namespace) -> int:

@@ -487,6 +487,19 @@ def _read_tables(source: str, split: str) -> list[tuple[str, pa.Table]]:
     return [(f"{source} (hub, split {split})", _read_hub(source, split))]
 
 
+def count_rows(source: str, split: str = "train") -> int:
+    """Rows of a training source before any is dropped or skipped: from the parquet footers when the source is
+    local parquet (no image is read), otherwise by reading it (a saved dataset, a hub id)."""
+    path = Path(source)
+    files = [path] if path.is_file() else sorted(path.glob("*.parquet")) if path.is_dir() else []
+    if files and all(file.suffix == ".parquet" for file in files):
+        try:
+            return sum(pq.ParquetFile(file).metadata.num_rows for file in files)
+        except (pa.ArrowException, OSError) as error:
+            raise DataError(f"{source}: not a readable parquet file: {error}") from error
+    return sum(table.num_rows for _, table in _read_tables(source, split))
+
+
 def _read_parquet(path: Path) -> pa.Table:
     try:
         return pq.read_table(path)

@@ -10,7 +10,11 @@ benchmarks run by the protocol that produced them:
 * the first Ocean-R1 repository (TRL-based, ``src/eval/``) produced the published 3B table: SuperCLEVR, GeoQA,
   RefCOCO/+/g, MathVision (test), MathVerse (``xyliu6/mathverse_4k``), OlympiadBench (``test_en``), MMMU
   (validation), all greedy, images at the processor's default limits (3,136 to 12,845,056 pixels);
-* the later, verl-based Ocean-R1 repository: CV-Bench (``eval/test_qwen2d5vl_cvbench.py``);
+* the later, verl-based Ocean-R1 repository, whose table the verl recipe is compared with: SuperCLEVR and GeoQA
+  asked with R1-V's think instruction (``superclevr_verl``, ``geoqa_verl``), CV-Bench
+  (``eval/test_qwen2d5vl_cvbench.py``), and through VLMEvalKit OCRBench and the math columns scored by a model
+  judge (``*_judge``, :mod:`ocean_lib.evaluation.judge`);
+* both repositories' REC script: ``refcoco*`` (its base-model branch, the bare question: ``*_bare``);
 * VLM-R1's baseline REC script: the ``*_plain`` RefCOCO variants, for base models (the published base 75.3
   most likely comes from it: Ocean-R1's own REC script asks a base model the bare question, then reads a box
   only inside answer tags);
@@ -42,6 +46,7 @@ from ocean_lib.base.schema import DataConfig
 from ocean_lib.data.images import ImageRef, parse_box
 from ocean_lib.data.records import Record, read_records
 from ocean_lib.evaluation.items import Item, Scorer
+from ocean_lib.evaluation.judge import score_without_judge
 from ocean_lib.evaluation.scorers import (
     literal_list,
     score_box,
@@ -511,6 +516,48 @@ def load_ocrbench(files: list[Path], image_root: Path) -> list[Item]:
     return items
 
 
+def load_vlmevalkit_math(files: list[Path], image_root: Path, kind: str) -> list[Item]:
+    """MathVista, MathVision or MathVerse as VLMEvalKit ships them (``MathVista_MINI.tsv``, ``MathVision.tsv``,
+    ``MathVerse_MINIV.tsv``: ``index``, ``image`` in base64, ``question``, ``answer``, ``choices`` as a Python list
+    literal, MathVista's ``question_type``/``answer_type``/``answer_option``, MathVerse's ``question_for_eval``).
+    The prompt is VLMEvalKit's for Qwen2.5-VL (``use_custom_prompt=False``): the question alone, image first. The
+    answer field holds what the judge's checks read (:func:`ocean_lib.evaluation.judge.case_of`) as JSON."""
+    items = []
+    for path in files:
+        for index, row in enumerate(read_rows(path)):
+            question = field_of(row, "question", path, index, str)
+            raw = row.get("choices") or "[]"
+            choices = literal_list(raw) if isinstance(raw, str) and raw != "nan" else list(raw or [])
+            if choices is None:
+                raise BenchmarkDataError(f"{_where(path, index, 'choices')} is not a list literal: {raw!r}")
+            answer = str(field_of(row, "answer", path, index))
+            if kind == "mathvista":
+                multi = row.get("question_type") == "multi_choice"
+                answer = str(field_of(row, "answer_option", path, index)) if multi else answer
+                choices = choices if multi else []
+            case = {
+                "question": str(row.get("question_for_eval") or question),
+                "answer": answer,
+                "answer_type": str(row.get("answer_type") or ""),
+            }
+            image = field_of(row, "image", path, index, str)
+            try:
+                image_bytes = base64.b64decode(image, validate=True)
+            except binascii.Error as error:
+                raise BenchmarkDataError(f"{_where(path, index, 'image')} is not base64: {error}") from error
+            items.append(
+                Item(
+                    id=str(row.get("index", index)),
+                    prompt=prompts.eval_turn(question, "question", 1),
+                    answer=json.dumps(case, ensure_ascii=False),
+                    images=(ImageRef(bytes=image_bytes, source=f"{path.name}:{index}"),),
+                    subset=str(row.get("task") or row.get("category") or row.get("problem_version") or ""),
+                    options=tuple(str(c) for c in choices),
+                )
+            )
+    return items
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # The registry
 # ----------------------------------------------------------------------------------------------------------------
@@ -523,6 +570,7 @@ Home = Literal["benchmarks", "synthetic"]
 QWEN_MIN_PIXELS = 4 * 28 * 28
 QWEN_MAX_PIXELS = 16384 * 28 * 28
 OCRBENCH_MIN_PIXELS = 10 * 10 * 28 * 28
+VLMEVALKIT_MIN_PIXELS = 1280 * 28 * 28
 
 
 @dataclass(frozen=True)
@@ -593,12 +641,17 @@ PROTOCOLS = {
     "mathverse": V1.format(script="test_qwen2d5vl_mathverse_multigpu.py"),
     "olympiadbench": V1.format(script="test_qwen2d5vl_olympiadbench_multigpu.py"),
     "mmmu": V1.format(script="test_qwen2d5vl_mmmu.py"),
+    "superclevr_verl": "Ocean-R1 verl (eval/test_qwen2d5vl_counting_superclevr_5k.py)",
+    "geoqa_verl": "Ocean-R1 verl (eval/test_qwen2d5vl_geoqa.py)",
+    "rec_bare": "Ocean-R1 REC script's base-model branch (is_baseline: the bare question, box read in <answer>)",
     "cvbench": "Ocean-R1 verl (eval/test_qwen2d5vl_cvbench.py)",
     "r1v": "R1-V (src/eval, test200 prompt)",
     "ocrbench": "VLMEvalKit (OCRBench.evaluate, Qwen2.5-VL config)",
     "strict": "ours: reward strict mode (a reference's prompt and data)",
     "mathvista": "ours: reward strict mode (Ocean-R1 used VLMEvalKit with a GPT judge: not comparable)",
     "verl_parquet": "Ocean-R1 verl validation parquet, scored by the GeoQA rule",
+    "judge": "VLMEvalKit ({dataset}, Qwen2.5-VL config), a model judge extracting the answer (eval judge; "
+    "before it, the rule step alone)",
     "miniature": "miniature (its real counterpart's rule)",
 }
 
@@ -631,6 +684,9 @@ def _registry() -> dict[str, Benchmark]:
         box_frame="model_input",
         load=partial(load_rec_json, template="grounding_plain", sample=2000, seed=42),
     )
+    # The REC script as written for a base model (is_baseline): the bare question, a box read only inside
+    # <answer> tags; a model that never writes them scores 0, so the published base 75.3 cannot come from it.
+    rec_bare = partial(rec, protocol=PROTOCOLS["rec_bare"], load=partial(load_rec_json, template="question"))
     cvbench = partial(
         Benchmark,
         score=score_option_math_verify,
@@ -656,6 +712,10 @@ def _registry() -> dict[str, Benchmark]:
                  load=load_question_jsonl, protocol=PROTOCOLS["r1v"]),
         geoqa("geoqa", "GeoQA (754)", ("geoqa/geoqa_test_prompts.jsonl",), "geoqa",
               load=partial(load_question_jsonl, template="v1_geoqa"), protocol=PROTOCOLS["geoqa"]),
+        counting("superclevr_verl", "SuperCLEVR counting (5k), verl-repo prompt", ("superclevr/super_clevr_test_5k.jsonl",), "superclevr/images",
+                 load=partial(load_question_jsonl, template="think"), protocol=PROTOCOLS["superclevr_verl"]),
+        geoqa("geoqa_verl", "GeoQA (754), verl-repo prompt", ("geoqa/geoqa_test_prompts.jsonl",), "geoqa",
+              load=partial(load_question_jsonl, template="think"), protocol=PROTOCOLS["geoqa_verl"]),
         geoqa("geoqa_parquet", "GeoQA (740, training format)", ("geoqa/geoqa_test.parquet",), "geoqa",
               load=load_training_parquet, protocol=PROTOCOLS["verl_parquet"]),
         rec("refcoco", "RefCOCO val", ("rec/**/refcoco_val.json",), "coco/train2014"),
@@ -664,6 +724,9 @@ def _registry() -> dict[str, Benchmark]:
         rec_plain("refcoco_plain", "RefCOCO val (plain prompt, 2,000)", ("rec/**/refcoco_val.json",), "coco/train2014"),
         rec_plain("refcocop_plain", "RefCOCO+ val (plain prompt, 2,000)", ("rec/**/refcocop_val.json",), "coco/train2014"),
         rec_plain("refcocog_plain", "RefCOCOg val (plain prompt, 2,000)", ("rec/**/refcocog_val.json",), "coco/train2014"),
+        rec_bare("refcoco_bare", "RefCOCO val (bare question)", ("rec/**/refcoco_val.json",), "coco/train2014"),
+        rec_bare("refcocop_bare", "RefCOCO+ val (bare question)", ("rec/**/refcocop_val.json",), "coco/train2014"),
+        rec_bare("refcocog_bare", "RefCOCOg val (bare question)", ("rec/**/refcocog_val.json",), "coco/train2014"),
         cvbench("cvbench", "CV-Bench", ("cvbench/test_2d.parquet", "cvbench/test_3d.parquet", "cvbench/test.jsonl"), "cvbench", load=load_cvbench),
         cvbench("cvbench_parquet", "CV-Bench (training format)", ("cvbench/cvbench_test.parquet",), "cvbench", load=cvbench_task_of),
         strict("mathvista", "MathVista testmini", ("mathvista/**/testmini-*.parquet", "mathvista/testmini.json"), "mathvista",
@@ -678,6 +741,17 @@ def _registry() -> dict[str, Benchmark]:
         strict("mathverse_strict", "MathVerse (mathverse_4k), strict", mathverse_4k, "mathverse", load=load_mathverse, max_new_tokens=2048),
         strict("olympiadbench_strict", "OlympiadBench (test_en), strict", olympiad, "olympiadbench", load=load_olympiadbench, max_new_tokens=4096),
         strict("mmmu_strict", "MMMU validation, strict", mmmu, "mmmu", load=load_mmmu, max_new_tokens=4096),
+        *(
+            Benchmark(f"{kind}_judge", f"{title} (VLMEvalKit, judge)", (f"{kind}/{tsv}",), kind,
+                      partial(load_vlmevalkit_math, kind=kind), partial(score_without_judge, kind=kind), "acc", 2048,
+                      PROTOCOLS["judge"].format(dataset=dataset), min_pixels=VLMEVALKIT_MIN_PIXELS,
+                      repetition_penalty=1.0)
+            for kind, title, tsv, dataset in (
+                ("mathvista", "MathVista testmini", "MathVista_MINI.tsv", "MathVista_MINI"),
+                ("mathvision", "MathVision (test)", "MathVision.tsv", "MathVision"),
+                ("mathverse", "MathVerse testmini", "MathVerse_MINIV.tsv", "MathVerse_MINI"),
+            )
+        ),
         Benchmark("ocrbench", "OCRBench", ("ocrbench/OCRBench.tsv", "ocrbench/**/test-*.parquet"), "ocrbench", load_ocrbench,
                   score_ocrbench, "acc", 2048, PROTOCOLS["ocrbench"], min_pixels=OCRBENCH_MIN_PIXELS, repetition_penalty=1.0,
                   note="VLMEvalKit's rule on the whole output; Ocean-R1's own prompt for it is unpublished: the question alone"),
@@ -697,7 +771,12 @@ BENCHMARKS: dict[str, Benchmark] = _registry()
 # The RefCOCO splits the result table averages into one column, by Ocean-R1's protocol and by VLM-R1's baseline.
 REC_SPLITS = ("refcoco", "refcocop", "refcocog")
 REC_PLAIN_SPLITS = ("refcoco_plain", "refcocop_plain", "refcocog_plain")
-REC_AVERAGES = {"refcoco_avg": REC_SPLITS, "refcoco_plain_avg": REC_PLAIN_SPLITS}
+REC_BARE_SPLITS = ("refcoco_bare", "refcocop_bare", "refcocog_bare")
+REC_AVERAGES = {
+    "refcoco_avg": REC_SPLITS,
+    "refcoco_plain_avg": REC_PLAIN_SPLITS,
+    "refcoco_bare_avg": REC_BARE_SPLITS,
+}
 
 
 def get_benchmark(name: str) -> Benchmark:

@@ -33,11 +33,11 @@ their trailing components, so any unpacking that keeps the last folders of the o
 
 | Benchmark (`--benchmarks` names) | Annotations → where | Images → where |
 |---|---|---|
-| SuperCLEVR 5k (`superclevr`) | `super_clevr_test_5k.jsonl` from Ocean-R1's `eval_data/prompts/` (GitHub `VLM-RL/Ocean-R1`) → `superclevr/` | SuperCLEVR `images.zip` (https://www.cs.jhu.edu/~zhuowan/zhuowan/SuperCLEVR/to_be_released/images.zip) unpacked → `superclevr/` (so that `superclevr/images/superCLEVR_new_025432.png` exists) |
+| SuperCLEVR 5k (`superclevr`, `superclevr_verl`) | `super_clevr_test_5k.jsonl` from Ocean-R1's `eval_data/prompts/` (GitHub `VLM-RL/Ocean-R1`) → `superclevr/` | SuperCLEVR `images.zip` (https://www.cs.jhu.edu/~zhuowan/zhuowan/SuperCLEVR/to_be_released/images.zip) unpacked → `superclevr/` (so that `superclevr/images/superCLEVR_new_025432.png` exists) |
 | SuperCLEVR 200 (`superclevr200`) | R1-V `src/eval/prompts/superclevr_test200_counting_problems.jsonl` → `superclevr/` | as above |
-| GeoQA 754 (`geoqa`) | R1-V `src/eval/prompts/geoqa_test_prompts.jsonl` → `geoqa/` | Geo170K images (Hugging Face dataset `Luckyjhg/Geo170K`, `images.zip`) unpacked → `geoqa/Geo170K/` (so that `geoqa/Geo170K/images/test/0.png` exists) |
+| GeoQA 754 (`geoqa`, `geoqa_verl`) | R1-V `src/eval/prompts/geoqa_test_prompts.jsonl` → `geoqa/` | Geo170K images (Hugging Face dataset `Luckyjhg/Geo170K`, `images.zip`) unpacked → `geoqa/Geo170K/` (so that `geoqa/Geo170K/images/test/0.png` exists) |
 | GeoQA 740 (`geoqa_parquet`) | `geoqa_test.parquet` from Ocean-R1's `eval_data/` (GitHub `VLM-RL/Ocean-R1`) → `geoqa/` | as above |
-| RefCOCO, RefCOCO+, RefCOCOg (`refcoco`, `refcocop`, `refcocog`, `refcoco_plain`, `refcocop_plain`, `refcocog_plain`) | VLM-R1 `rec_jsons_processed.zip` (Hugging Face dataset `omlab/VLM-R1`) unpacked → `rec/` | COCO `train2014.zip` (http://images.cocodataset.org/zips/train2014.zip, 13 GB) unpacked → `coco/` (so that `coco/train2014/COCO_train2014_000000000009.jpg` exists) |
+| RefCOCO, RefCOCO+, RefCOCOg (`refcoco`, `refcocop`, `refcocog`, `refcoco_plain`, `refcocop_plain`, `refcocog_plain`, `refcoco_bare`, `refcocop_bare`, `refcocog_bare`) | VLM-R1 `rec_jsons_processed.zip` (Hugging Face dataset `omlab/VLM-R1`) unpacked → `rec/` | COCO `train2014.zip` (http://images.cocodataset.org/zips/train2014.zip, 13 GB) unpacked → `coco/` (so that `coco/train2014/COCO_train2014_000000000009.jpg` exists) |
 | CV-Bench (`cvbench`) | Hugging Face dataset `nyu-visionx/CV-Bench`: `test_2d.parquet`, `test_3d.parquet` → `cvbench/` | embedded in the parquet files |
 | CV-Bench 2,638 (`cvbench_parquet`) | `cvbench_test.parquet` from Ocean-R1's `eval_data/` (GitHub `VLM-RL/Ocean-R1`) → `cvbench/` | **by hand only**: each CV-Bench image saved as `cvbench/images/cvbench/<index>.jpg`, `<index>` being the parquet's `extra_info.index` (the path its rows name ends in `images/cvbench/<index>.jpg`); the `cvbench` benchmark reads the same questions with embedded images |
 | MathVista testmini (`mathvista`) | Hugging Face dataset `AI4Math/MathVista`: `data/testmini-*.parquet` → `mathvista/` | embedded |
@@ -47,6 +47,7 @@ their trailing components, so any unpacking that keeps the last folders of the o
 | OlympiadBench (`olympiadbench`, `olympiadbench_strict`) | Hugging Face dataset `lmms-lab/OlympiadBench`: the `test_en-*.parquet` files → `olympiadbench/` | embedded |
 | MMMU validation (`mmmu`, `mmmu_strict`) | Hugging Face dataset `MMMU/MMMU`: `<Subject>/validation-*.parquet` → `mmmu/` | embedded |
 | OCRBench (`ocrbench`) | VLMEvalKit's `OCRBench.tsv` (https://opencompass.openxlab.space/utils/VLMEval/OCRBench.tsv) → `ocrbench/` | embedded (base64) |
+| MathVista, MathVision, MathVerse for a model judge (`mathvista_judge`, `mathvision_judge`, `mathverse_judge`) | VLMEvalKit's `MathVista_MINI.tsv`, `MathVision.tsv`, `MathVerse_MINIV.tsv` → `mathvista/`, `mathvision/`, `mathverse/` | embedded (base64) |
 
 Check a layout without a GPU: `python -m ocean_lib eval --model <any checkpoint> --benchmarks <name>` stops
 before generating anything if an image is missing, naming the count, the first paths and the directory searched.
@@ -185,7 +186,10 @@ SOURCES: dict[str, tuple[Source, ...]] = {
     "superclevr200": (UrlFile(f"{R1V_PROMPTS}/superclevr_test200_counting_problems.jsonl", "superclevr"), SUPERCLEVR_IMAGES),
     "geoqa": (UrlFile(f"{R1V_PROMPTS}/geoqa_test_prompts.jsonl", "geoqa"), GEO170K_IMAGES),
     "geoqa_parquet": (UrlFile(f"{OCEAN_R1_EVAL_DATA}/geoqa_test.parquet", "geoqa"), GEO170K_IMAGES),
-    **{name: REC for name in ("refcoco", "refcocop", "refcocog", "refcoco_plain", "refcocop_plain", "refcocog_plain")},
+    # The verl repository's eval_data/prompts copies are byte-identical to the files above (md5 checked).
+    "superclevr_verl": (UrlFile(f"{OCEAN_R1_EVAL_DATA}/prompts/super_clevr_test_5k.jsonl", "superclevr"), SUPERCLEVR_IMAGES),
+    "geoqa_verl": (UrlFile(f"{OCEAN_R1_EVAL_DATA}/prompts/geoqa_test_prompts.jsonl", "geoqa"), GEO170K_IMAGES),
+    **{name: REC for prefix in ("refcoco", "refcocop", "refcocog") for name in (prefix, f"{prefix}_plain", f"{prefix}_bare")},
     "cvbench": (HubFiles("nyu-visionx/CV-Bench", ("test_2d.parquet", "test_3d.parquet"), "cvbench"),),
     "cvbench_parquet": (
         UrlFile(f"{OCEAN_R1_EVAL_DATA}/cvbench_test.parquet", "cvbench"),
@@ -209,6 +213,12 @@ SOURCES: dict[str, tuple[Source, ...]] = {
     "mmmu": MMMU,
     "mmmu_strict": MMMU,
     "ocrbench": (UrlFile("https://opencompass.openxlab.space/utils/VLMEval/OCRBench.tsv", "ocrbench"),),
+    # VLMEvalKit's DATASET_URL of each (vlmeval/dataset/image_vqa.py)
+    "mathvista_judge": (UrlFile("https://opencompass.openxlab.space/utils/VLMEval/MathVista_MINI.tsv", "mathvista"),),
+    "mathvision_judge": (UrlFile("https://opencompass.openxlab.space/utils/VLMEval/MathVision.tsv", "mathvision"),),
+    "mathverse_judge": (
+        UrlFile("https://opencompass.openxlab.space/utils/benchmarks/MathVerse/MathVerse_MINIV.tsv", "mathverse"),
+    ),
 }  # fmt: skip
 
 

@@ -52,7 +52,7 @@ from ocean_lib.base.config import to_dict
 from ocean_lib.base.io import DirectoryLock, append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
 from ocean_lib.base.schema import RunConfig
 from ocean_lib.data.images import ImageError, prepare_images, rescale_box_truth
-from ocean_lib.evaluation import scorers
+from ocean_lib.evaluation import judge, scorers
 from ocean_lib.evaluation.benchmarks import (
     BENCHMARKS,
     REC_AVERAGES,
@@ -554,7 +554,12 @@ def summarize(rows: list[dict[str, Any]], n_items: int, cfg: RunConfig) -> dict[
         if row.get("subset"):
             subsets[row["subset"]].append(bool(row["correct"]))
     n = len(rows)
+    judges = {row.get("judge") for row in rows}
+    judge = (
+        {"judge": judges.pop()} if len(judges) == 1 and None not in judges else {}
+    )  # eval judge, every line
     return {
+        **judge,
         "accuracy": interval.value,
         "ci95": [interval.low, interval.high],
         "bootstrap_unit": cfg.eval.bootstrap_unit,
@@ -717,6 +722,48 @@ def rescore(directory: str | Path, benchmarks: Sequence[str], cfg: RunConfig | N
     for plan in plans:
         rescore_rows(plan, cfg)
     return write_summary(directory, str(directory), plans, cfg)
+
+
+def judge_outputs(directory: str | Path, names: list[str], cfg: RunConfig) -> dict[str, Any]:
+    """Score the stored outputs of the ``*_judge`` benchmarks ``names`` in ``directory`` with the judge of
+    ``eval.judge_url`` / ``eval.judge_model``: each judged line is appended (the latest line of an item wins),
+    carrying ``judge``, and each summary entry is computed again (it names the judge when every line was
+    judged by it). Returns the summary."""
+    e = cfg.eval
+    if not e.judge_url or not e.judge_model:
+        raise ValueError(
+            "eval judge needs eval.judge_url and eval.judge_model (an OpenAI-compatible endpoint)"
+        )
+    judge_model, directory = judge.Judge(e.judge_url, e.judge_model, e.judge_timeout_s), Path(directory)
+    path = directory / "summary.json"
+    summary = json.loads(path.read_text(encoding="utf-8"))
+    for name in names:
+        kind = name.removesuffix("_judge")
+        if kind not in judge.KINDS or not name.endswith("_judge"):
+            raise ValueError(
+                f"{name}: not a judge benchmark ({', '.join(k + '_judge' for k in judge.KINDS)})"
+            )
+        benchmark = get_benchmark(name)
+        items = {item.id: item for item in benchmark.load_items(benchmark_home(benchmark, cfg))}
+        judged = []
+        for item_id, row in latest_rows(directory, name).items():
+            if item_id in items and "output" in row:
+                case = judge.case_of(items[item_id])
+                extracted, correct = judge.judge_response(kind, row["output"], case, judge_model)
+                judged.append(
+                    {
+                        **row,
+                        "extracted": extracted,
+                        "correct": correct,
+                        "judge": judge_model.name,
+                        "written": time.time_ns(),
+                    }
+                )
+        append_jsonl(directory / f"{name}.jsonl", judged)
+        ids = item_ids(directory, name)
+        summary["benchmarks"][name].update(summarize(rows_for(directory, name, ids), len(ids), cfg))
+    atomic_write_json(path, summary)
+    return summary
 
 
 def load_engine(model_path: str | Path, cfg: RunConfig, benchmarks: Sequence[Benchmark] = ()) -> Any:

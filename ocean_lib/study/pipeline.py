@@ -384,7 +384,9 @@ def results(cfg: RunConfig) -> Any:
         if average is not None:
             summary["benchmarks"]["average"] = average
         summaries[label] = summary
-    table = results_table(summaries, columns=[*cfg.study.benchmarks, "average"])
+    table = results_table(
+        summaries, columns=[*cfg.study.benchmarks, "average"], published=cfg.eval.published_table
+    )
     table.write(study_dir(cfg) / "results")
     return table
 

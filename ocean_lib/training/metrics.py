@@ -60,6 +60,8 @@ METRICS: dict[str, str] = {
     "val/accuracy": "greedy accuracy on the validation records",
     "val/format": "format compliance of greedy validation outputs",
     "val/accuracy/": "greedy validation accuracy of one data source (key suffix = data_source)",
+    "val/test_score/": "verl's validation metric of one data source (key suffix = data_source): the mean overall "
+    "reward, accuracy + format_weight * format, of its greedy outputs (Ocean-R1's verl ray_trainer._validate)",
     # time
     "time/step_s": "wall-clock seconds of the whole step (the slowest process)",
     "time/generate_s": "seconds spent sampling completions",
@@ -144,6 +146,17 @@ def tally_rewards(tally: Tally, scores, rows, rewards, advantages, flat_groups, 
     tally.add("response/length_mean", float(lengths.sum()), count=len(lengths))
     tally.add("response/length_max", float(lengths.max()), reduce="max")
     tally.add("response/clipped_fraction", float(sum(not f for f in batch.finished)), count=len(lengths))
+
+
+def tally_validation(tally: Tally, scores: Any, records: Any) -> None:
+    """Add greedy validation scores: accuracy and format apart (ours), and per data source verl's
+    ``val/test_score/<data_source>``, the mean of the reward verl's validation logs, accuracy + w * format, so a
+    curve can be set beside Ocean-R1's on its own scale."""
+    for score, record in zip(scores, records, strict=True):
+        tally.add("val/accuracy", score.accuracy)
+        tally.add(f"val/accuracy/{record.data_source}", score.accuracy)
+        tally.add("val/format", score.format)
+        tally.add(f"val/test_score/{record.data_source}", score.overall)
 
 
 def tally_passes(tally: Tally, passes: Any, batch: Any, world: int) -> None:

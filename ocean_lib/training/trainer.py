@@ -58,7 +58,14 @@ from ocean_lib.training.forward import (
     micro_batches,
     reference_logprobs,
 )
-from ocean_lib.training.metrics import POLICY_METRICS, Tally, check_registered, tally_passes, tally_rewards
+from ocean_lib.training.metrics import (
+    POLICY_METRICS,
+    Tally,
+    check_registered,
+    tally_passes,
+    tally_rewards,
+    tally_validation,
+)
 from ocean_lib.training.run_state import (
     Schedule,
     TrainingError,
@@ -357,7 +364,7 @@ def _verl_denominators(acc: Any, batch: RolloutBatch, cfg: RunConfig) -> torch.T
     denominators = grpo.verl_token_mean_denominators(
         every[:, 0].reshape(-1).tolist(),
         every[:, 1].reshape(-1).tolist(),
-        cfg.algorithm.balance_ranks or acc.num_processes,
+        cfg.balance_ranks,
         cfg.train.micro_batch_size,
     )
     rows = local.shape[1]
@@ -421,12 +428,8 @@ def validate(state: TrainState, records: list[Record], tally: Tally) -> None:
             texts = reward_texts(state, state.engine.generate(list(prompts), n=1, greedy=True))
         if k >= len(chunks):
             continue
-        for record, score in zip(
-            chunk, score_batch(texts, list(truths), [r.reward_func for r in chunk], cfg.reward), strict=True
-        ):
-            tally.add("val/accuracy", score.accuracy)
-            tally.add(f"val/accuracy/{record.data_source}", score.accuracy)
-            tally.add("val/format", score.format)
+        scores = score_batch(texts, list(truths), [r.reward_func for r in chunk], cfg.reward)
+        tally_validation(tally, scores, chunk)
 
 
 # ----------------------------------------------------------------------------------------------------------------
