@@ -211,7 +211,8 @@ def test_two_machines_share_the_run_directory_and_another_run_is_refused(
     try:
         deadline = time.monotonic() + 120
         while not ((run.path / ".lock").exists() and (run.path / ".lock.machine-1").exists()):
-            assert all(m.poll() is None for m in machines), [m.communicate()[1][-2000:] for m in machines]
+            ended = [m.stderr.read()[-2000:] for m in machines if m.poll() is not None]
+            assert not ended, ended
             assert time.monotonic() < deadline
             time.sleep(0.1)
         other_run = launch_machine(3, 4, "--set", "train.lr=2e-3", stdout=subprocess.DEVNULL)

@@ -537,9 +537,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(run(args) or 0)
-    except KeyboardInterrupt as stop:  # Ctrl-C, or a stop by SIGINT or SIGTERM (launch.Stopped)
+    except KeyboardInterrupt as stop:  # Ctrl-C, or training stopped by SIGINT or SIGTERM (launch.Stopped)
         code = 128 + getattr(stop, "signum", signal.SIGINT)
-        print(f"{stop or 'interrupted'} (exit code {code})", file=sys.stderr)
+        # a stopped training process's message is its error line: a launcher that did not stop it names it
+        said = f"{ERROR_PREFIX}{stop}\n(exit code {code})" if str(stop) else f"interrupted (exit code {code})"
+        print(said, file=sys.stderr)
         return code
     except Exception as error:  # every failure becomes one message; --debug shows where it came from
         return report_error(error, args.debug)
