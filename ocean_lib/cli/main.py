@@ -294,6 +294,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _launch(args: argparse.Namespace) -> int:
+    from ocean_lib.base.run_dir import RunDir
     from ocean_lib.training import launch
 
     cfg = _check_inputs(args)
@@ -305,9 +306,8 @@ def _launch(args: argparse.Namespace) -> int:
         main_process_port=args.main_process_port,
         accelerate_config=args.accelerate_config,
     )
-    print(
-        f"training {cfg.run_dir} (the training process's output: {cfg.run_dir / 'log.txt'})", file=sys.stderr
-    )
+    log = RunDir(cfg.run_dir).log_of(args.machine_rank)
+    print(f"training {cfg.run_dir} (the training process's output: {log})", file=sys.stderr)
     launch.train(args.params, args.overrides, topology, resume=args.resume)
     return 0
 

@@ -104,9 +104,8 @@ class StopSignals:
 def die_with_parent(parent_pid: int | None = None) -> None:
     """Ask the kernel to SIGKILL this process when its parent dies (Linux ``PR_SET_PDEATHSIG``; elsewhere a
     no-op). With ``parent_pid``, die now if the parent is already gone (it may die before this call)."""
-    if not sys.platform.startswith("linux"):
-        return
-    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if not sys.platform.startswith("linux") or _libc_prctl()(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        return  # where prctl is refused (a seccomp profile), the tree is stopped by the launcher alone
     if parent_pid is not None and os.getppid() != parent_pid:
         os.kill(os.getpid(), signal.SIGKILL)
 
@@ -122,11 +121,6 @@ def bind_to_launcher() -> None:
         os.kill(int(launcher), 0)
     except ProcessLookupError:
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _prctl(option: int, value: int) -> None:
-    if _libc_prctl()(option, value, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), f"prctl({option}, {value}) failed")
 
 
 @functools.cache
@@ -233,8 +227,8 @@ def _progress_bar(name: str, done: int, total: int, enabled: bool) -> Any:
 
 
 def killed_by_signal(lines: list[str]) -> str | None:
-    """ "killed by signal 9 (SIGKILL) — out of memory?" when accelerate's output says that a training process
-    died of a signal (the first failure, where torch's elastic agent lists several); None otherwise."""
+    """What to say when accelerate's output reports a training process that died of a signal (the first failure,
+    where torch's elastic agent lists several), e.g. "killed by signal 9 (SIGKILL) — out of memory?"; else None."""
     root = next((i for i, line in enumerate(lines) if "Root Cause" in line), 0)
     for line in lines[root:]:
         match = KILLED.search(line)
@@ -256,9 +250,9 @@ def train(
 ) -> Path:
     """Launch one stage and wait for it; return the run's ``final/`` directory.
 
-    Holds the run directory's lock while the stage trains (a second writer gets :class:`~ocean_lib.base.io.LockedError`)
-    and refuses what the trainer would refuse before starting anything; a finished run resumed is returned at
-    once. The child's output goes to ``<run>/log.txt``, not to the screen, so the progress bar stays one line; on
+    Holds the run directory's lock while the stage trains (a second writer gets
+    :class:`~ocean_lib.base.io.LockedError`) and refuses what the trainer would refuse before starting anything;
+    a finished run resumed is returned at once. The child's output goes to ``<run>/log.txt``, not to the screen, so the progress bar stays one line; on
     failure the error names the child's own message and the log that holds its traceback. SIGINT or SIGTERM
     stops the training at the end of its step with a checkpoint and raises :class:`Stopped`. ``timeout_s``: kill
     the whole tree and raise after this many seconds (a hung collective waits forever otherwise).
