@@ -98,7 +98,11 @@ class StopSignals:
     def _handle(self, signum: int, frame: object) -> None:
         self.received.append(signum)
         if len(self.received) == 2:
-            raise Stopped(f"stopped at once by a second {signal.Signals(signum).name}", signum)
+            raise Stopped(
+                f"stopped at once by a second {signal.Signals(signum).name}; --resume continues from the last "
+                "checkpoint",
+                signum,
+            )
 
 
 def die_with_parent(parent_pid: int | None = None) -> None:
