@@ -51,6 +51,25 @@ def test_invariants_name_both_values():
         load_config(None, ["rollout.n=1"])
 
 
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.prompts_per_step=0", "train.prompts_per_step=0 must be >= 1"),
+        ("rollout.max_new_tokens=0", "rollout.max_new_tokens=0 must be >= 1"),
+        ("train.epochs=0", "train.epochs=0 must be >= 1"),
+        ("train.max_steps=-1", r"train.max_steps=-1 must be >= 0 \(0: all epochs\)"),
+        ("logging.run_name=", "logging.run_name='' must name a directory of its own"),
+        ("logging.run_name=..", "logging.run_name='..' must name a directory of its own"),
+    ],
+)
+def test_values_that_would_fail_late_are_refused_by_name(override, message):
+    """Each of these used to pass and then fail in the training process (a ZeroDivisionError after ~40 s, a
+    tensor-stack error), train nothing and exit 0, or write the run into its parent directory."""
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+    load_config(None, ["train.max_steps=0"])  # the documented sentinel: all epochs
+
+
 def test_extends_merges_sections_and_overrides_win(tmp_path):
     (tmp_path / "base.yaml").write_text("train:\n  lr: 0.001\n  epochs: 3\nrollout:\n  n: 4\n")
     (tmp_path / "child.yaml").write_text("extends: base.yaml\ntrain:\n  lr: 0.002\n")

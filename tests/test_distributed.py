@@ -26,9 +26,11 @@ KL to the reference only has to agree within a factor of 3.
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -177,6 +179,65 @@ def test_zero_on_two_processes_takes_the_plain_step(
     for rank, report in spied.items():
         assert report["checked"].get("all_reduce", 0) > 0, rank
         assert report["violations"] == [], (rank, report["violations"][:3])
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_machines_share_the_run_directory_and_another_run_is_refused(
+    tiny_model_dir, mini_data_dir, tmp_path
+):
+    """``scripts/slurm_multinode.sh``'s form on localhost: one ``launch`` per machine, the shipped multi-node
+    ZeRO-3 file, one process per machine. Each machine's launcher holds its own lock, keyed by the run; another
+    run (another machine count, or one machine) is refused while they train."""
+    cfg = load_config(None, [*tiny_overrides(tiny_model_dir, mini_data_dir, tmp_path, "two_machines")])
+    params = tmp_path / "params.yaml"
+    save_config(cfg, params)
+    run, port = RunDir(cfg.run_dir), _free_port()
+
+    def launch_machine(rank: int, machines: int = 2, *extra: str, **kwargs) -> subprocess.Popen:
+        command = [sys.executable, "-m", "ocean_lib", "launch", "--params", str(params), *extra]
+        command += ["--num-processes", "1", "--num-machines", str(machines), "--machine-rank", str(rank)]
+        command += ["--main-process-ip", "127.0.0.1", "--main-process-port", str(port)]
+        command += ["--accelerate-config", "params/accelerate/multi_node_zero3.yaml"]
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        return subprocess.Popen(command, cwd=REPO, env=env, text=True, stderr=subprocess.PIPE, **kwargs)
+
+    machines = [launch_machine(0, stdout=subprocess.DEVNULL), launch_machine(1, stdout=subprocess.DEVNULL)]
+    try:
+        deadline = time.monotonic() + 120
+        while not ((run.path / ".lock").exists() and (run.path / ".lock.machine-1").exists()):
+            ended = [m.stderr.read()[-2000:] for m in machines if m.poll() is not None]
+            assert not ended, ended
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        other_run = launch_machine(3, 4, "--set", "train.lr=2e-3", stdout=subprocess.DEVNULL)
+        one_machine = subprocess.run(
+            [sys.executable, "-m", "ocean_lib", "launch", "--params", str(params), "--set", "train.lr=2e-3"],
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        for refused in (other_run.communicate(timeout=120)[1], one_machine.stderr):
+            assert f"error: {run.path} is in use: another training run is writing there" in refused, refused
+        assert other_run.returncode == one_machine.returncode == 1
+        for machine in machines:
+            assert machine.wait(timeout=HANG_TIMEOUT_S) == 0, machine.communicate()[1][-3000:]
+    finally:
+        for machine in machines:
+            machine.kill()
+    assert run.is_finished() and [row["step"] for row in run.read_metrics()] == [1, 2]
+    info = json.loads(run.run_info.read_text())
+    assert (info["world_size"], info["zero_stage"], info["processes_per_machine"]) == (2, 3, 1)
+    assert info["threads_per_process"] == os.cpu_count()  # this machine's one process has all its cores
+    # one log per machine, each its own processes' output
+    assert run.log.is_file() and run.log_of(1).is_file() and run.log.read_text() != run.log_of(1).read_text()
 
 
 def test_the_collective_spy_flags_a_host_tensor_and_passes_a_device_tensor(tmp_path):

@@ -1,26 +1,36 @@
 """One writer per directory: the lock that run directories, evaluation outputs and studies are written under,
 held by real processes (a live holder refuses a second writer; a holder killed with SIGKILL leaves a stale lock
-that the next writer takes over)."""
+that the next writer takes over, unless a process it started still writes; the machines of one multi-node run
+share a directory, another run is refused)."""
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 
+from ocean_lib.base import io
 from ocean_lib.base.io import INHERITED_LOCKS, LOCK_FILE, DirectoryLock, LockedError
 
 ROOT = Path(__file__).resolve().parents[1]
 HOLD = textwrap.dedent(
     """
-    import sys, time
+    import os, subprocess, sys, time
     from ocean_lib.base.io import DirectoryLock
     lock = DirectoryLock(sys.argv[1], "test writer")
     lock.acquire()
+    if len(sys.argv) > 2:  # a writer of its own, sharing the lock as a launched trainer does
+        env = {**os.environ, **lock.environment()}
+        writer = subprocess.Popen([sys.executable, "-c", sys.argv[2], sys.argv[1]], env=env, stdout=subprocess.PIPE)
+        assert writer.stdout.readline().strip() == b"held"
+        print(writer.pid, flush=True)
     print("held", flush=True)
     time.sleep(120)
     """
@@ -80,4 +90,61 @@ def test_released_locks_can_be_taken_again_and_children_share_their_parents(tmp_
         DirectoryLock(tmp_path, "evaluation", ".shard-0-of-2"),
         DirectoryLock(tmp_path, "evaluation", ".shard-1-of-2"),
     ):
+        pass
+
+
+def test_a_writer_started_by_the_holder_keeps_the_directory_locked_after_the_holder_is_killed(
+    tmp_path, monkeypatch
+):
+    """A launcher killed by SIGKILL while its trainer writes: the next launch must not become a second writer."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(tmp_path), HOLD],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    writer = int(holder.stdout.readline())
+    assert holder.stdout.readline().strip() == "held"
+    holder.kill()
+    holder.wait()
+    monkeypatch.setattr(io, "ORPHAN_GRACE_S", 0.5)  # how long an acquirer waits for a dead taker's children
+    try:
+        with pytest.raises(LockedError) as refused:
+            DirectoryLock(tmp_path, "training run").acquire()
+        message = str(refused.value)
+        assert (
+            f"taken by pid {holder.pid}" in message and "is gone" in message and f"pids {writer}" in message
+        )
+    finally:
+        os.kill(writer, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while True:  # the writer's death frees the directory (it is not our child: poll)
+        try:
+            with DirectoryLock(tmp_path, "training run") as lock:
+                assert f"pid {holder.pid}" in lock.took_over
+            break
+        except LockedError:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+
+
+def test_a_child_shares_only_the_lock_its_parent_took(tmp_path, monkeypatch):
+    with DirectoryLock(tmp_path, "training run") as lock:
+        inherited = json.loads(lock.environment()[INHERITED_LOCKS])
+        monkeypatch.setenv(INHERITED_LOCKS, json.dumps(dict.fromkeys(inherited, "another taker's token")))
+        with pytest.raises(LockedError, match="no longer holds its lock"):
+            DirectoryLock(tmp_path, "training run").acquire()
+
+
+def test_the_machines_of_one_run_share_its_directory_and_another_run_is_refused(tmp_path):
+    with (
+        DirectoryLock(tmp_path, "training run", key="run-a"),
+        DirectoryLock(tmp_path, "training run", ".machine-1", key="run-a"),  # the same run's second machine
+    ):
+        with pytest.raises(LockedError, match="another training run is writing there"):
+            DirectoryLock(tmp_path, "training run", ".machine-2", key="run-b").acquire()
+        with pytest.raises(LockedError):  # the same machine twice
+            DirectoryLock(tmp_path, "training run", ".machine-1", key="run-a").acquire()
+    (tmp_path / f"{LOCK_FILE}.machine-3").write_text('{"key": "run-x"}')  # a stale lock file, nobody holds it
+    with DirectoryLock(tmp_path, "training run", ".machine-1", key="run-b"):
         pass

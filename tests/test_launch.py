@@ -1,23 +1,35 @@
-"""The launcher's command lines, the accelerate/DeepSpeed config files, and the Slurm example script.
+"""The launcher's command lines, the accelerate/DeepSpeed config files, the Slurm example script, and the life
+of the process tree it starts.
 
 Command lines are checked as lists of strings and by accelerate's own parser (which also merges the config file,
 so the command-line values must win); the config files are read with the installed accelerate's classes. The
-DeepSpeed files train for real, 2 processes on CPU, in ``tests/test_distributed.py``.
+DeepSpeed files train for real, 2 processes on CPU, in ``tests/test_distributed.py`` (two machines on localhost
+included). The process tree is driven through real ``python -m ocean_lib launch`` processes: refusals before
+accelerate starts, SIGTERM, SIGINT and SIGKILL of the launcher, a killed trainer.
 """
 
 import os
+import signal
 import subprocess
 import sys
+import textwrap
+import time
 from pathlib import Path
 
 import pytest
+import torch
 from accelerate.commands.config.config_args import load_config_from_file
 from accelerate.commands.launch import _validate_launch_command, launch_command_parser
 from accelerate.utils import DeepSpeedPlugin
+from conftest import tiny_overrides
+from test_trainer import _comparable, _weights
 
-from ocean_lib.base.config import load_config
+from ocean_lib.base.config import load_config, save_config
+from ocean_lib.base.run_dir import RunDir
 from ocean_lib.cli.main import build_parser
+from ocean_lib.training import launch
 from ocean_lib.training.launch import LaunchError, Topology, accelerate_command
+from ocean_lib.training.trainer import train
 
 REPO = Path(__file__).resolve().parents[1]
 ACCELERATE = REPO / "params" / "accelerate"
@@ -200,3 +212,175 @@ def test_slurm_script_starts_one_launch_per_node_with_its_rank(tmp_path):
         assert (args.num_processes, args.num_machines, args.machine_rank) == (8, 2, rank)
         assert (args.main_process_ip, args.main_process_port) == ("gpu-a", 29500)
         assert args.accelerate_config == "params/accelerate/multi_node_zero3.yaml"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The process tree: launch -> accelerate launch -> training processes
+# ----------------------------------------------------------------------------------------------------------------
+
+# Any process started as `accelerate launch` records that it was and exits: what the launcher refuses must be
+# refused before it gets there.
+NO_ACCELERATE = textwrap.dedent(
+    """
+    import os, sys
+    if "accelerate.commands.launch" in sys.orig_argv:
+        open(os.environ["ACCELERATE_STARTED"], "w").close()
+        os._exit(3)
+    """
+)
+
+
+def _launch(params: Path, *extra: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """``python -m ocean_lib launch`` in the background, its output in files beside ``params``."""
+    out = open(params.parent / "launch.out", "w")  # noqa: SIM115 - the process holds it
+    err = open(params.parent / "launch.err", "w")  # noqa: SIM115
+    return subprocess.Popen(
+        [sys.executable, "-m", "ocean_lib", "launch", "--params", str(params), *extra],
+        cwd=cwd,
+        stdout=out,
+        stderr=err,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
+    )
+
+
+def _stderr(params: Path) -> str:
+    return (params.parent / "launch.err").read_text()
+
+
+def _tree(pid: int) -> list[int]:
+    """The PIDs of every descendant of ``pid``."""
+    return [found for child in launch._children(pid) for found in (child, *_tree(child))]
+
+
+def _alive(pid: int) -> bool:
+    try:  # "1234 (python) S ...": a zombie (Z) has exited
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
+def _wait_for(condition, process: subprocess.Popen, params: Path, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert process.poll() is None, f"the launch ended first: {_stderr(params)[-3000:]}"
+        assert time.monotonic() < deadline, f"waited {timeout} s"
+        time.sleep(0.05)
+
+
+def test_a_launch_is_refused_before_accelerate_starts(tiny_model_dir, mini_data_dir, tmp_path):
+    """Each of these waited 35-57 s for accelerate (and the trainer) to start before it was refused."""
+    overrides = [*tiny_overrides(tiny_model_dir, mini_data_dir, tmp_path / "runs"), "train.max_steps=1"]
+    cfg = load_config(None, overrides)
+    train(cfg)  # a finished run
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(NO_ACCELERATE)
+    started = tmp_path / "accelerate_started"
+    env = {"PYTHONPATH": f"{tmp_path / 'site'}{os.pathsep}{REPO}", "ACCELERATE_STARTED": str(started)}
+    missing = tmp_path / "no" / "such" / "train"
+    for extra, code, message in (
+        ([], 1, f"{cfg.run_dir} already holds a finished run: pass --resume"),
+        (
+            ["--set", "train.lr=2e-3", "--resume"],
+            1,
+            "was trained with other settings (train.lr 0.001 -> 0.002)",
+        ),
+        (
+            ["--set", f"data.train_files=[{missing}]", "--set", "logging.run_name=new"],
+            1,
+            f"{missing}: no such",
+        ),
+        (["--set", "train.prompts_per_step=0"], 2, "train.prompts_per_step=0 must be >= 1"),
+        (
+            ["--resume", "--set", "logging.progress=true"],
+            0,
+            "run: already trained; final weights in",
+        ),  # a finished stage is reused at once
+    ):
+        params = tmp_path / "params.yaml"
+        save_config(cfg, params)
+        process = _launch(params, *extra, cwd=tmp_path, env=env)
+        assert process.wait(timeout=120) == code, _stderr(params)
+        output = _stderr(params) + (tmp_path / "launch.out").read_text()
+        assert message in output and "Traceback" not in output, output
+        assert not started.exists(), (extra, output)
+
+
+@pytest.mark.slow
+def test_a_stopped_or_killed_launcher_takes_its_trainer_with_it_and_the_run_resumes_exactly(
+    tiny_model_dir, mini_data_dir, tmp_path
+):
+    """SIGTERM (a scheduler's cancel) stops training at the end of a step with a checkpoint; SIGKILL ends the
+    whole tree at once, so that a resume started right after is the only writer; the resumed run ends with the
+    metrics and weights of a run that was never interrupted."""
+    steps = ["train.max_steps=8", "train.save_every=1"]
+    reference = load_config(
+        None, [*tiny_overrides(tiny_model_dir, mini_data_dir, tmp_path, "reference"), *steps]
+    )
+    train(reference)
+    cfg = load_config(None, [*tiny_overrides(tiny_model_dir, mini_data_dir, tmp_path, "interrupted"), *steps])
+    params = tmp_path / "params.yaml"
+    save_config(cfg, params)
+    run = RunDir(cfg.run_dir)
+
+    launcher = _launch(params, cwd=tmp_path)
+    _wait_for(lambda: len(run.read_metrics()) >= 1, launcher, params)
+    tree = _tree(launcher.pid)
+    launcher.send_signal(signal.SIGTERM)
+    assert launcher.wait(timeout=120) == 128 + signal.SIGTERM, _stderr(params)
+    stopped = run.read_metrics()[-1]["step"]
+    assert f"stopped by SIGTERM; its last checkpoint is step {stopped} " in _stderr(params)
+    assert "Traceback" not in _stderr(params)
+    assert not [pid for pid in tree if _alive(pid)]
+
+    launcher = _launch(params, "--resume", cwd=tmp_path)
+    _wait_for(lambda: run.last_checkpoint()[0] > stopped, launcher, params)
+    tree = _tree(launcher.pid)
+    assert len(tree) >= 2  # accelerate, the trainer (and its reward workers)
+    launcher.kill()
+    launcher.wait()
+    resumed = _launch(params, "--resume", cwd=tmp_path)  # at once: nothing of the killed tree may write now
+    _wait_for(lambda: not [pid for pid in tree if _alive(pid)], resumed, params, timeout=10)
+    assert resumed.wait(timeout=300) == 0, _stderr(params)
+
+    rows = run.read_metrics()
+    assert [row["step"] for row in rows] == list(range(1, 9))
+    assert _comparable(rows) == _comparable(RunDir(reference.run_dir).read_metrics())
+    expected, ours = _weights(RunDir(reference.run_dir).final), _weights(run.final)
+    assert all(torch.equal(expected[k], ours[k]) for k in expected)
+
+
+@pytest.mark.slow
+def test_an_interrupted_launch_stops_cleanly_and_a_killed_trainer_is_one_line(
+    tiny_model_dir, mini_data_dir, tmp_path
+):
+    """Ctrl-C (or a notebook's interrupt) stops at a step boundary without a thread's traceback; a training process
+    killed by a signal (the kernel's out-of-memory killer) is named in one line, not accelerate's traceback."""
+    cfg = load_config(
+        None,
+        [*tiny_overrides(tiny_model_dir, mini_data_dir, tmp_path), "train.max_steps=8", "train.save_every=4"],
+    )
+    params = tmp_path / "params.yaml"
+    save_config(cfg, params)
+    run = RunDir(cfg.run_dir)
+
+    launcher = _launch(params, cwd=tmp_path)
+    _wait_for(lambda: len(run.read_metrics()) >= 1, launcher, params)
+    launcher.send_signal(signal.SIGINT)
+    assert launcher.wait(timeout=120) == 128 + signal.SIGINT, _stderr(params)
+    stopped = run.read_metrics()[-1]["step"]
+    assert f"stopped by SIGINT; its last checkpoint is step {stopped} " in _stderr(params)
+    assert "Traceback" not in _stderr(params) and "closed file" not in _stderr(params)
+
+    launcher = _launch(params, "--resume", cwd=tmp_path)
+    _wait_for(lambda: run.read_metrics()[-1]["step"] > stopped, launcher, params)
+    (accelerate,) = launch._children(launcher.pid)
+    (trainer,) = launch._children(accelerate)
+    os.kill(trainer, signal.SIGKILL)
+    assert launcher.wait(timeout=120) == 1
+    error = [line for line in _stderr(params).splitlines() if line.startswith("error: ")]
+    assert error == [
+        f"error: training run {run.path} failed (exit code 1): a training process was killed by signal 9 "
+        "(SIGKILL) — out of memory?"
+    ]

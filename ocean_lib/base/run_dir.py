@@ -9,7 +9,8 @@
       rollouts.jsonl     sampled completions with their reward breakdown and advantage
       checkpoints/step_N/  policy + processor (save_pretrained), optimizer.pt, scheduler.pt, trainer_state.json
       final/             policy + processor (save_pretrained), loadable by transformers and vLLM
-      log.txt            the launcher's captured stdout/stderr (with the traceback of a failure)
+      log.txt            the launcher's captured stdout/stderr (with the traceback of a failure); on N machines
+                         machine rank 0's, and log.machine-R.txt machine rank R's
 
 The training process also talks to its launcher through two kinds of lines of its output: the plan
 (:func:`plan_line`, the step range it will train: the launcher's progress bar needs the total) and, if it fails,
@@ -27,7 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ocean_lib.base.config import config_changes, load_config
 from ocean_lib.base.io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
+from ocean_lib.base.schema import RunConfig
 
 STATE_FILE = "trainer_state.json"
 ROLLOUT_THUMBNAIL_SIDE = 256  # images/ holds embedded images reduced to this side, for the rollout browser
@@ -49,6 +52,10 @@ def parse_plan_line(line: str) -> tuple[int, int] | None:
     if not (first.isdigit() and total.isdigit()):
         return None
     return int(first) - 1, int(total)
+
+
+class TrainingError(RuntimeError):
+    """The run cannot continue (non-finite loss or reward, wrong process count, existing run directory)."""
 
 
 def error_message_in(lines: list[str]) -> str | None:
@@ -95,6 +102,10 @@ class RunDir:
     @property
     def log(self) -> Path:
         return self.path / "log.txt"
+
+    def log_of(self, machine_rank: int) -> Path:
+        """The launcher's log on machine ``machine_rank`` of a multi-node run (machines never share a file)."""
+        return self.log if machine_rank == 0 else self.path / f"log.machine-{machine_rank}.txt"
 
     def checkpoint(self, step: int) -> Path:
         return self.checkpoints / f"step_{step}"
@@ -164,3 +175,48 @@ def prune_checkpoints(run: RunDir, keep_last: int) -> None:
 
 def read_state(checkpoint: Path) -> dict[str, Any]:
     return json.loads((checkpoint / STATE_FILE).read_text())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Which runs may be started or continued (decided by the launcher before it starts any process, and again by the
+# training process itself)
+# ----------------------------------------------------------------------------------------------------------------
+
+# Knobs that do not change what a run computes: a resumed (or reused finished) run may differ in these only.
+RESUME_MAY_CHANGE = ("logging.progress", "train.save_every", "train.keep_last", "eval.", "study.")
+
+
+def check_start(run: RunDir, cfg: RunConfig, resume: bool) -> None:
+    """Refuse to train into ``run`` over an earlier run (without ``resume``), or to continue (or reuse the result
+    of) a run that was started with other settings."""
+    if not resume:
+        if run.metrics.exists() and run.read_metrics():
+            state = (
+                "a finished run"
+                if run.is_finished()
+                else f"a run stopped at step {run.read_metrics()[-1]['step']}"
+            )
+            raise TrainingError(
+                f"{run.path} already holds {state}: pass --resume to continue it (a finished run is then reused "
+                "as it is), or train a new one elsewhere with --set logging.run_name=NEW_NAME"
+            )
+        return
+    # A run that stopped before its first step (a typo in its data paths, say) left only config.yaml: nothing
+    # trained, so nothing can be mixed, and the config is simply rewritten.
+    if run.config.exists() and (run.read_metrics() or run.complete_checkpoints() or run.is_finished()):
+        check_resumable(run, cfg)
+
+
+def check_resumable(run: RunDir, cfg: RunConfig) -> None:
+    """Refuse to continue (or reuse the result of) a run that was started with other settings."""
+    changes = {
+        key: values
+        for key, values in config_changes(load_config(run.config), cfg, relative_to_study=True).items()
+        if not key.startswith(RESUME_MAY_CHANGE)
+    }
+    if changes:
+        listed = ", ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in sorted(changes.items()))
+        raise TrainingError(
+            f"{run.path} was trained with other settings ({listed}); resuming would mix two runs. Pick a new "
+            "logging.run_name (or study.output_dir), or delete the run (`reproduce --force` clears a study)"
+        )

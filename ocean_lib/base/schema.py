@@ -407,6 +407,7 @@ class RunConfig:
             ),
             (r.n >= 1, f"rollout.n={r.n} must be >= 1"),
             (r.n >= 2 or t.objective != "grpo", f"rollout.n={r.n}: GRPO needs a group of at least 2 samples"),
+            (r.max_new_tokens >= 1, f"rollout.max_new_tokens={r.max_new_tokens} must be >= 1"),
             (r.temperature >= 0, f"rollout.temperature={r.temperature} must be >= 0"),
             (0 < r.top_p <= 1, f"rollout.top_p={r.top_p} must be in (0, 1]"),
             (
@@ -439,6 +440,9 @@ class RunConfig:
                 f"{t.prompts_per_step * r.n} sequences must split into {self.balance_ranks} ranks x "
                 f"micro-batches of train.micro_batch_size={t.micro_batch_size}, as verl requires",
             ),
+            (t.prompts_per_step >= 1, f"train.prompts_per_step={t.prompts_per_step} must be >= 1"),
+            (t.epochs >= 1, f"train.epochs={t.epochs} must be >= 1"),
+            (t.max_steps >= 0, f"train.max_steps={t.max_steps} must be >= 0 (0: all epochs)"),
             (t.num_processes >= 1, f"train.num_processes={t.num_processes} must be >= 1"),
             (
                 t.prompts_per_step % t.num_processes == 0,
@@ -453,6 +457,11 @@ class RunConfig:
                 not (self.model.reference_on_cpu and self.model.reference_offload),
                 "model.reference_on_cpu and model.reference_offload exclude each other (run on the CPU, or "
                 "offload between uses and compute on the accelerator)",
+            ),
+            (
+                self.logging.run_name.strip() not in ("", ".", ".."),
+                f"logging.run_name={self.logging.run_name!r} must name a directory of its own under "
+                "logging.output_dir",
             ),
             (self.model.lora_rank >= 0, f"model.lora_rank={self.model.lora_rank} must be >= 0 (0: no LoRA)"),
             (self.model.lora_alpha > 0, f"model.lora_alpha={self.model.lora_alpha} must be > 0"),

@@ -8,6 +8,7 @@ the traceback as well (``launch`` passes it to its training child, so a run's ``
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -30,7 +31,7 @@ under eval.output_dir/<model name>/. Any of them can be changed with --set KEY=V
 Errors print one message and the exit code (1: failed, 2: bad arguments or config); put --debug before the
 command to see the traceback too."""
 
-EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+EXIT_FAILED, EXIT_USAGE = 1, 2
 
 
 class UsageError(ValueError):
@@ -272,21 +273,28 @@ def _check_inputs(args: argparse.Namespace):
 
 def _train(args: argparse.Namespace) -> int:
     import os
+    import secrets
 
+    from ocean_lib.training import launch
+
+    launch.bind_to_launcher()  # started by `launch`: dies with it
     from ocean_lib.base.io import DirectoryLock
     from ocean_lib.training.trainer import train
 
     cfg = _check_inputs(args)
-    if os.environ.get("RANK", "0") != "0":  # accelerate's other processes: the main one holds the lock
+    lock = DirectoryLock(cfg.run_dir, "training run", key=secrets.token_hex(8))
+    if lock.inherited is None and os.environ.get("RANK", "0") != "0":
+        # the other processes of an `accelerate launch` by hand: the main one holds the lock
         train(cfg, resume=args.resume)
         return 0
-    with DirectoryLock(cfg.run_dir, "training run"):
+    with lock:  # started by `launch`, every process shares its lock: the directory is locked while any writes
         final = train(cfg, resume=args.resume)
     print(f"final weights: {final}")
     return 0
 
 
 def _launch(args: argparse.Namespace) -> int:
+    from ocean_lib.base.run_dir import RunDir
     from ocean_lib.training import launch
 
     cfg = _check_inputs(args)
@@ -298,9 +306,8 @@ def _launch(args: argparse.Namespace) -> int:
         main_process_port=args.main_process_port,
         accelerate_config=args.accelerate_config,
     )
-    print(
-        f"training {cfg.run_dir} (the training process's output: {cfg.run_dir / 'log.txt'})", file=sys.stderr
-    )
+    log = RunDir(cfg.run_dir).log_of(args.machine_rank)
+    print(f"training {cfg.run_dir} (the training process's output: {log})", file=sys.stderr)
     launch.train(args.params, args.overrides, topology, resume=args.resume)
     return 0
 
@@ -530,8 +537,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(run(args) or 0)
-    except KeyboardInterrupt:
-        print("interrupted (exit code 130)", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as stop:  # Ctrl-C, or training stopped by SIGINT or SIGTERM (launch.Stopped)
+        code = 128 + getattr(stop, "signum", signal.SIGINT)
+        # a stopped training process's message is its error line: a launcher that did not stop it names it
+        said = f"{ERROR_PREFIX}{stop}\n(exit code {code})" if str(stop) else f"interrupted (exit code {code})"
+        print(said, file=sys.stderr)
+        return code
     except Exception as error:  # every failure becomes one message; --debug shows where it came from
         return report_error(error, args.debug)

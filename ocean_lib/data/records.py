@@ -482,8 +482,7 @@ def _read_tables(source: str, split: str) -> list[tuple[str, pa.Table]]:
                 f"{source}: directory has no .parquet files and is not a datasets save_to_disk directory"
             )
         return [(str(file), _read_parquet(file)) for file in files]
-    if source.endswith(".parquet") or not _HUB_ID.match(source):
-        raise DataError(f"{source}: no such file or directory")
+    check_source(source)
     return [(f"{source} (hub, split {split})", _read_hub(source, split))]
 
 
@@ -498,6 +497,13 @@ def count_rows(source: str, split: str = "train") -> int:
         except (pa.ArrowException, OSError) as error:
             raise DataError(f"{source}: not a readable parquet file: {error}") from error
     return sum(table.num_rows for _, table in _read_tables(source, split))
+
+
+def check_source(source: str) -> None:
+    """Raise :class:`DataError` when ``source`` is neither a file or directory nor a hub id (the launcher's check
+    before it starts a training process)."""
+    if not Path(source).exists() and (source.endswith(".parquet") or not _HUB_ID.match(source)):
+        raise DataError(f"{source}: no such file or directory")
 
 
 def _read_parquet(path: Path) -> pa.Table:

@@ -234,6 +234,11 @@ def deepspeed_reference(accelerator: Any, reference: torch.nn.Module, offload: b
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def local_processes(accelerator: Any) -> int:
+    """The training processes on this machine: torchrun's LOCAL_WORLD_SIZE, or all of them (one machine)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
+
+
 def all_reduce(accelerator: Any, values: list[float], op: Literal["sum", "max", "min"]) -> list[float]:
     """``values`` reduced element-wise over all processes, in float64 (exact for counts).
 
@@ -295,6 +300,8 @@ def run_info(accelerator: Any, cfg: RunConfig, policy: Any, reference: str | Non
     weights = next(p for p in policy.parameters())
     return {
         "world_size": accelerator.num_processes,
+        "processes_per_machine": local_processes(accelerator),
+        "threads_per_process": torch.get_num_threads(),
         "distributed_type": str(accelerator.distributed_type).removeprefix("DistributedType."),
         "backend": backend,
         "device": accelerator.device.type,

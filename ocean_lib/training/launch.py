@@ -1,9 +1,25 @@
-"""Run a training stage as an ``accelerate launch`` subprocess (what notebooks and the study pipeline call).
+"""Run a training stage as an ``accelerate launch`` subprocess (what notebooks and the study pipeline call), and
+the lifecycle of that process tree.
 
 The child writes the run directory; the parent holds the directory's lock, streams the child's output into
 ``<run>/log.txt``, shows a progress bar of steps with their total and ETA driven by ``metrics.jsonl`` (works the
 same in a terminal and in JupyterLab, and counts from the checkpoint on resume), hands every new metrics row to an
 optional callback (live plots), and on failure raises with the child's error message and where its log is.
+
+Every refusal the trainer would make (a finished or different run in the directory, a missing data path) is
+made here first, before accelerate takes its 30 s or more to start.
+
+Lifecycle (Linux): the tree ``launch`` -> ``accelerate launch`` -> training processes lives and dies together.
+Each child asks the kernel to kill it when its parent dies (``PR_SET_PDEATHSIG``), so that a launcher killed by
+SIGKILL (or a notebook kernel that is shut down) takes accelerate and the trainers with it. SIGINT and SIGTERM
+of the launcher (Ctrl-C, a notebook's interrupt, a scheduler's cancel) reach the training processes as SIGTERM,
+which stop at the end of their step with a checkpoint (:class:`StopSignals` in the trainer); a second signal
+stops everything at once. The training processes share the lock the launcher took
+(:class:`~ocean_lib.base.io.DirectoryLock`), so the directory stays locked while any of them lives.
+
+On N machines (one ``launch`` per machine, ``scripts/slurm_multinode.sh``) each machine's launcher holds a lock
+of its own, keyed by the run's identity (:func:`run_key`): the machines of one run share the directory, another
+run is refused. Each writes its own log (``RunDir.log_of``).
 
 On CPU, ``accelerate launch --cpu --num_processes 2`` silently starts ONE process; the working form is
 ``--multi_gpu --num_processes N`` with ``Accelerator(cpu=True)`` in the script, which the trainer does when
@@ -15,8 +31,15 @@ params) and records how it ran in ``<run>/run_info.json``.
 from __future__ import annotations
 
 import collections
+import ctypes
+import dataclasses
+import functools
+import hashlib
+import json
 import os
 import queue
+import re
+import secrets
 import signal
 import subprocess
 import sys
@@ -27,14 +50,106 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ocean_lib.base.config import load_config
+from ocean_lib.base.config import load_config, to_dict
 from ocean_lib.base.io import DirectoryLock
-from ocean_lib.base.run_dir import RunDir, error_message_in, parse_plan_line
+from ocean_lib.base.run_dir import RunDir, check_start, error_message_in, parse_plan_line
+from ocean_lib.base.schema import RunConfig
 from ocean_lib.training.distributed import precision_of
+
+LAUNCHER_PID = "OCEAN_LIB_LAUNCHER_PID"
+"""Environment variable: the PID of the launcher a training process was started by (:func:`bind_to_launcher`)."""
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+KILLED = re.compile(r"died with <Signals\.(SIG\w+): (\d+)>|Signal (\d+) \((SIG\w+)\) received by PID")
+"""How accelerate reports a training process killed by a signal: its simple launcher (CalledProcessError) and
+torch's elastic agent (ChildFailedError)."""
 
 
 class LaunchError(RuntimeError):
     """The training subprocess failed."""
+
+
+class Stopped(KeyboardInterrupt):
+    """Training was asked to stop by a signal and did (at the end of a step with a checkpoint, or at once on a
+    second signal). A KeyboardInterrupt, as Ctrl-C's: a notebook cell shows it interrupted, and the command line
+    exits with 128 + ``signum``."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+
+
+class StopSignals:
+    """While active, SIGINT and SIGTERM are recorded in ``received`` instead of ending the process, so that the
+    work stops at a clean point (the trainer: the end of a step); a second one raises :class:`Stopped` at once.
+    Only in the main thread, where Python runs signal handlers (elsewhere a no-op)."""
+
+    def __enter__(self) -> StopSignals:
+        self.received: list[int] = []
+        self._previous: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.received.append(signum)
+        if len(self.received) == 2:
+            raise Stopped(
+                f"stopped at once by a second {signal.Signals(signum).name}; --resume continues from the last "
+                "checkpoint",
+                signum,
+            )
+
+
+def die_with_parent(parent_pid: int | None = None) -> None:
+    """Ask the kernel to SIGKILL this process when its parent dies (Linux ``PR_SET_PDEATHSIG``; elsewhere a
+    no-op). With ``parent_pid``, die now if the parent is already gone (it may die before this call)."""
+    if not sys.platform.startswith("linux") or _libc_prctl()(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        return  # where prctl is refused (a seccomp profile), the tree is stopped by the launcher alone
+    if parent_pid is not None and os.getppid() != parent_pid:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def bind_to_launcher() -> None:
+    """In a training process started by :func:`train` (through accelerate): die with its parent, whose own
+    parent is the launcher, so that killing the launcher ends the whole tree; die now if the launcher is gone."""
+    launcher = os.environ.get(LAUNCHER_PID)
+    if launcher is None:
+        return
+    die_with_parent()
+    try:
+        os.kill(int(launcher), 0)
+    except ProcessLookupError:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+@functools.cache
+def _libc_prctl() -> Any:
+    """libc's prctl, looked up once: a child between fork and exec must not call the dynamic loader."""
+    return ctypes.CDLL(None, use_errno=True).prctl
+
+
+def _children(pid: int) -> list[int]:
+    """The PIDs of ``pid``'s child processes (Linux's /proc; none elsewhere)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            found += [int(child) for child in task.read_text().split()]
+        except OSError:  # the thread or the process ended meanwhile
+            continue
+    return found
+
+
+def _signal(pids: list[int], signum: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            continue
 
 
 @dataclass(frozen=True)
@@ -86,9 +201,25 @@ def accelerate_command(
     return cmd
 
 
+def run_key(
+    params: str | Path, overrides: list[str], topology: Topology, resume: bool, cfg: RunConfig
+) -> str:
+    """The identity of a run across machines: every machine's launcher of one multi-node run computes the same
+    key (same params, overrides, topology but the machine rank, and resolved config); on one machine, a key of its
+    own (whoever else holds a lock there is another run)."""
+    if topology.num_machines == 1:
+        return secrets.token_hex(8)
+    shared = {**dataclasses.asdict(topology), "machine_rank": None}
+    text = json.dumps([str(params), overrides, shared, resume, to_dict(cfg)], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
 def _pump(stream: Any, lines: queue.Queue[str | None]) -> None:
-    for line in stream:
-        lines.put(line)
+    try:
+        for line in stream:
+            lines.put(line)
+    except (OSError, ValueError):  # the stream was closed under us while the launcher shut down
+        pass
     lines.put(None)
 
 
@@ -97,6 +228,19 @@ def _progress_bar(name: str, done: int, total: int, enabled: bool) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(desc=name, total=total, initial=done, unit="step", disable=not enabled, dynamic_ncols=True)
+
+
+def killed_by_signal(lines: list[str]) -> str | None:
+    """What to say when accelerate's output reports a training process that died of a signal (the first failure,
+    where torch's elastic agent lists several), e.g. "killed by signal 9 (SIGKILL) — out of memory?"; else None."""
+    root = next((i for i, line in enumerate(lines) if "Root Cause" in line), 0)
+    for line in lines[root:]:
+        match = KILLED.search(line)
+        if match:
+            name, number = (match[1], match[2]) if match[1] else (match[4], match[3])
+            hint = " — out of memory?" if int(number) == signal.SIGKILL else ""
+            return f"a training process was killed by signal {number} ({name}){hint}"
+    return None
 
 
 def train(
@@ -110,24 +254,87 @@ def train(
 ) -> Path:
     """Launch one stage and wait for it; return the run's ``final/`` directory.
 
-    Holds the run directory's lock while the stage trains (a second writer gets :class:`~ocean_lib.base.io.LockedError`).
-    The child's output goes to ``<run>/log.txt``, not to the screen, so the progress bar stays one line; on
-    failure the error names the child's own message and the log that holds its traceback. ``timeout_s``: stop
-    the whole process group and raise after this many seconds (a hung collective waits forever otherwise).
+    Holds the run directory's lock while the stage trains (a second writer gets
+    :class:`~ocean_lib.base.io.LockedError`) and refuses what the trainer would refuse before starting anything;
+    a finished run resumed is returned at once. The child's output goes to ``<run>/log.txt``, not to the screen, so the progress bar stays one line; on
+    failure the error names the child's own message and the log that holds its traceback. SIGINT or SIGTERM
+    stops the training at the end of its step with a checkpoint and raises :class:`Stopped`. ``timeout_s``: kill
+    the whole tree and raise after this many seconds (a hung collective waits forever otherwise).
     """
+    from ocean_lib.data.records import check_source
+
     overrides = list(overrides or [])
     topology = topology or Topology()
     total = topology.num_processes * topology.num_machines
     cfg = load_config(params, [*overrides, f"train.num_processes={total}"])  # fail fast, before spawning
     run = RunDir(cfg.run_dir)
     cmd = accelerate_command(params, overrides, topology, resume, precision_of(cfg))
-    lock = DirectoryLock(run.path, "training run")
-    env = {
-        **os.environ,
-        **lock.environment(),  # the child writes under the lock this process holds
-        "PYTHONUNBUFFERED": "1",
-        "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // total)),
-    }
+    suffix = f".machine-{topology.machine_rank}" if topology.machine_rank else ""
+    key = run_key(params, overrides, topology, resume, cfg)
+    main_machine = topology.machine_rank == 0
+    with DirectoryLock(run.path, "training run", suffix, key) as lock:
+        check_start(run, cfg, resume)
+        for source in [*cfg.data.train_files, *cfg.data.val_files]:
+            check_source(source)
+        if resume and run.is_finished():
+            if cfg.logging.progress and main_machine:
+                print(f"{cfg.logging.run_name}: already trained; final weights in {run.final}")
+            return run.final
+        env = {
+            **os.environ,
+            **lock.environment(),  # the training processes share the lock this process holds
+            LAUNCHER_PID: str(os.getpid()),
+            "PYTHONUNBUFFERED": "1",
+            # this machine's processes share its cores (the other machines have their own)
+            "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // topology.num_processes)),
+        }
+        with open(run.log_of(topology.machine_rank), "a", encoding="utf-8") as log, StopSignals() as signals:
+            returncode, tail, outcome = _supervise(
+                cmd, env, run, cfg, resume, log, signals, on_metrics, callback_interval_s, timeout_s
+            )
+    rows = run.read_metrics()
+    if returncode == 0:
+        if cfg.logging.progress and main_machine:
+            print(
+                outcome
+                or f"{cfg.logging.run_name}: already trained ({len(rows)} steps); final weights in {run.final}"
+            )
+        return run.final
+    if signals.received:
+        last = run.last_checkpoint()
+        kept = f"its last checkpoint is step {last[0]} ({last[1]})" if last else "no checkpoint was written"
+        name = signal.Signals(signals.received[0]).name
+        raise Stopped(
+            f"{cfg.logging.run_name}: stopped by {name}; {kept}; continue with the same command and --resume",
+            signals.received[0],
+        )
+    message = (
+        outcome
+        or killed_by_signal(tail)
+        or error_message_in(tail)
+        or "its last lines:\n" + "\n".join(tail[-25:])
+    )
+    raise LaunchError(
+        f"training run {run.path} failed (exit code {returncode}): {message}\n"
+        f"The whole output, traceback included, is in {run.log_of(topology.machine_rank)}"
+    )
+
+
+def _supervise(
+    cmd: list[str],
+    env: dict[str, str],
+    run: RunDir,
+    cfg: RunConfig,
+    resume: bool,
+    log: Any,
+    signals: StopSignals,
+    on_metrics: Callable[[list[dict[str, Any]]], None] | None,
+    callback_interval_s: float,
+    timeout_s: float | None,
+) -> tuple[int, list[str], str | None]:
+    """Run ``cmd`` to its end: (exit code, last lines of its output, what to say: the summary of a trained run,
+    or why it was killed). Whatever ends this function (a second signal, an error in ``on_metrics``) leaves no
+    process of the tree behind."""
     started = time.time()
     # A resumed child first trims metrics written after its checkpoint: rows older than this launch that go
     # beyond the last checkpoint are not progress.
@@ -135,29 +342,43 @@ def train(
     resumable = checkpoint[0] if resume and checkpoint else 0
     bar = None
     tail: collections.deque[str] = collections.deque(maxlen=200)
-    shown, last_call = 0, 0.0
+    shown, last_call, asked_to_stop, timed_out = 0, 0.0, set(), False
     lines: queue.Queue[str | None] = queue.Queue()
-    with (
-        lock,
-        open(run.log, "a", encoding="utf-8") as log,
-        subprocess.Popen(
-            cmd,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=env,
-            bufsize=1,
-            start_new_session=timeout_s is not None,  # its own process group, killed whole on timeout
-        ) as child,
-    ):
-        # A thread drains the child's output so that a full pipe never blocks it while we poll metrics.
-        threading.Thread(target=_pump, args=(child.stdout, lines), daemon=True).start()
-        finished, timed_out, launched = False, False, time.monotonic()
+    parent = os.getpid()
+    if sys.platform.startswith("linux"):
+        _libc_prctl()  # resolved here, not in the forked child
+    child = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        bufsize=1,
+        start_new_session=True,  # signals from the terminal or a notebook reach the launcher only: it stops cleanly
+        preexec_fn=lambda: die_with_parent(parent),
+    )
+    # A thread drains the child's output so that a full pipe never blocks it while we poll metrics.
+    pump = threading.Thread(target=_pump, args=(child.stdout, lines), daemon=True)
+    pump.start()
+    try:
+        finished, launched = False, time.monotonic()
         while not finished:
             time.sleep(1.0)
-            if timeout_s is not None and not timed_out and time.monotonic() - launched > timeout_s:
-                os.killpg(child.pid, signal.SIGKILL)
+            if timeout_s is not None and time.monotonic() - launched > timeout_s:
                 timed_out = True
+                break
+            if signals.received:
+                if not asked_to_stop:
+                    print(
+                        f"{cfg.logging.run_name}: stopping at the end of the current step, with a checkpoint "
+                        "(signal again to stop at once)",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                # the training processes (accelerate's children), each asked once, as they appear
+                trainers = [pid for pid in _children(child.pid) if pid not in asked_to_stop]
+                _signal(trainers, signal.SIGTERM)
+                asked_to_stop.update(trainers)
             while not finished:
                 try:
                     line = lines.get_nowait()
@@ -195,29 +416,29 @@ def train(
             ):
                 on_metrics(rows)
                 shown, last_call = len(rows), time.time()
+    finally:
+        if child.poll() is None:  # stopped early: the trainers die with accelerate (die_with_parent)
+            _signal(_children(child.pid), signal.SIGKILL)
+            os.killpg(child.pid, signal.SIGKILL)
         child.wait()
-    if bar is not None:
-        bar.close()
-    if child.returncode == 0 and cfg.logging.progress:
+        pump.join(timeout=10)  # the output's end, once every process that held the pipe is gone
+        if not pump.is_alive():
+            child.stdout.close()
+        if bar is not None:
+            bar.close()
+    while not lines.empty():  # what came after the last poll
+        line = lines.get()
+        if line is not None:
+            log.write(line)
+            tail.append(line.rstrip("\n"))
+    outcome = None
+    if child.returncode == 0 and bar is not None:
         rows = run.read_metrics()
-        if bar is None:  # the child found the run finished and trained nothing
-            print(
-                f"{cfg.logging.run_name}: already trained ({len(rows)} steps); final weights in {run.final}"
-            )
-        else:
-            minutes, seconds = divmod(round(time.time() - started), 60)
-            print(
-                f"{cfg.logging.run_name}: trained to step {rows[-1]['step'] if rows else 0} of {bar.total} "
-                f"in {minutes}:{seconds:02d}; final weights in {run.final}"
-            )
-    if child.returncode != 0:
-        message = error_message_in(list(tail))
-        if timed_out:
-            message = f"it did not finish within {timeout_s} s and was stopped (a hung collective?)"
-        elif message is None:
-            message = "its last lines:\n" + "\n".join(list(tail)[-25:])
-        raise LaunchError(
-            f"training run {run.path} failed (exit code {child.returncode}): {message}\n"
-            f"The whole output, traceback included, is in {run.log}"
+        minutes, seconds = divmod(round(time.time() - started), 60)
+        outcome = (
+            f"{cfg.logging.run_name}: trained to step {rows[-1]['step'] if rows else 0} of {bar.total} "
+            f"in {minutes}:{seconds:02d}; final weights in {run.final}"
         )
-    return run.final
+    elif child.returncode != 0 and timed_out:
+        outcome = f"it did not finish within {timeout_s} s and was stopped (a hung collective?)"
+    return child.returncode, list(tail), outcome

@@ -16,8 +16,7 @@ from typing import Any
 
 import torch
 
-from ocean_lib.base.config import config_changes, load_config
-from ocean_lib.base.run_dir import RunDir, publish_dir, read_state
+from ocean_lib.base.run_dir import RunDir, TrainingError, check_start, publish_dir, read_state
 from ocean_lib.base.schema import RunConfig, TrainConfig
 from ocean_lib.training import distributed
 from ocean_lib.training.lora import ADAPTER_DIR, attach_lora, merged_state_dict, peft_model, unwrap_peft
@@ -25,10 +24,6 @@ from ocean_lib.training.models import load_policy
 from ocean_lib.training.rollout import make_engine
 
 SHARDED_STATE = "sharded_state"  # accelerate.save_state folder of a DeepSpeed checkpoint
-
-
-class TrainingError(RuntimeError):
-    """The run cannot continue (non-finite loss or reward, wrong process count, existing run directory)."""
 
 
 def build_state(cfg: RunConfig, accelerator: Any, run: RunDir, checkpoint: Path | None = None) -> TrainState:
@@ -221,23 +216,11 @@ def save_checkpoint(state: TrainState, target: Path, step: int, epoch: int) -> N
 
 
 def resume_point(run: RunDir, cfg: RunConfig, resume: bool, is_main: bool) -> tuple[int, Path | None]:
-    """(steps already done, checkpoint to load) for this run; refuses to overwrite an existing run."""
+    """(steps already done, checkpoint to load) for this run; refuses to overwrite an existing run (the launcher
+    refuses the same before it starts any process: :func:`ocean_lib.base.run_dir.check_start`)."""
+    check_start(run, cfg, resume)
     if not resume:
-        if run.metrics.exists() and run.read_metrics():
-            state = (
-                "a finished run"
-                if run.is_finished()
-                else f"a run stopped at step {run.read_metrics()[-1]['step']}"
-            )
-            raise TrainingError(
-                f"{run.path} already holds {state}: pass --resume to continue it (a finished run is then reused "
-                "as it is), or train a new one elsewhere with --set logging.run_name=NEW_NAME"
-            )
         return 0, None
-    # A run that stopped before its first step (a typo in its data paths, say) left only config.yaml: nothing
-    # trained, so nothing can be mixed, and the config is simply rewritten.
-    if run.config.exists() and (run.read_metrics() or run.complete_checkpoints() or run.is_finished()):
-        check_resumable(run, cfg)
     if run.is_finished():
         return read_state(run.final)["step"], None
     last = run.last_checkpoint()
@@ -249,25 +232,6 @@ def resume_point(run: RunDir, cfg: RunConfig, resume: bool, is_main: bool) -> tu
     if is_main:
         run.trim_to_step(step)
     return step, path
-
-
-# Knobs that do not change what a run computes: a resumed (or reused finished) run may differ in these only.
-RESUME_MAY_CHANGE = ("logging.progress", "train.save_every", "train.keep_last", "eval.", "study.")
-
-
-def check_resumable(run: RunDir, cfg: RunConfig) -> None:
-    """Refuse to continue (or reuse the result of) a run that was started with other settings."""
-    changes = {
-        key: values
-        for key, values in config_changes(load_config(run.config), cfg, relative_to_study=True).items()
-        if not key.startswith(RESUME_MAY_CHANGE)
-    }
-    if changes:
-        listed = ", ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in sorted(changes.items()))
-        raise TrainingError(
-            f"{run.path} was trained with other settings ({listed}); resuming would mix two runs. Pick a new "
-            "logging.run_name (or study.output_dir), or delete the run (`reproduce --force` clears a study)"
-        )
 
 
 class Schedule:

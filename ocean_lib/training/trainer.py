@@ -29,6 +29,7 @@ import contextlib
 import io
 import math
 import os
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,7 @@ from ocean_lib.training.forward import (
     micro_batches,
     reference_logprobs,
 )
+from ocean_lib.training.launch import Stopped, StopSignals
 from ocean_lib.training.metrics import (
     POLICY_METRICS,
     Tally,
@@ -82,11 +84,20 @@ from ocean_lib.training.run_state import (
 
 
 def train(cfg: RunConfig, resume: bool = False) -> Path:
-    """Run (or resume) one training stage; return the directory of the final weights."""
+    """Run (or resume) one training stage; return the directory of the final weights.
+
+    SIGTERM or SIGINT (a scheduler's cancel, the launcher's stop, Ctrl-C) stops the run at the end of the step
+    it is in, every process at the same step, with a checkpoint to resume from; raises :class:`Stopped`."""
+    with StopSignals() as signals:
+        return _train(cfg, resume, signals)
+
+
+def _train(cfg: RunConfig, resume: bool, signals: StopSignals) -> Path:
     # The launch file's settings, honoured or refused (DeepSpeed on CPU, precision, clipping, process count).
     # bf16 runs keep fp32 master weights: AdamW steps of lr 1e-6 vanish when applied to bf16 weights directly.
     accelerator = distributed.make_accelerator(cfg)
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // accelerator.num_processes))
+    # this machine's processes share its cores (on N machines, each has its own)
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // distributed.local_processes(accelerator)))
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True)
 
@@ -149,10 +160,20 @@ def train(cfg: RunConfig, resume: bool = False) -> Path:
             progress.set_postfix(
                 {k: f"{metrics[k]:.3f}" for k in ("reward/overall", "loss/sft") if k in metrics}
             )
-        if cfg.train.save_every and step % cfg.train.save_every == 0 and step < total:
+        # A stop asked of any process stops all of them here (a collective: every process reaches this line).
+        stop = step < total and distributed.all_reduce(accelerator, [float(bool(signals.received))], "max")[0]
+        if stop or (cfg.train.save_every and step % cfg.train.save_every == 0 and step < total):
             save_checkpoint(state, run.checkpoint(step), step, schedule.epoch(step))
             if accelerator.is_main_process:
                 prune_checkpoints(run, cfg.train.keep_last)
+        if stop:
+            progress.close()
+            signum = signals.received[0] if signals.received else signal.SIGTERM
+            raise Stopped(
+                f"stopped by {signal.Signals(signum).name if signals.received else 'another process'} after step "
+                f"{step} of {total}; its checkpoint is {run.checkpoint(step)}; continue with --resume",
+                signum,
+            )
     progress.close()
     save_checkpoint(state, run.final, total, schedule.epoch(total) if total else 0)
     accelerator.wait_for_everyone()
