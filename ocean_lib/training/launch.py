@@ -254,15 +254,13 @@ def train(
 ) -> Path:
     """Launch one stage and wait for it; return the run's ``final/`` directory.
 
-    Holds the run directory's lock while the stage trains (a second writer gets
-    :class:`~ocean_lib.base.io.LockedError`) and refuses what the trainer would refuse before starting anything;
-    a finished run resumed is returned at once. The child's output goes to ``<run>/log.txt``, not to the screen, so the progress bar stays one line; on
-    failure the error names the child's own message and the log that holds its traceback. SIGINT or SIGTERM
+    Three steps: refuse what the trainer would refuse before starting anything (a finished run resumed is
+    returned at once); start accelerate under this run's lock (a second writer gets
+    :class:`~ocean_lib.base.io.LockedError`) and follow it; say how it ended. The child's output goes to
+    ``<run>/log.txt``, not to the screen, so the progress bar stays one line; on failure the error names the child's own message and the log that holds its traceback. SIGINT or SIGTERM
     stops the training at the end of its step with a checkpoint and raises :class:`Stopped`. ``timeout_s``: kill
     the whole tree and raise after this many seconds (a hung collective waits forever otherwise).
     """
-    from ocean_lib.data.records import check_source
-
     overrides = list(overrides or [])
     topology = topology or Topology()
     total = topology.num_processes * topology.num_machines
@@ -273,25 +271,54 @@ def train(
     key = run_key(params, overrides, topology, resume, cfg)
     main_machine = topology.machine_rank == 0
     with DirectoryLock(run.path, "training run", suffix, key) as lock:
-        check_start(run, cfg, resume)
-        for source in [*cfg.data.train_files, *cfg.data.val_files]:
-            check_source(source)
-        if resume and run.is_finished():
+        # 1. Refuse, before anything starts, what the trainer would refuse; a finished run is reused as it is.
+        if _refuse_or_reuse(run, cfg, resume):
             if cfg.logging.progress and main_machine:
                 print(f"{cfg.logging.run_name}: already trained; final weights in {run.final}")
             return run.final
-        env = {
-            **os.environ,
-            **lock.environment(),  # the training processes share the lock this process holds
-            LAUNCHER_PID: str(os.getpid()),
-            "PYTHONUNBUFFERED": "1",
-            # this machine's processes share its cores (the other machines have their own)
-            "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // topology.num_processes)),
-        }
+        # 2. Start accelerate and follow it to its end: output to the log, progress, metrics, signals.
+        env = _child_environment(lock, topology)
         with open(run.log_of(topology.machine_rank), "a", encoding="utf-8") as log, StopSignals() as signals:
             returncode, tail, outcome = _supervise(
                 cmd, env, run, cfg, resume, log, signals, on_metrics, callback_interval_s, timeout_s
             )
+    # 3. Say how it ended: the final weights, a clean stop with its checkpoint, or the failure's own message.
+    return _ending(run, cfg, topology, returncode, tail, outcome, signals)
+
+
+def _refuse_or_reuse(run: RunDir, cfg: RunConfig, resume: bool) -> bool:
+    """Raise what the trainer would raise at its start (a finished run not resumed, changed settings, a missing
+    data path), so no process is spawned for it; True when the run is finished and ``--resume`` reuses it."""
+    from ocean_lib.data.records import check_source
+
+    check_start(run, cfg, resume)
+    for source in [*cfg.data.train_files, *cfg.data.val_files]:
+        check_source(source)
+    return resume and run.is_finished()
+
+
+def _child_environment(lock: DirectoryLock, topology: Topology) -> dict[str, str]:
+    return {
+        **os.environ,
+        **lock.environment(),  # the training processes share the lock this process holds
+        LAUNCHER_PID: str(os.getpid()),
+        "PYTHONUNBUFFERED": "1",
+        # this machine's processes share its cores (the other machines have their own)
+        "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // topology.num_processes)),
+    }
+
+
+def _ending(
+    run: RunDir,
+    cfg: RunConfig,
+    topology: Topology,
+    returncode: int,
+    tail: list[str],
+    outcome: str | None,
+    signals: StopSignals,
+) -> Path:
+    """The final weights of a run that ended well; otherwise :class:`Stopped` or :class:`LaunchError`."""
+    main_machine = topology.machine_rank == 0
     rows = run.read_metrics()
     if returncode == 0:
         if cfg.logging.progress and main_machine:
