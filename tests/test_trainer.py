@@ -94,7 +94,7 @@ def test_the_trainer_drives_the_engine_through_its_lifecycle_each_step(
     monkeypatch.setattr(
         run_state,
         "make_engine",
-        lambda model, processor, cfg, all_done, dtype: RecordingEngine(model, processor, cfg),
+        lambda model, processor, cfg, all_done, **engine_options: RecordingEngine(model, processor, cfg),
     )
     train(_config(tiny_model_dir, mini_data_dir, tmp_path))
     assert calls == [
