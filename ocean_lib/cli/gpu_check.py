@@ -1,4 +1,4 @@
-"""``python -m ocean_lib gpu-check``: can this GPU machine run the real-scale recipe? (one GPU, ≤ 8 minutes on an H200)
+"""``python -m ocean_lib gpu-check``: can this GPU machine run the real-scale recipe? (one GPU, ~11 minutes, estimated)
 
 It checks what a params file (default: the 3B stage-1 recipe) asks for, and fails rather than skips when a piece
 the params ask for is missing. With the tiny Qwen2.5-VL (built on the fly) and a few procedural records:
