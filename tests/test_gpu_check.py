@@ -97,10 +97,13 @@ def _plan(tmp_path: Path, *overrides: str) -> tuple[subprocess.CompletedProcess,
     return done, json.loads(report.read_text())
 
 
-def test_the_plan_of_the_default_params_would_start_every_check(tmp_path):
+@pytest.mark.parametrize("overrides", [[], ["algorithm.balance_ranks=8"]], ids=["default", "verl-8-ranks"])
+def test_the_plan_of_the_default_params_would_start_every_check(tmp_path, overrides):
     """Every training check's configuration (the check's own overrides on the 3B params), its accelerate command
-    as accelerate parses it, its DeepSpeed file against the params, the model configs: built on CPU."""
-    done, report = _plan(tmp_path)
+    as accelerate parses it, its DeepSpeed file against the params, the model configs: built on CPU. Params that
+    fix verl's balance to 8 ranks, as Ocean-R1's one node did, still start: the checks' 8 sequences are balanced
+    over the one process they start."""
+    done, report = _plan(tmp_path, *overrides)
     assert done.returncode == 0, done.stdout + done.stderr
     lines = [
         line for line in done.stdout.splitlines() if line.split(" ")[0] in ("ready", "failed", "skipped")

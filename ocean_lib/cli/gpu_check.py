@@ -577,7 +577,7 @@ class Workspace:
             "train.prompts_per_step=2",
             "rollout.n=4",
             "train.micro_batch_size=8",  # one micro-batch per step
-            # verl's micro-batch mean over the processes really started (the params' 8 would need 64 sequences)
+            # verl's micro-batch mean over the processes really started (a params file's 8 would need 64 sequences)
             "algorithm.balance_ranks=0",
             "rollout.max_new_tokens=32",
             "rollout.vllm_gpu_memory_utilization=0.3",
