@@ -63,9 +63,11 @@ $(STAMP): pyproject.toml $(LOCK)
 	@echo '$(INSTALL_SPEC)' > $@
 
 # Optional, GPU only: flash-attn has no wheel; its build imports torch (so no build isolation) and needs nvcc
-# for torch's CUDA (13.x). Then set model.attn_implementation=flash_attention_2.
+# for torch's CUDA (13.x; scripts/check_cuda_toolkit.py says what it finds first). Then set
+# model.attn_implementation=flash_attention_2.
 flash-attn:
 	$(MAKE) GPU=1 install
+	$(BIN)/python scripts/check_cuda_toolkit.py
 	MAX_JOBS=$${MAX_JOBS:-8} $(BIN)/python -m pip install $(FLASH_ATTN) --no-build-isolation
 
 reproduce: $(STAMP)

@@ -28,7 +28,8 @@ accelerator, so it can miss a violation, never invent one.
 
 Activated by a ``sitecustomize`` that calls :func:`install` when ``COLLECTIVE_SPY_DIR`` is set (see
 ``tests/test_distributed.py``); each process writes ``rank<r>.json`` there at exit:
-``{"checked": {collective: calls checked}, "violations": [{"collective", "stack"}]}``.
+``{"checked": {collective: calls checked}, "objects": {"<object collective> from <module>:<function>": calls},
+"violations": [{"collective", "stack"}]}``.
 """
 
 from __future__ import annotations
@@ -83,6 +84,7 @@ FACTORIES = {
 
 HOST = "_collective_spy_host"  # attribute set on tensors made on the host
 _checked: dict[str, int] = {}
+_objects: dict[str, int] = {}  # "<object collective> from <ocean_lib module>:<function>" -> calls
 _violations: list[dict[str, object]] = []
 
 
@@ -177,11 +179,25 @@ def _wrap(module, name: str):
     return collective
 
 
+def _count_object_collective(module, name: str):
+    """Count the calls of an object collective by the ocean_lib function that made them (not checked: exempt)."""
+    original = getattr(module, name)
+
+    def collective(*args, **kwargs):
+        ours = [f for f in traceback.extract_stack()[:-1] if f"{os.sep}ocean_lib{os.sep}" in f.filename]
+        if ours:
+            caller = f"{Path(ours[-1].filename).stem}:{ours[-1].name}"
+            _objects[f"{name} from {caller}"] = _objects.get(f"{name} from {caller}", 0) + 1
+        return original(*args, **kwargs)
+
+    return collective
+
+
 def _write(directory: Path) -> None:
     rank = os.environ.get("RANK")
     if rank is None:  # a launcher, not a training process
         return
-    report = {"checked": _checked, "violations": _violations}
+    report = {"checked": _checked, "objects": _objects, "violations": _violations}
     (directory / f"rank{rank}.json").write_text(json.dumps(report, indent=1))
 
 
@@ -195,5 +211,9 @@ def install(directory: str | Path) -> None:
         wrapped = _wrap(distributed_c10d, name)
         setattr(distributed_c10d, name, wrapped)
         setattr(dist, name, wrapped)
+    for name in OBJECT_COLLECTIVES:
+        counted = _count_object_collective(distributed_c10d, name)
+        setattr(distributed_c10d, name, counted)
+        setattr(dist, name, counted)
     _Provenance().__enter__()
     atexit.register(_write, Path(directory))

@@ -104,3 +104,34 @@ def test_the_stamp_records_the_install_so_another_one_reinstalls(tmp_path):
     # the extras install with their dependencies, from the lock, in one resolution
     assert '-m pip install -q -r requirements/cpu.lock -e ".[dev]"' in dry.stdout
     assert "--no-deps" not in dry.stdout
+
+
+def test_make_flash_attn_first_checks_for_an_nvcc_of_torchs_cuda():
+    """flash-attn compiles with the nvcc torch's extension builder finds, which must share torch's CUDA major
+    version (the GPU lock's torch 2.14.0: 13.0): the check names what is missing before a long failed build."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(
+        "check_cuda_toolkit", ROOT / "scripts/check_cuda_toolkit.py"
+    )
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+    nvcc13 = "nvcc: NVIDIA (R) Cuda compiler driver\nCuda compilation tools, release 13.0, V13.0.88\n"
+    assert check.nvcc_release(nvcc13) == "13.0"
+    assert check.problem("13.0", "/usr/local/cuda-13.0", nvcc13) is None
+    assert check.problem("13.0", "/opt/cuda13.2", nvcc13.replace("13.0", "13.2")) is None  # minor: accepted
+    assert "release 12.8" in check.problem("13.0", "/usr/local/cuda", nvcc13.replace("13.0", "12.8"))
+    assert "no nvcc found" in check.problem("13.0", None, None)
+    assert "CPU build" in check.problem(None, None, None)
+    flash = re.search(r"^flash-attn:\n((?:\t.*\n)+)", MAKEFILE, re.M).group(1).splitlines()
+    assert flash.index("\t$(BIN)/python scripts/check_cuda_toolkit.py") < next(
+        i for i, line in enumerate(flash) if "pip install $(FLASH_ATTN)" in line
+    )
+    import torch
+
+    if torch.version.cuda is None:  # the CPU lock's torch: the check stops make before pip
+        done = subprocess.run(
+            [sys.executable, str(ROOT / "scripts/check_cuda_toolkit.py")], capture_output=True, text=True
+        )
+        assert done.returncode == 1 and "CPU build" in done.stderr

@@ -4,6 +4,7 @@ miniature's parquet splits, the missing-image stop, sharding, and resuming after
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
 import shutil
@@ -20,8 +21,10 @@ from safetensors.torch import load_file, save_file
 
 from ocean_lib.base.config import load_config
 from ocean_lib.base.io import read_jsonl
-from ocean_lib.data import read_records, rescale_box_truth, synthetic, write_records
+from ocean_lib.data import ImageRef, read_records, rescale_box_truth, synthetic, write_records
 from ocean_lib.evaluation import BENCHMARKS, MissingImagesError, SettingsMismatchError, rescore, run
+from ocean_lib.evaluation.runner import most_images, plan_benchmarks
+from ocean_lib.training.models import load_policy
 
 OVERRIDES = {
     "eval.batch_size": 2,
@@ -295,6 +298,50 @@ def test_an_edited_ground_truth_is_rescored_and_an_edited_prompt_regenerated(min
     assert len(list(read_jsonl(output))) == 6
 
 
+def test_an_item_that_cannot_be_run_is_reported_and_skipped_by_name(mini, tiny_model_dir, tmp_path, capsys):
+    """An image 250 times wider than high opens, but Qwen2.5-VL's processor refuses it (aspect ratio over 200):
+    the engine raises on that item, as vLLM raises on a prompt over its image limit or context length. The
+    evaluation goes on without it, names it, and a later run tries it again."""
+    home = copy_of_mini(mini, tmp_path)
+    cfg = config(mini, **{"eval.output_dir": str(tmp_path / "eval"), "data.synthetic.output_dir": str(home)})
+    path = home / "test/counting.parquet"
+    records = read_records(path, cfg.data)
+    sliver = io.BytesIO()
+    grey_image(1).resize((1000, 4)).save(sliver, format="PNG")
+    records[1] = dataclasses.replace(records[1], images=[ImageRef(bytes=sliver.getvalue())])
+    write_records(records, path)
+    summary = run(tiny_model_dir, ["mini_counting"], cfg, max_new_tokens_cap=4, max_items=4, model_name="m")
+    entry = summary["benchmarks"]["mini_counting"]
+    assert (entry["n"], entry["complete"]) == (3, False)
+    assert list(entry["skipped"]) == ["1"] and "aspect ratio" in entry["skipped"]["1"]
+    assert [row["id"] for row in read_jsonl(tmp_path / "eval/m/mini_counting.jsonl")] == ["0", "2", "3"]
+    assert "mini_counting: item 1 skipped, it cannot be run: ValueError" in capsys.readouterr().err
+
+    # Fixed at the source, the item is run by the next evaluation and leaves the skipped list.
+    write_records(read_records(mini / "mini/test/counting.parquet", cfg.data), path)
+    summary = run(tiny_model_dir, ["mini_counting"], cfg, max_new_tokens_cap=4, max_items=4, model_name="m")
+    entry = summary["benchmarks"]["mini_counting"]
+    assert (entry["n"], entry["complete"], entry["skipped"]) == (4, True, {})
+
+
+def test_a_vllm_evaluation_takes_the_items_real_image_count_and_holds_no_weights(mini, tiny_model_dir):
+    """vLLM refuses a prompt with more images than its limit_mm_per_prompt (MMMU has items of 7): the limit is the
+    run's maximum over all shards' items. vLLM loads the weights itself: the policy beside it is configs only."""
+    cfg = config(mini)
+    plans = plan_benchmarks(
+        tiny_model_dir, ["mini_counting", "mini_counting_text"], cfg, mini / "eval/x", 4, 3, (1, 2)
+    )
+    assert most_images(plans) == 1
+    seven = dataclasses.replace(plans[0].items[0], images=plans[0].items[0].images * 7)
+    plans[1].items.append(seven)  # another shard's item counts too: every shard builds the same engine
+    assert most_images(plans) == 7 and most_images([]) == 1
+    model, _ = load_policy(str(tiny_model_dir), weights=False)
+    loaded, _ = load_policy(str(tiny_model_dir))
+    assert {p.device.type for p in model.parameters()} == {"meta"}
+    assert model.generation_config.to_dict() == loaded.generation_config.to_dict()
+    assert model.config.to_dict() == loaded.config.to_dict()
+
+
 def test_scorer_fingerprints_tell_scorers_apart_and_are_stable_across_processes():
     from ocean_lib.evaluation.runner import scorer_fingerprint
 
@@ -407,6 +454,33 @@ def test_eval_without_params_loads_the_model_in_bf16_as_ocean_r1(mini, tiny_mode
     assert done.returncode == 0, done.stderr[-2000:]
     settings = json.loads((tmp_path / "tiny/mini_counting.settings.json").read_text())
     assert settings["dtype"] == "bfloat16"
+
+
+def test_a_sharded_evaluation_with_less_items_than_processes_loads_the_engine_on_every_process(
+    mini, tiny_model_dir, tmp_path
+):
+    """Creating a vLLM engine is a collective over the processes: one with nothing to generate (--max-items 1 on
+    2 processes) must join it, or the other waits forever. On CPU the HF engine runs; the code path that decides
+    who builds the engine is the same, and each process says when it builds it."""
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "-m", "ocean_lib", "eval", "--model", str(tiny_model_dir), "--benchmarks", "mini_counting",
+               "--max-items", "1", "--max-new-tokens", "2", "--model-name", "two",
+               "--set", f"data.synthetic.output_dir={mini / 'mini'}", "--set", f"eval.output_dir={tmp_path}",
+               "--set", "logging.progress=false"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "evaluation shard 0 of 2: loading" in done.stdout and "(1 items to generate)" in done.stdout
+    assert "evaluation shard 1 of 2: loading" in done.stdout and "(0 items to generate)" in done.stdout
+    summary = json.loads((tmp_path / "two/summary.json").read_text())
+    assert (
+        summary["benchmarks"]["mini_counting"]["n"],
+        summary["benchmarks"]["mini_counting"]["complete"],
+    ) == (
+        1,
+        True,
+    )
 
 
 @pytest.mark.parametrize("how", ["moved", "copied"])

@@ -19,6 +19,7 @@ from ocean_lib.cli.gpu_check import (
     Workspace,
     _how_it_ran,
     format_line,
+    judge_sync,
     micro_batch_estimate_gb,
     missing_requirements,
     real_width_config,
@@ -61,8 +62,9 @@ def test_without_cuda_every_check_fails_and_the_report_says_why(tmp_path):
     names = [c.name for c in CHECKS]
     assert [c["check"] for c in report["checks"]] == ["environment", *names]
     statuses = {c["check"]: c["status"] for c in report["checks"]}
-    assert statuses["vLLM weight sync"] == "skipped"  # rollout.backend=hf: the params do not use it
-    assert {statuses[n] for n in names if n != "vLLM weight sync"} == {"failed"}
+    vllm_stages = [n for n in names if n.startswith("vLLM")]
+    assert len(vllm_stages) == 4 and {statuses[n] for n in vllm_stages} == {"skipped"}  # rollout.backend=hf
+    assert {statuses[n] for n in names if n not in vllm_stages} == {"failed"}
     assert lines[-1].startswith(report["summary"]) and "FAILED (environment, bf16 generation" in lines[-1]
     assert report["ok"] is False and report["rollout_backend"] == "hf"
     assert report["versions"]["torch"] == torch.__version__
@@ -79,8 +81,58 @@ def test_params_asking_for_vllm_or_flash_attention_without_them_fail(tmp_path):
     assert "flash-attn is not installed (make flash-attn)" in environment
     notes = {c["check"]: c["note"] for c in report["checks"]}
     # never "skipped": the params ask for both
-    assert notes["vLLM weight sync"] == "not installed: vllm, flash_attn"
+    assert notes["vLLM sync 3B (d)"] == "not installed: vllm, flash_attn"
     assert notes["training step"] == "not installed: flash_attn, vllm"
+
+
+def _plan(tmp_path: Path, *overrides: str) -> tuple[subprocess.CompletedProcess, dict]:
+    report = tmp_path / "plan.json"
+    args = [a for o in overrides for a in ("--set", o)]
+    done = subprocess.run(
+        [sys.executable, "-m", "ocean_lib", "gpu-check", "--plan", "--out", str(report), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    return done, json.loads(report.read_text())
+
+
+@pytest.mark.parametrize("overrides", [[], ["algorithm.balance_ranks=8"]], ids=["default", "verl-8-ranks"])
+def test_the_plan_of_the_default_params_would_start_every_check(tmp_path, overrides):
+    """Every training check's configuration (the check's own overrides on the 3B params), its accelerate command
+    as accelerate parses it, its DeepSpeed file against the params, the model configs: built on CPU. Params that
+    fix verl's balance to 8 ranks, as Ocean-R1's one node did, still start: the checks' 8 sequences are balanced
+    over the one process they start."""
+    done, report = _plan(tmp_path, *overrides)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = [
+        line for line in done.stdout.splitlines() if line.split(" ")[0] in ("ready", "failed", "skipped")
+    ]
+    assert [line.split()[0] for line in lines] == ["ready"] * len(CHECKS)
+    assert [c["check"] for c in report["checks"]] == [c.name for c in CHECKS]  # one line per check, in order
+    notes = {c["check"]: c["note"] for c in report["checks"]}
+    assert notes["vLLM sync (a) ZeRO-3"].startswith("ZeRO-3 (zero3.yaml), 2 x 4 sequences, 3 steps, lr 0.01")
+    assert "rollout vllm" in notes["vLLM from final (c)"]
+    assert report["ok"] is True and report["plan"] is True
+    assert done.stdout.strip().splitlines()[-1].startswith(f"gpu-check --plan: {len(CHECKS)} ready, 0 failed")
+
+
+def test_a_plan_that_could_not_start_fails_the_checks_it_stops(tmp_path):
+    """DeepSpeed clips with its JSON's gradient_clipping (1.0): a different train.grad_clip stops the ZeRO
+    launches (stage (c) runs (a)'s ZeRO-3 launch), not the plain ones."""
+    done, report = _plan(tmp_path, "train.grad_clip=0.5")
+    assert done.returncode == 1
+    statuses = {c["check"]: c["status"] for c in report["checks"]}
+    zero = [
+        "ZeRO-2 step",
+        "ZeRO-3 step",
+        "vLLM sync (a) ZeRO-3",
+        "vLLM sync (b) ZeRO-2",
+        "vLLM from final (c)",
+    ]
+    assert {statuses[n] for n in zero} == {"failed"}
+    assert {statuses[n] for n in statuses if n not in zero} == {"ready"}
+    assert all("gradient_clipping=1.0" in c["note"] for c in report["checks"] if c["check"] in zero)
 
 
 @pytest.mark.parametrize(
@@ -109,12 +161,17 @@ def test_a_check_is_skipped_only_when_the_params_do_not_use_it(capsys):
 
     results = [
         run_check(
-            Check("unused", raises, applies=lambda c: False, why_not="not used"), work, cfg, lambda m: True
+            Check("unused", raises, raises, applies=lambda c: False, why_not="not used"),
+            work,
+            cfg,
+            lambda m: True,
         ),
-        run_check(Check("needs x", raises, needs=lambda c: ("x", "y")), work, cfg, lambda m: m == "y"),
-        run_check(Check("no gpu", raises), None, cfg, lambda m: True),
-        run_check(Check("fails", raises), work, cfg, lambda m: True),
-        run_check(Check("passes", lambda w: "fine"), work, cfg, lambda m: True),
+        run_check(
+            Check("needs x", raises, raises, needs=lambda c: ("x", "y")), work, cfg, lambda m: m == "y"
+        ),
+        run_check(Check("no gpu", raises, raises), None, cfg, lambda m: True),
+        run_check(Check("fails", raises, raises), work, cfg, lambda m: True),
+        run_check(Check("passes", lambda w: "fine", raises), work, cfg, lambda m: True),
     ]
     assert [(r.status, r.note) for r in results] == [
         ("skipped", "not used"),
@@ -132,12 +189,15 @@ def test_report_lines_summary_and_json(tmp_path):
         Result("environment", "passed", 0.0, None, "torch 2.11"),
         Result("memory 3B", "passed", 12.34, 40.56, "peak 40.6 GB", {"estimate_gb": 38.0}),
         Result("ZeRO-3 step", "failed", 3.0, 2.0, "AssertionError: run_info.json says {}"),
-        Result("vLLM weight sync", "skipped", 0.0, None, "hf"),
+        Result("vLLM sync 3B (d)", "skipped", 0.0, None, "hf"),
     ]
-    assert format_line(results[1]) == "passed   memory 3B             12.3 s    40.6 GB  peak 40.6 GB"
+    assert format_line(results[1]) == "passed   memory 3B                 12.3 s    40.6 GB  peak 40.6 GB"
     assert format_line(results[0]).split()[4:6] == ["-", "GB"]
     summary = summary_line(results, 61.2)
     assert summary == "gpu-check: 2 passed, 1 failed, 1 skipped in 61 s: FAILED (ZeRO-3 step)"
+    assert (
+        summary_line(results[:2], 5, plan=True) == "gpu-check --plan: 0 ready, 0 failed, 0 skipped in 5 s: OK"
+    )
     assert summary_line(results[:2], 5).endswith(": OK")
     path = tmp_path / "deep" / "report.json"
     write_report(path, results, {"device": "H200"}, 61.2)
@@ -151,6 +211,20 @@ def test_report_lines_summary_and_json(tmp_path):
         "note": "peak 40.6 GB",
         "details": {"estimate_gb": 38.0},
     }
+
+
+def test_the_sync_stages_verdict_needs_steps_2_and_3_at_step_1s_level_and_a_policy_that_moved():
+    def rows(gaps, kl):
+        return [
+            {"response/sampler_logprob_gap": g, "kl/mean": k}
+            for g, k in zip(gaps, [0.0, kl, kl], strict=True)
+        ]
+
+    assert judge_sync(rows([0.02, 0.03, 0.025], 0.5)).startswith("sampler gap by step 2.00e-02, 3.00e-02")
+    with pytest.raises(AssertionError, match="does not sample from the trained weights"):
+        judge_sync(rows([0.02, 0.6, 0.9], 0.5))  # a stale engine: off by how far the policy moved
+    with pytest.raises(AssertionError, match="inconclusive"):
+        judge_sync(rows([0.02, 0.02, 0.02], 1e-4))  # the policy barely moved: a stale engine would look fine
 
 
 def test_run_info_must_show_the_zero_stage_nccl_and_the_attention(tmp_path):

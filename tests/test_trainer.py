@@ -25,7 +25,7 @@ from ocean_lib.training.metrics import is_registered
 from ocean_lib.training.models import load_policy
 from ocean_lib.training.rollout import HFRolloutEngine
 from ocean_lib.training.run_state import resume_point
-from ocean_lib.training.trainer import TrainingError, train
+from ocean_lib.training.trainer import SamplerGapGuard, TrainingError, train
 
 NOT_COMPARABLE = ("time/",)  # wall-clock metrics differ between any two runs
 LORA = ["model.lora_rank=4", "model.lora_alpha=8", "train.lr=1e-2"]  # adapters move visibly in one step
@@ -94,7 +94,7 @@ def test_the_trainer_drives_the_engine_through_its_lifecycle_each_step(
     monkeypatch.setattr(
         run_state,
         "make_engine",
-        lambda model, processor, cfg, all_done, dtype: RecordingEngine(model, processor, cfg),
+        lambda model, processor, cfg, all_done, **engine_options: RecordingEngine(model, processor, cfg),
     )
     train(_config(tiny_model_dir, mini_data_dir, tmp_path))
     assert calls == [
@@ -262,6 +262,34 @@ def test_nonfinite_loss_stops_and_names_the_last_good_checkpoint(tiny_model_dir,
     with pytest.raises(TrainingError, match=r"non-finite .*step_1"):
         train(cfg)
     assert [step for step, _ in RunDir(cfg.run_dir).complete_checkpoints()] == [1]
+
+
+def test_a_sampler_gap_past_the_thresholds_warns_then_stops_the_run(
+    tiny_model_dir, mini_data_dir, tmp_path, capsys
+):
+    """The real gap of the HF sampler on CPU is float rounding (< 1e-4, above): thresholds below it make every
+    step one past them, as a sampler stuck on stale weights would be."""
+    gaps = ["rollout.sampler_gap_warn=1e-12", "rollout.sampler_gap_stop=1e-12", "rollout.sampler_gap_steps=2"]
+    cfg = _config(tiny_model_dir, mini_data_dir, tmp_path, "train.max_steps=3", *gaps)
+    with pytest.raises(TrainingError, match=r"sampler_gap_stop=1e-12 nats/token at steps \[1, 2\].*step_1"):
+        train(cfg)
+    metrics = RunDir(cfg.run_dir).read_metrics()
+    assert [m["step"] for m in metrics] == [1, 2]  # the step that stops the run is logged first
+    assert all(m["response/sampler_logprob_gap"] > 1e-12 for m in metrics)
+    printed = capsys.readouterr().out
+    assert "warning: step 1: response/sampler_logprob_gap" in printed and "warning: step 2" in printed
+
+
+def test_the_sampler_gap_guard_counts_consecutive_steps_only(tmp_path):
+    cfg = load_config(None, ["rollout.sampler_gap_stop=0.5", "rollout.sampler_gap_steps=3"])
+    guard = SamplerGapGuard(cfg, RunDir(tmp_path), is_main=False)
+    for step, gap in enumerate([0.6, 0.6, 0.2, 0.6, 0.6], start=1):  # the third step resets the count
+        guard.check({"step": step, "response/sampler_logprob_gap": gap})
+    with pytest.raises(TrainingError, match=r"at steps \[4, 5, 6\]"):
+        guard.check({"step": 6, "response/sampler_logprob_gap": 0.7})
+    off = SamplerGapGuard(load_config(None, ["rollout.sampler_gap_stop=0"]), RunDir(tmp_path), is_main=False)
+    for step in range(1, 10):
+        off.check({"step": step, "response/sampler_logprob_gap": 5.0})
 
 
 @pytest.mark.slow

@@ -192,6 +192,14 @@ class RolloutConfig:
     vllm_sleep_between_rollouts: bool = knob(
         True, "free vLLM's KV cache and weights while training (sleep level 2; the weight sync reloads them)"
     )
+    sampler_gap_warn: float = knob(
+        0.1,
+        "warn when response/sampler_logprob_gap (mean |sampler - trainer log p|, nats/token) exceeds this; 0: off",
+    )
+    sampler_gap_stop: float = knob(
+        0.5, "stop the run when the sampler gap exceeds this for sampler_gap_steps steps in a row; 0: off"
+    )
+    sampler_gap_steps: int = knob(3, "consecutive steps past sampler_gap_stop that stop the run")
 
 
 @dataclass
@@ -291,7 +299,11 @@ class EvalConfig:
         "benchmark names to evaluate (all three RefCOCO splits make the table's RefCOCO/+/g average)",
     )
     data_root: str = knob("data/benchmarks", "root directory holding each benchmark's annotations and images")
-    batch_size: int = knob(8, "prompts per generation batch")
+    batch_size: int = knob(8, "prompts per generation batch (HF engine; validation during training)")
+    vllm_batch_size: int = knob(
+        1024,
+        "prompts per vLLM generate call in evaluation (vLLM schedules them; a crash loses one call's answers)",
+    )
     max_items: int = knob(0, "evaluate only the first N items of each benchmark; 0 means all")
     output_dir: str = knob("outputs/eval", "where <model>/<benchmark>.jsonl and summary.json are written")
     bootstrap_samples: int = knob(1000, "bootstrap resamples for the 95% confidence interval")
@@ -406,6 +418,11 @@ class RunConfig:
                 f"data.min_pixels={d.min_pixels} > data.max_pixels={d.max_pixels}",
             ),
             (r.n >= 1, f"rollout.n={r.n} must be >= 1"),
+            (
+                r.sampler_gap_warn >= 0 and r.sampler_gap_stop >= 0 and r.sampler_gap_steps >= 1,
+                f"rollout.sampler_gap_warn={r.sampler_gap_warn} and sampler_gap_stop={r.sampler_gap_stop} must be "
+                f">= 0 (0: off), sampler_gap_steps={r.sampler_gap_steps} >= 1",
+            ),
             (r.n >= 2 or t.objective != "grpo", f"rollout.n={r.n}: GRPO needs a group of at least 2 samples"),
             (r.max_new_tokens >= 1, f"rollout.max_new_tokens={r.max_new_tokens} must be >= 1"),
             (r.temperature >= 0, f"rollout.temperature={r.temperature} must be >= 0"),

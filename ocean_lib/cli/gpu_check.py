@@ -1,4 +1,4 @@
-"""``python -m ocean_lib gpu-check``: can this GPU machine run the real-scale recipe? (one GPU, ≤ 8 minutes on an H200)
+"""``python -m ocean_lib gpu-check``: can this GPU machine run the real-scale recipe? (one GPU, ~11 minutes, estimated)
 
 It checks what a params file (default: the 3B stage-1 recipe) asks for, and fails rather than skips when a piece
 the params ask for is missing. With the tiny Qwen2.5-VL (built on the fly) and a few procedural records:
@@ -11,13 +11,20 @@ the params ask for is missing. With the tiny Qwen2.5-VL (built on the fly) and a
 ``LoRA step``     the same with LoRA, the reference on the CPU and length buckets (HF rollouts)
 ``ZeRO-2 step``, ``ZeRO-3 step``  the same through ``params/accelerate/single_node_zero{2,3}.yaml``, one process,
                   NCCL; ``run_info.json`` must say ZeRO stage 2 / 3 on nccl (ZeRO-3 with the params' backend)
-``vLLM weight sync`` vLLM generates; after the policy changes, ``after_update`` (the weight push) brings vLLM's log-probs to it
+``vLLM sync (a)``, ``(b)``  does vLLM sample from the trained weights? three steps of the params' launch (ZeRO-3,
+                  ZeRO-2) with vLLM and CUDA graphs at a constant lr that moves the weights: the sampler gap of
+                  steps 2-3 stays at step 1's level (:func:`judge_sync`)
+``vLLM from final (c)`` one step from (a)'s saved ``final/``: vLLM loads what the trainer saved
+``vLLM sync 3B (d)`` a random Qwen2.5-VL with the 3B's widths and a tiny vocabulary: vLLM generates, sleeps
+                  (level 2), the policy changes, ``after_update`` (the weight push): vLLM's log-probs follow the new weights
 ``memory 3B``, ``memory 7B``  peak GPU memory of one GRPO micro-batch (forward, loss, backward; bf16,
                   gradient checkpointing) of a randomly initialised Qwen2.5-VL at the real width, built from its
                   config (no download), next to the memory model's estimate (:func:`micro_batch_estimate_gb`)
 
 One line per check as it finishes (status, seconds, peak GPU memory, note), then a summary line, and every result
-in a JSON file. Exit status 0 only if no check failed. Peak memory of the subprocess checks is sampled over the
+in a JSON file. Exit status 0 only if no check failed. ``--plan`` builds and validates on CPU what every check
+would start with (configuration, launch command and files, model configs; no GPU, seconds): exit status 0 only
+if every check would start. Peak memory of the subprocess checks is sampled over the
 whole device every 0.1 s; the in-process checks read ``torch.cuda.max_memory_allocated``.
 """
 
@@ -26,6 +33,7 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import json
+import math
 import tempfile
 import threading
 import time
@@ -82,12 +90,15 @@ class Result:
 
 @dataclass(frozen=True)
 class Check:
-    """One line of the report: ``run(workspace)`` returns a note (and may add details); ``needs(cfg)`` are the
+    """One line of the report: ``run(workspace)`` returns a note (and may add details); ``plan(workspace)``
+    builds and validates on CPU everything ``run`` would start with (configuration, launch command, DeepSpeed
+    file, model config) and returns a note, raising where the check could not start; ``needs(cfg)`` are the
     modules it cannot run without for these params; ``applies(cfg)`` false means the params do not use it
     (skipped, saying ``why_not``)."""
 
     name: str
     run: Callable[[Workspace], str]
+    plan: Callable[[Workspace], str]
     needs: Callable[[Any], tuple[str, ...]] = lambda cfg: ()
     applies: Callable[[Any], bool] = lambda cfg: True
     why_not: str = ""
@@ -133,28 +144,28 @@ def module_installed(name: str) -> bool:
 def format_line(result: Result) -> str:
     """One report line: status, check, seconds, peak GPU memory (- when not measured), note."""
     peak = "-" if result.peak_gb is None else f"{result.peak_gb:.1f}"
-    return f"{result.status:<7}  {result.check:<18}  {result.seconds:6.1f} s  {peak:>6} GB  {result.note}"
+    return f"{result.status:<7}  {result.check:<22}  {result.seconds:6.1f} s  {peak:>6} GB  {result.note}"
 
 
-def summary_line(results: list[Result], seconds: float) -> str:
+def summary_line(results: list[Result], seconds: float, plan: bool = False) -> str:
     """The last line: counts by status, the failed checks by name, and the verdict."""
     failed = [r.check for r in results if r.status == "failed"]
-    counts = {s: sum(r.status == s for r in results) for s in ("passed", "failed", "skipped")}
+    statuses = ("ready" if plan else "passed", "failed", "skipped")
+    counts = ", ".join(f"{sum(r.status == s for r in results)} {s}" for s in statuses)
     verdict = f"FAILED ({', '.join(failed)})" if failed else "OK"
-    return (
-        f"gpu-check: {counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped "
-        f"in {seconds:.0f} s: {verdict}"
-    )
+    return f"gpu-check{' --plan' if plan else ''}: {counts} in {seconds:.0f} s: {verdict}"
 
 
-def write_report(path: Path, results: list[Result], context: dict[str, Any], seconds: float) -> None:
+def write_report(
+    path: Path, results: list[Result], context: dict[str, Any], seconds: float, plan: bool = False
+) -> None:
     """Every result, the machine and the verdict as JSON (written whole, then renamed)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     report = {
         **context,
         "seconds": round(seconds, 1),
         "ok": not any(r.status == "failed" for r in results),
-        "summary": summary_line(results, seconds),
+        "summary": summary_line(results, seconds, plan),
         "checks": [asdict(r) for r in results],
     }
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -188,26 +199,54 @@ def run_check(check: Check, work: Workspace | None, cfg: Any, installed: Callabl
     return result
 
 
+def plan_check(check: Check, work: Workspace, cfg: Any, installed: Callable[[str], bool]) -> Result:
+    """Build and validate what one check would start with, on CPU (``gpu-check --plan``), and print its line:
+    ready, failed (it would die before touching the GPU) or skipped (the params do not use it). A module that
+    is missing here is noted, not failed: the plan runs on machines without the GPU stack."""
+    start = time.perf_counter()
+    work.details = {}
+    if not check.applies(cfg):
+        status, note = "skipped", check.why_not
+    else:
+        try:
+            note, status = check.plan(work), "ready"
+        except Exception as error:  # reported per check; the others are still planned
+            first = str(error).strip().splitlines()
+            note, status = f"{type(error).__name__}: {' '.join(first[:3])}", "failed"
+        if missing := [m for m in check.needs(cfg) if not installed(m)]:
+            note += f" [needs {', '.join(missing)}: not installed here]"
+    result = Result(check.name, status, time.perf_counter() - start, None, note, work.details)
+    print(format_line(result), flush=True)
+    return result
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # The run
 # ----------------------------------------------------------------------------------------------------------------
 
 
 def main(
-    params: str | Path | None = None, overrides: list[str] | None = None, out: str | Path | None = None
+    params: str | Path | None = None,
+    overrides: list[str] | None = None,
+    out: str | Path | None = None,
+    plan: bool = False,
 ) -> int:
-    """Run every check for ``params`` (+ ``overrides``), print the report, write ``out``; 0 if none failed."""
+    """Run every check for ``params`` (+ ``overrides``), print the report, write ``out``; 0 if none failed.
+
+    ``plan``: build and validate every check's configuration on CPU instead (no GPU needed, seconds): 0 only if
+    every check would start."""
     from ocean_lib.base.config import load_config
 
     start = time.perf_counter()
     params = Path(params) if params else DEFAULT_PARAMS
     overrides = list(overrides or [])
-    out = Path(out) if out else DEFAULT_OUT
+    out = Path(out) if out else DEFAULT_OUT.with_name("gpu_check_plan.json") if plan else DEFAULT_OUT
     cfg = load_config(params, overrides)
     cuda = torch.cuda.is_available()
     context = {
         "params": str(params),
         "overrides": overrides,
+        "plan": plan,
         "device": torch.cuda.get_device_name(0) if cuda else None,
         "cuda": torch.version.cuda,
         "attn_implementation": cfg.model.attn_implementation,
@@ -215,19 +254,24 @@ def main(
         "versions": package_versions(),
     }
     print(
-        f"gpu-check of {params} {' '.join(overrides)}: {context['device'] or 'no CUDA GPU'}, "
-        f"torch {torch.__version__} (CUDA {torch.version.cuda}), attention {cfg.model.attn_implementation}, "
-        f"rollout {cfg.rollout.backend}",
+        f"gpu-check{' --plan' if plan else ''} of {params} {' '.join(overrides)}: "
+        f"{context['device'] or 'no CUDA GPU'}, torch {torch.__version__} (CUDA {torch.version.cuda}), "
+        f"attention {cfg.model.attn_implementation}, rollout {cfg.rollout.backend}",
         flush=True,
     )
-    results = [environment_result(cfg, module_installed)]
-    print(format_line(results[0]), flush=True)
+    results = [] if plan else [environment_result(cfg, module_installed)]
+    if results:
+        print(format_line(results[0]), flush=True)
     with tempfile.TemporaryDirectory(prefix="ocean-gpu-check-") as tmp:
-        work = Workspace.build(Path(tmp), params, overrides) if cuda else None
-        results += [run_check(check, work, cfg, module_installed) for check in CHECKS]
+        if plan:  # the tiny model and records are built as the run builds them (CPU, seconds)
+            work = Workspace.build(Path(tmp), params, overrides, device="cpu")
+            results += [plan_check(check, work, cfg, module_installed) for check in CHECKS]
+        else:
+            work = Workspace.build(Path(tmp), params, overrides) if cuda else None
+            results += [run_check(check, work, cfg, module_installed) for check in CHECKS]
     seconds = time.perf_counter() - start
-    write_report(out, results, context, seconds)
-    print(summary_line(results, seconds) + f"; report: {out}", flush=True)
+    write_report(out, results, context, seconds, plan)
+    print(summary_line(results, seconds, plan) + f"; report: {out}", flush=True)
     return int(any(r.status == "failed" for r in results))
 
 
@@ -462,36 +506,6 @@ class Workspace:
             raise AssertionError(f"training forward disagrees with the sampler: mean |Δ log p| = {gap:.3g}")
         return f"attention {ran}, {len(batch.texts)} samples, mean |Δ log p| vs training forward {gap:.1e}"
 
-    def vllm_rollout(self) -> str:
-        from ocean_lib.base.schema import RolloutConfig
-        from ocean_lib.training.rollout_vllm import VLLMRolloutEngine
-
-        model, processor = self._policy()
-        cfg = RolloutConfig(
-            backend="vllm", max_new_tokens=32, vllm_gpu_memory_utilization=0.3, vllm_max_model_len=2048
-        )
-        engine = VLLMRolloutEngine(model, processor, cfg, max_images_per_prompt=1, enforce_eager=True)
-        prompts = self._prompts()
-        before = self._gap(model, engine.generate(prompts, n=4, seeds=[1, 2]))
-        engine.after_generate()  # as the trainer does: weights and KV cache freed (sleep level 2)
-
-        # Change the policy, push it, sample again: vLLM must now agree with the changed policy.
-        original = {k: v.clone() for k, v in model.state_dict().items()}
-        with torch.no_grad():
-            for parameter in model.parameters():
-                parameter.add_(torch.randn_like(parameter) * 0.02)
-        engine.after_update(model)
-        batch = engine.generate(prompts, n=4, seeds=[1, 2])
-        after = self._gap(model, batch)
-        model.load_state_dict(original)
-        stale = self._gap(model, batch)  # the same samples against the old weights
-        if not (after < 0.1 and after < stale):
-            raise AssertionError(
-                f"after the push (after_update) vLLM's log-probs differ from the new policy's by {after:.3g} "
-                f"(from the old policy's by {stale:.3g})"
-            )
-        return f"mean |Δ log p| {before:.1e}; after a weight change, sleep and sync {after:.1e} (stale {stale:.1e})"
-
     def memory(self, size: str) -> str:
         """Peak memory of one GRPO micro-batch of the real-width model, next to the docs' estimate."""
         from transformers import Qwen2_5_VLForConditionalGeneration
@@ -552,17 +566,19 @@ class Workspace:
 
     # -- training steps (accelerate subprocesses) ---------------------------------------------------------------
 
-    def _train(self, name: str, zero_stage: int | None, extra: tuple[str, ...] = ()) -> str:
-        from ocean_lib.base.run_dir import RunDir
+    def _launch(self, name: str, zero_stage: int | None, extra: tuple[str, ...]) -> tuple[list[str], Any]:
+        """The overrides and topology of a training check (one process): what ``_train`` launches and
+        ``_plan_train`` validates."""
         from ocean_lib.training import launch
 
-        cfg = self.cfg
         overrides = [
             *self.overrides,
             f"model.name_or_path={self.model_dir}",
             "train.prompts_per_step=2",
             "rollout.n=4",
             "train.micro_batch_size=8",  # one micro-batch per step
+            # verl's micro-batch mean over the processes really started (a params file's 8 would need 64 sequences)
+            "algorithm.balance_ranks=0",
             "rollout.max_new_tokens=32",
             "rollout.vllm_gpu_memory_utilization=0.3",
             "rollout.vllm_max_model_len=2048",
@@ -577,28 +593,71 @@ class Workspace:
             *extra,
         ]
         accelerate_config = None if zero_stage is None else str(self._accelerate_config(zero_stage))
-        topology = launch.Topology(num_processes=1, accelerate_config=accelerate_config)
-        final = launch.train(self.params, overrides, topology)
-        run = RunDir(final.parent)
-        metrics = run.read_metrics()
-        if [m["step"] for m in metrics] != [1, 2]:
-            raise AssertionError(
-                f"expected metrics for steps 1 and 2, got {[m.get('step') for m in metrics]}"
-            )
-        how = _how_it_ran(final.parent / "run_info.json", zero_stage, self._expected_attention(cfg, extra))
-        self.details["run_info"] = how
-        backend = dict(o.split("=", 1) for o in overrides if o.startswith("rollout.backend=")).get(
-            "rollout.backend", cfg.rollout.backend
-        )
-        return (
-            f"{how['attn_implementation']}, rollout {backend}, ZeRO {how['zero_stage']} on {how['backend']}, "
-            f"{metrics[-1]['time/step_s']:.1f} s/step"
-        )
+        return overrides, launch.Topology(num_processes=1, accelerate_config=accelerate_config)
 
-    @staticmethod
-    def _expected_attention(cfg: Any, extra: tuple[str, ...]) -> str:
-        asked = dict(o.split("=", 1) for o in extra).get("model.attn_implementation")
-        return asked or cfg.model.attn_implementation
+    def _train(
+        self, name: str, zero_stage: int | None, extra: tuple[str, ...] = ()
+    ) -> tuple[str, list[dict]]:
+        """Launch a training check; its note and metrics rows (one per step, checked)."""
+        from ocean_lib.base.run_dir import RunDir
+        from ocean_lib.training import launch
+
+        overrides, topology = self._launch(name, zero_stage, extra)
+        cfg = self._config(overrides)
+        final = launch.train(self.params, overrides, topology)
+        metrics = RunDir(final.parent).read_metrics()
+        if [m["step"] for m in metrics] != list(range(1, cfg.train.max_steps + 1)):
+            raise AssertionError(
+                f"expected metrics for steps 1 to {cfg.train.max_steps}, got {[m.get('step') for m in metrics]}"
+            )
+        how = _how_it_ran(final.parent / "run_info.json", zero_stage, cfg.model.attn_implementation)
+        self.details["run_info"] = how
+        note = (
+            f"{how['attn_implementation']}, rollout {cfg.rollout.backend}, ZeRO {how['zero_stage']} on "
+            f"{how['backend']}, {metrics[-1]['time/step_s']:.1f} s/step"
+        )
+        return note, metrics
+
+    def _config(self, overrides: list[str]):
+        from ocean_lib.base.config import load_config
+
+        return load_config(self.params, [*overrides, "train.num_processes=1"])
+
+    def _plan_train(self, name: str, zero_stage: int | None, extra: tuple[str, ...] = ()) -> str:
+        """What ``_train`` would start, validated on CPU: the config (every cross-field rule), the accelerate
+        command as accelerate's own parser reads it (the launch file included) and, for ZeRO, the DeepSpeed file
+        against the params, as the trainer refuses it."""
+        from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+
+        from ocean_lib.training import launch
+        from ocean_lib.training.distributed import deepspeed_conflicts, precision_of
+
+        overrides, topology = self._launch(name, zero_stage, extra)
+        cfg = self._config(overrides)
+        command = launch.accelerate_command(self.params, overrides, topology, False, precision_of(cfg))
+        args, _, _ = _validate_launch_command(launch_command_parser().parse_args(command[3:]))
+        if zero_stage is not None:
+            import yaml
+
+            local = yaml.safe_load(Path(topology.accelerate_config).read_text())["deepspeed_config"]
+            ds_file = Path(local["deepspeed_config_file"])
+            ds = json.loads(ds_file.read_text())
+            if (
+                ds.get("bf16", {}).get("enabled") == "auto"
+            ):  # accelerate fills it from the precision asked for
+                ds["bf16"]["enabled"] = precision_of(cfg) == "bf16"
+            stage = ds.get("zero_optimization", {}).get("stage")
+            if stage != zero_stage:
+                raise ValueError(f"{ds_file} has zero_optimization.stage={stage}, expected {zero_stage}")
+            problems = deepspeed_conflicts(ds, bool(local.get("zero3_init_flag")), str(ds_file), cfg)
+            if problems:
+                raise ValueError("; ".join(problems))
+        launcher = "plain" if zero_stage is None else f"ZeRO-{zero_stage} ({Path(args.config_file).name})"
+        return (
+            f"{launcher}, {cfg.train.prompts_per_step} x {cfg.rollout.n} sequences, {cfg.train.max_steps} steps, "
+            f"lr {cfg.train.lr:g} ({cfg.train.lr_schedule}), rollout {cfg.rollout.backend}, "
+            f"{cfg.model.attn_implementation}, {cfg.model.train_precision}"
+        )
 
     def _accelerate_config(self, stage: int) -> Path:
         """The repository's ZeRO launch file with its DeepSpeed JSON path made absolute (we launch from anywhere)."""
@@ -613,23 +672,195 @@ class Workspace:
         local.write_text(yaml.safe_dump(config))
         return local
 
-    def training_step(self) -> str:
-        return self._train("plain", None)
+    # -- vLLM follows the trained weights (stages a-c: launch subprocesses) -------------------------------------
 
-    def lora_step(self) -> str:
-        extra = (
-            "rollout.backend=hf",
-            "model.lora_rank=8",
-            "model.reference_on_cpu=true",
-            "train.micro_batch_tokens=2048",
+    def sync_stage(self, zero_stage: int) -> str:
+        """Stages (a), (b): the params' launch with vLLM (CUDA graphs) on the tiny model and a constant lr that
+        moves the weights; the sampler gap of steps 2-3 must stay at step 1's level (step 1 samples from the
+        weights vLLM loaded from disk; later steps from the pushed ones)."""
+        note, metrics = self._train(*SYNC_STAGES[zero_stage])
+        return note + "; " + judge_sync(metrics)
+
+    def final_stage(self) -> str:
+        """Stage (c): one step from stage (a)'s saved ``final/``: vLLM starts from what the trainer saved."""
+        from ocean_lib.base.run_dir import RunDir
+
+        first = self.root / "runs" / SYNC_STAGES[3][0] / "final"
+        if not first.is_dir():
+            raise AssertionError(f"stage (a) left no {first}: run it first (it failed or was skipped)")
+        reference = RunDir(first.parent).read_metrics()[0]["response/sampler_logprob_gap"]
+        note, metrics = self._train(*final_stage_launch(first))
+        gap = metrics[0]["response/sampler_logprob_gap"]
+        if not gap <= SYNC_FACTOR * reference + SYNC_SLACK:
+            raise AssertionError(
+                f"vLLM started from {first} samples {gap:.3g} nats/token away from the trainer's forward of the "
+                f"same weights; stage (a) started at {reference:.3g}: the saved weights are not the trained ones"
+            )
+        return f"{note}; gap {gap:.2e} (stage (a) step 1: {reference:.2e})"
+
+    def plan_final_stage(self) -> str:
+        return self._plan_train(*final_stage_launch(self.root / "runs" / SYNC_STAGES[3][0] / "final"))
+
+    # -- vLLM follows the trained weights at the 3B's widths (stage d: in process) ------------------------------
+
+    def _width_model(self) -> Path:
+        """A random Qwen2.5-VL with the 3B's widths and the tiny model's vocabulary and tokenizer, saved to disk
+        (vLLM loads a directory); bf16 on the GPU, ~6 GB."""
+        from transformers import Qwen2_5_VLForConditionalGeneration
+
+        target = self.root / "width3b"
+        if not target.is_dir():
+            config = width_config(self.model_dir)
+            with torch.device(self.device):
+                model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=torch.bfloat16)
+            model.save_pretrained(target)
+            del model
+            for file in self.model_dir.iterdir():  # tokenizer, processor, chat template, generation config
+                if file.is_file() and not (file.name == "config.json" or ".safetensors" in file.name):
+                    (target / file.name).write_bytes(file.read_bytes())
+            torch.cuda.empty_cache()
+        return target
+
+    def plan_width_stage(self) -> str:
+        config = width_config(self.model_dir)
+        with torch.device("meta"):
+            from transformers import Qwen2_5_VLForConditionalGeneration
+
+            parameters = sum(
+                p.numel() for p in Qwen2_5_VLForConditionalGeneration._from_config(config).parameters()
+            )
+        return (
+            f"random Qwen2.5-VL, 3B widths ({config.text_config.num_hidden_layers} layers x "
+            f"{config.text_config.hidden_size}), vocabulary {config.text_config.vocab_size}: "
+            f"{parameters / 1e9:.2f} B parameters; vLLM with CUDA graphs, sleep level 2, perturb, sync"
         )
-        return "LoRA r=8, CPU reference, length buckets, " + self._train("lora", None, extra)
 
-    def zero2_step(self) -> str:
-        return self._train("zero2", 2, ("rollout.backend=hf",))
+    def vllm_rollout(self) -> str:
+        """Stage (d): vLLM (CUDA graphs, as in training) generates from the 3B-width model, sleeps at level 2,
+        the policy changes, ``after_update`` (the weight push): vLLM's log-probs must follow the new weights (HF forward)."""
+        from ocean_lib.base.schema import RolloutConfig
+        from ocean_lib.training.models import load_policy
+        from ocean_lib.training.rollout_vllm import VLLMRolloutEngine
 
-    def zero3_step(self) -> str:
-        return self._train("zero3", 3)
+        cfg = self.cfg
+        model, processor = load_policy(
+            str(self._width_model()), dtype="bfloat16", attn_implementation=cfg.model.attn_implementation
+        )
+        model = model.to(self.device)
+        rollout = RolloutConfig(
+            backend="vllm", max_new_tokens=32, vllm_gpu_memory_utilization=0.3, vllm_max_model_len=2048
+        )
+        engine = VLLMRolloutEngine(model, processor, rollout, max_images_per_prompt=1)
+        try:
+            prompts = self._prompts()
+            before = self._gap(model, engine.generate(prompts, n=4, seeds=[1, 2]))
+            engine.after_generate()  # as the trainer does: weights and KV cache freed (sleep level 2)
+
+            # Change the policy, push it, sample again: vLLM must now agree with the changed policy.
+            original = {k: v.clone() for k, v in model.state_dict().items()}
+            with torch.no_grad():
+                for parameter in model.parameters():
+                    parameter.add_(torch.randn_like(parameter) * 0.02)
+            engine.after_update(model)
+            batch = engine.generate(prompts, n=4, seeds=[1, 2])
+            after = self._gap(model, batch)
+            model.load_state_dict(original)
+            del original
+            stale = self._gap(model, batch)  # the same samples against the old weights
+        finally:  # the memory checks that follow need the GPU: vLLM's weights and KV cache go (level-2 sleep)
+            engine.after_generate()
+            del model
+            torch.cuda.empty_cache()
+        if not (after < SYNC_FACTOR * before + SYNC_SLACK and after < stale):
+            raise AssertionError(
+                f"after the push (after_update) vLLM's log-probs differ from the new policy's by {after:.3g} "
+                f"(before the change {before:.3g}; from the old policy's {stale:.3g})"
+            )
+        return f"mean |Δ log p| {before:.1e}; after a weight change, sleep and sync {after:.1e} (stale {stale:.1e})"
+
+    # -- plans of the in-process checks -------------------------------------------------------------------------
+
+    def plan_generation(self) -> str:
+        model, _ = self._policy()
+        return f"tiny model on the CPU in bf16, attention {model.config._attn_implementation}; 2 prompts x 4 samples"
+
+    def plan_memory(self, size: str) -> str:
+        cfg = self.cfg
+        config = real_width_config(size)
+        with torch.device("meta"):
+            from transformers import Qwen2_5_VLForConditionalGeneration
+
+            shape = ModelShape.of(Qwen2_5_VLForConditionalGeneration._from_config(config))
+        rows, tokens = (
+            cfg.train.micro_batch_size,
+            MEMORY_SHAPE["prompt_tokens"] + MEMORY_SHAPE["response_tokens"],
+        )
+        synthetic_micro_batch(config, rows, **MEMORY_SHAPE)
+        estimate = micro_batch_estimate_gb(shape, rows, tokens, MEMORY_SHAPE["response_tokens"])
+        return f"{shape.params / 1e9:.2f} B parameters, {rows} x {tokens} tokens: estimate {estimate:.1f} GB"
+
+
+# Sampler gap of a synced vLLM against its step-1 level: at most this factor, plus this slack (nats per token)
+# for bf16 noise on near-zero gaps. A stale engine is off by the policy's movement instead (see judge_sync).
+SYNC_FACTOR, SYNC_SLACK = 2.0, 0.01
+# The sync stages' training: the params' vLLM rollouts (CUDA graphs, sleep), a constant lr from step 1 that
+# moves the tiny model's weights far (Adam: ~lr per weight per step, weights of ~0.02), 3 steps, the trainer's
+# own guard off (the stage judges).
+SYNC_TRAINING = (
+    "rollout.backend=vllm",
+    "train.lr_schedule=constant",
+    "train.lr=1e-2",
+    "train.max_steps=3",
+    "rollout.sampler_gap_stop=0",
+)
+SYNC_STAGES = {
+    3: ("sync-zero3", 3, SYNC_TRAINING),
+    2: ("sync-zero2", 2, SYNC_TRAINING),
+}
+
+
+def final_stage_launch(final: Path) -> tuple[str, int | None, tuple[str, ...]]:
+    """Stage (c)'s launch: one step of (a)'s launch (ZeRO-3) from (a)'s ``final/``, so that step 1 compares like
+    with like."""
+    return ("from-final", 3, (*SYNC_TRAINING, f"model.name_or_path={final}", "train.max_steps=1"))
+
+
+def judge_sync(metrics: list[dict[str, Any]]) -> str:
+    """Stages (a)/(b): did vLLM sample from the trained weights at steps 2 and 3?
+
+    Step 1 samples from the weights vLLM loaded itself, so its gap is the kernels' noise. A stale vLLM at step
+    s would be off by how far the policy moved from those weights, about sqrt(2 KL) nats per token (k3's KL to
+    the initial weights ~ E[(Δ log p)^2] / 2). The verdict is only conclusive when that movement is well above
+    the noise; then steps 2-3 must stay within SYNC_FACTOR x step 1 + SYNC_SLACK."""
+    gaps = [m["response/sampler_logprob_gap"] for m in metrics]
+    moved = math.sqrt(2 * max(m.get("kl/mean", 0.0) for m in metrics[1:]))
+    bound = SYNC_FACTOR * gaps[0] + SYNC_SLACK
+    series = ", ".join(f"{g:.2e}" for g in gaps)
+    if moved < 2 * bound:
+        raise AssertionError(
+            f"inconclusive: the policy moved ~{moved:.2e} nats/token (sqrt(2 KL)), not clearly above the allowed "
+            f"gap {bound:.2e}; raise the stage's lr (gaps by step: {series})"
+        )
+    if max(gaps[1:]) > bound:
+        raise AssertionError(
+            f"vLLM does not sample from the trained weights: sampler gap by step {series} nats/token, step 1's "
+            f"level allows {bound:.2e} (the policy moved ~{moved:.2e})"
+        )
+    return f"sampler gap by step {series} (allowed {bound:.2e}; a stale engine ~{moved:.2e})"
+
+
+def width_config(tiny_dir: Path):
+    """Qwen2.5-VL-3B's widths with the tiny model's vocabulary and special tokens (its tokenizer works)."""
+    from transformers import AutoConfig
+
+    tiny = AutoConfig.from_pretrained(tiny_dir)
+    config = real_width_config("3B")
+    config.text_config.vocab_size = tiny.text_config.vocab_size
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        setattr(config.text_config, key, getattr(tiny.text_config, key, None))
+    for key in QWEN_TOKENS:
+        setattr(config, key, getattr(tiny, key))
+    return config
 
 
 def _how_it_ran(run_info: Path, zero_stage: int | None, attention: str) -> dict[str, Any]:
@@ -646,27 +877,81 @@ def _how_it_ran(run_info: Path, zero_stage: int | None, attention: str) -> dict[
     return info
 
 
+LORA = (
+    "rollout.backend=hf",
+    "model.lora_rank=8",
+    "model.reference_on_cpu=true",
+    "train.micro_batch_tokens=2048",
+)
+uses_vllm = dict(
+    applies=lambda cfg: cfg.rollout.backend == "vllm", why_not="the params sample with rollout.backend=hf"
+)
+
+
+def _vllm_needs(cfg: Any) -> tuple[str, ...]:
+    return ("vllm", *attention_module(cfg))
+
+
 CHECKS: tuple[Check, ...] = (
-    Check("bf16 generation", Workspace.generation, needs=attention_module),
+    Check("bf16 generation", Workspace.generation, Workspace.plan_generation, needs=attention_module),
     Check(
         "training step",
-        Workspace.training_step,
+        lambda work: work._train("plain", None)[0],
+        lambda work: work._plan_train("plain", None),
         needs=lambda cfg: attention_module(cfg) + rollout_modules(cfg),
     ),
-    Check("LoRA step", Workspace.lora_step, needs=lambda cfg: ("peft", *attention_module(cfg))),
-    Check("ZeRO-2 step", Workspace.zero2_step, needs=lambda cfg: ("deepspeed", *attention_module(cfg))),
+    Check(
+        "LoRA step",
+        lambda work: "LoRA r=8, CPU reference, length buckets, " + work._train("lora", None, LORA)[0],
+        lambda work: work._plan_train("lora", None, LORA),
+        needs=lambda cfg: ("peft", *attention_module(cfg)),
+    ),
+    Check(
+        "ZeRO-2 step",
+        lambda work: work._train("zero2", 2, ("rollout.backend=hf",))[0],
+        lambda work: work._plan_train("zero2", 2, ("rollout.backend=hf",)),
+        needs=lambda cfg: ("deepspeed", *attention_module(cfg)),
+    ),
     Check(
         "ZeRO-3 step",
-        Workspace.zero3_step,
+        lambda work: work._train("zero3", 3)[0],
+        lambda work: work._plan_train("zero3", 3),
         needs=lambda cfg: ("deepspeed", *attention_module(cfg), *rollout_modules(cfg)),
     ),
     Check(
-        "vLLM weight sync",
-        Workspace.vllm_rollout,
-        needs=lambda cfg: ("vllm", *attention_module(cfg)),
-        applies=lambda cfg: cfg.rollout.backend == "vllm",
-        why_not="the params sample with rollout.backend=hf",
+        "vLLM sync (a) ZeRO-3",
+        lambda work: work.sync_stage(3),
+        lambda work: work._plan_train(*SYNC_STAGES[3]),
+        needs=lambda cfg: ("deepspeed", *_vllm_needs(cfg)),
+        **uses_vllm,
     ),
-    Check("memory 3B", lambda work: work.memory("3B"), needs=attention_module),
-    Check("memory 7B", lambda work: work.memory("7B"), needs=attention_module),
+    Check(
+        "vLLM sync (b) ZeRO-2",
+        lambda work: work.sync_stage(2),
+        lambda work: work._plan_train(*SYNC_STAGES[2]),
+        needs=lambda cfg: ("deepspeed", *_vllm_needs(cfg)),
+        **uses_vllm,
+    ),
+    Check(
+        "vLLM from final (c)",
+        Workspace.final_stage,
+        Workspace.plan_final_stage,
+        needs=_vllm_needs,
+        **uses_vllm,
+    ),
+    Check(
+        "vLLM sync 3B (d)", Workspace.vllm_rollout, Workspace.plan_width_stage, needs=_vllm_needs, **uses_vllm
+    ),
+    Check(
+        "memory 3B",
+        lambda work: work.memory("3B"),
+        lambda work: work.plan_memory("3B"),
+        needs=attention_module,
+    ),
+    Check(
+        "memory 7B",
+        lambda work: work.memory("7B"),
+        lambda work: work.plan_memory("7B"),
+        needs=attention_module,
+    ),
 )

@@ -241,6 +241,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_params_arguments(p, required=False)
     p.add_argument("--out", default=None, help="JSON report (default: outputs/gpu_check.json)")
+    p.add_argument(
+        "--plan",
+        action="store_true",
+        help="build and validate every check's configuration on CPU, run nothing on a GPU (exit 0: all would start)",
+    )
     return parser
 
 
@@ -509,7 +514,7 @@ def _plan(args: argparse.Namespace) -> int:
 def _gpu_check(args: argparse.Namespace) -> int:
     from ocean_lib.cli.gpu_check import main
 
-    return main(args.params, args.overrides, args.out)
+    return main(args.params, args.overrides, args.out, plan=args.plan)
 
 
 def error_message(error: BaseException) -> str:

@@ -39,9 +39,10 @@ import inspect
 import io
 import json
 import re
+import sys
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -445,42 +446,106 @@ def decoding_of(engine: Any, benchmark: Benchmark) -> dict[str, Any]:
 
 
 def evaluate_plan(engine: Any, plan: Plan, cfg: RunConfig, progress: bool) -> None:
-    """Generate greedily for the plan's pending items, batch by batch, appending scored lines as they finish."""
+    """Generate greedily for the plan's pending items, batch by batch, appending scored lines as they finish.
+
+    An item the engine refuses (vLLM raises ``ValueError`` on a prompt over its context length or image limit;
+    a question whose text holds a literal ``<image>`` has more markers than images) is retried alone, then
+    reported and recorded in ``<benchmark>.skipped.jsonl`` by its id: the rest of the evaluation goes on, and a
+    rerun tries it again."""
     benchmark, budget = plan.benchmark, plan.settings["max_new_tokens"]
-    batch_size, decoding = cfg.eval.batch_size, decoding_of(engine, benchmark)
+    batch_size, decoding = evaluation_batch_size(cfg), decoding_of(engine, benchmark)
     settings = plan.output.parent / f"{benchmark.name}.settings.json"
     if plan.pending and not settings.exists():  # recorded with the first answers, never without any
         atomic_write_json(settings, plan.settings)
     with tqdm(total=len(plan.pending), desc=benchmark.name, unit="item", disable=not progress) as bar:
         for start in range(0, len(plan.pending), batch_size):
             chunk = plan.pending[start : start + batch_size]
-            prepared = [prepare(item, benchmark, cfg) for item in chunk]
-            batch = engine.generate(
-                [prompt for prompt, _ in prepared], n=1, greedy=True, max_new_tokens=budget, **decoding
-            )
-            verdicts = score_outputs(benchmark, batch.texts, [scored for _, scored in prepared], cfg)
-            rows = [
-                result_row(
-                    item,
-                    scored,
-                    benchmark,
-                    text,
-                    verdict,
-                    timed_out,
-                    {"n_tokens": int(length), "truncated": not finished},
-                )
-                for item, (_, scored), text, length, finished, (verdict, timed_out) in zip(
-                    chunk,
-                    prepared,
-                    batch.texts,
-                    batch.completion_lengths,
-                    batch.finished,
-                    verdicts,
-                    strict=True,
-                )
-            ]
+            try:
+                rows = answer(engine, chunk, benchmark, cfg, budget, decoding)
+            except ValueError as error:
+                if len(chunk) > 1:  # which item? each alone
+                    rows = [
+                        row
+                        for item in chunk
+                        for row in answer_or_skip(engine, item, plan, cfg, budget, decoding)
+                    ]
+                else:
+                    rows = []
+                    skip(plan, chunk[0], error)
             append_jsonl(plan.output, rows)
-            bar.update(len(rows))
+            bar.update(len(chunk))
+
+
+def answer(
+    engine: Any,
+    items: list[Item],
+    benchmark: Benchmark,
+    cfg: RunConfig,
+    budget: int,
+    decoding: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """Generate and score one batch of items: their result lines."""
+    prepared = [prepare(item, benchmark, cfg) for item in items]
+    batch = engine.generate(
+        [prompt for prompt, _ in prepared], n=1, greedy=True, max_new_tokens=budget, **decoding
+    )
+    verdicts = score_outputs(benchmark, batch.texts, [scored for _, scored in prepared], cfg)
+    return [
+        result_row(
+            item,
+            scored,
+            benchmark,
+            text,
+            verdict,
+            timed_out,
+            {"n_tokens": int(length), "truncated": not finished},
+        )
+        for item, (_, scored), text, length, finished, (verdict, timed_out) in zip(
+            items, prepared, batch.texts, batch.completion_lengths, batch.finished, verdicts, strict=True
+        )
+    ]
+
+
+def answer_or_skip(
+    engine: Any, item: Item, plan: Plan, cfg: RunConfig, budget: int, decoding: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """One item alone: its line, or none when the engine refuses it (reported and recorded)."""
+    try:
+        return answer(engine, [item], plan.benchmark, cfg, budget, decoding)
+    except ValueError as error:
+        skip(plan, item, error)
+        return []
+
+
+def skip(plan: Plan, item: Item, error: BaseException) -> None:
+    """Report an item that cannot be run, by benchmark and id, and record it beside the shard's results."""
+    reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+    print(
+        f"{plan.benchmark.name}: item {item.id} skipped, it cannot be run: {reason}",
+        file=sys.stderr,
+        flush=True,
+    )
+    append_jsonl(skipped_file(plan.output), [{"id": item.id, "reason": reason, "written": time.time_ns()}])
+
+
+def skipped_file(output: Path) -> Path:
+    """``<benchmark>[.shard-k-of-n].skipped.jsonl`` beside the results file ``output``."""
+    return output.with_name(output.name.removesuffix(".jsonl") + ".skipped.jsonl")
+
+
+def skipped_items(directory: Path, name: str, answered: set[str]) -> dict[str, str]:
+    """Items of benchmark ``name`` some shard could not run and that no line answers yet: id -> reason."""
+    skipped: dict[str, str] = {}
+    for path in sorted(directory.glob(f"{name}*.skipped.jsonl")):
+        if re.fullmatch(rf"{re.escape(name)}(\.shard-\d+-of-\d+)?\.skipped\.jsonl", path.name):
+            skipped.update({str(row["id"]): row["reason"] for row in read_jsonl(path)})
+    return {key: reason for key, reason in skipped.items() if key not in answered}
+
+
+def evaluation_batch_size(cfg: RunConfig) -> int:
+    """Prompts per generate call: vLLM schedules a large batch itself (continuous batching: a finished sequence
+    frees its slot at once), the HF engine decodes a batch until its longest answer ends."""
+    return cfg.eval.vllm_batch_size if cfg.rollout.backend == "vllm" else cfg.eval.batch_size
 
 
 def rescore_rows(plan: Plan, cfg: RunConfig) -> None:
@@ -617,7 +682,9 @@ def write_summary(
         name = plan.benchmark.name
         ids = [item.id for item in plan.items]
         atomic_write_json(directory / f"{name}.ids.json", ids)
-        entry = summarize(rows_for(directory, name, ids), len(ids), cfg)
+        rows = rows_for(directory, name, ids)
+        entry = summarize(rows, len(ids), cfg)
+        entry["skipped"] = skipped_items(directory, name, {str(row["id"]) for row in rows})
         entry.update(
             title=plan.benchmark.title,
             n_items=len(ids),
@@ -651,13 +718,17 @@ def run(
     max_items: int | None = None,
     shard: tuple[int, int] = (0, 1),
     progress: bool | None = None,
+    any_shard: Callable[[bool], bool] = bool,
 ) -> dict[str, Any]:
     """Evaluate ``model_path`` (checkpoint directory or hub id) on ``benchmarks`` and return ``summary.json``.
 
     Defaults come from ``cfg.eval`` (benchmarks, data_root, batch_size, max_items, output_dir). Each benchmark
     generates at most its own max_new_tokens, capped by ``cfg.rollout.max_new_tokens`` and by
     ``max_new_tokens_cap`` (the miniature uses small caps). Fresh stored outputs are kept, stale verdicts are
-    re-scored without the model, and the model is loaded only if something is left to generate.
+    re-scored without the model, and the model is loaded only if something is left to generate: by this shard,
+    or, through ``any_shard`` (this shard's answer -> every shard's), by any shard. Sharded over processes that
+    share a torch.distributed world, creating a vLLM engine is a collective (``external_launcher``): every
+    process must create it or none, so :func:`evaluate` passes a function that asks them all.
     """
     cfg = cfg or RunConfig()
     names = list(benchmarks or cfg.eval.benchmarks)
@@ -674,8 +745,12 @@ def run(
         for plan in plans:
             rescore_rows(plan, cfg)
         show = cfg.logging.progress if progress is None else progress
-        if any(plan.pending for plan in plans):
-            engine = load_engine(model_path, cfg, [plan.benchmark for plan in plans])
+        if any_shard(any(plan.pending for plan in plans)):
+            pending = sum(len(plan.pending) for plan in plans)
+            print(
+                f"evaluation shard {shard[0]} of {shard[1]}: loading {model_path} ({pending} items to generate)"
+            )
+            engine = load_engine(model_path, cfg, plans)
             for plan in plans:
                 evaluate_plan(engine, plan, cfg, show)
         return write_summary(directory, model_path, plans, cfg)
@@ -766,29 +841,47 @@ def judge_outputs(directory: str | Path, names: list[str], cfg: RunConfig) -> di
     return summary
 
 
-def load_engine(model_path: str | Path, cfg: RunConfig, benchmarks: Sequence[Benchmark] = ()) -> Any:
+def load_engine(model_path: str | Path, cfg: RunConfig, plans: Sequence[Plan] = ()) -> Any:
     """The policy, on this process's device, behind the configured rollout engine. The processor's image limits
-    span every benchmark's (each image is fitted to its own benchmark's limits before it reaches the processor)."""
+    span every benchmark's (each image is fitted to its own benchmark's limits before it reaches the processor).
+
+    With vLLM, which loads the weights itself, the policy is its structure and configs only (no copy on the GPU
+    beside vLLM), and the engine takes as many images per prompt as the run's items hold (vLLM refuses a prompt
+    over its ``limit_mm_per_prompt``; MMMU items have up to 7). Every shard computes the same limit: the items
+    are those of all shards."""
     import torch
 
     from ocean_lib.training.models import load_policy
     from ocean_lib.training.rollout import make_engine
 
-    limits = [pixel_limits(benchmark, cfg) for benchmark in benchmarks] or [
+    limits = [pixel_limits(plan.benchmark, cfg) for plan in plans] or [
         (cfg.data.min_pixels, cfg.data.max_pixels)
     ]
+    vllm = cfg.rollout.backend == "vllm"
     model, processor = load_policy(
         str(model_path),
         dtype=cfg.model.inference_dtype,
         attn_implementation=cfg.model.attn_implementation,
         min_pixels=min(low for low, _ in limits),
         max_pixels=max(high for _, high in limits),
+        weights=not vllm,
     )
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and not vllm:
         from accelerate import PartialState
 
         model.to(PartialState().device)
-    return make_engine(model, processor, cfg.rollout, dtype=cfg.model.inference_dtype)
+    return make_engine(
+        model,
+        processor,
+        cfg.rollout,
+        dtype=cfg.model.inference_dtype,
+        max_images_per_prompt=most_images(plans),
+    )
+
+
+def most_images(plans: Sequence[Plan]) -> int:
+    """The most images one of the run's items holds (at least 1): vLLM's ``limit_mm_per_prompt``."""
+    return max([1, *(len(item.images) for plan in plans for item in plan.items)])
 
 
 def export_vlmevalkit(jsonl: str | Path, destination: str | Path) -> Path:
@@ -822,9 +915,12 @@ def evaluate(
 
     Returns the summary of all shards on the main process, None on the others.
     """
+    import torch
     from accelerate import PartialState
+    from accelerate.utils import gather_object
 
-    state = PartialState()
+    # On a machine without GPUs accelerate counts one process unless asked for CPU (gloo), as the trainer does.
+    state = PartialState(cpu=not torch.cuda.is_available())
     options = dict(model_name=model_name, max_items=max_items, max_new_tokens_cap=max_new_tokens_cap)
     summary = run(
         model_path,
@@ -832,6 +928,8 @@ def evaluate(
         cfg,
         shard=(state.process_index, state.num_processes),
         progress=cfg.logging.progress and state.is_local_main_process,
+        # a shard with nothing to generate still joins the engine's creation (collective under vLLM)
+        any_shard=(lambda mine: any(gather_object([mine]))) if state.num_processes > 1 else bool,
         **options,
     )
     if state.num_processes > 1:  # every shard is written: the main process summarises them together

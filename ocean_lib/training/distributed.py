@@ -105,7 +105,9 @@ def check_launch(accelerator: Any, cfg: RunConfig) -> None:
             "on CPU launch with `accelerate launch --multi_gpu --num_processes N` (`--cpu` starts only one)"
         )
     if is_deepspeed(accelerator):
-        errors += _deepspeed_conflicts(accelerator.state.deepspeed_plugin, cfg)
+        plugin = accelerator.state.deepspeed_plugin
+        where = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE") or "the DeepSpeed config"
+        errors += deepspeed_conflicts(plugin.deepspeed_config, plugin.zero3_init_flag, where, cfg)
     else:
         asked = os.environ.get("ACCELERATE_MIXED_PRECISION")
         if asked is not None and asked != precision_of(cfg):
@@ -117,10 +119,10 @@ def check_launch(accelerator: Any, cfg: RunConfig) -> None:
         raise LaunchMismatch("this launch cannot run as written:\n  " + "\n  ".join(errors))
 
 
-def _deepspeed_conflicts(plugin: Any, cfg: RunConfig) -> list[str]:
-    """What a DeepSpeed JSON says that the params file contradicts (DeepSpeed would win without a word)."""
-    ds = plugin.deepspeed_config
-    where = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE") or "the DeepSpeed config"
+def deepspeed_conflicts(ds: dict[str, Any], zero3_init_flag: bool, where: str, cfg: RunConfig) -> list[str]:
+    """What a DeepSpeed JSON ``ds`` (named ``where``) says that the params file contradicts (DeepSpeed would win
+    without a word). ``ds`` as accelerate hands it over, ``"auto"`` precision filled (gpu-check's plan fills it
+    the same way from the file)."""
     errors = []
     bf16 = ds.get("bf16", {}).get("enabled") is True
     if bf16 != (cfg.model.train_precision == "bfloat16"):
@@ -141,12 +143,48 @@ def _deepspeed_conflicts(plugin: Any, cfg: RunConfig) -> list[str]:
             f"{where} has gradient_clipping={clipping} but train.grad_clip={cfg.train.grad_clip}: DeepSpeed clips "
             "inside its own step and train.grad_clip is not applied; make them equal"
         )
-    if plugin.zero3_init_flag:
+    if zero3_init_flag:
         errors.append(
             "zero3_init_flag: true: the trainer loads whole weights and DeepSpeed shards them at prepare "
             "(the frozen reference becomes its own ZeRO-3 engine); set zero3_init_flag: false"
         )
     return errors
+
+
+def trainable_weights(model: Any) -> dict[str, torch.Tensor]:
+    """The trainable parameters' current tensors by name (references, no copies): the fp32 values DeepSpeed's
+    bf16 cast at ``prepare`` would round, kept for :func:`set_fp32_masters`."""
+    return {name: p.data for name, p in model.named_parameters() if p.requires_grad}
+
+
+def set_fp32_masters(accelerator: Any, model: Any, values: dict[str, torch.Tensor]) -> None:
+    """Make DeepSpeed's fp32 master weights the given fp32 values (by parameter name of the unwrapped model).
+
+    With bf16, DeepSpeed casts the module to bf16 and then builds the masters from that copy: a stage starting
+    from fp32 weights (stage 1's ``final/``, written from its masters) would start from their bf16 rounding,
+    and with lr 1e-6 a rounding step (2^-8 of a weight) is many optimizer steps. Not a collective."""
+    from deepspeed.utils import safe_set_full_fp32_param
+
+    for name, p in accelerator.unwrap_model(model).named_parameters():
+        if name in values:
+            safe_set_full_fp32_param(p, values[name].to(accelerator.device, torch.float32))
+
+
+def fp32_masters(accelerator: Any, model: Any) -> dict[str, torch.Tensor]:
+    """DeepSpeed's fp32 master weights of the trainable parameters, whole, on the main process (host memory);
+    empty elsewhere. A collective per parameter (ZeRO shards the masters): every process calls it."""
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    masters, names = {}, {}
+    # Tied weights (the 3B's output layer and embeddings) are one parameter: one master, written under each name.
+    for name, p in accelerator.unwrap_model(model).named_parameters(remove_duplicate=False):
+        names.setdefault(p, []).append(name)
+    for p, aliases in names.items():
+        if p.requires_grad:
+            value = safe_get_full_fp32_param(p)
+            if accelerator.is_main_process and value is not None:
+                masters |= dict.fromkeys(aliases, value.cpu())
+    return masters
 
 
 @contextlib.contextmanager

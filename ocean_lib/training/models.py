@@ -43,6 +43,7 @@ from typing import Any
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
+    AutoConfig,
     AutoModelForImageTextToText,
     GenerationConfig,
     PreTrainedTokenizerFast,
@@ -341,8 +342,12 @@ def load_policy(
     attn_implementation: str = "sdpa",
     min_pixels: int | None = None,
     max_pixels: int | None = None,
+    weights: bool = True,
 ) -> tuple[Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLImageTextProcessor]:
     """Load a Qwen2.5-VL policy and its processor from a local directory or a hub id.
+
+    ``weights=False``: the model's structure, config and generation config on the meta device, no weights (an
+    evaluation with vLLM, which loads the weights itself, keeps no second copy on the GPU or in host memory).
 
     A hub id is taken from the Hugging Face cache when present, otherwise downloaded. ``min_pixels`` and
     ``max_pixels`` (when given) override the image processor's resize limits: images are scaled, aspect
@@ -352,9 +357,15 @@ def load_policy(
     if not isinstance(torch_dtype, torch.dtype):
         raise ValueError(f"dtype={dtype!r} is not a torch dtype name such as 'float32' or 'bfloat16'")
     model_dir = _local_model_dir(name_or_path)
-    model = AutoModelForImageTextToText.from_pretrained(
-        model_dir, dtype=torch_dtype, attn_implementation=attn_implementation
-    )
+    if weights:
+        model = AutoModelForImageTextToText.from_pretrained(
+            model_dir, dtype=torch_dtype, attn_implementation=attn_implementation
+        )
+    else:
+        config = AutoConfig.from_pretrained(model_dir)
+        with torch.device("meta"):
+            model = AutoModelForImageTextToText.from_config(config, dtype=torch_dtype)
+        model.generation_config = GenerationConfig.from_pretrained(model_dir)
     if model.config.model_type != QWEN2_5_VL_MODEL_TYPE:
         raise ValueError(
             f"{name_or_path}: model_type is {model.config.model_type!r}; this project trains Qwen2.5-VL "

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from ocean_lib.base.prompts import Prompt
-from ocean_lib.base.schema import RolloutConfig
+from ocean_lib.base.schema import DataConfig, RolloutConfig
 from ocean_lib.training.batch import RolloutBatch, encode_prompts, mrope_positions
 from ocean_lib.training.engine import EngineSetup, RolloutEngine
 
@@ -36,16 +36,20 @@ def make_engine(
     all_done: Callable[[bool], bool] | None = None,
     *,
     dtype: str = "bfloat16",
+    max_images_per_prompt: int = DataConfig().max_images_per_prompt,
 ) -> RolloutEngine:
     """The rollout engine the config selects. ``all_done`` (HF backend): see :class:`HFRolloutEngine`; ``dtype``
     (vLLM backend): the dtype of vLLM's copy of the weights (``model.inference_dtype``; the HF backend samples
-    from the policy itself)."""
+    from the policy itself); ``max_images_per_prompt`` (vLLM): the most images a prompt will hold (vLLM refuses
+    more)."""
     if cfg.backend == "hf":
         return HFRolloutEngine(model, processor, cfg, all_done)
     if cfg.backend == "vllm":
         from ocean_lib.training.rollout_vllm import VLLMRolloutEngine
 
-        return VLLMRolloutEngine(model, processor, cfg, dtype=dtype)
+        return VLLMRolloutEngine(
+            model, processor, cfg, dtype=dtype, max_images_per_prompt=max_images_per_prompt
+        )
     raise ValueError(f"unknown rollout.backend {cfg.backend!r}; expected 'hf' or 'vllm'")
 
 

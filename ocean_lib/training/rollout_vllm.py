@@ -397,6 +397,9 @@ class ColocatedEngine:
         """Give back to vLLM the memory of the given tags that it released when it last slept."""
         waking = sorted(self.asleep & tags)
         if waking:
+            # The trainer's freed blocks stay reserved by PyTorch's caching allocator, where vLLM cannot use them
+            # (its KV cache is sized against the free memory): hand them back first, as TRL and verl do.
+            torch.cuda.empty_cache()
             self.llm.wake_up(tags=waking)
             self.asleep -= set(waking)
 

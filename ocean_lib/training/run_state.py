@@ -69,9 +69,13 @@ def build_state(cfg: RunConfig, accelerator: Any, run: RunDir, checkpoint: Path 
 
     optimizer = make_optimizer(model, cfg.train)
     scheduler = make_schedule(optimizer, cfg.train)
+    initial = distributed.trainable_weights(model) if deepspeed else {}
     if deepspeed:
         distributed.fill_deepspeed_auto_sizes(accelerator, model.config)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    if initial:  # the masters start from the loaded fp32 weights, not from DeepSpeed's bf16 copy of them
+        distributed.set_fp32_masters(accelerator, model, initial)
+        del initial
     placement = "policy_with_adapters_off" if kl and lora else None
     if reference is not None and deepspeed:
         reference = distributed.deepspeed_reference(
@@ -93,9 +97,15 @@ def build_state(cfg: RunConfig, accelerator: Any, run: RunDir, checkpoint: Path 
     lockstep = None
     if distributed.zero_stage(accelerator) == 3:
         lockstep = functools.partial(distributed.all_done, accelerator)
+    # once: vLLM is expensive; rows over data.max_images_per_prompt never reach it
     state.engine = make_engine(
-        state.policy, processor, cfg.rollout, lockstep, dtype=cfg.model.inference_dtype
-    )  # once: vLLM is expensive
+        state.policy,
+        processor,
+        cfg.rollout,
+        lockstep,
+        dtype=cfg.model.inference_dtype,
+        max_images_per_prompt=cfg.data.max_images_per_prompt,
+    )
     return state
 
 
@@ -187,6 +197,12 @@ def save_checkpoint(state: TrainState, target: Path, step: int, epoch: int) -> N
     acc = state.accelerator
     tmp = target.parent / f".tmp_{target.name}"
     weights = acc.get_state_dict(state.model)  # every process calls it: ZeRO-3 gathers the shards
+    if (
+        state.deepspeed
+    ):  # the module holds bf16 copies; the trained weights are the fp32 masters (as without it)
+        masters = distributed.fp32_masters(acc, state.model)
+        if acc.is_main_process:
+            weights.update(masters)
     if acc.is_main_process:
         try:
             tmp.mkdir(parents=True, exist_ok=True)

@@ -131,6 +131,7 @@ def _train(cfg: RunConfig, resume: bool, signals: StopSignals) -> Path:
             run.log_metrics(metrics)
 
     progress = _progress(total, start_step, enabled=cfg.logging.progress and accelerator.is_main_process)
+    sampler_gap = SamplerGapGuard(cfg, run, accelerator.is_main_process)
     for step in range(start_step + 1, total + 1):
         t0 = time.perf_counter()
         lr = state.scheduler.get_last_lr()[0]  # the rate this step's update uses
@@ -151,7 +152,7 @@ def _train(cfg: RunConfig, resume: bool, signals: StopSignals) -> Path:
         metrics = tally.reduce(accelerator)
         metrics.update(step=step, epoch=schedule.epoch(step), lr=lr)
         _check_finite(metrics, run)
-        rollout_rows = _gather(accelerator, rollout_rows)
+        rollout_rows = _rollouts_to_main(accelerator, rollout_rows)
         if accelerator.is_main_process:
             check_registered(set(metrics))
             run.log_metrics(metrics)
@@ -160,6 +161,7 @@ def _train(cfg: RunConfig, resume: bool, signals: StopSignals) -> Path:
             progress.set_postfix(
                 {k: f"{metrics[k]:.3f}" for k in ("reward/overall", "loss/sft") if k in metrics}
             )
+        sampler_gap.check(metrics)  # after the step is logged: the row that stops the run is on disk
         # A stop asked of any process stops all of them here (a collective: every process reaches this line).
         stop = step < total and distributed.all_reduce(accelerator, [float(bool(signals.received))], "max")[0]
         if stop or (cfg.train.save_every and step % cfg.train.save_every == 0 and step < total):
@@ -525,12 +527,46 @@ def _check_finite(metrics: dict[str, float], run: RunDir) -> None:
         )
 
 
-def _gather(accelerator: Any, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+class SamplerGapGuard:
+    """Does the sampler sample from the weights being trained? ``response/sampler_logprob_gap`` (mean |sampler
+    log p - trainer log p| per completion token) is the kernels' rounding when it does (bf16 vLLM against the
+    training forward: a few 1e-2 nats, docs/real_scale.md) and grows with every step the sampler's copy stays
+    behind. Past ``rollout.sampler_gap_warn`` a warning goes to the log; past ``rollout.sampler_gap_stop`` for
+    ``rollout.sampler_gap_steps`` steps in a row the run stops (one noisy step is not a verdict). The gap is
+    reduced over processes, so every process decides alike."""
+
+    def __init__(self, cfg: RunConfig, run: RunDir, is_main: bool):
+        self.cfg, self.run, self.is_main, self.past = cfg.rollout, run, is_main, []
+
+    def check(self, metrics: dict[str, float]) -> None:
+        gap, step, r = metrics.get("response/sampler_logprob_gap"), metrics.get("step"), self.cfg
+        if gap is None:
+            return
+        if r.sampler_gap_warn and gap > r.sampler_gap_warn and self.is_main:
+            print(
+                f"warning: step {step}: response/sampler_logprob_gap {gap:.3g} nats/token > "
+                f"rollout.sampler_gap_warn={r.sampler_gap_warn}: the sampler may not follow the trained weights",
+                flush=True,
+            )
+        self.past = [*self.past, step] if r.sampler_gap_stop and gap > r.sampler_gap_stop else []
+        if len(self.past) >= r.sampler_gap_steps:
+            last = self.run.last_checkpoint()
+            kept = f"the last checkpoint is {last[1]}" if last else "no checkpoint was written yet"
+            raise TrainingError(
+                f"response/sampler_logprob_gap above rollout.sampler_gap_stop={r.sampler_gap_stop} nats/token at "
+                f"steps {self.past} (now {gap:.3g}): the {r.backend} sampler does not sample from the trained "
+                f"weights (a failed weight sync?); stopping; {kept}. gpu-check's vLLM sync stages decide it"
+            )
+
+
+def _rollouts_to_main(accelerator: Any, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every process's rollout rows, in rank order, on the main process (which alone writes them); [] elsewhere.
+    A gather, not an all-gather: the other processes never need the step's completions."""
     if accelerator.num_processes == 1:
         return rows
-    from accelerate.utils import gather_object
-
-    return gather_object(rows)
+    parts: list[Any] | None = [None] * accelerator.num_processes if accelerator.is_main_process else None
+    torch.distributed.gather_object(rows, parts, dst=0)
+    return [row for part in parts for row in part] if parts is not None else []
 
 
 def _subsample(rows: list[dict[str, Any]], limit: int, step: int) -> list[dict[str, Any]]:
