@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from safetensors.torch import load_file
+from transformers import Qwen2_5_VLForConditionalGeneration
 from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING_NAMES
 
 from ocean_lib.base.prompts import chat_messages, reference_completion, user_text
@@ -29,6 +30,7 @@ from ocean_lib.training.models import (
     build_tokenizer,
     count_parameters,
     load_policy,
+    tiny_model_config,
     vision_special_token_ids,
 )
 
@@ -147,6 +149,18 @@ def test_build_refuses_to_overwrite(tiny_dir):
     with pytest.raises(FileExistsError, match="already exists"):
         build_tiny_model(TinyModelConfig(), CORPUS, tiny_dir, MIN_PIXELS, MAX_PIXELS)
     assert sorted(p.name for p in tiny_dir.parent.iterdir()) == before  # no staging directory left behind
+
+
+def test_rope_theta_decides_whether_image_columns_have_positions(tokenizer):
+    """M-RoPE gives an image token's width position the lowest rotary frequencies: at the 3B's base (1e6) one
+    column turns the width section by under 2e-4 rad, so the language model cannot tell a 4x4 grid's columns
+    apart by position; a base of 10 turns it by ~0.24 rad per column."""
+    for theta, low, high in ((1e6, 0.0, 2e-4), (10.0, 0.2, 0.3)):
+        config = tiny_model_config(TinyModelConfig(rope_theta=theta), tokenizer)
+        model = Qwen2_5_VLForConditionalGeneration(config)
+        section = config.text_config.rope_parameters["mrope_section"]
+        width = model.model.language_model.rotary_emb.inv_freq[sum(section[:2]) :]
+        assert low < float(width.max()) < high, theta
 
 
 def test_parameter_count(tiny_dir, policy):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 from collections import Counter, defaultdict
 
 import numpy as np
@@ -33,6 +34,7 @@ from ocean_lib.data.synthetic import (
 from ocean_lib.study.analysis import find_reflections
 
 LEVELS = (1, 2, 3)
+TASKS = tuple(SyntheticConfig().families)  # what a build writes by default: the four task families
 N = 30  # tasks per family and level
 
 
@@ -93,6 +95,33 @@ def test_counting_answer_is_the_number_of_matching_objects(difficulty):
         assert task.answer == str(count) and low <= count <= high
         assert all(attrs[key] in task.question for key in attrs if key != "shape")
         assert task.reasoning.endswith(f"{count} in total.") and task.reasoning.count(",") == count - 1
+
+
+@pytest.mark.parametrize("difficulty", LEVELS)
+def test_scene_description_names_every_drawn_object_in_its_cell_in_reading_order(difficulty):
+    cell = 112 / 4
+    kinds = set()
+    for task in tasks("scene", difficulty, n=60):
+        image = task.image()
+        check_drawn(task, image)
+        listed = [
+            (name, int(row) - 1, int(col) - 1)
+            for name, row, col in re.findall(r"(\w+ \w+): row (\d), column (\d)\.", task.reasoning)
+        ]
+        drawn = sorted(
+            (centre(o)[1] // cell, centre(o)[0] // cell, f"{o.colour} {o.shape}") for o in task.scene.objects
+        )
+        assert listed == [(name, row, col) for row, col, name in drawn], task.reasoning
+        assert task.answer == str(len(listed)) and task.reasoning == " ".join(
+            f"{name}: row {row + 1}, column {col + 1}." for name, row, col in listed
+        )
+        sides = {o.box[2] - o.box[0] for o in task.scene.objects}
+        kinds.add("floor" if task.query["floor"] else "flat")
+        if task.query["floor"]:  # sample_spatial's perspective: the side grows with the row
+            assert all(o.box[2] - o.box[0] == 14 + 4 * o.row for o in task.scene.objects)
+        else:
+            assert len(sides) == 1 or difficulty > 1
+    assert kinds == {"floor", "flat"}
 
 
 @pytest.mark.parametrize("difficulty", LEVELS)
@@ -205,11 +234,13 @@ def test_reasoning_is_short_and_level_1_answers_are_few(family):
     answers = set()
     for difficulty in LEVELS:
         for task in tasks(family, difficulty):
-            assert len(task.reasoning.split()) <= 20, task.reasoning
+            # a scene description names every object (6 words each); a task's reasoning is one short sentence
+            words = 6 * len(task.scene.objects) if family == "scene" else 20
+            assert len(task.reasoning.split()) <= words, task.reasoning
             assert task.completion == f"<think>{task.reasoning}</think><answer>{task.answer}</answer>"
             if difficulty == 1:
                 answers.add(task.answer)
-    limit = {"counting": 6, "geometry": 13, "grounding": 16 * 4, "spatial": 2}[family]
+    limit = {"counting": 6, "geometry": 13, "grounding": 16 * 4, "spatial": 2, "scene": 6}[family]
     assert len(answers) <= limit
 
 
@@ -325,8 +356,8 @@ def test_build_writes_splits_twins_preview_and_manifest(tmp_path):
     result = build(run_config(tmp_path))
     out = tmp_path / "mini"
     for split, n in (("train", 6), ("test", 3), ("train_text", 6), ("test_text", 3)):
-        assert result["counts"][split] == dict.fromkeys(FAMILIES, n)
-        assert result["files"][split] == {f: str(out / split / f"{f}.parquet") for f in FAMILIES}
+        assert result["counts"][split] == dict.fromkeys(TASKS, n)
+        assert result["files"][split] == {f: str(out / split / f"{f}.parquet") for f in TASKS}
         records = read_records(out / split, DataConfig())
         assert len(records) == 4 * n and records.report.skipped == 0
         assert all(bool(r.images) == (not split.endswith("_text")) for r in records)
@@ -366,7 +397,7 @@ def test_build_makes_the_configured_share_of_training_traces_reflective(tmp_path
     out = tmp_path / "mini"
     plain = tmp_path / "plain"
     build(run_config(tmp_path, n_train=400, n_test=50, output_dir=str(plain)))
-    for family in FAMILIES:
+    for family in TASKS:
         train = read_records(out / "train" / f"{family}.parquet", DataConfig())
         twins = read_records(out / "train_text" / f"{family}.parquet", DataConfig())
         found = [bool(find_reflections(r.reasoning)) for r in train]

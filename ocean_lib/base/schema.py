@@ -119,6 +119,10 @@ class TinyModelConfig:
     vision_hidden_size: int = knob(128, "vision tower width")
     vision_depth: int = knob(2, "vision tower blocks")
     vision_heads: int = knob(4, "vision tower attention heads")
+    rope_theta: float = knob(
+        1e6,
+        "text decoder rotary base (M-RoPE); the 3B's 1e6 leaves a 4x4 grid's cells nearly the same position",
+    )
     seed: int = knob(0, "seed of the random initial weights and of the tokenizer corpus")
 
 

@@ -10,6 +10,10 @@ One family per kind of Ocean-R1 training data, each with a text-only twin statin
 - ``spatial`` (CV-Bench-like): relation, depth or distance questions with options ``(A) left\\n(B) right``,
   answer ``(A)``, ``acc``.
 
+and one that is not a task of Ocean-R1's: ``scene``, a description of every object with its cell in reading order
+(answer: how many objects), dense supervision for a perception stage before the warm-start (:func:`sample_scene`;
+not among the default families).
+
 Every task is sampled from a seed as a scene graph (:class:`ShapeScene` or :class:`Diagram`) plus a structured
 ``query``; question, answer and a short worked ``reasoning`` are derived from them, and the picture is drawn
 from the scene alone, so tests can re-derive every answer from the scene. Difficulty 1 keeps answer spaces
@@ -52,7 +56,7 @@ from ocean_lib.base.schema import RunConfig, SyntheticConfig
 from ocean_lib.data.images import ImageRef, parse_box
 from ocean_lib.data.records import Record, write_records
 
-FAMILIES = ("counting", "geometry", "grounding", "spatial")  # order is part of the seed: append only
+FAMILIES = ("counting", "geometry", "grounding", "spatial", "scene")  # order is part of the seed: append only
 SPLITS = ("train", "test")
 BACKGROUND = (123, 117, 104)  # ≈ the Qwen2-VL image processor's mean colour, which normalises to ~0
 INK = (25, 25, 25)
@@ -741,6 +745,49 @@ def _centre_distance(a: Shape, b: Shape) -> float:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Scene descriptions: the perception pre-training of the miniature
+# ----------------------------------------------------------------------------------------------------------------
+
+_SCENE_OBJECTS = {1: (1, 6), 2: (1, 8), 3: (1, 10)}
+
+
+def sample_scene(rng: np.random.Generator, difficulty: int, image_size: int) -> Task:
+    """Every object of a picture with its cell, in reading order ("red circle: row 1, column 2. ..."), then
+    how many there are.
+
+    Not one of Ocean-R1's tasks: the dense supervision per picture that Qwen2.5-VL's pre-training on grounding
+    data gave the real model before its Instruct tuning, and that one answer per picture does not. A task
+    family's single answer never says where the other objects are; a description says where each one is. Scenes
+    are drawn as the tasks draw theirs, half as flat scenes (counting, grounding: one size, anywhere in the
+    cell) and half as floors (spatial: nearer rows larger), with the level's attributes.
+    """
+    lo, hi = _SCENE_OBJECTS[difficulty]
+    colours = _palette(difficulty)
+    floor = bool(rng.integers(2))
+    objects = []
+    for row, col in sorted(_cells(rng, int(rng.integers(lo, hi + 1)))):
+        obj = _random_shape(rng, difficulty, image_size, row, col, colours, jitter=1.0)
+        if floor:  # sample_spatial's sizes and placement
+            box = _place(rng, image_size, row, col, 14 + 4 * row, RELATION_JITTER)
+            obj = replace(obj, size="large" if row >= 2 else "small", box=box)
+        objects.append(obj)
+    scene = ShapeScene(image_size, tuple(objects))
+    question = "Name every object with its cell, in reading order. How many objects are there?"
+    listed = " ".join(f"{o.name()}: {o.where()}." for o in objects)
+    return Task(
+        family="scene",
+        difficulty=difficulty,
+        scene=scene,
+        query={"floor": floor},
+        question=question,
+        text_question=f"{_scene_in_words(scene.objects, image_size)} {question}",
+        answer=str(len(objects)),
+        reasoning=listed,
+        reward_func="acc",
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Reflective traces: a behaviour for RL to amplify or suppress
 # ----------------------------------------------------------------------------------------------------------------
 
@@ -756,7 +803,7 @@ def _shifted(value: int, lo: int, hi: int, step: int, rng: np.random.Generator) 
 def _answer_in_words(task: Task, rng: np.random.Generator, wrong: bool) -> str:
     """The task's answer as its reasoning states it, or (``wrong``) a plausible wrong first value: a count or
     an angle one step off, the neighbouring cell, another option."""
-    if task.family == "counting":
+    if task.family in ("counting", "scene"):
         n = int(task.answer)
         return str(_shifted(n, 1, GRID * GRID, 1, rng) if wrong else n)
     if task.family == "geometry":
@@ -811,6 +858,7 @@ SAMPLERS: dict[str, Callable[[np.random.Generator, int, int], Task]] = {
     "geometry": sample_geometry,
     "grounding": sample_grounding,
     "spatial": sample_spatial,
+    "scene": sample_scene,
 }
 
 

@@ -257,7 +257,11 @@ def tiny_model_config(tiny: TinyModelConfig, tokenizer: PreTrainedTokenizerFast)
         "num_key_value_heads": tiny.num_kv_heads,
         "max_position_embeddings": 32768,
         "rms_norm_eps": 1e-6,
-        "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": mrope_section},
+        "rope_parameters": {
+            "rope_type": "default",
+            "rope_theta": tiny.rope_theta,
+            "mrope_section": mrope_section,
+        },
         "bos_token_id": ids[PAD_TOKEN],
         "eos_token_id": ids[EOS_TOKEN],
         "pad_token_id": ids[PAD_TOKEN],
