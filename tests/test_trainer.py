@@ -264,6 +264,21 @@ def test_nonfinite_loss_stops_and_names_the_last_good_checkpoint(tiny_model_dir,
     assert [step for step, _ in RunDir(cfg.run_dir).complete_checkpoints()] == [1]
 
 
+def test_every_prompt_dropped_as_overlong_is_named_as_the_reason(
+    tiny_model_dir, mini_data_dir, tmp_path, caplog
+):
+    cfg = _config(tiny_model_dir, mini_data_dir, tmp_path, "data.max_prompt_tokens=8")
+    with pytest.raises(TrainingError) as raised:
+        train(cfg)
+    # Before: "0 training records < train.prompts_per_step=4" alone, and a log line "... N loaded, N bad".
+    message = str(raised.value)
+    assert message.startswith("0 training records < train.prompts_per_step=4")
+    counted = re.findall(r": (\d+) rows, 0 loaded, (\d+) bad \(overlong_prompt (\d+)\)", message)
+    assert counted and all(rows == bad == overlong for rows, bad, overlong in counted), message
+    assert "tokens > data.max_prompt_tokens=8" in message
+    assert "left out" in caplog.text and not re.search(r"(\d+) rows, \1 loaded", caplog.text)  # log: dropped
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "extra",

@@ -454,11 +454,16 @@ def drop_overlong_prompts(records: Records, tokenizer: Any, max_tokens: int) -> 
             continue
         reason = f"{length} tokens > data.max_prompt_tokens={max_tokens}"
         report.bad_rows.append(BadRow(record.data_source, record.index, "prompt", reason, "overlong_prompt"))
+    report.loaded = len(kept)  # before the summary below: it said "16 loaded, 16 bad" when all were dropped
     if len(kept) < len(records):
         log.warning(
-            "left out %d prompts over %d tokens: %s", len(records) - len(kept), max_tokens, report.summary()
+            "left out %d of %d prompts over data.max_prompt_tokens=%d (data.overlong_prompts: drop; raise the "
+            "limit, or truncate_left to keep them): %s",
+            len(records) - len(kept),
+            len(records),
+            max_tokens,
+            report.summary(),
         )
-    report.loaded = len(kept)
     return Records(kept, report)
 
 
