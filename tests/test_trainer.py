@@ -1,6 +1,7 @@
 """The GRPO trainer end to end on the real tiny model: run directory, accumulation, processes, resume, errors."""
 
 import dataclasses
+import errno
 import os
 import re
 import shutil
@@ -420,3 +421,14 @@ def test_a_finished_stage_of_a_moved_study_is_reused(tmp_path):
     )
     with pytest.raises(TrainingError, match="train.lr"):
         resume_point(pipeline.run_dir(new, "grpo_text"), changed, resume=True, is_main=True)
+
+
+def test_a_full_disk_is_told_from_a_file_size_limit(tmp_path):
+    from ocean_lib.training.run_state import write_limit_hit
+
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "model.safetensors").write_bytes(b"\0" * 4096)
+    full = write_limit_hit(OSError(errno.ENOSPC, "No space left on device"), tmp_path / "ckpt")
+    assert re.fullmatch(r"[\d,]+ MiB free on its disk", full), full
+    too_big = write_limit_hit(OSError(errno.EFBIG, "File too large"), tmp_path / "ckpt")
+    assert too_big == "a file reached the largest size its file system allows"
