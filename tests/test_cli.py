@@ -170,3 +170,29 @@ def test_a_file_size_limit_names_the_checkpoint_and_the_limit(tiny_model_dir, mi
     )
     assert "free on its disk" not in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_reproduce_force_refuses_a_directory_that_is_not_a_study(tmp_path):
+    from ocean_lib.study.pipeline import STUDY_MARKER, claim_study_dir
+
+    thesis = tmp_path / "thesis"
+    thesis.mkdir()
+    (thesis / "chapter1.tex").write_text("years of work")
+    for output_dir, cwd in ((thesis, tmp_path), (".", thesis), (tmp_path, thesis)):
+        done = ocean_lib(
+            "reproduce", "--params", CI, "--set", f"study.output_dir={output_dir}", "--force", cwd=cwd
+        )
+        # Before: every entry of the directory deleted, the thesis with them, then the study started.
+        assert done.returncode == 2, done.stderr
+        assert "refusing reproduce --force" in done.stderr
+        assert (thesis / "chapter1.tex").read_text() == "years of work"
+    assert (
+        "is not a study directory"
+        in ocean_lib(
+            "reproduce", "--params", CI, "--set", f"study.output_dir={thesis}", "--force", cwd=tmp_path
+        ).stderr
+    )
+    # A study marks the directory it starts in (new or empty), and only such a one: --force may empty it.
+    claim_study_dir(tmp_path / "study")
+    claim_study_dir(thesis)
+    assert (tmp_path / "study" / STUDY_MARKER).is_file() and not (thesis / STUDY_MARKER).exists()

@@ -30,7 +30,7 @@ from typing import Any
 from ocean_lib.base.config import load_config, to_dict
 from ocean_lib.base.paths import PROJECT_ROOT
 from ocean_lib.base.run_dir import RunDir
-from ocean_lib.base.schema import RunConfig
+from ocean_lib.base.schema import ConfigError, RunConfig
 
 NOTEBOOKS = ["00_grpo_walkthrough", "01_data", "02_train", "03_evaluate", "04_aha_moments", "05_results"]
 """The notebooks in reading order (the report's order)."""
@@ -47,8 +47,49 @@ warm-started base and holds right and wrong answers (a random model's are all wr
 NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
 
 
+STUDY_MARKER = ".ocean_study"
+"""Written by a study into the directory it starts in: what ``reproduce --force`` may empty."""
+
+
 def study_dir(cfg: RunConfig) -> Path:
     return Path(cfg.study.output_dir)
+
+
+def claim_study_dir(out: Path) -> None:
+    """Mark ``out`` as a study's own directory (:data:`STUDY_MARKER`) when it is new or empty; a directory that
+    already holds other files is left unmarked, so that ``--force`` never empties what the study did not start."""
+    from ocean_lib.base.io import LOCK_FILE, atomic_write_text
+
+    if (out / STUDY_MARKER).exists() or any(c.name != LOCK_FILE for c in _entries(out)):
+        return
+    atomic_write_text(
+        out / STUDY_MARKER, "This directory is an Ocean-R1 study's (reproduce --force empties it).\n"
+    )
+
+
+def _entries(directory: Path) -> list[Path]:
+    return list(directory.iterdir()) if directory.is_dir() else []
+
+
+def check_forcible(out: Path) -> None:
+    """Refuse ``--force`` on a directory that is not a study's (no :data:`STUDY_MARKER`, other files in it) or
+    that holds the checkout or the working directory: ``--set study.output_dir=.`` would delete the checkout."""
+    from ocean_lib.base.io import LOCK_FILE
+
+    resolved = out.resolve()
+    for inside, what in ((PROJECT_ROOT, "the checkout"), (Path.cwd(), "the working directory")):
+        if inside.resolve().is_relative_to(resolved):
+            raise ConfigError(
+                f"refusing reproduce --force: {out} holds {what} ({inside}); pick a study.output_dir"
+            )
+    others = [c.name for c in _entries(out) if c.name not in (LOCK_FILE, STUDY_MARKER)]
+    if others and not (out / STUDY_MARKER).exists():
+        raise ConfigError(
+            f"refusing reproduce --force: {out} is not a study directory (no {STUDY_MARKER}, which a study writes "
+            f"in the directory it starts in) and holds {', '.join(sorted(others)[:5])}"
+            f"{' ...' if len(others) > 5 else ''}; --force would delete them. Pick another study.output_dir, or "
+            "delete the directory yourself"
+        )
 
 
 def rows(cfg: RunConfig) -> dict[str, str]:
@@ -87,6 +128,7 @@ def prepare(cfg: RunConfig) -> dict[str, Any]:
     """Build the procedural data and the offline tiny model if they are not there yet (miniature only)."""
     from ocean_lib.data import synthetic
 
+    claim_study_dir(study_dir(cfg))
     built = None
     synthetic_dir = cfg.data.synthetic.output_dir
     if any(str(f).startswith(synthetic_dir) for f in cfg.data.train_files):
@@ -206,11 +248,14 @@ def reproduce(params: str | Path, overrides: list[str] | None = None, force: boo
     started = time.perf_counter()
     cfg = load_config(params, overrides)
     out = study_dir(cfg)
+    if force:
+        check_forcible(out)  # before the lock, which would create the directory
     with DirectoryLock(out, "reproduce of this study"):
         if force:
             for child in out.iterdir():  # all but the lock this process holds
                 if child.name != LOCK_FILE:
                     shutil.rmtree(child) if child.is_dir() else child.unlink()
+        claim_study_dir(out)
         executed = out / "notebooks"
         executed.mkdir(parents=True, exist_ok=True)
         progress = StudyProgress(cfg)
