@@ -117,6 +117,21 @@ def test_reproduce_reports_where_training_and_evaluation_are(tmp_path):
     )
 
 
+@pytest.mark.parametrize("how", ["moved", "copied"])
+def test_a_moved_or_copied_study_keeps_its_data(tmp_path, how):
+    """Before, the manifest's output_dir differed after a move, so opening the study rebuilt its data (and a
+    read-only copy could not be opened)."""
+    ci = ROOT / "params" / "ci.yaml"
+    outside = "model.name_or_path=absent/model"  # data only: the tiny model is not what this is about
+    study.prepare(load_config(ci, [f"study.output_dir={tmp_path}/old", outside]))
+    (shutil.move if how == "moved" else shutil.copytree)(tmp_path / "old", tmp_path / "new")
+    written = {p: p.stat().st_mtime_ns for p in (tmp_path / "new" / "data").rglob("*")}
+    study.prepare(load_config(ci, [f"study.output_dir={tmp_path}/new", outside]))
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "new" / "data").rglob("*")} == written
+    study.prepare(load_config(ci, [f"study.output_dir={tmp_path}/new", outside, "data.synthetic.seed=1"]))
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "new" / "data").rglob("*")} != written  # other data
+
+
 @pytest.mark.slow
 def test_reproduce_runs_the_study_end_to_end(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)  # notebooks resolve params/ from the project root

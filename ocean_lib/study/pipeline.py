@@ -134,7 +134,10 @@ def prepare(cfg: RunConfig) -> dict[str, Any]:
     if any(str(f).startswith(synthetic_dir) for f in cfg.data.train_files):
         manifest = Path(synthetic_dir) / "manifest.json"
         built = json.loads(manifest.read_text()) if manifest.exists() else None
-        if built is None or built.get("synthetic") != to_dict(cfg.data.synthetic):
+        # Where the data lies is not what it is: a study moved or copied elsewhere keeps its data (and a
+        # read-only copy can be opened).
+        wanted = {k: v for k, v in to_dict(cfg.data.synthetic).items() if k != "output_dir"}
+        if built is None or {k: v for k, v in built["synthetic"].items() if k != "output_dir"} != wanted:
             built = synthetic.build(cfg)
     model_dir = Path(cfg.model.name_or_path)
     if not model_dir.exists() and cfg.model.name_or_path.startswith(str(study_dir(cfg))):
