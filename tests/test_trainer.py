@@ -69,6 +69,10 @@ def test_grpo_run_writes_a_complete_run_directory(tiny_model_dir, mini_data_dir,
         assert sum(r["advantage"] for r in rollouts[start : start + 4]) == pytest.approx(0.0, abs=1e-4)
     assert [step for step, _ in run.complete_checkpoints()] == [1]
     assert final == run.final and run.is_finished()
+    # Readable by all, as every output (transformers wrote the weights 0600, the tiny model's folder was 0700)
+    for written in (run.final, run.checkpoint(1), tiny_model_dir):
+        for path in [written, *written.rglob("*")]:
+            assert oct(path.stat().st_mode & 0o777) == ("0o755" if path.is_dir() else "0o644"), path
     before, after = _weights(tiny_model_dir), _weights(final)
     assert any(not torch.equal(before[k], after[k]) for k in before)
 

@@ -54,6 +54,7 @@ from transformers import (
 )
 from transformers.image_utils import SizeDict
 
+from ocean_lib.base.io import make_readable
 from ocean_lib.base.paths import HUB_FILE_PATTERNS
 from ocean_lib.base.schema import TinyModelConfig
 
@@ -318,6 +319,7 @@ def build_tiny_model(
     try:
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
+        make_readable(staging)
         staging.rename(out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
