@@ -138,10 +138,14 @@ def prepare(cfg: RunConfig) -> dict[str, Any]:
         # read-only copy can be opened).
         wanted = {k: v for k, v in to_dict(cfg.data.synthetic).items() if k != "output_dir"}
         if built is None or {k: v for k, v in built["synthetic"].items() if k != "output_dir"} != wanted:
-            built = synthetic.build(cfg)
+            syn = cfg.data.synthetic
+            records = len(syn.families) * (syn.n_train + syn.n_test) * (2 if syn.text_only else 1)
+            with _announced(f"building the procedural data: {records:,} records into {synthetic_dir}"):
+                built = synthetic.build(cfg)
     model_dir = Path(cfg.model.name_or_path)
     if not model_dir.exists() and cfg.model.name_or_path.startswith(str(study_dir(cfg))):
-        build_miniature_model(cfg)
+        with _announced(f"building the tiny model and its tokenizer into {model_dir}"):
+            build_miniature_model(cfg)
     return {"data": built, "model": str(model_dir)}
 
 
@@ -301,6 +305,15 @@ def write_report(out: Path) -> Path:
     )
 
 
+@contextlib.contextmanager
+def _announced(what: str):
+    """Say what a long step does before it starts and how long it took (a notebook showed a minute of silence)."""
+    print(f"{what} ...", flush=True)
+    t0 = time.perf_counter()
+    yield
+    print(f"done in {_clock(time.perf_counter() - t0)}", flush=True)
+
+
 def _say(message: str) -> None:
     print(f"[reproduce] {message}", file=sys.stderr, flush=True)
 
@@ -439,14 +452,58 @@ def results(cfg: RunConfig) -> Any:
     return table
 
 
-def open_study(params: str | Path, overrides: list[str] | None = None) -> RunConfig:
+class StudyNotReady(RuntimeError):
+    """A notebook opened before the one whose outputs it shows has run: the message says what to run first.
+
+    Jupyter shows only the message (``_render_traceback_``), not a traceback through the library."""
+
+    def _render_traceback_(self) -> list[str]:
+        return [
+            f"{type(self).__name__}: {line}" if i == 0 else line
+            for i, line in enumerate(str(self).splitlines())
+        ]
+
+
+def open_study(params: str | Path, overrides: list[str] | None = None, after: str | None = None) -> RunConfig:
     """What every notebook does first: work from the project root (JupyterLab starts notebooks in
-    ``notebooks/``, papermill in the root), load the study's config and make sure its data and model exist."""
+    ``notebooks/``, papermill in the root), load the study's config and make sure its data and model exist.
+
+    ``after``: the notebook whose outputs this one shows (``02_train``: every stage trained; ``03_evaluate``: every
+    row evaluated). Missing, :class:`StudyNotReady` says what to run, before any data or model is built.
+    """
     if not Path(params).exists() and (PROJECT_ROOT / params).exists():
         os.chdir(PROJECT_ROOT)
     cfg = load_config(params, overrides)
+    if after is not None:
+        missing = _not_done(cfg, after)
+        if missing:
+            out = study_dir(cfg)
+            raise StudyNotReady(
+                f"this notebook shows what {after} produces, and the study in {out}/ does not have it yet "
+                f"({', '.join(missing)}).\n"
+                f"Run the study first, from the project root: make reproduce (or .venv/bin/python -m ocean_lib "
+                f"reproduce --params {params}; params/ci.yaml runs in minutes), or the notebooks up to {after} in "
+                f"order.\nThe executed notebooks of a finished study are in {out}/notebooks/."
+            )
     prepare(cfg)
     return cfg
+
+
+def _not_done(cfg: RunConfig, notebook: str) -> list[str]:
+    """What ``notebook`` should have written and is not there: unfinished stages, or unevaluated rows."""
+    if notebook == "02_train":
+        return [
+            f"stage {stage} not trained"
+            for stage in cfg.study.stages
+            if not run_dir(cfg, stage).is_finished()
+        ]
+    if notebook == "03_evaluate":
+        return [
+            f"{label} not evaluated"
+            for label in rows(cfg)
+            if not (eval_dir(cfg, label) / "summary.json").exists()
+        ]
+    raise ValueError(f"open_study(after={notebook!r}): expected 02_train or 03_evaluate")
 
 
 def figure_path(cfg: RunConfig, name: str) -> Path:
