@@ -129,6 +129,7 @@ def _update_cosine(start: Path, plain: Path, deepspeed: Path) -> float:
     return float(torch.nn.functional.cosine_similarity(a, b, dim=0))
 
 
+@pytest.mark.trajectory
 @pytest.mark.slow
 @pytest.mark.parametrize("zero", [2, 3])
 def test_zero_on_two_processes_takes_the_plain_step(

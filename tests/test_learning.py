@@ -10,6 +10,7 @@ from ocean_lib.training.models import build_tiny_model
 from ocean_lib.training.trainer import train
 
 
+@pytest.mark.trajectory
 @pytest.mark.slow
 def test_grpo_raises_the_mean_reward(tmp_path):
     data = tmp_path / "data"

@@ -45,6 +45,7 @@ def _comparable(rows):
     return [{k: v for k, v in row.items() if not k.startswith(NOT_COMPARABLE)} for row in rows]
 
 
+@pytest.mark.trajectory
 def test_grpo_run_writes_a_complete_run_directory(tiny_model_dir, mini_data_dir, tmp_path):
     cfg = _config(tiny_model_dir, mini_data_dir, tmp_path)
     final = train(cfg)
@@ -123,6 +124,7 @@ def test_an_existing_run_is_never_overwritten(tiny_model_dir, mini_data_dir, tmp
     assert train(quiet, resume=True) == RunDir(cfg.run_dir).final  # display knobs may change
 
 
+@pytest.mark.trajectory
 def test_micro_batches_accumulate_to_the_full_batch(tiny_model_dir, mini_data_dir, tmp_path):
     # (objective, sequences, token budget): one micro-batch; consecutive pairs; length-bucketed packs (the SFT
     # reference answers differ in length, so its packs are not consecutive: [[0, 2], [3, 1]] here).
@@ -196,6 +198,7 @@ def test_verl_denominators_come_from_every_process_lengths_in_rank_order():
     assert _verl_denominators(Accelerator(cpu=True), batch, cfg).tolist() == [10.0, 12.0, 10.0, 12.0]
 
 
+@pytest.mark.trajectory
 def test_verl_schedule_runs_step_one_at_lr_zero_and_validates_at_start_and_end(
     tiny_model_dir, mini_data_dir, tmp_path
 ):
@@ -227,6 +230,7 @@ def test_verl_schedule_runs_step_one_at_lr_zero_and_validates_at_start_and_end(
     assert any(not torch.equal(initial[k], v) for k, v in _weights(final).items())
 
 
+@pytest.mark.trajectory
 def test_a_reference_kept_on_the_cpu_gives_the_same_step(tiny_model_dir, mini_data_dir, tmp_path):
     steps = {}
     for on_cpu in (False, True):
@@ -294,6 +298,7 @@ def test_every_prompt_dropped_as_overlong_is_named_as_the_reason(
     ],
     ids=["full", "lora", "verl-micro-batch-mean"],
 )
+@pytest.mark.trajectory
 def test_two_processes_take_the_same_step_as_one(tiny_model_dir, mini_data_dir, tmp_path, extra):
     one = _config(tiny_model_dir, mini_data_dir, tmp_path, "train.max_steps=1", *extra, name="one")
     train(one)
@@ -339,6 +344,7 @@ def test_killed_run_resumes_to_the_same_result(tiny_model_dir, mini_data_dir, tm
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+@pytest.mark.trajectory
 def test_lora_trains_only_the_adapters_and_saves_merged_weights(tiny_model_dir, mini_data_dir, tmp_path):
     cfg = _config(tiny_model_dir, mini_data_dir, tmp_path, *LORA)
     final = train(cfg)
