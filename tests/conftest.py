@@ -16,6 +16,7 @@ needs_shared = pytest.mark.skipif(
     reason=f"real annotation files not present at {ANNOTATIONS} (../shared is optional)",
 )
 
+
 def pytest_report_header() -> str:
     """Which CPU kernels torch runs (ATEN_CPU_CAPABILITY lowers them; `make test-cpu-kinds`)."""
     import torch

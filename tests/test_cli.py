@@ -202,7 +202,7 @@ def test_deepspeeds_cpu_notice_stays_out_of_outputs_and_logs(tmp_path):
     """Importing the trainer imports accelerate and DeepSpeed, whose "Setting accelerator to CPU" warning went
     into every notebook's output and run log of a machine without a GPU."""
     done = subprocess.run(
-        [sys.executable, "-c", "import ocean_lib.trainer, deepspeed; print('imported')"],
+        [sys.executable, "-c", "import ocean_lib.training.trainer, deepspeed; print('imported')"],
         cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)},
     )  # fmt: skip
     assert done.returncode == 0 and done.stdout == "imported\n", done.stderr
