@@ -23,7 +23,6 @@ def test_reward_bench_checks_identical_verdicts_and_prints_a_ratio():
     assert re.fullmatch(r"identical verdicts on all 400; speed-up: [0-9.]+x", lines[-1])
 
 
-@pytest.mark.trajectory
 @pytest.mark.slow
 def test_micro_batch_bench_checks_equal_gradients_and_prints_ratios():
     lines = run_script(
