@@ -192,10 +192,14 @@ def test_reproduce_force_refuses_a_directory_that_is_not_a_study(tmp_path):
             "reproduce", "--params", CI, "--set", f"study.output_dir={thesis}", "--force", cwd=tmp_path
         ).stderr
     )
-    # A study marks the directory it starts in (new or empty), and only such a one: --force may empty it.
-    claim_study_dir(tmp_path / "study")
-    claim_study_dir(thesis)
-    assert (tmp_path / "study" / STUDY_MARKER).is_file() and not (thesis / STUDY_MARKER).exists()
+    # A study marks the directory it starts in (new or empty, or a study made before the marker), and only such a
+    # one: --force may empty it.
+    (tmp_path / "old_study" / "runs").mkdir(parents=True)
+    (tmp_path / "old_study" / "results.md").write_text("| base |")
+    for directory in (tmp_path / "study", tmp_path / "old_study", thesis):
+        claim_study_dir(directory)
+    assert (tmp_path / "study" / STUDY_MARKER).is_file() and (tmp_path / "old_study" / STUDY_MARKER).is_file()
+    assert not (thesis / STUDY_MARKER).exists()
 
 
 def test_deepspeeds_cpu_notice_stays_out_of_outputs_and_logs(tmp_path):

@@ -49,6 +49,19 @@ NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
 
 STUDY_MARKER = ".ocean_study"
 """Written by a study into the directory it starts in: what ``reproduce --force`` may empty."""
+STUDY_ENTRIES = {
+    "data",
+    "models",
+    "runs",
+    "eval",
+    "notebooks",
+    "figures",
+    "report.html",
+    "results.md",
+    "results.csv",
+}
+"""What a study writes at its top (module docstring): a directory holding nothing else is a study's, marked or not
+(studies made before the marker)."""
 
 
 def study_dir(cfg: RunConfig) -> Path:
@@ -56,37 +69,40 @@ def study_dir(cfg: RunConfig) -> Path:
 
 
 def claim_study_dir(out: Path) -> None:
-    """Mark ``out`` as a study's own directory (:data:`STUDY_MARKER`) when it is new or empty; a directory that
-    already holds other files is left unmarked, so that ``--force`` never empties what the study did not start."""
-    from ocean_lib.base.io import LOCK_FILE, atomic_write_text
+    """Mark ``out`` as a study's own directory (:data:`STUDY_MARKER`) when it holds nothing but what a study writes
+    (new, empty, or a study made before the marker); a directory that holds other files is left unmarked, so that
+    ``--force`` never empties what the study did not start."""
+    from ocean_lib.base.io import atomic_write_text
 
-    if (out / STUDY_MARKER).exists() or any(c.name != LOCK_FILE for c in _entries(out)):
+    if (out / STUDY_MARKER).exists() or _foreign(out):
         return
     atomic_write_text(
         out / STUDY_MARKER, "This directory is an Ocean-R1 study's (reproduce --force empties it).\n"
     )
 
 
-def _entries(directory: Path) -> list[Path]:
-    return list(directory.iterdir()) if directory.is_dir() else []
+def _foreign(out: Path) -> list[str]:
+    """The names at the top of ``out`` that a study does not write."""
+    from ocean_lib.base.io import LOCK_FILE
+
+    entries = [c.name for c in out.iterdir()] if out.is_dir() else []
+    return sorted(name for name in entries if name not in {*STUDY_ENTRIES, LOCK_FILE, STUDY_MARKER})
 
 
 def check_forcible(out: Path) -> None:
     """Refuse ``--force`` on a directory that is not a study's (no :data:`STUDY_MARKER`, other files in it) or
     that holds the checkout or the working directory: ``--set study.output_dir=.`` would delete the checkout."""
-    from ocean_lib.base.io import LOCK_FILE
-
     resolved = out.resolve()
     for inside, what in ((PROJECT_ROOT, "the checkout"), (Path.cwd(), "the working directory")):
         if inside.resolve().is_relative_to(resolved):
             raise ConfigError(
                 f"refusing reproduce --force: {out} holds {what} ({inside}); pick a study.output_dir"
             )
-    others = [c.name for c in _entries(out) if c.name not in (LOCK_FILE, STUDY_MARKER)]
+    others = _foreign(out)
     if others and not (out / STUDY_MARKER).exists():
         raise ConfigError(
             f"refusing reproduce --force: {out} is not a study directory (no {STUDY_MARKER}, which a study writes "
-            f"in the directory it starts in) and holds {', '.join(sorted(others)[:5])}"
+            f"in the directory it starts in) and holds {', '.join(others[:5])}"
             f"{' ...' if len(others) > 5 else ''}; --force would delete them. Pick another study.output_dir, or "
             "delete the directory yourself"
         )
