@@ -34,8 +34,8 @@ STAMP := $(VENV)/.installed
 INSTALL_SPEC := python=$(PYTHON) torch=$(TORCH_SPEC) lock=$(LOCK) extras=$(EXTRAS) overrides=$(OVERRIDES)
 REQUIREMENTS := $(if $(OVERRIDES),$(VENV)/requirements.txt,$(LOCK))
 
-.PHONY: install install-gpu flash-attn reproduce test test-lowest-transformers lint bench lock lock-gpu \
-	gpu-check-wheels clean-venv
+.PHONY: install install-gpu flash-attn reproduce test test-cpu-kinds test-lowest-transformers lint bench lock \
+	lock-gpu gpu-check-wheels clean-venv
 
 # A venv installed with other settings is out of date whatever the file times say.
 ifneq ($(file < $(STAMP)),$(INSTALL_SPEC))
@@ -75,6 +75,17 @@ reproduce: $(STAMP)
 
 test: lint
 	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
+
+# Seeded CPU training is bit-identical only within one kind of CPU kernel (torch's ATen and MKL pick AVX-512,
+# AVX2 or plain code by the CPU). The tests that assert what training computes (marker `trajectory`) run again
+# with the kernels lowered, as a machine without AVX-512 (avx2) or without AVX2 (default) computes them; the
+# variables only lower, so any x86-64 machine can run both.
+CPU_KINDS ?= default avx2
+KERNELS_default := ATEN_CPU_CAPABILITY=default MKL_ENABLE_INSTRUCTIONS=SSE4_2 ONEDNN_MAX_CPU_ISA=SSE41
+KERNELS_avx2    := ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2
+test-cpu-kinds: $(STAMP)
+	@set -e; $(foreach kind,$(CPU_KINDS),echo "== trajectory tests with CPU kernels: $(kind)"; \
+	    env $(KERNELS_$(kind)) $(BIN)/python -m pytest -n 2 -m trajectory $(PYTEST_ARGS);)
 
 test-lowest-transformers:
 	$(MAKE) VENV=.venv-lowest-transformers OVERRIDES="$(LOWEST_TRANSFORMERS)" test

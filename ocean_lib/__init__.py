@@ -19,6 +19,7 @@ processes, papermill's kernels) needs in the environment before torch is importe
 already: see :data:`RUNTIME_ENV`.
 """
 
+import logging
 import os
 
 FLOORS = ("base", "data", "rewards", "training", "evaluation", "study", "cli")
@@ -32,3 +33,9 @@ RUNTIME_ENV = {
 }
 for _name, _value in RUNTIME_ENV.items():
     os.environ.setdefault(_name, _value)
+
+# DeepSpeed (imported by accelerate) warns "Setting accelerator to CPU ..." on every machine without a GPU, into
+# every notebook's output and every run's log; the device a run used is in its run_info.json. Dropped here, before
+# DeepSpeed configures its logger (it keeps the filter of the logger it finds).
+DEEPSPEED_NOTICES = ("Setting accelerator to CPU",)
+logging.getLogger("DeepSpeed").addFilter(lambda record: not record.getMessage().startswith(DEEPSPEED_NOTICES))

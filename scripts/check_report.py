@@ -1,7 +1,7 @@
 """Open a study's report.html in headless Chromium with the network off, print what a reader sees, and save
 screenshots (the README's section on the report says what they should show).
 
-    python scripts/check_report.py outputs/mini/report.html --screenshots docs/images/report
+    python scripts/check_report.py outputs/mini/report.html --screenshots outputs/mini/screenshots
 
 Exits 1 if an image does not load, a formula is not drawn, the static rollout view is missing, kernel leftovers
 show (widget reprs, frozen progress bars, PosixPath, log lines) or the page asks the network for anything.

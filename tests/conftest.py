@@ -16,6 +16,14 @@ needs_shared = pytest.mark.skipif(
     reason=f"real annotation files not present at {ANNOTATIONS} (../shared is optional)",
 )
 
+
+def pytest_report_header() -> str:
+    """Which CPU kernels torch runs (ATEN_CPU_CAPABILITY lowers them; `make test-cpu-kinds`)."""
+    import torch
+
+    return f"torch CPU kernels: {torch.backends.cpu.get_cpu_capability()}"
+
+
 # Small enough to build in about a second, the real architecture all the same.
 TINY = TinyModelConfig(
     vocab_size=600,

@@ -7,6 +7,7 @@ import html
 import io
 import json
 import re
+import shutil
 
 import pytest
 from PIL import Image
@@ -127,7 +128,7 @@ def test_highlight_keeps_the_outer_of_overlapping_matches_and_caps_length():
     assert "5000 more characters not shown" in long
 
 
-def test_image_html(image_path, tmp_path):
+def test_image_html(image_path, tmp_path, monkeypatch):
     tag = image_html("images/scene.png", image_root=tmp_path)
     data = base64.b64decode(re.search(r'src="data:image/png;base64,([^"]+)"', tag).group(1))
     assert Image.open(io.BytesIO(data)).size == (112, 112)
@@ -136,6 +137,12 @@ def test_image_html(image_path, tmp_path):
     data = base64.b64decode(re.search(r"base64,([^\"]+)", image_html(str(big))).group(1))
     assert Image.open(io.BytesIO(data)).size == (IMAGE_MAX_SIDE, IMAGE_MAX_SIDE // 2)
     assert "text-only prompt" in image_html(None) and "text-only prompt" in image_html(float("nan"))
+    # A record's relative path (Ocean-R1's image_paths), which the trainer opened from its working directory:
+    # before, it was looked for under the run directory only ("image not found").
+    (tmp_path / "data").mkdir()
+    shutil.copy(image_path, tmp_path / "data" / "scene.png")
+    monkeypatch.chdir(tmp_path)
+    assert "base64," in image_html("data/scene.png", image_root=tmp_path / "runs" / "run")
     missing = image_html(f"{SCRIPT}.png", image_root=tmp_path)
     assert "image not found" in missing and "<script" not in missing
     corrupt = tmp_path / "corrupt.png"

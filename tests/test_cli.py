@@ -140,9 +140,10 @@ def test_launch_shows_steps_of_the_total_and_counts_from_the_checkpoint_on_resum
     assert [row["step"] for row in run.read_metrics()] == [1, 2]
 
 
-def test_a_full_disk_names_the_checkpoint_it_could_not_write(tiny_model_dir, mini_data_dir, tmp_path):
-    """Files may grow to 1 MiB only (RLIMIT_FSIZE, as a nearly full disk): the weights fit, the optimizer state
-    does not, and torch's own error ("unexpected pos ...") would name no file."""
+def test_a_file_size_limit_names_the_checkpoint_and_the_limit(tiny_model_dir, mini_data_dir, tmp_path):
+    """Files may grow to 1 MiB only (RLIMIT_FSIZE): the weights fit, the optimizer state does not, and torch's own
+    error ("unexpected pos ...") would name no file. The limit met is the file size, not the disk's space (the
+    message quoted the free space before)."""
     overrides = tiny_overrides(tiny_model_dir, mini_data_dir, tmp_path / "runs")
     params = params_file(tmp_path, overrides)
 
@@ -164,7 +165,49 @@ def test_a_full_disk_names_the_checkpoint_it_could_not_write(tiny_model_dir, min
     checkpoint = RunDir(load_config(None, overrides).run_dir).checkpoint(1)
     assert done.returncode == 1, done.stderr
     assert (
-        f"error: could not write the checkpoint {checkpoint} (" in done.stderr
-        and "MiB free on its disk" in done.stderr
+        f"error: could not write the checkpoint {checkpoint} (a file reached this process's file-size limit, "
+        "ulimit -f: 1 MiB)" in done.stderr
     )
+    assert "free on its disk" not in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_reproduce_force_refuses_a_directory_that_is_not_a_study(tmp_path):
+    from ocean_lib.study.pipeline import STUDY_MARKER, claim_study_dir
+
+    thesis = tmp_path / "thesis"
+    thesis.mkdir()
+    (thesis / "chapter1.tex").write_text("years of work")
+    for output_dir, cwd in ((thesis, tmp_path), (".", thesis), (tmp_path, thesis)):
+        done = ocean_lib(
+            "reproduce", "--params", CI, "--set", f"study.output_dir={output_dir}", "--force", cwd=cwd
+        )
+        # Before: every entry of the directory deleted, the thesis with them, then the study started.
+        assert done.returncode == 2, done.stderr
+        assert "refusing reproduce --force" in done.stderr
+        assert (thesis / "chapter1.tex").read_text() == "years of work"
+    assert (
+        "is not a study directory"
+        in ocean_lib(
+            "reproduce", "--params", CI, "--set", f"study.output_dir={thesis}", "--force", cwd=tmp_path
+        ).stderr
+    )
+    # A study marks the directory it starts in (new or empty, or a study made before the marker), and only such a
+    # one: --force may empty it.
+    (tmp_path / "old_study" / "runs").mkdir(parents=True)
+    (tmp_path / "old_study" / "results.md").write_text("| base |")
+    for directory in (tmp_path / "study", tmp_path / "old_study", thesis):
+        claim_study_dir(directory)
+    assert (tmp_path / "study" / STUDY_MARKER).is_file() and (tmp_path / "old_study" / STUDY_MARKER).is_file()
+    assert not (thesis / STUDY_MARKER).exists()
+
+
+def test_deepspeeds_cpu_notice_stays_out_of_outputs_and_logs(tmp_path):
+    """Importing the trainer imports accelerate and DeepSpeed, whose "Setting accelerator to CPU" warning went
+    into every notebook's output and run log of a machine without a GPU."""
+    done = subprocess.run(
+        [sys.executable, "-c", "import ocean_lib.training.trainer, deepspeed; print('imported')"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert done.returncode == 0 and done.stdout == "imported\n", done.stderr
+    assert "Setting accelerator" not in done.stderr

@@ -160,6 +160,7 @@ def test_a_deepspeed_stage_saves_its_fp32_masters_and_the_next_stage_starts_from
     assert [k for k in off_grid if not torch.equal(again[k], trained[k])] == []
 
 
+@pytest.mark.trajectory
 @pytest.mark.slow
 @pytest.mark.parametrize("zero", [2, 3])
 def test_zero_on_two_processes_takes_the_plain_step(

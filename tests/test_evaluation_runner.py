@@ -445,6 +445,32 @@ def test_eval_rescore_command_prints_the_table_without_a_model(mini, tmp_path):
     assert missing.returncode == 2 and "eval needs --model" in missing.stderr
 
 
+def test_eval_refuses_unknown_benchmarks_and_rescoring_no_known_id_before_writing(mini, tmp_path):
+    directory = tmp_path / "foreign"
+    directory.mkdir()
+    lines = [{"id": f"other-harness-{i}", "output": "<answer>3</answer>"} for i in range(3)]
+    (directory / "mini_counting.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    before = {p.name: p.read_bytes() for p in directory.iterdir()}
+    common = ["--set", f"data.synthetic.output_dir={mini / 'mini'}", "--set", "logging.progress=false"]
+    rescored = subprocess.run(
+        [sys.executable, "-m", "ocean_lib", "eval", "rescore", "--outputs", str(directory), *common],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    # Before: exit 0, an empty table, and summary.json written beside the other harness's file.
+    assert rescored.returncode == 1, rescored.stderr[-2000:]
+    assert (
+        "no output to score: its 3 ids (such as 'other-harness-0') match none of mini_counting"
+        in rescored.stderr
+    )
+    assert {p.name: p.read_bytes() for p in directory.iterdir()} == before
+    misspelt = subprocess.run(
+        [sys.executable, "-m", "ocean_lib", "eval", "--model", "m", "--benchmarks", "mini_countign", *common],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert misspelt.returncode == 2, misspelt.stderr[-2000:]  # before: 1, as a failure, not a bad argument
+    assert "unknown benchmark 'mini_countign'; did you mean mini_counting" in misspelt.stderr
+
+
 def test_eval_without_params_loads_the_model_in_bf16_as_ocean_r1(mini, tiny_model_dir, tmp_path):
     command = [sys.executable, "-m", "ocean_lib", "eval", "--model", str(tiny_model_dir), "--benchmarks",
                "mini_counting", "--max-items", "1", "--max-new-tokens", "2",

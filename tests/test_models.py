@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -315,9 +316,19 @@ def test_a_checkpoint_of_a_stock_qwen_directory_names_classes_vllm_and_autoproce
     )
 
 
-def test_missing_local_directory_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="not a local directory"):
-        load_policy(str(tmp_path / "no" / "such" / "model"))
+@pytest.mark.parametrize("typed", ["{tmp}/runs/grpo_vsi/final", "./runs_typo/final", "runs/grpo_vsi"])
+def test_mistyped_model_directory_is_named_without_a_hub_download(tmp_path, monkeypatch, typed):
+    # Before: "not a local directory, and the Hugging Face hub did not provide it ... hf download <path>".
+    (tmp_path / "runs" / "grpo_vis" / "final").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    typed = typed.format(tmp=tmp_path)
+    with pytest.raises(
+        FileNotFoundError, match=f"cannot load the model {re.escape(repr(typed))}: no such dir"
+    ) as e:
+        load_policy(typed)
+    assert "hub" not in str(e.value) and "download" not in str(e.value)
+    if "grpo_vsi" in typed:
+        assert str(e.value).endswith(f"{tmp_path / 'runs'} has grpo_vis")
 
 
 def test_hub_id_loads_from_the_cache_offline_and_says_what_to_place_where_when_absent(tiny_dir, tmp_path):

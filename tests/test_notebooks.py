@@ -117,6 +117,59 @@ def test_reproduce_reports_where_training_and_evaluation_are(tmp_path):
     )
 
 
+def test_a_notebook_opened_before_the_study_ran_says_what_to_run_first(tmp_path):
+    """Before: Run All on 04_aha_moments built the data and the model in silence (140 s on mini.yaml), then
+    failed with a FileNotFoundError traceback."""
+    import papermill
+
+    out = tmp_path / "study"
+    with pytest.raises(papermill.PapermillExecutionError) as raised:
+        papermill.execute_notebook(
+            str(ROOT / "notebooks" / "04_aha_moments.ipynb"),
+            str(tmp_path / "04.ipynb"),
+            parameters={"params": str(ROOT / "params" / "ci.yaml"), "overrides": [f"study.output_dir={out}"]},
+            kernel_name="python3",
+            progress_bar=False,
+        )
+    assert raised.value.ename == "StudyNotReady"
+    assert (
+        "make reproduce" in raised.value.evalue and "stage grpo_vis_stage2 not trained" in raised.value.evalue
+    )
+    assert not (out / "data").exists() and not (out / "model").exists()  # refused before building anything
+    shown = nbformat.read(tmp_path / "04.ipynb", 4).cells
+    error = next(
+        o for c in shown if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"
+    )
+    assert error.traceback[0].startswith("StudyNotReady: this notebook shows what 02_train produces")
+    assert not any("File " in line and ".py" in line for line in error.traceback)  # the message, no traceback
+    for name, after in (("03_evaluate", "02_train"), ("05_results", "03_evaluate")):
+        with pytest.raises(pipeline.StudyNotReady, match=f"shows what {after} produces"):
+            pipeline.open_study(ROOT / "params" / "ci.yaml", [f"study.output_dir={out}"], after=after)
+        source = (ROOT / "notebooks" / f"{name}.ipynb").read_text()
+        assert f'after=\\"{after}\\"' in source, name
+
+
+@pytest.mark.parametrize("how", ["moved", "copied"])
+def test_a_moved_or_copied_study_keeps_its_data(tmp_path, how, capsys):
+    """Before, the manifest's output_dir differed after a move, so opening the study rebuilt its data (and a
+    read-only copy could not be opened)."""
+    ci = ROOT / "params" / "ci.yaml"
+    outside = "model.name_or_path=absent/model"  # data only: the tiny model is not what this is about
+    pipeline.prepare(load_config(ci, [f"study.output_dir={tmp_path}/old", outside]))
+    # a long build says what it does, then how long it took (a notebook showed a minute of silence)
+    assert re.fullmatch(
+        r"building the procedural data: [\d,]+ records into \S+ \.\.\.\ndone in \d+:\d\d\n",
+        capsys.readouterr().out,
+    )
+    (shutil.move if how == "moved" else shutil.copytree)(tmp_path / "old", tmp_path / "new")
+    written = {p: p.stat().st_mtime_ns for p in (tmp_path / "new" / "data").rglob("*")}
+    pipeline.prepare(load_config(ci, [f"study.output_dir={tmp_path}/new", outside]))
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "new" / "data").rglob("*")} == written
+    assert capsys.readouterr().out == ""
+    pipeline.prepare(load_config(ci, [f"study.output_dir={tmp_path}/new", outside, "data.synthetic.seed=1"]))
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "new" / "data").rglob("*")} != written  # other data
+
+
 @pytest.mark.slow
 def test_reproduce_runs_the_study_end_to_end(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)  # notebooks resolve params/ from the project root

@@ -49,6 +49,7 @@ def _one_row_at_a_time(model, batch, rows):
     ],  # whole groups; a micro-batch that splits groups
     ids=["whole-groups", "split-groups"],
 )
+@pytest.mark.trajectory
 def test_prompt_once_forward_equals_the_plain_forward_in_value_and_gradient(sampled, rows):
     model, batch = sampled
     mask = batch.completion_mask[rows, : int(batch.completion_mask[rows].sum(-1).max())].float()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import random
 import re
 import time
 from pathlib import Path
@@ -234,14 +235,36 @@ def test_iou_row_needs_a_box(tmp_path):
         read_records(path, DataConfig())
 
 
-@pytest.mark.parametrize("damage", ["garbage", "truncated"])
-def test_corrupt_image_is_a_bad_row(tmp_path, damage):
+def noisy_jpeg(side: int) -> bytes:
+    """A JPEG of noise: its scan fills most of the file, so cutting the file cuts the scan."""
+    buffer = io.BytesIO()
+    Image.frombytes("RGB", (side, side), random.Random(0).randbytes(3 * side * side)).save(
+        buffer, format="JPEG"
+    )
+    return buffer.getvalue()
+
+
+DAMAGED = {
+    "garbage": lambda: b"not an image",
+    "truncated": lambda: png((28, 28))[: len(png((28, 28))) // 2],
+    # PIL's verify() passes a JPEG cut at 90% (it reads headers only); training then failed when it drew the row.
+    "truncated_jpeg": lambda: noisy_jpeg(64)[: len(noisy_jpeg(64)) * 9 // 10],
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGED)
+@pytest.mark.parametrize("stored", ["bytes", "path"])
+def test_corrupt_image_is_a_bad_row(tmp_path, damage, stored):
     records = sample_records()
-    data = png((28, 28))
-    records[1].images = [ImageRef(bytes=b"not an image" if damage == "garbage" else data[: len(data) // 2])]
+    data = DAMAGED[damage]()
+    if stored == "bytes":
+        records[1].images = [ImageRef(bytes=data)]
+    else:
+        (tmp_path / "damaged.jpg").write_bytes(data)
+        records[1].images = [ImageRef(path=str(tmp_path / "damaged.jpg"))]
     path = write_records(records, tmp_path / "corrupt.parquet")
     with pytest.raises(
-        DataError, match=re.escape(f"{path}: row 1, field images[0].bytes: not a decodable image")
+        DataError, match=re.escape(f"{path}: row 1, field images[0].{stored}: not a decodable image")
     ):
         read_records(path, DataConfig())
     loaded = read_records(path, DataConfig(on_bad_row="skip"))

@@ -122,6 +122,35 @@ def test_the_report_needs_no_network_and_shows_what_ran(report):
     assert page.replace("&quot;", '"').count("study.output_dir=/tmp/") == 2
 
 
+FAKE_CHROMIUM = """#!/usr/bin/env python3
+import sys, json
+page = sys.argv[-1]
+open(sys.argv[0] + ".opened", "a").write(page + "\\n")
+for arg in sys.argv:
+    if arg.startswith("--screenshot="):
+        open(arg.split("=", 1)[1], "wb").write(b"png")
+seen = {"images": 0, "broken_images": [], "math": 0, "figures": 0, "rollout_rows": 0, "tables": 0,
+        "requests": [], "text": ""}
+print('<pre id="ocean-probe">' + json.dumps(seen) + "</pre>")
+"""
+
+
+def test_the_browser_check_writes_nothing_beside_the_report(report, tmp_path_factory, monkeypatch):
+    """Before, a probe copy of the page was written beside the report (failing in a read-only folder)."""
+    elsewhere = tmp_path_factory.mktemp("check")
+    bin_dir = elsewhere / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "chromium").write_text(FAKE_CHROMIUM)  # records which page it was asked to open
+    (bin_dir / "chromium").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    folder = report.parent
+    before = (folder.stat().st_mtime_ns, sorted(p.name for p in folder.iterdir()))
+    browser_check(report, {"top.png": ""}, elsewhere / "shots")
+    assert (folder.stat().st_mtime_ns, sorted(p.name for p in folder.iterdir())) == before
+    opened = (bin_dir / "chromium.opened").read_text().split()
+    assert len(opened) == 2 and all(not page.startswith(folder.as_uri() + "/") for page in opened)
+
+
 @pytest.mark.skipif(
     find_chromium() is None, reason="Chromium is not installed (Debian: apt-get install chromium)"
 )

@@ -37,6 +37,7 @@ def _forward_logprobs(model, batch, with_positions=True):
     return torch.log_softmax(logits.float(), -1).gather(-1, batch.completion_ids.unsqueeze(-1)).squeeze(-1)
 
 
+@pytest.mark.trajectory
 def test_training_forward_reproduces_sampler_logprobs(tiny_model_dir):
     model, processor = load_policy(str(tiny_model_dir))
     engine = make_engine(model, processor, RolloutConfig(max_new_tokens=12, temperature=1.0))
@@ -70,6 +71,7 @@ def test_vision_tokens_are_never_sampled_and_groups_share_one_prefill(tiny_model
     assert len(set(batch.texts[:4])) > 1
 
 
+@pytest.mark.trajectory
 def test_greedy_group_equals_single_greedy_and_min_new_tokens_holds(tiny_model_dir):
     model, processor = load_policy(str(tiny_model_dir))
     engine = make_engine(model, processor, RolloutConfig(max_new_tokens=10, min_new_tokens=10))
@@ -141,6 +143,7 @@ def test_stop_tokens_and_repetition_penalty_reach_generation(tiny_model_dir):
     assert sum(repeats_penalised) < sum(repeats)
 
 
+@pytest.mark.trajectory
 def test_seeded_samples_do_not_depend_on_the_rest_of_the_batch(tiny_model_dir):
     model, processor = load_policy(str(tiny_model_dir))
     engine = make_engine(model, processor, RolloutConfig(max_new_tokens=12, temperature=1.0))

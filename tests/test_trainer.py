@@ -1,6 +1,7 @@
 """The GRPO trainer end to end on the real tiny model: run directory, accumulation, processes, resume, errors."""
 
 import dataclasses
+import errno
 import os
 import re
 import shutil
@@ -44,6 +45,7 @@ def _comparable(rows):
     return [{k: v for k, v in row.items() if not k.startswith(NOT_COMPARABLE)} for row in rows]
 
 
+@pytest.mark.trajectory
 def test_grpo_run_writes_a_complete_run_directory(tiny_model_dir, mini_data_dir, tmp_path):
     cfg = _config(tiny_model_dir, mini_data_dir, tmp_path)
     final = train(cfg)
@@ -68,6 +70,10 @@ def test_grpo_run_writes_a_complete_run_directory(tiny_model_dir, mini_data_dir,
         assert sum(r["advantage"] for r in rollouts[start : start + 4]) == pytest.approx(0.0, abs=1e-4)
     assert [step for step, _ in run.complete_checkpoints()] == [1]
     assert final == run.final and run.is_finished()
+    # Readable by all, as every output (transformers wrote the weights 0600, the tiny model's folder was 0700)
+    for written in (run.final, run.checkpoint(1), tiny_model_dir):
+        for path in [written, *written.rglob("*")]:
+            assert oct(path.stat().st_mode & 0o777) == ("0o755" if path.is_dir() else "0o644"), path
     before, after = _weights(tiny_model_dir), _weights(final)
     assert any(not torch.equal(before[k], after[k]) for k in before)
 
@@ -118,6 +124,7 @@ def test_an_existing_run_is_never_overwritten(tiny_model_dir, mini_data_dir, tmp
     assert train(quiet, resume=True) == RunDir(cfg.run_dir).final  # display knobs may change
 
 
+@pytest.mark.trajectory
 def test_micro_batches_accumulate_to_the_full_batch(tiny_model_dir, mini_data_dir, tmp_path):
     # (objective, sequences, token budget): one micro-batch; consecutive pairs; length-bucketed packs (the SFT
     # reference answers differ in length, so its packs are not consecutive: [[0, 2], [3, 1]] here).
@@ -191,6 +198,7 @@ def test_verl_denominators_come_from_every_process_lengths_in_rank_order():
     assert _verl_denominators(Accelerator(cpu=True), batch, cfg).tolist() == [10.0, 12.0, 10.0, 12.0]
 
 
+@pytest.mark.trajectory
 def test_verl_schedule_runs_step_one_at_lr_zero_and_validates_at_start_and_end(
     tiny_model_dir, mini_data_dir, tmp_path
 ):
@@ -222,6 +230,7 @@ def test_verl_schedule_runs_step_one_at_lr_zero_and_validates_at_start_and_end(
     assert any(not torch.equal(initial[k], v) for k, v in _weights(final).items())
 
 
+@pytest.mark.trajectory
 def test_a_reference_kept_on_the_cpu_gives_the_same_step(tiny_model_dir, mini_data_dir, tmp_path):
     steps = {}
     for on_cpu in (False, True):
@@ -292,6 +301,21 @@ def test_the_sampler_gap_guard_counts_consecutive_steps_only(tmp_path):
         off.check({"step": step, "response/sampler_logprob_gap": 5.0})
 
 
+def test_every_prompt_dropped_as_overlong_is_named_as_the_reason(
+    tiny_model_dir, mini_data_dir, tmp_path, caplog
+):
+    cfg = _config(tiny_model_dir, mini_data_dir, tmp_path, "data.max_prompt_tokens=8")
+    with pytest.raises(TrainingError) as raised:
+        train(cfg)
+    # Before: "0 training records < train.prompts_per_step=4" alone, and a log line "... N loaded, N bad".
+    message = str(raised.value)
+    assert message.startswith("0 training records < train.prompts_per_step=4")
+    counted = re.findall(r": (\d+) rows, 0 loaded, (\d+) bad \(overlong_prompt (\d+)\)", message)
+    assert counted and all(rows == bad == overlong for rows, bad, overlong in counted), message
+    assert "tokens > data.max_prompt_tokens=8" in message
+    assert "left out" in caplog.text and not re.search(r"(\d+) rows, \1 loaded", caplog.text)  # log: dropped
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "extra",
@@ -302,6 +326,7 @@ def test_the_sampler_gap_guard_counts_consecutive_steps_only(tmp_path):
     ],
     ids=["full", "lora", "verl-micro-batch-mean"],
 )
+@pytest.mark.trajectory
 def test_two_processes_take_the_same_step_as_one(tiny_model_dir, mini_data_dir, tmp_path, extra):
     one = _config(tiny_model_dir, mini_data_dir, tmp_path, "train.max_steps=1", *extra, name="one")
     train(one)
@@ -347,6 +372,7 @@ def test_killed_run_resumes_to_the_same_result(tiny_model_dir, mini_data_dir, tm
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+@pytest.mark.trajectory
 def test_lora_trains_only_the_adapters_and_saves_merged_weights(tiny_model_dir, mini_data_dir, tmp_path):
     cfg = _config(tiny_model_dir, mini_data_dir, tmp_path, *LORA)
     final = train(cfg)
@@ -433,3 +459,14 @@ def test_a_finished_stage_of_a_moved_study_is_reused(tmp_path):
     )
     with pytest.raises(TrainingError, match="train.lr"):
         resume_point(pipeline.run_dir(new, "grpo_text"), changed, resume=True, is_main=True)
+
+
+def test_a_full_disk_is_told_from_a_file_size_limit(tmp_path):
+    from ocean_lib.training.run_state import write_limit_hit
+
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "model.safetensors").write_bytes(b"\0" * 4096)
+    full = write_limit_hit(OSError(errno.ENOSPC, "No space left on device"), tmp_path / "ckpt")
+    assert re.fullmatch(r"[\d,]+ MiB free on its disk", full), full
+    too_big = write_limit_hit(OSError(errno.EFBIG, "File too large"), tmp_path / "ckpt")
+    assert too_big == "a file reached the largest size its file system allows"

@@ -10,6 +10,7 @@ from ocean_lib.training import grpo
 from ocean_lib.training.models import load_policy
 
 
+@pytest.mark.trajectory
 def test_group_update_unrolls_one_grpo_step(tiny_model_dir, mini_data_dir):
     cfg = load_config(
         None,

@@ -51,6 +51,16 @@ def append_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
         os.fsync(handle.fileno())
 
 
+def make_readable(directory: str | Path) -> None:
+    """Files 0644 and folders 0755 under ``directory`` (itself included), as every output of the project: a
+    staging folder from ``mkdtemp`` is 0700, and transformers writes ``model.safetensors`` 0600."""
+    directory = Path(directory)
+    directory.chmod(0o755)
+    for path in directory.rglob("*"):
+        if not path.is_symlink():
+            path.chmod(0o755 if path.is_dir() else 0o644)
+
+
 def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
     """Yield the rows of a JSON-lines file, skipping a torn final line left by a crash mid-write."""
     path = Path(path)

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ocean_lib.base.config import config_changes, load_config
-from ocean_lib.base.io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
+from ocean_lib.base.io import append_jsonl, atomic_write_json, atomic_write_text, make_readable, read_jsonl
 from ocean_lib.base.schema import RunConfig
 
 STATE_FILE = "trainer_state.json"
@@ -157,7 +157,9 @@ class RunDir:
 
 
 def publish_dir(tmp: Path, final: Path, state: dict[str, Any]) -> None:
-    """Mark a fully written directory complete (state file last) and move it into place atomically."""
+    """Mark a fully written directory complete (state file last), readable by all, and move it into place
+    atomically."""
+    make_readable(tmp)
     atomic_write_json(tmp / STATE_FILE, state)
     if final.exists():
         shutil.rmtree(final)

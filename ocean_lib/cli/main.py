@@ -8,6 +8,7 @@ the traceback as well (``launch`` passes it to its training child, so a run's ``
 from __future__ import annotations
 
 import argparse
+import difflib
 import signal
 import sys
 import traceback
@@ -355,6 +356,8 @@ def _eval(args: argparse.Namespace) -> int:
     overrides = args.overrides if args.params else ["model.inference_dtype=bfloat16", *args.overrides]
     cfg = load_config(args.params, overrides)
     names = args.benchmarks.split(",") if args.benchmarks else None
+    if args.action in ("run", "rescore"):
+        _check_benchmark_names(names or (cfg.eval.benchmarks if args.action == "run" else []))
     if args.action == "rescore":
         return _rescore(args, cfg, names)
     if args.action == "table":
@@ -385,6 +388,17 @@ def _eval(args: argparse.Namespace) -> int:
     directory = Path(cfg.eval.output_dir) / (args.model_name or model_name_of(args.model))
     print(f"written to {directory}/ (summary.json, <benchmark>.jsonl per item)")
     return 0
+
+
+def _check_benchmark_names(names: list[str]) -> None:
+    """A misspelt benchmark is a bad argument (exit code 2), named with the closest registered names."""
+    from ocean_lib.evaluation import BENCHMARKS
+
+    for name in names:
+        if name not in BENCHMARKS:
+            close = difflib.get_close_matches(name, BENCHMARKS, n=3)
+            hint = f"; did you mean {' or '.join(close)}?" if close else ""
+            raise UsageError(f"unknown benchmark {name!r}{hint} (known: {', '.join(BENCHMARKS)})")
 
 
 def _rescore(args: argparse.Namespace, cfg: RunConfig, names: list[str] | None) -> int:

@@ -352,7 +352,7 @@ def validate_record(record: Record, cfg: DataConfig, check_images: bool = True) 
 
     Checks: one ``<image>`` marker per image and at most ``cfg.max_images_per_prompt`` images; an ``iou``
     record has at most one image (its box is in that image's pixels) and a parseable box; with
-    ``check_images``, every image exists and passes PIL's ``verify`` (header, and checksums for PNG).
+    ``check_images``, every image exists and decodes (:meth:`ImageRef.check`).
     """
     markers, n_images = record.content.count(IMAGE_MARKER), len(record.images)
     if markers != n_images:
@@ -379,13 +379,13 @@ def validate_record(record: Record, cfg: DataConfig, check_images: bool = True) 
 def _check_image(image: ImageRef, name: str) -> None:
     if image.bytes is None and not os.path.isfile(image.path or ""):
         raise _BadField(f"{name}.path", f"file not found: {image.path}", kind="missing_image")
-    source = io.BytesIO(image.bytes) if image.bytes is not None else image.path
     which = f"{name}.bytes" if image.bytes is not None else f"{name}.path"
     try:
-        with Image.open(source) as opened:
-            opened.verify()
-    except Exception as error:  # PIL raises many types for bad data; all mean "not an image"
-        raise _BadField(which, f"not a decodable image: {error}", kind="corrupt_image") from None
+        image.check()
+    except ImageError as error:
+        raise _BadField(
+            which, f"not a decodable image: {error.__cause__ or error}", kind="corrupt_image"
+        ) from None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -454,11 +454,16 @@ def drop_overlong_prompts(records: Records, tokenizer: Any, max_tokens: int) -> 
             continue
         reason = f"{length} tokens > data.max_prompt_tokens={max_tokens}"
         report.bad_rows.append(BadRow(record.data_source, record.index, "prompt", reason, "overlong_prompt"))
+    report.loaded = len(kept)  # before the summary below: it said "16 loaded, 16 bad" when all were dropped
     if len(kept) < len(records):
         log.warning(
-            "left out %d prompts over %d tokens: %s", len(records) - len(kept), max_tokens, report.summary()
+            "left out %d of %d prompts over data.max_prompt_tokens=%d (data.overlong_prompts: drop; raise the "
+            "limit, or truncate_left to keep them): %s",
+            len(records) - len(kept),
+            len(records),
+            max_tokens,
+            report.summary(),
         )
-    report.loaded = len(kept)
     return Records(kept, report)
 
 

@@ -774,6 +774,14 @@ def rescore(directory: str | Path, benchmarks: Sequence[str], cfg: RunConfig | N
         items = benchmark.load_items(home)
         stored = latest_rows(directory, name)
         with_output = [(item, stored[item.id]) for item in items if "output" in stored.get(item.id, {})]
+        if not with_output:  # refused before anything is written: scoring nothing would still write a summary
+            found = (
+                f"its {len(stored)} ids (such as {next(iter(stored))!r})" if stored else "no lines with an id"
+            )
+            raise BenchmarkDataError(
+                f"{directory / f'{name}.jsonl'}: no output to score: {found} match none of {name}'s "
+                f"{len(items)} items (such as {items[0].id if items else 'none'!r}); nothing was written"
+            )
         settings_path = directory / f"{name}.settings.json"
         settings = (
             json.loads(settings_path.read_text(encoding="utf-8"))

@@ -126,18 +126,24 @@ def image_html(
 ) -> str:
     """The image as an inline ``<img>`` (PNG, data URI), or a note saying why there is none.
 
-    A relative ``path`` is resolved against ``image_root`` when given, else against the working directory
-    (as the data loader does). ``truth`` and ``answer`` boxes (model-input pixels) are drawn on it, green and red;
-    ``pixels`` = (min_pixels, max_pixels) of the run says how the file was resized for the model (none: it
-    was not). A thumbnail the trainer saved smaller than the model saw cannot be mapped back: no boxes then.
+    A relative ``path`` is looked for under ``image_root`` (the run directory, where the trainer saves thumbnails
+    of embedded images), then against the working directory, as the trainer opened a record's relative image
+    path (Ocean-R1's ``image_paths``). ``truth`` and ``answer`` boxes (model-input pixels) are drawn on it, green
+    and red; ``pixels`` = (min_pixels, max_pixels) of the run says how the file was resized for the model (none:
+    it was not). A thumbnail the trainer saved smaller than the model saw cannot be mapped back: no boxes then.
     """
     if not isinstance(path, str) or not path:  # None, or NaN from a column pandas filled
         return "<i>text-only prompt (no image)</i>"
-    resolved = Path(path)
-    if image_root is not None and not resolved.is_absolute():
-        resolved = Path(image_root) / resolved
+    resolved, thumbnail = Path(path), False
+    if image_root is not None and not resolved.is_absolute() and (Path(image_root) / resolved).is_file():
+        resolved, thumbnail = Path(image_root) / resolved, True
     if not resolved.is_file():
-        return f"<i>image not found: {html.escape(str(resolved))}</i>"
+        tried = (
+            f"{Path(image_root) / path} or "
+            if image_root is not None and not Path(path).is_absolute()
+            else ""
+        )
+        return f"<i>image not found: {html.escape(tried + str(resolved.absolute()))}</i>"
     try:
         with Image.open(resolved) as opened:
             image = opened.convert("RGB")
@@ -145,7 +151,7 @@ def image_html(
         return f"<i>image not readable: {html.escape(str(resolved))}: {html.escape(str(error))}</i>"
     boxes = [(box, colour) for box, colour in ((truth, TRUTH_COLOUR), (answer, ANSWER_COLOUR)) if box]
     note = ""
-    if boxes and not Path(path).is_absolute() and max(image.size) >= ROLLOUT_THUMBNAIL_SIDE:
+    if boxes and thumbnail and max(image.size) >= ROLLOUT_THUMBNAIL_SIDE:
         boxes, note = (
             [],
             "<div style='font-size: 11px'><i>boxes not drawn: the image was saved reduced</i></div>",

@@ -30,7 +30,7 @@ from typing import Any
 from ocean_lib.base.config import load_config, to_dict
 from ocean_lib.base.paths import PROJECT_ROOT
 from ocean_lib.base.run_dir import RunDir
-from ocean_lib.base.schema import RunConfig
+from ocean_lib.base.schema import ConfigError, RunConfig
 
 NOTEBOOKS = ["00_grpo_walkthrough", "01_data", "02_train", "03_evaluate", "04_aha_moments", "05_results"]
 """The notebooks in reading order (the report's order)."""
@@ -47,8 +47,65 @@ warm-started base and holds right and wrong answers (a random model's are all wr
 NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
 
 
+STUDY_MARKER = ".ocean_study"
+"""Written by a study into the directory it starts in: what ``reproduce --force`` may empty."""
+STUDY_ENTRIES = {
+    "data",
+    "models",
+    "runs",
+    "eval",
+    "notebooks",
+    "figures",
+    "report.html",
+    "results.md",
+    "results.csv",
+}
+"""What a study writes at its top (module docstring): a directory holding nothing else is a study's, marked or not
+(studies made before the marker)."""
+
+
 def study_dir(cfg: RunConfig) -> Path:
     return Path(cfg.study.output_dir)
+
+
+def claim_study_dir(out: Path) -> None:
+    """Mark ``out`` as a study's own directory (:data:`STUDY_MARKER`) when it holds nothing but what a study writes
+    (new, empty, or a study made before the marker); a directory that holds other files is left unmarked, so that
+    ``--force`` never empties what the study did not start."""
+    from ocean_lib.base.io import atomic_write_text
+
+    if (out / STUDY_MARKER).exists() or _foreign(out):
+        return
+    atomic_write_text(
+        out / STUDY_MARKER, "This directory is an Ocean-R1 study's (reproduce --force empties it).\n"
+    )
+
+
+def _foreign(out: Path) -> list[str]:
+    """The names at the top of ``out`` that a study does not write."""
+    from ocean_lib.base.io import LOCK_FILE
+
+    entries = [c.name for c in out.iterdir()] if out.is_dir() else []
+    return sorted(name for name in entries if name not in {*STUDY_ENTRIES, LOCK_FILE, STUDY_MARKER})
+
+
+def check_forcible(out: Path) -> None:
+    """Refuse ``--force`` on a directory that is not a study's (no :data:`STUDY_MARKER`, other files in it) or
+    that holds the checkout or the working directory: ``--set study.output_dir=.`` would delete the checkout."""
+    resolved = out.resolve()
+    for inside, what in ((PROJECT_ROOT, "the checkout"), (Path.cwd(), "the working directory")):
+        if inside.resolve().is_relative_to(resolved):
+            raise ConfigError(
+                f"refusing reproduce --force: {out} holds {what} ({inside}); pick a study.output_dir"
+            )
+    others = _foreign(out)
+    if others and not (out / STUDY_MARKER).exists():
+        raise ConfigError(
+            f"refusing reproduce --force: {out} is not a study directory (no {STUDY_MARKER}, which a study writes "
+            f"in the directory it starts in) and holds {', '.join(others[:5])}"
+            f"{' ...' if len(others) > 5 else ''}; --force would delete them. Pick another study.output_dir, or "
+            "delete the directory yourself"
+        )
 
 
 def rows(cfg: RunConfig) -> dict[str, str]:
@@ -87,16 +144,24 @@ def prepare(cfg: RunConfig) -> dict[str, Any]:
     """Build the procedural data and the offline tiny model if they are not there yet (miniature only)."""
     from ocean_lib.data import synthetic
 
+    claim_study_dir(study_dir(cfg))
     built = None
     synthetic_dir = cfg.data.synthetic.output_dir
     if any(str(f).startswith(synthetic_dir) for f in cfg.data.train_files):
         manifest = Path(synthetic_dir) / "manifest.json"
         built = json.loads(manifest.read_text()) if manifest.exists() else None
-        if built is None or built.get("synthetic") != to_dict(cfg.data.synthetic):
-            built = synthetic.build(cfg)
+        # Where the data lies is not what it is: a study moved or copied elsewhere keeps its data (and a
+        # read-only copy can be opened).
+        wanted = {k: v for k, v in to_dict(cfg.data.synthetic).items() if k != "output_dir"}
+        if built is None or {k: v for k, v in built["synthetic"].items() if k != "output_dir"} != wanted:
+            syn = cfg.data.synthetic
+            records = len(syn.families) * (syn.n_train + syn.n_test) * (2 if syn.text_only else 1)
+            with _announced(f"building the procedural data: {records:,} records into {synthetic_dir}"):
+                built = synthetic.build(cfg)
     model_dir = Path(cfg.model.name_or_path)
     if not model_dir.exists() and cfg.model.name_or_path.startswith(str(study_dir(cfg))):
-        build_miniature_model(cfg)
+        with _announced(f"building the tiny model and its tokenizer into {model_dir}"):
+            build_miniature_model(cfg)
     return {"data": built, "model": str(model_dir)}
 
 
@@ -206,11 +271,14 @@ def reproduce(params: str | Path, overrides: list[str] | None = None, force: boo
     started = time.perf_counter()
     cfg = load_config(params, overrides)
     out = study_dir(cfg)
+    if force:
+        check_forcible(out)  # before the lock, which would create the directory
     with DirectoryLock(out, "reproduce of this study"):
         if force:
             for child in out.iterdir():  # all but the lock this process holds
                 if child.name != LOCK_FILE:
                     shutil.rmtree(child) if child.is_dir() else child.unlink()
+        claim_study_dir(out)
         executed = out / "notebooks"
         executed.mkdir(parents=True, exist_ok=True)
         progress = StudyProgress(cfg)
@@ -251,6 +319,15 @@ def write_report(out: Path) -> Path:
     return report_html.write_report(
         [out / "notebooks" / f"{name}.ipynb" for name in NOTEBOOKS], out / "report.html"
     )
+
+
+@contextlib.contextmanager
+def _announced(what: str):
+    """Say what a long step does before it starts and how long it took (a notebook showed a minute of silence)."""
+    print(f"{what} ...", flush=True)
+    t0 = time.perf_counter()
+    yield
+    print(f"done in {_clock(time.perf_counter() - t0)}", flush=True)
 
 
 def _say(message: str) -> None:
@@ -391,14 +468,58 @@ def results(cfg: RunConfig) -> Any:
     return table
 
 
-def open_study(params: str | Path, overrides: list[str] | None = None) -> RunConfig:
+class StudyNotReady(RuntimeError):
+    """A notebook opened before the one whose outputs it shows has run: the message says what to run first.
+
+    Jupyter shows only the message (``_render_traceback_``), not a traceback through the library."""
+
+    def _render_traceback_(self) -> list[str]:
+        return [
+            f"{type(self).__name__}: {line}" if i == 0 else line
+            for i, line in enumerate(str(self).splitlines())
+        ]
+
+
+def open_study(params: str | Path, overrides: list[str] | None = None, after: str | None = None) -> RunConfig:
     """What every notebook does first: work from the project root (JupyterLab starts notebooks in
-    ``notebooks/``, papermill in the root), load the study's config and make sure its data and model exist."""
+    ``notebooks/``, papermill in the root), load the study's config and make sure its data and model exist.
+
+    ``after``: the notebook whose outputs this one shows (``02_train``: every stage trained; ``03_evaluate``: every
+    row evaluated). Missing, :class:`StudyNotReady` says what to run, before any data or model is built.
+    """
     if not Path(params).exists() and (PROJECT_ROOT / params).exists():
         os.chdir(PROJECT_ROOT)
     cfg = load_config(params, overrides)
+    if after is not None:
+        missing = _not_done(cfg, after)
+        if missing:
+            out = study_dir(cfg)
+            raise StudyNotReady(
+                f"this notebook shows what {after} produces, and the study in {out}/ does not have it yet "
+                f"({', '.join(missing)}).\n"
+                f"Run the study first, from the project root: make reproduce (or .venv/bin/python -m ocean_lib "
+                f"reproduce --params {params}; params/ci.yaml runs in minutes), or the notebooks up to {after} in "
+                f"order.\nThe executed notebooks of a finished study are in {out}/notebooks/."
+            )
     prepare(cfg)
     return cfg
+
+
+def _not_done(cfg: RunConfig, notebook: str) -> list[str]:
+    """What ``notebook`` should have written and is not there: unfinished stages, or unevaluated rows."""
+    if notebook == "02_train":
+        return [
+            f"stage {stage} not trained"
+            for stage in cfg.study.stages
+            if not run_dir(cfg, stage).is_finished()
+        ]
+    if notebook == "03_evaluate":
+        return [
+            f"{label} not evaluated"
+            for label in rows(cfg)
+            if not (eval_dir(cfg, label) / "summary.json").exists()
+        ]
+    raise ValueError(f"open_study(after={notebook!r}): expected 02_train or 03_evaluate")
 
 
 def figure_path(cfg: RunConfig, name: str) -> Path:

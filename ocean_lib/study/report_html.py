@@ -204,7 +204,8 @@ def browser_check(
     (none should leave the page), and its text. ``screenshots`` maps a file name to an anchor of the page
     (an element's id; ``""``: the top); each is saved under ``out_dir`` as a 1280×1600 view.
 
-    The probe script runs in a copy of the page next to it, so the report itself stays without scripts.
+    The probe script runs in a copy of the page in a temporary directory (the report stays without scripts, its
+    folder untouched and possibly read-only; a page that needed files beside it shows them as broken there).
     """
     import json
     import subprocess
@@ -216,8 +217,8 @@ def browser_check(
             f"no Chromium found ({', '.join(CHROMIUM_NAMES)}); on Debian: apt-get install chromium"
         )
     report = Path(report).resolve()
-    with tempfile.TemporaryDirectory() as profile:
-        probe = report.with_name(f".probe-{report.name}")
+    with tempfile.TemporaryDirectory() as profile, tempfile.TemporaryDirectory() as copies:
+        probe = Path(copies) / report.name
         probe.write_text(
             report.read_text(encoding="utf-8").replace("</body>", PROBE + "</body>"), encoding="utf-8"
         )

@@ -33,6 +33,7 @@ Facts about transformers 5.x that the rest of the project depends on (supported:
 
 from __future__ import annotations
 
+import difflib
 import itertools
 import shutil
 import tempfile
@@ -54,6 +55,7 @@ from transformers import (
 )
 from transformers.image_utils import SizeDict
 
+from ocean_lib.base.io import make_readable
 from ocean_lib.base.paths import HUB_FILE_PATTERNS
 from ocean_lib.base.schema import TinyModelConfig
 
@@ -322,6 +324,7 @@ def build_tiny_model(
     try:
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
+        make_readable(staging)
         staging.rename(out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -387,11 +390,28 @@ def load_policy(
     return model, processor
 
 
+def _looks_like_a_path(name_or_path: str) -> bool:
+    """True for what cannot be a hub id (``org/name``): an absolute or ./ ~ path, more than one ``/``, or a first
+    component that is a local directory (``outputs/final``)."""
+    if name_or_path.startswith(("/", ".", "~")) or name_or_path.count("/") > 1 or "\\" in name_or_path:
+        return True
+    return "/" in name_or_path and Path(name_or_path.split("/")[0]).is_dir()
+
+
 def _local_model_dir(name_or_path: str) -> Path:
     """The local directory holding ``name_or_path``: itself, or the hub id's snapshot (cached or downloaded)."""
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return path
+    if _looks_like_a_path(name_or_path):  # a mistyped directory: the hub has nothing to do with it
+        parent = next(p for p in path.absolute().parents if p.is_dir())
+        near = difflib.get_close_matches(
+            path.absolute().relative_to(parent).parts[0], [c.name for c in parent.iterdir() if c.is_dir()]
+        )
+        hint = (
+            f"; {parent} has {', '.join(near)}" if near else f"; the deepest existing directory is {parent}"
+        )
+        raise FileNotFoundError(f"cannot load the model {name_or_path!r}: no such directory{hint}")
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HFValidationError
 

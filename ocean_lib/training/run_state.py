@@ -8,7 +8,9 @@ and its schedule, prepares them with accelerate, restores a checkpoint and makes
 
 from __future__ import annotations
 
+import errno
 import functools
+import resource
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -218,9 +220,8 @@ def save_checkpoint(state: TrainState, target: Path, step: int, epoch: int) -> N
                 torch.save(state.optimizer.state_dict(), tmp / "optimizer.pt")
                 torch.save(state.scheduler.state_dict(), tmp / "scheduler.pt")
         except (OSError, RuntimeError) as error:  # a full disk reaches us as torch's "unexpected pos ..."
-            free = shutil.disk_usage(tmp.parent).free / 2**20
             raise TrainingError(
-                f"could not write the checkpoint {target} ({free:,.0f} MiB free on its disk): {error}"
+                f"could not write the checkpoint {target} ({write_limit_hit(error, tmp)}): {error}"
             ) from error
     acc.wait_for_everyone()
     if state.deepspeed:  # the optimizer states are sharded over ranks: each rank writes its own
@@ -229,6 +230,23 @@ def save_checkpoint(state: TrainState, target: Path, step: int, epoch: int) -> N
     if acc.is_main_process:
         publish_dir(tmp, target, {"step": step, "epoch": epoch, "seed": state.cfg.train.seed})
     acc.wait_for_everyone()
+
+
+def write_limit_hit(error: BaseException, directory: Path) -> str:
+    """Which limit a failed write met: the process's file-size limit (``ulimit -f``; EFBIG), or the disk's space.
+
+    torch reports either as a RuntimeError without an errno; a file of ``directory`` that reached the size limit
+    tells them apart (a write that meets the limit stops exactly there).
+    """
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    at_limit = limit != resource.RLIM_INFINITY and any(
+        path.is_file() and path.stat().st_size >= limit for path in directory.rglob("*")
+    )
+    if at_limit:
+        return f"a file reached this process's file-size limit, ulimit -f: {limit / 2**20:,.0f} MiB"
+    if getattr(error, "errno", None) == errno.EFBIG:
+        return "a file reached the largest size its file system allows"
+    return f"{shutil.disk_usage(directory.parent).free / 2**20:,.0f} MiB free on its disk"
 
 
 def resume_point(run: RunDir, cfg: RunConfig, resume: bool, is_main: bool) -> tuple[int, Path | None]:

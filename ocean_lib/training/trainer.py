@@ -43,7 +43,7 @@ from ocean_lib.base.prompts import Prompt
 from ocean_lib.base.run_dir import ROLLOUT_THUMBNAIL_SIDE, RunDir, plan_line, prune_checkpoints
 from ocean_lib.base.schema import RunConfig
 from ocean_lib.data import Record, load_example, read_records
-from ocean_lib.data.records import drop_overlong_prompts
+from ocean_lib.data.records import LoadReport, drop_overlong_prompts
 from ocean_lib.rewards import RewardBreakdown, score_batch
 from ocean_lib.training import distributed, grpo
 from ocean_lib.training.batch import (
@@ -109,9 +109,12 @@ def _train(cfg: RunConfig, resume: bool, signals: StopSignals) -> Path:
         save_config(cfg, run.config)
 
     state = build_state(cfg, accelerator, run, checkpoint)
-    records = _read(cfg.data.train_files, cfg, state.processor.tokenizer)
-    val_records = _read(cfg.data.val_files, cfg, state.processor.tokenizer)
-    schedule = Schedule(len(records), cfg)
+    records, reports = _read(cfg.data.train_files, cfg, state.processor.tokenizer)
+    val_records, _ = _read(cfg.data.val_files, cfg, state.processor.tokenizer)
+    try:
+        schedule = Schedule(len(records), cfg)
+    except TrainingError as error:  # too few records: say which were left out and why
+        raise TrainingError("\n".join([str(error), *(report.summary() for report in reports)])) from None
     total = schedule.total_steps
     if accelerator.is_main_process:
         info = distributed.run_info(accelerator, cfg, state.policy, state.reference_placement)
@@ -460,16 +463,17 @@ def validate(state: TrainState, records: list[Record], tally: Tally) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _read(paths: list[str], cfg: RunConfig, tokenizer: Any) -> list[Record]:
-    """The records of ``paths``; with ``data.overlong_prompts: drop``, those over ``data.max_prompt_tokens`` as
-    verl counted them are left out (counted and logged)."""
-    records = []
+def _read(paths: list[str], cfg: RunConfig, tokenizer: Any) -> tuple[list[Record], list[LoadReport]]:
+    """The records of ``paths`` and each path's report; with ``data.overlong_prompts: drop``, those over
+    ``data.max_prompt_tokens`` as verl counted them are left out (counted and logged)."""
+    records, reports = [], []
     for path in paths:
         loaded = read_records(path, cfg.data)
         if cfg.data.overlong_prompts == "drop":
             loaded = drop_overlong_prompts(loaded, tokenizer, cfg.data.max_prompt_tokens)
         records += loaded
-    return records
+        reports.append(loaded.report)
+    return records, reports
 
 
 def _image_ref(run: RunDir, record: Record, prompt: Prompt) -> str | None:
