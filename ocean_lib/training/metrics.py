@@ -68,6 +68,13 @@ METRICS: dict[str, str] = {
     "time/reward_s": "seconds spent scoring completions",
     "time/reference_s": "seconds spent on reference-model log-probs",
     "time/update_s": "seconds spent in forward, backward and optimizer step",
+    "time/weight_sync_s": "seconds spent bringing the sampler's weights to the policy's after the update (vLLM's "
+    "push; 0 for the hf engine, which samples from the policy itself)",
+    # throughput
+    "tokens/prompt": "prompt tokens (image tokens included) of the sequences trained on, all processes",
+    "tokens/completion": "completion tokens trained on, all processes",
+    "throughput/prompt_tokens_per_s": "tokens/prompt per second of the whole step (time/step_s)",
+    "throughput/completion_tokens_per_s": "tokens/completion per second of the whole step (time/step_s)",
     "time/validate_s": "seconds spent on validation this step",
 }
 

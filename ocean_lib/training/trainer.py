@@ -154,6 +154,7 @@ def _train(cfg: RunConfig, resume: bool, signals: StopSignals) -> Path:
         tally.add("time/step_s", time.perf_counter() - t0, reduce="max")
         metrics = tally.reduce(accelerator)
         metrics.update(step=step, epoch=schedule.epoch(step), lr=lr)
+        metrics.update(throughput(metrics))
         _check_finite(metrics, run)
         rollout_rows = _rollouts_to_main(accelerator, rollout_rows)
         if accelerator.is_main_process:
@@ -362,8 +363,11 @@ def update(state: TrainState, groups: SampledGroups, tally: Tally) -> None:
                     tally.add("response/sampler_logprob_gap", float(gap.sum()), count=float(mask.sum()))
                 _backward(state, loss if real else loss * 0.0, sync=k == len(passes) - 1)
             _optimizer_step(state, tally)
+    _sync_sampler(state, tally)
     # Each process holds its share of the global loss: a count of 1/W makes the reduced "mean" their sum.
     tally.add("loss/total", loss_sum / alg.updates_per_batch, count=1 / acc.num_processes)
+    for part, mask in (("prompt", batch.prompt_mask), ("completion", batch.completion_mask)):
+        tally.add(f"tokens/{part}", float(mask[kept_rows].sum()), count=1 / acc.num_processes)
 
 
 def prompt_of(record: Record, cfg: RunConfig) -> tuple[Prompt, str]:
@@ -428,7 +432,10 @@ def sft_step(state: TrainState, records: list[Record], step: int) -> tuple[Tally
                 tally.add("loss/sft", float(token_nll.detach()), count=float(mask.sum()))
             _backward(state, token_nll / num_tokens * float(real), sync=k == len(passes) - 1)
         _optimizer_step(state, tally)
+    _sync_sampler(state, tally)
     tally.add("response/length_mean", float(batch.completion_mask.sum()), count=len(prompts))
+    for part, mask in (("prompt", batch.prompt_mask), ("completion", batch.completion_mask)):
+        tally.add(f"tokens/{part}", float(mask.sum()), count=1 / acc.num_processes)
     return tally, []
 
 
@@ -513,7 +520,24 @@ def _optimizer_step(state: TrainState, tally: Tally) -> None:
     state.optimizer.step()
     state.scheduler.step()
     state.optimizer.zero_grad(set_to_none=True)
-    state.engine.after_update(state.model)  # vLLM samples from its own copy of the weights: push them
+
+
+def _sync_sampler(state: TrainState, tally: Tally) -> None:
+    """Once the step's updates are done: vLLM samples from its own copy of the weights, so push them (timed
+    apart from the update: at scale it is the ZeRO-3 gather of every layer)."""
+    with tally.timer("time/weight_sync_s"):
+        state.engine.after_update(state.model)
+
+
+def throughput(metrics: dict[str, float]) -> dict[str, float]:
+    """Tokens trained on per second of the whole step, all processes together (prompt and completion apart:
+    at real scale the prompt, image tokens included, is most of the work)."""
+    seconds = metrics["time/step_s"]
+    return {
+        f"throughput/{part}_tokens_per_s": metrics[f"tokens/{part}"] / seconds
+        for part in ("prompt", "completion")
+        if f"tokens/{part}" in metrics and seconds > 0
+    }
 
 
 def _check_finite(metrics: dict[str, float], run: RunDir) -> None:
