@@ -54,7 +54,8 @@ def test_grpo_run_writes_a_complete_run_directory(tiny_model_dir, mini_data_dir,
     metrics = run.read_metrics()
     assert [m["step"] for m in metrics] == [1, 2]
     assert all(is_registered(k) for m in metrics for k in m)
-    for m in metrics:  # what a GPU user reads on step 1: throughput, and the weight push apart from the update
+    # what a GPU user reads on step 1: throughput, and the weight push apart from the update
+    for m in metrics:
         assert m["throughput/prompt_tokens_per_s"] == pytest.approx(m["tokens/prompt"] / m["time/step_s"])
         assert m["tokens/completion"] > 0 and m["time/weight_sync_s"] >= 0
     for m in metrics:
