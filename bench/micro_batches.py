@@ -43,9 +43,10 @@ PROMPTS, GROUP, MICRO = 8, 8, 8
 
 def make_batch(processor, cfg, median: int, max_len: int, seed: int = 0) -> RolloutBatch:
     """8 prompts × 8 completions of random tokens with long-tailed lengths (the loss does not care what they say)."""
+    families = cfg.data.synthetic.families  # the four tasks (the scene family is a pre-training experiment)
     records = [
         synthetic.task_record(synthetic.sample_task(family, (11, i)), i)
-        for i, family in enumerate(synthetic.FAMILIES * (PROMPTS // len(synthetic.FAMILIES)))
+        for i, family in enumerate(families * (PROMPTS // len(families)))
     ]
     prompts: list[Prompt] = [prompt_of(r, cfg)[0] for r in records]
     inputs = encode_prompts(processor, prompts)

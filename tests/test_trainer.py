@@ -28,7 +28,7 @@ from ocean_lib.training.rollout import HFRolloutEngine
 from ocean_lib.training.run_state import resume_point
 from ocean_lib.training.trainer import SamplerGapGuard, TrainingError, train
 
-NOT_COMPARABLE = ("time/",)  # wall-clock metrics differ between any two runs
+NOT_COMPARABLE = ("time/", "throughput/")  # wall-clock metrics differ between any two runs
 LORA = ["model.lora_rank=4", "model.lora_alpha=8", "train.lr=1e-2"]  # adapters move visibly in one step
 
 
