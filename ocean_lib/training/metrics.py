@@ -166,6 +166,12 @@ def tally_validation(tally: Tally, scores: Any, records: Any) -> None:
         tally.add(f"val/test_score/{record.data_source}", score.overall)
 
 
+def tally_tokens(tally: Tally, batch: Any, rows: Any, world: int) -> None:
+    """Add the prompt and completion tokens of the ``rows`` trained on to ``tally`` (summed over processes)."""
+    for part, mask in (("prompt", batch.prompt_mask), ("completion", batch.completion_mask)):
+        tally.add(f"tokens/{part}", float(mask[rows].sum()), count=1 / world)
+
+
 def tally_passes(tally: Tally, passes: Any, batch: Any, world: int) -> None:
     """Add the micro-batch metrics of ``passes`` (:data:`ocean_lib.training.forward.Passes`) to ``tally``."""
     real = [rows for rows, _, counts in passes if counts]

@@ -70,6 +70,9 @@ class HFRolloutEngine(EngineSetup):
     ):
         super().__init__(model, processor, cfg)
         self.all_done = all_done
+        self.suppressed_ids = torch.tensor(
+            self.suppressed, dtype=torch.long
+        )  # indexed at every decoded token
 
     @torch.no_grad()
     def generate(
@@ -205,7 +208,7 @@ class HFRolloutEngine(EngineSetup):
         temperature = 1.0 if greedy else cfg.temperature
         policy_logp = torch.log_softmax(logits / temperature, dim=-1)
         allowed = logits.clone()
-        allowed[:, torch.tensor(self.suppressed, device=logits.device)] = float("-inf")
+        allowed[:, self.suppressed_ids.to(logits.device)] = float("-inf")
         if not allow_eos:
             allowed[:, self.eos_id if stops is None else stops] = float("-inf")
         if greedy:

@@ -66,6 +66,7 @@ from ocean_lib.training.metrics import (
     check_registered,
     tally_passes,
     tally_rewards,
+    tally_tokens,
     tally_validation,
 )
 from ocean_lib.training.run_state import (
@@ -202,8 +203,7 @@ def grpo_step(
     update(state, groups, tally)
 
     # 7. Metrics (sums and counts) and rollout records.
-    n, batch = state.cfg.rollout.n, groups.batch
-    rows_of = [records[i // n] for i in range(len(batch.texts))]
+    n, batch, rows_of = state.cfg.rollout.n, groups.batch, groups.rows_of
     tally_rewards(
         tally, groups.scores, rows_of, groups.rewards, groups.advantages, groups.flat_groups, batch, n
     )
@@ -238,6 +238,7 @@ class SampledGroups:
     prompts: list[Prompt]
     truths: list[str]
     batch: RolloutBatch
+    rows_of: list[Record]  # the record each completion answers (row i: record i // n)
     scores: list[RewardBreakdown]
     rewards: torch.Tensor  # [prompts * n]
     advantages: torch.Tensor  # [prompts * n]
@@ -285,7 +286,7 @@ def sample_groups(
         keep = ~flat_groups.repeat_interleave(n)
     kept_rows = keep.nonzero().squeeze(1)
     return SampledGroups(
-        list(prompts), list(truths), batch, scores, rewards, advantages, flat_groups, kept_rows
+        list(prompts), list(truths), batch, rows_of, scores, rewards, advantages, flat_groups, kept_rows
     )
 
 
@@ -366,8 +367,7 @@ def update(state: TrainState, groups: SampledGroups, tally: Tally) -> None:
     _sync_sampler(state, tally)
     # Each process holds its share of the global loss: a count of 1/W makes the reduced "mean" their sum.
     tally.add("loss/total", loss_sum / alg.updates_per_batch, count=1 / acc.num_processes)
-    for part, mask in (("prompt", batch.prompt_mask), ("completion", batch.completion_mask)):
-        tally.add(f"tokens/{part}", float(mask[kept_rows].sum()), count=1 / acc.num_processes)
+    tally_tokens(tally, batch, kept_rows, acc.num_processes)
 
 
 def prompt_of(record: Record, cfg: RunConfig) -> tuple[Prompt, str]:
@@ -434,8 +434,7 @@ def sft_step(state: TrainState, records: list[Record], step: int) -> tuple[Tally
         _optimizer_step(state, tally)
     _sync_sampler(state, tally)
     tally.add("response/length_mean", float(batch.completion_mask.sum()), count=len(prompts))
-    for part, mask in (("prompt", batch.prompt_mask), ("completion", batch.completion_mask)):
-        tally.add(f"tokens/{part}", float(mask.sum()), count=1 / acc.num_processes)
+    tally_tokens(tally, batch, all_rows, acc.num_processes)
     return tally, []
 
 
