@@ -50,7 +50,7 @@ from ocean_lib.training.trainer import prompt_of, train
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
-HANG_TIMEOUT_S = 900  # a run takes about a minute on 2 busy cores; a hung collective would wait forever
+HANG_TIMEOUT_S = 600  # a run takes about a minute on 2 busy cores; a hung collective would wait forever
 
 RECIPE_FORM = [
     "model.train_precision=bfloat16",

@@ -307,6 +307,37 @@ def test_a_launch_is_refused_before_accelerate_starts(tiny_model_dir, mini_data_
         assert not started.exists(), (extra, output)
 
 
+def test_a_lock_left_by_a_killed_op_build_is_refused_before_anything_starts(
+    tiny_model_dir, mini_data_dir, tmp_path, monkeypatch
+):
+    """torch waits forever, silently, on the lock of a JIT build that was killed (CI once hung 4 DeepSpeed runs
+    for 15 min each on one). The launcher names the lock instead; a young lock is a build in progress."""
+    extensions = tmp_path / "extensions"
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(extensions))
+    lock = extensions / "deepspeed_shm_comm" / "lock"  # torch's layout under TORCH_EXTENSIONS_DIR
+    lock.parent.mkdir(parents=True)
+    lock.touch()
+    launch.check_build_locks(extensions)  # a build in progress: torch waits for it to end
+    an_hour_ago = time.time() - 3600
+    os.utime(lock, (an_hour_ago, an_hour_ago))
+    cfg = load_config(None, tiny_overrides(tiny_model_dir, mini_data_dir, tmp_path / "runs"))
+    save_config(cfg, tmp_path / "params.yaml")
+    started = time.monotonic()
+    with pytest.raises(LaunchError, match=f"(?s)killed and left its lock.*{lock} \\(60 min old\\)"):
+        launch.train(tmp_path / "params.yaml")
+    assert time.monotonic() - started < 30  # refused, not waited for
+    assert not RunDir(cfg.run_dir).metrics.exists()
+
+
+def test_compiled_ops_are_built_in_the_python_environment_unless_the_user_says_where(monkeypatch, tmp_path):
+    """Torch's default folder is shared by all of a user's environments: a build killed in one hangs the others."""
+    monkeypatch.delenv("TORCH_EXTENSIONS_DIR", raising=False)
+    assert sys.prefix != sys.base_prefix, "the suite runs in the project's virtual environment"
+    assert launch.torch_extensions_dir() == Path(sys.prefix) / "torch_extensions"
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    assert launch.torch_extensions_dir() == tmp_path
+
+
 @pytest.mark.slow
 def test_a_stopped_or_killed_launcher_takes_its_trainer_with_it_and_the_run_resumes_exactly(
     tiny_model_dir, mini_data_dir, tmp_path

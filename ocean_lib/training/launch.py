@@ -26,6 +26,11 @@ On CPU, ``accelerate launch --cpu --num_processes 2`` silently starts ONE proces
 no GPU is present (and, for a DeepSpeed config file, DeepSpeed over gloo: :mod:`ocean_lib.training.distributed`). The
 trainer refuses a launch it would not honour (process count, precision, DeepSpeed settings that contradict the
 params) and records how it ran in ``<run>/run_info.json``.
+
+DeepSpeed compiles some C++ ops at their first use (on CPU, its shared-memory collectives) with torch's JIT,
+under a lock file that torch deletes when the build ends and otherwise waits for forever, without a word. The
+training processes build into a folder of this Python environment (:func:`torch_extensions_dir`), and a lock left
+by a killed build is refused before anything starts (:func:`check_build_locks`), so neither can hang a launch.
 """
 
 from __future__ import annotations
@@ -62,6 +67,10 @@ PR_SET_PDEATHSIG = 1  # linux/prctl.h
 KILLED = re.compile(r"died with <Signals\.(SIG\w+): (\d+)>|Signal (\d+) \((SIG\w+)\) received by PID")
 """How accelerate reports a training process killed by a signal: its simple launcher (CalledProcessError) and
 torch's elastic agent (ChildFailedError)."""
+
+
+BUILD_LOCK_STALE_S = 600.0
+"""A JIT build lock older than this was left by a killed build: DeepSpeed's CPU ops build in about a minute."""
 
 
 class LaunchError(RuntimeError):
@@ -276,8 +285,9 @@ def train(
             if cfg.logging.progress and main_machine:
                 print(f"{cfg.logging.run_name}: already trained; final weights in {run.final}")
             return run.final
-        # 2. Start accelerate and follow it to its end: output to the log, progress, metrics, signals.
         env = _child_environment(lock, topology)
+        check_build_locks(Path(env["TORCH_EXTENSIONS_DIR"]))
+        # 2. Start accelerate and follow it to its end: output to the log, progress, metrics, signals.
         with open(run.log_of(topology.machine_rank), "a", encoding="utf-8") as log, StopSignals() as signals:
             returncode, tail, outcome = _supervise(
                 cmd, env, run, cfg, resume, log, signals, on_metrics, callback_interval_s, timeout_s
@@ -297,9 +307,36 @@ def _refuse_or_reuse(run: RunDir, cfg: RunConfig, resume: bool) -> bool:
     return resume and run.is_finished()
 
 
+def torch_extensions_dir() -> Path:
+    """Where torch builds the ops DeepSpeed compiles at first use: ``TORCH_EXTENSIONS_DIR`` if set, else
+    ``<sys.prefix>/torch_extensions`` in a virtual environment. Torch's default, ``~/.cache/torch_extensions``, is
+    shared by every environment of the user: two environments rebuild over each other's builds, and a build killed
+    in one leaves a lock that hangs every later launch in all of them."""
+    if os.environ.get("TORCH_EXTENSIONS_DIR"):
+        return Path(os.environ["TORCH_EXTENSIONS_DIR"])
+    if sys.prefix != sys.base_prefix:
+        return Path(sys.prefix) / "torch_extensions"
+    return Path.home() / ".cache" / "torch_extensions"
+
+
+def check_build_locks(root: Path, stale_after_s: float = BUILD_LOCK_STALE_S) -> None:
+    """Refuse to launch while a build lock under ``root`` (``<op>/lock``; ``<python>_<device>/<op>/lock`` in
+    torch's default folder) is older than ``stale_after_s``: its build was killed, and the training processes
+    would wait for it forever. A younger lock is a build in progress (another launch's); torch waits for it."""
+    now = time.time()
+    stale = [lock for lock in sorted(root.rglob("lock")) if now - lock.stat().st_mtime > stale_after_s]
+    if stale:
+        listed = "\n".join(f"  {lock} ({(now - lock.stat().st_mtime) / 60:.0f} min old)" for lock in stale)
+        raise LaunchError(
+            "a build of DeepSpeed's compiled ops was killed and left its lock, which the training processes "
+            f"would wait for forever:\n{listed}\nNo build takes that long: delete the lock and launch again."
+        )
+
+
 def _child_environment(lock: DirectoryLock, topology: Topology) -> dict[str, str]:
     return {
         **os.environ,
+        "TORCH_EXTENSIONS_DIR": str(torch_extensions_dir()),
         **lock.environment(),  # the training processes share the lock this process holds
         LAUNCHER_PID: str(os.getpid()),
         "PYTHONUNBUFFERED": "1",
