@@ -18,8 +18,8 @@ from ocean_lib.training.grpo import (
     merge_stats,
     policy_loss,
     stat_values,
-    token_entropy,
     token_logprobs,
+    token_logprobs_and_entropy,
     verl_token_mean_denominators,
     zero_variance_groups,
 )
@@ -120,6 +120,11 @@ def reference_logprobs(logits, tokens):
     return logits.float().log_softmax(-1).gather(-1, tokens[..., None]).squeeze(-1)
 
 
+def token_entropy(logits, **kwargs):
+    tokens = torch.zeros(logits.shape[:2], dtype=torch.long)
+    return token_logprobs_and_entropy(logits, tokens, **kwargs)[1]
+
+
 @pytest.mark.parametrize("chunk_size", [1, 3, 256])
 def test_token_logprobs_equal_log_softmax_gather_in_value_and_gradient(chunk_size):
     torch.manual_seed(0)
@@ -175,7 +180,7 @@ def test_backward_keeps_no_fp32_copy_of_the_logits():
     inputs = {logits.untyped_storage().data_ptr(), tokens.untyped_storage().data_ptr()}
     for compute in (
         lambda: token_logprobs(logits, tokens, chunk_size=8),
-        lambda: token_entropy(logits, chunk_size=8),
+        lambda: token_logprobs_and_entropy(logits, tokens, chunk_size=8),
     ):
         saved = tensors_saved_for_backward(compute)
         assert saved and {t.untyped_storage().data_ptr() for t in saved} <= inputs
@@ -219,6 +224,50 @@ def test_log_probs_from_hidden_states_and_head_equal_those_from_the_full_logits(
             torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match=r"head must be \[V, H\] with H = 8"):
         token_logprobs(hidden, tokens, head=torch.zeros(11, 7))
+
+
+class CountLinear(torch.overrides.TorchFunctionMode):
+    """Counts the calls of ``F.linear`` with a given weight on a chunk of positions [n, H], as torch dispatches them
+    (no mock: every call runs). A model's own output layer call, on [B, T, H], is not counted."""
+
+    def __init__(self, weight):
+        super().__init__()
+        self.weight, self.calls = weight, 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is torch.nn.functional.linear and args[1] is self.weight and args[0].dim() == 2:
+            self.calls += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("entropy", ["metric", "loss"])
+def test_one_projection_gives_log_probs_and_entropy_as_separately_computed(entropy):
+    """Log-probs and entropy from one projection of each chunk: the values and gradients of computing each from
+    its own projection (the definitions, on the full logits), and the head's matmul runs once per chunk."""
+    torch.manual_seed(0)
+    hidden = torch.randn(2, 7, 8, requires_grad=True)
+    head = torch.randn(11, 8, requires_grad=True)
+    tokens = torch.randint(0, 11, (2, 7))
+    with CountLinear(head) as counted:
+        logp, ent = token_logprobs_and_entropy(
+            hidden, tokens, temperature=0.7, chunk_size=3, head=head, entropy=entropy
+        )
+    assert counted.calls == 2 * 3  # 2 rows of 7 positions in chunks of 3: 3 chunks a row, one matmul each
+    z = (hidden @ head.T) / 0.7
+    want_logp = reference_logprobs(z, tokens)
+    want_ent = -(z.softmax(-1) * z.log_softmax(-1)).sum(-1)
+    torch.testing.assert_close(logp, want_logp, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(ent, want_ent, atol=1e-6, rtol=1e-6)
+    weights = torch.randn_like(want_logp), torch.randn_like(want_logp)
+    if entropy == "metric":  # a logged number: no gradient, and the log-probs' gradient unchanged
+        assert ent.grad_fn is None
+        got, want = (logp * weights[0]).sum(), (want_logp * weights[0]).sum()
+    else:
+        got = (logp * weights[0] + ent * weights[1]).sum()
+        want = (want_logp * weights[0] + want_ent * weights[1]).sum()
+    got_grads = torch.autograd.grad(got, (hidden, head))
+    for g, w in zip(got_grads, torch.autograd.grad(want, (hidden, head)), strict=True):
+        torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5)
 
 
 def test_logprob_inputs_are_checked():

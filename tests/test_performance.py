@@ -71,3 +71,17 @@ def test_prompt_once_forward_equals_the_plain_forward_in_value_and_gradient(samp
         assert (p.grad - plain_grads[name]).abs().max() / scale < 1e-4, name
     # Every parameter learns through the shared path, the vision tower included (its images ran once).
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.model.visual.parameters())
+
+
+@pytest.mark.parametrize("entropy", ["metric", "loss"])
+def test_training_forward_projects_each_chunk_through_the_output_layer_once(sampled, entropy):
+    """Log-probs and entropy of a micro-batch come from one matmul with the output layer per chunk of positions
+    (the head is the costliest layer per position at a real vocabulary); counted as torch dispatches it."""
+    from test_grpo import CountLinear
+
+    model, batch = sampled
+    rows = torch.arange(3 * GROUP)
+    with CountLinear(model.get_output_embeddings().weight) as counted:
+        logp, ent, _ = completion_logprobs(model, model, batch, rows, temperature=1.0, entropy=entropy)
+    assert counted.calls == len(rows)  # 12 positions a row: one chunk each
+    assert ent.shape == logp.shape and (ent.grad_fn is None) == (entropy == "metric")

@@ -101,7 +101,7 @@ def _logprobs_through_head(
     entropy: Literal["none", "metric", "loss"],
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Token log-probs (and entropies) from the final hidden states [r, w, H], the output layer applied chunk by
-    chunk (:func:`ocean_lib.training.grpo.token_logprobs`).
+    chunk, once for both (:func:`ocean_lib.training.grpo.token_logprobs_and_entropy`).
 
     The computation runs as the output layer's forward: under ZeRO-3 DeepSpeed gathers a layer's weight only
     while that layer runs, in forward and, through the hooks it puts on the layer's outputs, in backward, where
@@ -110,14 +110,9 @@ def _logprobs_through_head(
     temperature = temperature if temperature > 0 else 1.0
 
     def forward(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        logprobs = grpo.token_logprobs(h, tokens, temperature=temperature, head=head.weight)
-        entropies = None
-        if entropy == "loss":
-            entropies = grpo.token_entropy(h, temperature=temperature, head=head.weight)
-        elif entropy == "metric":
-            with torch.no_grad():
-                entropies = grpo.token_entropy(h.detach(), temperature=temperature, head=head.weight)
-        return logprobs, entropies
+        return grpo.token_logprobs_and_entropy(
+            h, tokens, temperature=temperature, head=head.weight, entropy=entropy
+        )
 
     head.forward = forward  # an instance attribute: the module's hooks still run around it
     try:

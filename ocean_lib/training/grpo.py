@@ -32,6 +32,7 @@ from torch.utils.checkpoint import checkpoint
 LossAgg = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
 KLEstimator = Literal["k1", "k3", "k3_unclamped"]
 EqualGroups = Literal["zero", "computed"]
+Entropy = Literal["none", "metric", "loss"]
 
 # verl's bounds: exp() of a log-ratio beyond +-20 overflows the useful range of fp32 long before it means anything,
 # and one token the reference finds absurd must not dominate the KL term.
@@ -110,7 +111,8 @@ def _per_position(
     chunk_size: int,
     head: Tensor | None = None,
 ) -> Tensor:
-    """Apply ``fn(z [n, V] fp32, *others [n]) -> [n]`` to chunks of at most ``chunk_size`` positions.
+    """Apply ``fn(z [n, V] fp32, *others [n]) -> ([n], ...)`` to chunks of at most ``chunk_size`` positions;
+    returns its outputs, each [B, T].
 
     ``inputs`` are logits [B, T, V], or with ``head`` [V, H] hidden states [B, T, H] whose logits
     ``z = h @ head^T`` are computed chunk by chunk. Each chunk is projected, upcast and divided by the temperature
@@ -123,13 +125,12 @@ def _per_position(
         logits = chunk if head is None else torch.nn.functional.linear(chunk, head)
         return fn(logits.float() / temperature, *chunk_others)
 
-    if inputs.shape[0] == 0:
-        return inputs.new_zeros(inputs.shape[:2], dtype=torch.float32)
     rows = []
     for row, *row_others in zip(inputs.unbind(0), *(o.unbind(0) for o in others), strict=True):
         chunks = zip(row.split(chunk_size), *(o.split(chunk_size) for o in row_others), strict=True)
-        rows.append(torch.cat([checkpoint(fp32_fn, *chunk, use_reentrant=False) for chunk in chunks]))
-    return torch.stack(rows)
+        outputs = zip(*(checkpoint(fp32_fn, *chunk, use_reentrant=False) for chunk in chunks), strict=True)
+        rows.append([torch.cat(pieces) for pieces in outputs])
+    return tuple(torch.stack(output) for output in zip(*rows, strict=True))
 
 
 def _check_shapes(inputs: Tensor, head: Tensor | None, tokens: Tensor | None = None) -> None:
@@ -151,36 +152,51 @@ def token_logprobs(
     chunk_size: int = 256,
     head: Tensor | None = None,
 ) -> Tensor:
-    """Log-probability of each sampled token: log p(y_t) = z_t[y_t] - logsumexp_v z_t[v], z = logits / temperature.
+    """Log-probability of each sampled token: ``token_logprobs_and_entropy`` without the entropy."""
+    return token_logprobs_and_entropy(
+        logits, tokens, temperature=temperature, chunk_size=chunk_size, head=head, entropy="none"
+    )[0]
 
-    logits: [B, T, V] (any float dtype; computed in fp32), tokens: long [B, T]. Returns fp32 [B, T].
+
+def token_logprobs_and_entropy(
+    logits: Tensor,
+    tokens: Tensor,
+    *,
+    temperature: float = 1.0,
+    chunk_size: int = 256,
+    head: Tensor | None = None,
+    entropy: Entropy = "loss",
+) -> tuple[Tensor, Tensor | None]:
+    """Log-probability of each sampled token, log p(y_t) = z_t[y_t] - logsumexp_v z_t[v], and the entropy of each
+    position's next-token distribution, H_t = logsumexp(z_t) - sum_v softmax(z_t)_v z_t[v]; z = logits / temperature.
+
+    logits: [B, T, V] (any float dtype; computed in fp32), tokens: long [B, T]. Returns fp32 ([B, T], [B, T]).
+    ``entropy``: "none" returns None for it; "metric" computes it without gradient; "loss" with its gradient.
     Exact (the same maths as ``log_softmax(z).gather(y)``) without a full-vocabulary fp32 copy of the logits:
     at most ``chunk_size`` positions are upcast at once, in forward and in backward. With ``head`` (the output
     layer's weight, [V, H]) ``logits`` are the final hidden states [B, T, H] and no full-vocabulary logits of the
-    whole batch exist at any time: z_t = h_t @ head^T is formed chunk by chunk.
+    whole batch exist at any time: z_t = h_t @ head^T is formed chunk by chunk, once for both quantities (at a
+    real vocabulary the projection is the costly part: 152k x H multiply-adds per position).
     """
     _check_shapes(logits, head, tokens)
+    if entropy not in get_args(Entropy):
+        raise ValueError(f"entropy must be one of {get_args(Entropy)}, got {entropy!r}")
 
-    def logprob(z: Tensor, y: Tensor) -> Tensor:
-        return z.gather(-1, y[:, None]).squeeze(-1) - z.logsumexp(-1)
+    def logprob_and_entropy(z: Tensor, y: Tensor) -> tuple[Tensor, ...]:
+        normaliser = z.logsumexp(-1)
+        logprob = z.gather(-1, y[:, None]).squeeze(-1) - normaliser
+        if entropy == "none":
+            return (logprob,)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and entropy == "loss"):
+            return logprob, normaliser - (z.softmax(-1) * z).sum(-1)
 
-    return _per_position(logprob, logits, tokens, temperature=temperature, chunk_size=chunk_size, head=head)
-
-
-def token_entropy(
-    logits: Tensor, *, temperature: float = 1.0, chunk_size: int = 256, head: Tensor | None = None
-) -> Tensor:
-    """Entropy of each position's next-token distribution: H_t = logsumexp(z_t) - sum_v softmax(z_t)_v z_t[v].
-
-    logits: [B, T, V] (any float dtype; computed in fp32 in chunks like ``token_logprobs``), or hidden states
-    [B, T, H] with ``head`` [V, H]. Returns fp32 [B, T].
-    """
-    _check_shapes(logits, head)
-
-    def entropy(z: Tensor) -> Tensor:
-        return z.logsumexp(-1) - (z.softmax(-1) * z).sum(-1)
-
-    return _per_position(entropy, logits, temperature=temperature, chunk_size=chunk_size, head=head)
+    if logits.shape[0] == 0:
+        empty = logits.new_zeros(logits.shape[:2], dtype=torch.float32)
+        return empty, None if entropy == "none" else empty.clone()
+    outputs = _per_position(
+        logprob_and_entropy, logits, tokens, temperature=temperature, chunk_size=chunk_size, head=head
+    )
+    return outputs[0], None if entropy == "none" else outputs[1]
 
 
 def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor, estimator: KLEstimator = "k3") -> Tensor:
