@@ -19,13 +19,16 @@ ratio unless both sides use the same loss and sampling settings and, at every st
 prompt tokens, generated the same number of completion tokens and took a non-zero gradient (with all rewards
 equal the advantages are 0, but the KL term still trains), so the ratio cannot come from doing less.
 Then a scaling table times our step alone over max new tokens 32-256 (8 samples) and group sizes 4-16
-(64 tokens), the six settings stepping in turn. Results go to ``bench/results/<date>-<machine>.json``; the last line printed is the ratio.
+(64 tokens), the six settings stepping in turn. Results go to ``bench/results/<date>-<machine>.json``; the last
+line printed is the ratio. With every result go the machine's cores, torch's CPU kernels and the load average
+before, at every step and after; a ratio taken above ``conditions.LOAD_PER_CORE_LIMIT`` per core is printed and
+saved as "not a measurement" (bench/conditions.py).
 
 Threads. The script runs with ``OMP_WAIT_POLICY=PASSIVE`` (it restarts itself to set it): on a machine whose
 cores other jobs share, OpenMP's default spin-waiting makes 2-thread matmuls up to 100x slower whenever one
 thread is descheduled, which would measure the scheduler, not the code.
 
-    python bench/grpo_step.py [--steps 10] [--warmup 2] [--scaling-steps 3]
+    python bench/grpo_step.py [--steps 10] [--warmup 2] [--scaling-steps 3] [--load-limit 2.0]
     (or: python -m ocean_lib bench grpo, or: make bench)
 """
 
@@ -44,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from conditions import LOAD_PER_CORE_LIMIT, LoadLog, machine
 
 from ocean_lib.base.config import load_config
 from ocean_lib.base.prompts import split_image_markers
@@ -328,7 +332,7 @@ def check_same_work(
 
 
 def alternate(
-    cfg: RunConfig, records: list[Record], steps: int, warmup: int, out_dir: Path
+    cfg: RunConfig, records: list[Record], steps: int, warmup: int, out_dir: Path, loads: LoadLog
 ) -> dict[str, Any]:
     """TRL's steps interleaved with ours; returns both sides' step records and the settings checked."""
     from transformers import TrainerCallback
@@ -350,6 +354,7 @@ def alternate(
             trl_input_tokens.append(state.num_input_tokens_seen - self.tokens_seen)
             self.tokens_seen = state.num_input_tokens_seen
             ours.step()
+            loads.mark(f"after step {len(ours.steps)}")
             self.resumed = time.perf_counter()
 
     trainer, reward = trl_trainer(cfg, records, warmup + steps, out_dir, Interleave())
@@ -409,9 +414,7 @@ def machine_name() -> str:
     return platform.node().split(".")[0] or "machine"
 
 
-def summarise(
-    side_by_side: dict[str, Any], table: list[dict[str, Any]], loads: dict[str, Any]
-) -> dict[str, Any]:
+def summarise(side_by_side: dict[str, Any], table: list[dict[str, Any]], loads: LoadLog) -> dict[str, Any]:
     """The results file's content: medians and spreads, our breakdown, the scaling table, the machine."""
     import transformers
     import trl
@@ -421,13 +424,8 @@ def summarise(
     return {
         "date": datetime.date.today().isoformat(),
         "command": "python -m ocean_lib bench grpo",
-        "machine": {
-            "name": machine_name(),
-            "cpu_count": os.cpu_count(),
-            "threads": torch.get_num_threads(),
-            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-            **loads,
-        },
+        "machine": {"name": machine_name(), **machine()},
+        **loads.verdict(),
         "versions": {
             "torch": torch.__version__,
             "transformers": transformers.__version__,
@@ -455,6 +453,12 @@ def main() -> None:
         "--scaling-steps", type=int, default=3, help="measured steps per scaling point (0: no scaling table)"
     )
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser.add_argument(
+        "--load-limit",
+        type=float,
+        default=LOAD_PER_CORE_LIMIT,
+        help="highest 1-minute load average per core at which the ratio counts as a measurement",
+    )
     args = parser.parse_args()
     if "OMP_WAIT_POLICY" not in os.environ:
         # OpenMP's spinning barrier needs every thread on a core; on a shared machine one descheduled thread
@@ -473,18 +477,19 @@ def main() -> None:
             cfg, corpus_per_level=100
         )  # the default shape, at model.name_or_path
         records = bench_records()
-        loads = {"load_average_before": os.getloadavg()}
+        loads = LoadLog(args.load_limit)
+        loads.mark("before")
         print(
             f"TRL and ocean_lib alternating: {args.warmup} warm-up + {args.steps} measured steps each",
             flush=True,
         )
-        side_by_side = alternate(cfg, records, args.steps, args.warmup, root / "trl")
-        loads["load_average_after_side_by_side"] = os.getloadavg()
+        side_by_side = alternate(cfg, records, args.steps, args.warmup, root / "trl", loads)
+        loads.mark("after side by side")
         table = []
         if args.scaling_steps > 0:
             print("scaling (ocean_lib alone)", flush=True)
             table = scaling(model_dir, root / "runs", records, args.scaling_steps)
-        loads["load_average_after_scaling"] = os.getloadavg()
+            loads.mark("after scaling")
 
     results = {**summarise(side_by_side, table, loads), "total_s": time.perf_counter() - started}
     args.out.mkdir(parents=True, exist_ok=True)
@@ -493,7 +498,11 @@ def main() -> None:
 
     trl_s, our_s = results["trl_step_s"], results["ours_step_s"]
     print(f"\nresults: {path} ({results['total_s']:.0f} s in all)")
-    print(f"load average (1, 5, 15 min) before: {loads['load_average_before']} on {os.cpu_count()} cores")
+    print(
+        f"load average (1 min): {loads.samples['before'][0]:.2f} before, highest {results['highest_1min_load']:.2f}"
+        f" (limit {results['load_limit']:.1f}) on {os.cpu_count()} cores, torch CPU kernels"
+        f" {results['machine']['torch_cpu_capability']}"
+    )
     for name, t in (("TRL GRPOTrainer", trl_s), ("ocean_lib", our_s)):
         print(f"{name:>16}: {t['median']:.2f} s/step median (IQR {t['q1']:.2f}-{t['q3']:.2f}, n={t['n']})")
     parts = results["ours_breakdown_median_s"]
@@ -501,7 +510,7 @@ def main() -> None:
         "ocean_lib median breakdown: "
         + ", ".join(f"{k.removesuffix('_s')} {v:.2f} s" for k, v in parts.items())
     )
-    print(f"ratio TRL / ocean_lib: {results['ratio_trl_over_ours']:.2f}x")
+    print(f"ratio TRL / ocean_lib: {results['ratio_trl_over_ours']:.2f}x{loads.label()}")
 
 
 if __name__ == "__main__":

@@ -12,22 +12,29 @@ Two settings, because the trade-off differs: with gradient checkpointing (the re
 micro-batch runs the plain forward and bucketing only removes padding; without it (the miniature), consecutive
 micro-batches hold whole groups and run each prompt once (``forward._logits_running_prompts_once``), which
 bucketing, mixing groups, gives up. The sides alternate round by round so that they see the same machine load;
-the last line printed is the speed-up with checkpointing.
+the last line printed is the speed-up with checkpointing. Results, with the machine's cores, torch's CPU kernels
+and the load average before, at every round and after, go to ``bench/results/<date>-<machine>-micro-batches.json``;
+ratios taken above ``conditions.LOAD_PER_CORE_LIMIT`` per core are printed and saved as "not a measurement".
 
-    python bench/micro_batches.py [--rounds 5] [--tokens 1024] [--median 48] [--max-len 512]
+    python bench/micro_batches.py [--rounds 5] [--tokens 1024] [--median 48] [--max-len 512] [--load-limit 2.0]
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
 import os
+import platform
 import statistics
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
+from conditions import LOAD_PER_CORE_LIMIT, LoadLog, machine
 
 from ocean_lib.base.config import load_config
 from ocean_lib.base.prompts import Prompt
@@ -114,6 +121,13 @@ def main() -> None:
     )
     parser.add_argument("--median", type=int, default=48, help="median completion length, tokens")
     parser.add_argument("--max-len", type=int, default=512, help="longest completion, tokens")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser.add_argument(
+        "--load-limit",
+        type=float,
+        default=LOAD_PER_CORE_LIMIT,
+        help="highest 1-minute load average per core at which the ratios count as measurements",
+    )
     args = parser.parse_args()
     if "OMP_WAIT_POLICY" not in os.environ:  # see bench/grpo_step.py: spinning OpenMP threads on shared cores
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
@@ -137,7 +151,9 @@ def main() -> None:
         for name, chunks in sides.items():
             print(f"{name:>12}: {padded_fraction(batch, chunks):.0%} of computed token slots are padding")
 
-        speedups = {}
+        speedups, settings = {}, {}
+        loads = LoadLog(args.load_limit)
+        loads.mark("before")
         for checkpointing in (True, False):
             if checkpointing:
                 model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -157,15 +173,47 @@ def main() -> None:
             for r in range(args.rounds):
                 for name in list(sides) if r % 2 == 0 else list(sides)[::-1]:
                     seconds[name].append(forward_backward(model, batch, sides[name]))
+                loads.mark(f"{'with' if checkpointing else 'without'} checkpointing, after round {r + 1}")
             medians = {name: statistics.median(values) for name, values in seconds.items()}
             speedups[checkpointing] = medians["consecutive"] / medians["bucketed"]
+            settings["with_checkpointing" if checkpointing else "without_checkpointing"] = {
+                "seconds": seconds,
+                "median_s": medians,
+                "ratio_consecutive_over_bucketed": speedups[checkpointing],
+                "worst_relative_gradient_difference": worst,
+            }
             label = "with gradient checkpointing" if checkpointing else "without (prompts run once per group)"
             print(
                 f"{label}: consecutive {medians['consecutive']:.2f} s, bucketed {medians['bucketed']:.2f} s "
                 f"per batch (median of {args.rounds}; gradients agree to {worst:.1e})"
             )
-        print(f"without checkpointing, consecutive / bucketed: {speedups[False]:.2f}x")
-        print(f"with gradient checkpointing, consecutive / bucketed: {speedups[True]:.2f}x")
+        results = {
+            "date": datetime.date.today().isoformat(),
+            "command": "python -m ocean_lib bench micro-batches " + " ".join(sys.argv[1:]),
+            "machine": {"name": platform.node().split(".")[0] or "machine", **machine()},
+            **loads.verdict(),
+            "work": {
+                "prompts": PROMPTS,
+                "group": GROUP,
+                "max_sequences_per_micro_batch": MICRO,
+                "micro_batch_tokens": args.tokens,
+                "completion_lengths": lengths.tolist(),
+                "micro_batches": {name: len(chunks) for name, chunks in sides.items()},
+                "padding_fraction": {name: padded_fraction(batch, chunks) for name, chunks in sides.items()},
+            },
+            **settings,
+        }
+        args.out.mkdir(parents=True, exist_ok=True)
+        path = args.out / f"{results['date']}-{results['machine']['name']}-micro-batches.json"
+        path.write_text(json.dumps(results, indent=2) + "\n")
+        print(
+            f"results: {path}; load average (1 min) highest {results['highest_1min_load']:.2f}"
+            f" (limit {results['load_limit']:.1f}) on {os.cpu_count()} cores,"
+            f" torch CPU kernels {results['machine']['torch_cpu_capability']}"
+        )
+        flag = loads.label()
+        print(f"without checkpointing, consecutive / bucketed: {speedups[False]:.2f}x{flag}")
+        print(f"with gradient checkpointing, consecutive / bucketed: {speedups[True]:.2f}x{flag}")
 
 
 if __name__ == "__main__":

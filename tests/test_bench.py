@@ -1,5 +1,6 @@
 """The benchmark scripts still run end to end (on small sizes); their numbers are not asserted: timing is not a test."""
 
+import json
 import re
 import subprocess
 import sys
@@ -24,12 +25,25 @@ def test_reward_bench_checks_identical_verdicts_and_prints_a_ratio():
 
 
 @pytest.mark.slow
-def test_micro_batch_bench_checks_equal_gradients_and_prints_ratios():
+def test_micro_batch_bench_checks_equal_gradients_and_flags_ratios_taken_under_load(tmp_path):
+    """With a load limit of 0 every machine is too busy: the ratios are printed and saved as no measurement."""
     lines = run_script(
-        "micro_batches.py", "--rounds", "1", "--median", "16", "--max-len", "64", "--tokens", "400"
+        "micro_batches.py",
+        *("--rounds", "1", "--median", "16", "--max-len", "64", "--tokens", "400"),
+        *("--out", str(tmp_path), "--load-limit", "0"),
     )
     assert re.search(r"bucketed: \d+% of computed token slots are padding", "\n".join(lines))
-    assert re.fullmatch(r"with gradient checkpointing, consecutive / bucketed: [0-9.]+x", lines[-1])
+    assert re.fullmatch(
+        r"with gradient checkpointing, consecutive / bucketed: [0-9.]+x "
+        r"\(not a measurement: load average [0-9.]+ > 0\.0 on \d+ cores\)",
+        lines[-1],
+    )
+    (saved,) = tmp_path.glob("*-micro-batches.json")
+    result = json.loads(saved.read_text())
+    assert result["measurement"] is False and result["load_limit"] == 0
+    assert {"before", "without checkpointing, after round 1"} <= set(result["load_average"])
+    assert result["machine"]["torch_cpu_capability"] and result["machine"]["cpu_count"] > 0
+    assert result["with_checkpointing"]["ratio_consecutive_over_bucketed"] > 0
 
 
 def test_bench_help_shows_the_benchmarks_own_options():
@@ -45,15 +59,20 @@ def test_bench_help_shows_the_benchmarks_own_options():
 @pytest.mark.slow
 def test_grpo_bench_runs_two_steps_per_side_through_the_cli(tmp_path):
     """The bench's whole path (TRL's GRPOTrainer and ours on the same work, the JSON, the ratio line) for two
-    steps each (its statistics need two); the ratio's value is not a test."""
+    steps each (its statistics need two); the ratio's value is not a test. A load limit no machine reaches: the
+    ratio counts as a measurement, with the machine's state saved beside it."""
     done = subprocess.run(
         [sys.executable, "-m", "ocean_lib", "bench", "grpo", "--steps", "2", "--warmup", "0"]
-        + ["--scaling-steps", "0", "--out", str(tmp_path)],
+        + ["--scaling-steps", "0", "--out", str(tmp_path), "--load-limit", "1000"],
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert re.search(r"^ratio TRL / ocean_lib: [0-9.]+x$", done.stdout, re.M), done.stdout
-    (result,) = tmp_path.glob("*.json")
-    assert result.read_text().count('"median"') >= 2
+    (saved,) = tmp_path.glob("*.json")
+    assert saved.read_text().count('"median"') >= 2
+    result = json.loads(saved.read_text())
+    assert result["measurement"] is True and result["highest_1min_load"] <= result["load_limit"]
+    assert {"before", "after step 2", "after side by side"} <= set(result["load_average"])
+    assert result["machine"]["torch_cpu_capability"] == re.search(r"torch CPU kernels (\w+)", done.stdout)[1]

@@ -481,6 +481,9 @@ def _bench(args: argparse.Namespace) -> int:
     if not script.exists():
         raise FileNotFoundError(f"{script} not found: benchmarks run from a source checkout of ocean_lib")
     sys.argv = [f"python -m ocean_lib bench {args.which}", *args.options]  # the script parses its own options
+    sys.path.insert(
+        0, str(script.parent)
+    )  # as `python bench/<script>` has it: they import bench/conditions.py
     runpy.run_path(str(script), run_name="__main__")
     return 0
 
