@@ -22,7 +22,7 @@ from ocean_lib.base.run_dir import RunDir
 from ocean_lib.training import launch, run_state
 from ocean_lib.training.forward import pack_micro_batches
 from ocean_lib.training.lora import ADAPTER_DIR, attach_lora
-from ocean_lib.training.metrics import is_registered
+from ocean_lib.training.metrics import is_registered, peak_flops_per_s
 from ocean_lib.training.models import load_policy
 from ocean_lib.training.rollout import HFRolloutEngine
 from ocean_lib.training.run_state import resume_point
@@ -474,3 +474,83 @@ def test_a_full_disk_is_told_from_a_file_size_limit(tmp_path):
     assert re.fullmatch(r"[\d,]+ MiB free on its disk", full), full
     too_big = write_limit_hit(OSError(errno.EFBIG, "File too large"), tmp_path / "ckpt")
     assert too_big == "a file reached the largest size its file system allows"
+
+
+def test_model_flops_by_hand_for_the_tiny_config(tiny_model_dir):
+    """conftest.TINY: text width 64, 2 layers, 2 heads of 32, 1 kv head, MLP 128; vision width 32, 1 block (full
+    attention), MLP 128, 14-px patches x 2 frames x 3 channels, 2x2 merge into width 64."""
+    from transformers import AutoConfig
+
+    from ocean_lib.training.metrics import FlopModel, Tally, tally_flops
+
+    config = AutoConfig.from_pretrained(tiny_model_dir)
+    vocab = config.text_config.vocab_size
+    flops = FlopModel.of(config)
+    # per token and layer: q 64x64, k and v 64x32 each, o 64x64, MLP 3 x 64x128 multiply-adds; 2 layers, 2 FLOPs each
+    token = 2 * 2 * (64 * 64 + 2 * 64 * 32 + 64 * 64 + 3 * 64 * 128)
+    pair = 2 * 2 * (2 * 2 * 32)  # 2 layers; QK^T and AV of 2 heads of 32
+    # a 10-token prompt and a 5-token completion: 15 tokens, 15 * 16 / 2 causal pairs, the head at 5 positions
+    want = 15 * token + 120 * pair + 5 * 2 * 64 * vocab
+    assert flops.text(torch.tensor([10]), torch.tensor([5])).item() == want
+    # an image of 4x4 patches (4 image tokens): embedding 1176x32 and one block (qkv + proj 4 x 32x32, MLP
+    # 3 x 32x128) per patch, 16 x 16 attention pairs of width 32, the merger 128x128 + 128x64 per image token
+    image = (
+        16 * 2 * (1176 * 32 + 4 * 32 * 32 + 3 * 32 * 128)
+        + 16 * 16 * 2 * 2 * 32
+        + 4 * 2 * (128 * 128 + 128 * 64)
+    )
+    assert flops.image(torch.tensor([16])).item() == image
+    # A step: 2 rows sharing that prompt (its image included), one trained on; generation of both, a reference
+    # forward, one update with the vision tower trained: forward FLOPs x (2 + 1 + 3).
+    batch = dataclasses.replace(
+        _handmade_batch(prompt=10, completions=[5, 3]),
+        image_grid_thw=torch.tensor([[1, 4, 4]]),
+        images_per_prompt=[1],
+    )
+    tally = Tally()
+    kwargs = {"generated": True, "forward_only": 1, "updates": 1, "world": 1}
+    tally_flops(tally, config, batch, torch.tensor([0]), vision_trained=True, **kwargs)
+    row = [flops.text(torch.tensor([10]), torch.tensor([n])).item() + image for n in (5, 3)]
+    assert tally.stats["flops/step"].total == pytest.approx(sum(row) + row[0] + 3 * row[0], rel=1e-12)
+    frozen = Tally()  # a frozen vision tower: its forward once per update, no backward
+    tally_flops(frozen, config, batch, torch.tensor([0]), vision_trained=False, **kwargs)
+    assert tally.stats["flops/step"].total - frozen.stats["flops/step"].total == pytest.approx(2 * image)
+
+
+def _handmade_batch(prompt: int, completions: list[int]):
+    from ocean_lib.training.batch import RolloutBatch
+
+    rows, width = len(completions), max(completions)
+    return RolloutBatch(
+        prompt_ids=torch.ones(rows, prompt + 2, dtype=torch.long),
+        prompt_mask=torch.tensor([[0, 0] + [1] * prompt] * rows),  # left padding is not counted
+        prompt_token_types=torch.zeros(rows, prompt + 2, dtype=torch.long),
+        completion_ids=torch.ones(rows, width, dtype=torch.long),
+        completion_mask=(torch.arange(width) < torch.tensor(completions)[:, None]).long(),
+        logprobs=torch.zeros(rows, width),
+        pixel_values=None,
+        image_grid_thw=None,
+        images_per_prompt=[0],
+        n=rows,
+        texts=[""] * rows,
+        finished=[True] * rows,
+    )
+
+
+def test_step_one_logs_model_flops_and_mfu_against_the_configured_peak(
+    tiny_model_dir, mini_data_dir, tmp_path
+):
+    cfg = _config(
+        tiny_model_dir,
+        mini_data_dir,
+        tmp_path,
+        "train.max_steps=1",
+        "train.save_every=0",
+        "logging.peak_flops_per_s=1e12",
+    )
+    train(cfg)
+    (step,) = RunDir(cfg.run_dir).read_metrics()
+    assert step["flops/step"] > 0
+    assert step["throughput/model_flops_per_s"] == pytest.approx(step["flops/step"] / step["time/step_s"])
+    assert step["throughput/mfu"] == pytest.approx(step["throughput/model_flops_per_s"] / 1e12)
+    assert peak_flops_per_s(0.0, torch.device("cpu")) == 0.0  # unknown on a CPU: no MFU

@@ -334,6 +334,11 @@ class LoggingConfig:
     run_name: str = knob("run", "this run's directory name under output_dir")
     rollouts_per_step: int = knob(-1, "sampled completions written to rollouts.jsonl per step; -1 writes all")
     progress: bool = knob(True, "show a progress bar on stderr")
+    peak_flops_per_s: float = knob(
+        0.0,
+        "one device's peak FLOP/s for throughput/mfu; 0: the GPU's bf16 dense peak by name (H100, H200, A100), "
+        "else unknown and MFU not logged",
+    )
 
 
 @dataclass

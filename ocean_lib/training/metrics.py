@@ -11,6 +11,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from ocean_lib.training import grpo
 
 METRICS: dict[str, str] = {
@@ -75,6 +77,11 @@ METRICS: dict[str, str] = {
     "tokens/completion": "completion tokens trained on, all processes",
     "throughput/prompt_tokens_per_s": "tokens/prompt per second of the whole step (time/step_s)",
     "throughput/completion_tokens_per_s": "tokens/completion per second of the whole step (time/step_s)",
+    "flops/step": "model FLOPs of the step's work, all processes: every sequence whole, one forward per "
+    "forward-only pass (generation, reference, old log-probs), three per update (metrics.FlopModel)",
+    "throughput/model_flops_per_s": "flops/step per second of the whole step (time/step_s)",
+    "throughput/mfu": "model FLOPs utilisation: throughput/model_flops_per_s over the processes' summed peak "
+    "(logging.peak_flops_per_s, or the GPU's bf16 dense peak by name); absent when the peak is unknown",
     "time/validate_s": "seconds spent on validation this step",
 }
 
@@ -182,3 +189,123 @@ def tally_passes(tally: Tally, passes: Any, batch: Any, world: int) -> None:
     slots = sum(len(rows) * int(prompt_lengths[rows].max() + completion_lengths[rows].max()) for rows in real)
     tokens = sum(int(prompt_lengths[rows].sum() + completion_lengths[rows].sum()) for rows in real)
     tally.add("micro_batch/padding_fraction", slots - tokens, count=slots)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Model FLOPs
+# ----------------------------------------------------------------------------------------------------------------
+
+PEAK_BF16_FLOPS = (  # dense bf16 tensor-core peaks from NVIDIA's data sheets; first substring of the name wins
+    ("H100 PCIe", 756e12),
+    ("H100 NVL", 835e12),
+    ("H100", 989e12),
+    ("H200", 989e12),
+    ("A100", 312e12),
+)
+
+
+def peak_flops_per_s(configured: float, device: Any) -> float:
+    """One device's peak FLOP/s: the configured value if > 0, else the GPU's bf16 dense peak by its name, else 0
+    (unknown: MFU is not logged)."""
+    if configured > 0:
+        return configured
+    if getattr(device, "type", device) == "cuda":
+        name = torch.cuda.get_device_name(device)
+        return next((peak for key, peak in PEAK_BF16_FLOPS if key in name), 0.0)
+    return 0.0
+
+
+@dataclass(frozen=True)
+class FlopModel:
+    """Forward FLOPs of a Qwen2.5-VL from its config: 2 per multiply-add of the matrix products (norms, activations
+    and softmaxes are a rounding error), the convention of MFU (PaLM, appendix B) and of verl's FLOP counter.
+
+    Text: every token goes through the layers' projections (q, k, v, o; the MLP's gate, up and down); causal
+    attention adds QK^T and AV for every (query, key) pair with key <= query; the output layer runs at the
+    completion positions only (the training forward projects nothing else). Vision: every 14-px patch goes
+    through the patch embedding and the blocks; attention pairs a patch with the patches of its window (up to
+    ``window_size``/patch per side) or, in the full-attention blocks, of its whole image; the merger maps each 2x2
+    patches to one image token. Image tokens then go through the text layers like any token.
+    """
+
+    text_token: float  # projections and MLP of one token through all text layers
+    text_pair: float  # QK^T and AV of one (query, key) pair, all text layers
+    head_position: float  # the output layer at one position
+    vision_patch: float  # patch embedding, projections and MLP of one patch through all vision blocks
+    vision_pair: float  # QK^T and AV of one (patch, patch) pair in one vision block
+    merger_token: float  # the merger's MLP for one image token
+    window_patches: int  # patches in one attention window
+    full_blocks: int  # vision blocks attending over the whole image
+    windowed_blocks: int  # vision blocks attending within windows
+
+    @classmethod
+    def of(cls, config: Any) -> FlopModel:
+        t, v = config.text_config, config.vision_config
+        heads, kv_heads, width = t.num_attention_heads, t.num_key_value_heads, t.hidden_size
+        head_dim = getattr(t, "head_dim", None) or width // heads
+        attention = width * heads * head_dim + 2 * width * kv_heads * head_dim + heads * head_dim * width
+        merged = v.hidden_size * v.spatial_merge_size**2
+        patch_dim = v.in_channels * v.temporal_patch_size * v.patch_size**2
+        block = 4 * v.hidden_size**2 + 3 * v.hidden_size * v.intermediate_size  # qkv + proj; gate, up, down
+        full_indexes = getattr(
+            v, "fullatt_block_indexes", None
+        )  # None: every block attends globally (Qwen2-VL)
+        full = v.depth if full_indexes is None else len(full_indexes)
+        return cls(
+            text_token=2 * t.num_hidden_layers * (attention + 3 * width * t.intermediate_size),
+            text_pair=2 * t.num_hidden_layers * 2 * heads * head_dim,
+            head_position=2 * width * t.vocab_size,
+            vision_patch=2 * (patch_dim * v.hidden_size + v.depth * block),
+            vision_pair=2 * 2 * v.hidden_size,
+            merger_token=2 * (merged * merged + merged * v.out_hidden_size),
+            window_patches=(v.window_size // v.patch_size) ** 2,
+            full_blocks=full,
+            windowed_blocks=v.depth - full,
+        )
+
+    def text(self, prompt_tokens: torch.Tensor, completion_tokens: torch.Tensor) -> torch.Tensor:
+        """Forward FLOPs of sequences [R] of ``prompt_tokens`` (image tokens included) + ``completion_tokens``."""
+        length = (prompt_tokens + completion_tokens).double()
+        pairs = length * (length + 1) / 2
+        return length * self.text_token + pairs * self.text_pair + completion_tokens * self.head_position
+
+    def image(self, patches: torch.Tensor) -> torch.Tensor:
+        """Forward FLOPs of the vision tower for images [N] of ``patches`` patches (t x h x w of its grid)."""
+        patches = patches.double()
+        pairs = patches * (
+            self.full_blocks * patches + self.windowed_blocks * patches.clamp(max=self.window_patches)
+        )
+        return patches * self.vision_patch + pairs * self.vision_pair + patches / 4 * self.merger_token
+
+
+def tally_flops(
+    tally: Tally,
+    config: Any,
+    batch: Any,
+    trained_rows: torch.Tensor,
+    *,
+    generated: bool,
+    forward_only: int,
+    updates: int,
+    vision_trained: bool,
+    world: int,
+) -> None:
+    """Add ``flops/step``: every sequence whole (as a trainer that runs each one through the model: running a
+    group's shared prompt once does less), one forward per forward-only pass (generation of every row when
+    ``generated``; ``forward_only`` passes over ``trained_rows``: reference, old log-probs) and three per update,
+    forward and backward (2N and 6N per token for N weights; a frozen vision tower counts once: nothing flows
+    back into it)."""
+    flops = FlopModel.of(config)
+    text = flops.text(batch.prompt_mask.sum(-1), batch.completion_mask.sum(-1))
+    vision = torch.zeros_like(text)
+    if batch.image_grid_thw is not None and len(batch.image_grid_thw):
+        per_image = flops.image(batch.image_grid_thw.prod(-1))
+        owner = torch.repeat_interleave(torch.tensor(batch.images_per_prompt))  # the prompt of each image
+        per_prompt = torch.zeros(len(batch.images_per_prompt), dtype=per_image.dtype).index_add_(
+            0, owner, per_image
+        )
+        vision = per_prompt[batch.prompt_index]
+    forward = text + vision
+    total = (forward.sum() if generated else 0.0) + forward_only * forward[trained_rows].sum()
+    total += updates * (3 * text[trained_rows] + (3 if vision_trained else 1) * vision[trained_rows]).sum()
+    tally.add("flops/step", float(total), count=1 / world)

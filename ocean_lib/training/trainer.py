@@ -64,6 +64,8 @@ from ocean_lib.training.metrics import (
     POLICY_METRICS,
     Tally,
     check_registered,
+    peak_flops_per_s,
+    tally_flops,
     tally_passes,
     tally_rewards,
     tally_tokens,
@@ -135,6 +137,7 @@ def _train(cfg: RunConfig, resume: bool, signals: StopSignals) -> Path:
             run.log_metrics(metrics)
 
     progress = _progress(total, start_step, enabled=cfg.logging.progress and accelerator.is_main_process)
+    peak = peak_flops_per_s(cfg.logging.peak_flops_per_s, accelerator.device)  # one device's; 0: unknown
     sampler_gap = SamplerGapGuard(cfg, run, accelerator.is_main_process)
     for step in range(start_step + 1, total + 1):
         t0 = time.perf_counter()
@@ -155,7 +158,7 @@ def _train(cfg: RunConfig, resume: bool, signals: StopSignals) -> Path:
         tally.add("time/step_s", time.perf_counter() - t0, reduce="max")
         metrics = tally.reduce(accelerator)
         metrics.update(step=step, epoch=schedule.epoch(step), lr=lr)
-        metrics.update(throughput(metrics))
+        metrics.update(throughput(metrics, peak * accelerator.num_processes))
         _check_finite(metrics, run)
         rollout_rows = _rollouts_to_main(accelerator, rollout_rows)
         if accelerator.is_main_process:
@@ -368,6 +371,22 @@ def update(state: TrainState, groups: SampledGroups, tally: Tally) -> None:
     # Each process holds its share of the global loss: a count of 1/W makes the reduced "mean" their sum.
     tally.add("loss/total", loss_sum / alg.updates_per_batch, count=1 / acc.num_processes)
     tally_tokens(tally, batch, kept_rows, acc.num_processes)
+    tally_flops(
+        tally,
+        state.policy.config,
+        batch,
+        kept_rows,
+        generated=True,
+        forward_only=int(alg.kl_coef > 0) + int(alg.updates_per_batch > 1),
+        updates=alg.updates_per_batch,
+        vision_trained=_vision_trained(state),
+        world=acc.num_processes,
+    )
+
+
+def _vision_trained(state: TrainState) -> bool:
+    """Whether gradients reach the vision tower (not with freeze_vision_tower, nor under LoRA's default targets)."""
+    return any(p.requires_grad for name, p in state.policy.named_parameters() if "visual." in name)
 
 
 def prompt_of(record: Record, cfg: RunConfig) -> tuple[Prompt, str]:
@@ -435,6 +454,17 @@ def sft_step(state: TrainState, records: list[Record], step: int) -> tuple[Tally
     _sync_sampler(state, tally)
     tally.add("response/length_mean", float(batch.completion_mask.sum()), count=len(prompts))
     tally_tokens(tally, batch, all_rows, acc.num_processes)
+    tally_flops(
+        tally,
+        state.policy.config,
+        batch,
+        all_rows,
+        generated=False,
+        forward_only=0,
+        updates=1,
+        vision_trained=_vision_trained(state),
+        world=acc.num_processes,
+    )
     return tally, []
 
 
@@ -528,15 +558,23 @@ def _sync_sampler(state: TrainState, tally: Tally) -> None:
         state.engine.after_update(state.model)
 
 
-def throughput(metrics: dict[str, float]) -> dict[str, float]:
-    """Tokens trained on per second of the whole step, all processes together (prompt and completion apart:
-    at real scale the prompt, image tokens included, is most of the work)."""
+def throughput(metrics: dict[str, float], peak: float) -> dict[str, float]:
+    """Tokens trained on and model FLOPs per second of the whole step, all processes together (prompt and
+    completion apart: at real scale the prompt, image tokens included, is most of the work), and MFU against
+    ``peak``, the processes' summed peak FLOP/s (0: unknown, no MFU)."""
     seconds = metrics["time/step_s"]
-    return {
+    if seconds <= 0:
+        return {}
+    rates = {
         f"throughput/{part}_tokens_per_s": metrics[f"tokens/{part}"] / seconds
         for part in ("prompt", "completion")
-        if f"tokens/{part}" in metrics and seconds > 0
+        if f"tokens/{part}" in metrics
     }
+    if "flops/step" in metrics:
+        rates["throughput/model_flops_per_s"] = metrics["flops/step"] / seconds
+        if peak > 0:
+            rates["throughput/mfu"] = rates["throughput/model_flops_per_s"] / peak
+    return rates
 
 
 def _check_finite(metrics: dict[str, float], run: RunDir) -> None:
