@@ -4,8 +4,9 @@ The work: one GRPO batch's forward and backward, as the trainer's update runs it
 per micro-batch, a token-mean loss with the batch's global token count, gradients accumulated). The batch: the
 miniature's tiny Qwen2.5-VL (default shape, built here), 8 procedural prompts with their pictures, 8 completions
 each (64 sequences), completion lengths drawn once from a long tail like a rollout's (log-normal, median
-``--median`` tokens, clipped to ``--max-len``: most answers short, a few running to the limit). Both sides cap a
-micro-batch at 8 sequences; the bucketed side also packs at most ``--tokens`` padded tokens. Before timing,
+``--median`` tokens, clipped to ``--max-len``: most answers short, a few running to the limit). The consecutive
+side runs 8 sequences a micro-batch (``train.micro_batch_size``); the bucketed side packs at most ``--tokens``
+padded tokens, however many sequences that is (``forward.pack_micro_batches``). Before timing,
 the script checks that both sides produce the same gradient (any partition does: the normalisers are global).
 
 Two settings, because the trade-off differs: with gradient checkpointing (the real-scale recipe) every
@@ -146,7 +147,7 @@ def main() -> None:
         print(
             f"{len(lengths)} completions, lengths median {int(lengths.median())}, max {int(lengths.max())}; "
             f"micro-batches: consecutive {len(sides['consecutive'])}, bucketed {len(sides['bucketed'])} "
-            f"(≤ {MICRO} sequences, ≤ {args.tokens} padded tokens)"
+            f"({MICRO} sequences; ≤ {args.tokens} padded tokens)"
         )
         for name, chunks in sides.items():
             print(f"{name:>12}: {padded_fraction(batch, chunks):.0%} of computed token slots are padding")
@@ -195,7 +196,7 @@ def main() -> None:
             "work": {
                 "prompts": PROMPTS,
                 "group": GROUP,
-                "max_sequences_per_micro_batch": MICRO,
+                "consecutive_sequences_per_micro_batch": MICRO,
                 "micro_batch_tokens": args.tokens,
                 "completion_lengths": lengths.tolist(),
                 "micro_batches": {name: len(chunks) for name, chunks in sides.items()},

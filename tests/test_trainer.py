@@ -163,6 +163,34 @@ def test_micro_batches_accumulate_to_the_full_batch(tiny_model_dir, mini_data_di
             )
 
 
+@pytest.mark.trajectory
+def test_verl_micro_batch_mean_is_the_same_whatever_rows_are_computed_together(
+    tiny_model_dir, mini_data_dir, tmp_path
+):
+    """verl's per-micro-batch token mean groups the step's 16 sequences in twos (train.micro_batch_size=2); the
+    update computes them two at a time, all 16 at once (a token budget), or with the reference's forwards in
+    one pass: the same loss, gradient and weights."""
+    verl = ["algorithm.token_mean_over=micro_batch", "train.micro_batch_size=2", "train.max_steps=1"]
+    runs = {
+        "pairs": [],
+        "one_micro_batch": ["train.micro_batch_tokens=100000"],
+        "reference_in_one_pass": ["train.forward_micro_batch_tokens=100000"],
+    }
+    steps, weights = {}, {}
+    for name, extra in runs.items():
+        cfg = _config(tiny_model_dir, mini_data_dir, tmp_path, *verl, *extra, name=name)
+        train(cfg)
+        (steps[name],) = RunDir(cfg.run_dir).read_metrics()
+        weights[name] = _weights(RunDir(cfg.run_dir).final)
+    assert [steps[name]["micro_batch/count"] for name in runs] == [8, 1, 8]  # different compute partitions
+    assert steps["pairs"]["kl/mean"] > 0 or steps["pairs"]["grad/norm"] > 0
+    for name in ("one_micro_batch", "reference_in_one_pass"):
+        for key in ("loss/total", "grad/norm", "kl/mean", "entropy/mean"):
+            assert steps[name][key] == pytest.approx(steps["pairs"][key], rel=1e-5, abs=1e-7), (name, key)
+        worst = max((weights[name][k] - weights["pairs"][k]).abs().max().item() for k in weights[name])
+        assert worst < 1e-3 * 1e-3  # lr 1e-3: a tiny fraction of one AdamW step
+
+
 def test_verl_denominators_come_from_every_process_lengths_in_rank_order():
     from accelerate import Accelerator
 
@@ -265,7 +293,10 @@ def test_length_bucketed_micro_batches_pack_alike_lengths_within_the_budget():
     consecutive = pack_micro_batches(lengths, size=2)
     assert consecutive == [[0, 1], [2, 3], [4, 5], [6, 7]]
     assert padded < sum(len(c) * max(lengths[p] for p in c) for c in consecutive)
-    assert all(len(c) <= 2 for c in pack_micro_batches(lengths, size=2, max_tokens=10_000))  # size still caps
+    # The token budget alone decides what is computed together: size (verl's loss micro-batch) does not cap it.
+    assert pack_micro_batches(lengths, size=2, max_tokens=10_000) == [
+        [4, 0, 6, 2, 3, 5, 1, 7]
+    ]  # longest first
 
 
 def test_nonfinite_loss_stops_and_names_the_last_good_checkpoint(tiny_model_dir, mini_data_dir, tmp_path):

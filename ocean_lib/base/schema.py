@@ -264,10 +264,20 @@ class TrainConfig:
         "grpo", "GRPO, or supervised warm-start on the reference answers"
     )
     prompts_per_step: int = knob(256, "prompts per rollout batch, all processes together (Ocean-R1: 256)")
-    micro_batch_size: int = knob(4, "sequences per forward/backward on one process")
+    micro_batch_size: int = knob(
+        4,
+        "sequences per forward/backward on one process when micro_batch_tokens is 0; always the micro-batch of "
+        "verl's per-micro-batch token mean (algorithm.token_mean_over=micro_batch)",
+    )
     micro_batch_tokens: int = knob(
         0,
-        "if > 0, length-bucketed micro-batches: sequences sorted by length, packed up to this many padded tokens",
+        "if > 0, length-bucketed micro-batches: sequences sorted by length, packed up to this many padded tokens "
+        "(however many sequences that is)",
+    )
+    forward_micro_batch_tokens: int = knob(
+        0,
+        "token budget of the forwards without gradient (reference, old log-probs; they keep no activations for a "
+        "backward, so can take more): length-bucketed like micro_batch_tokens; 0: the update's micro-batches",
     )
     num_processes: int = knob(1, "training processes the run expects (accelerate launch --num_processes)")
     lr: float = knob(1e-6, "AdamW learning rate (Ocean-R1: 1e-6)")
@@ -475,6 +485,10 @@ class RunConfig:
                 f"train.prompts_per_step={t.prompts_per_step} is not divisible by train.num_processes={t.num_processes}",
             ),
             (t.micro_batch_size >= 1, f"train.micro_batch_size={t.micro_batch_size} must be >= 1"),
+            (
+                t.forward_micro_batch_tokens >= 0,
+                f"train.forward_micro_batch_tokens={t.forward_micro_batch_tokens} must be >= 0 (0: as the update's)",
+            ),
             (
                 t.micro_batch_tokens >= 0,
                 f"train.micro_batch_tokens={t.micro_batch_tokens} must be >= 0 (0: off)",

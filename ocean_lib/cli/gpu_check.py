@@ -46,6 +46,7 @@ from typing import Any
 import torch
 
 from ocean_lib.base.paths import PROJECT_ROOT
+from ocean_lib.base.schema import RunConfig
 from ocean_lib.training.distributed import package_versions
 from ocean_lib.training.memory import QWEN25_VL_WIDTHS, ModelShape, per_process_bytes
 
@@ -73,9 +74,21 @@ QWEN_VISION = dict(
 QWEN_TOKENS = dict(
     image_token_id=151655, video_token_id=151656, vision_start_token_id=151652, vision_end_token_id=151653
 )
-# One GRPO micro-batch of the memory checks: train.micro_batch_size rows of one prompt (an image of this side and
-# text) and a response; Ocean-R1's limits are 8,192 + 4,096 tokens, typical responses a few hundred.
+# One GRPO micro-batch of the memory checks: rows of one prompt (an image of this side and text) and a response;
+# Ocean-R1's limits are 8,192 + 4,096 tokens, typical responses a few hundred. As many rows as the trainer would
+# put together (memory_rows).
 MEMORY_SHAPE = dict(prompt_tokens=2048, response_tokens=2048, image_side=448)
+
+
+def memory_rows(cfg: RunConfig) -> int:
+    """Rows of MEMORY_SHAPE in one training micro-batch: as many as train.micro_batch_tokens holds when it is set
+    (forward.pack_micro_batches: the budget alone decides), else train.micro_batch_size."""
+    if cfg.train.micro_batch_tokens:
+        return max(
+            1,
+            cfg.train.micro_batch_tokens // (MEMORY_SHAPE["prompt_tokens"] + MEMORY_SHAPE["response_tokens"]),
+        )
+    return cfg.train.micro_batch_size
 
 
 @dataclass
@@ -525,7 +538,7 @@ class Workspace:
         try:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.train()
-            rows, shape = cfg.train.micro_batch_size, MEMORY_SHAPE
+            rows, shape = memory_rows(cfg), MEMORY_SHAPE
             batch = synthetic_micro_batch(config, rows, **shape)
             index = torch.arange(rows)
             logp, entropy, mask = completion_logprobs(model, model, batch, index, 1.0, entropy="loss")
@@ -791,10 +804,7 @@ class Workspace:
             from transformers import Qwen2_5_VLForConditionalGeneration
 
             shape = ModelShape.of(Qwen2_5_VLForConditionalGeneration._from_config(config))
-        rows, tokens = (
-            cfg.train.micro_batch_size,
-            MEMORY_SHAPE["prompt_tokens"] + MEMORY_SHAPE["response_tokens"],
-        )
+        rows, tokens = memory_rows(cfg), MEMORY_SHAPE["prompt_tokens"] + MEMORY_SHAPE["response_tokens"]
         synthetic_micro_batch(config, rows, **MEMORY_SHAPE)
         estimate = micro_batch_estimate_gb(shape, rows, tokens, MEMORY_SHAPE["response_tokens"])
         return f"{shape.params / 1e9:.2f} B parameters, {rows} x {tokens} tokens: estimate {estimate:.1f} GB"

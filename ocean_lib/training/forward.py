@@ -226,14 +226,16 @@ def logprobs_no_grad(
 
 
 def pack_micro_batches(lengths: list[int], size: int, max_tokens: int = 0) -> list[list[int]]:
-    """Cut positions ``0..len(lengths)-1`` into micro-batches of at most ``size`` sequences.
+    """Cut positions ``0..len(lengths)-1`` into micro-batches.
 
-    ``max_tokens == 0``: consecutive runs (a group's samples stay together, so its prompt runs once).
+    ``max_tokens == 0``: consecutive runs of ``size`` (a group's samples stay together, so its prompt runs once).
     ``max_tokens > 0``, length-bucketed: positions sorted longest first and packed greedily while
     ``sequences × longest length ≤ max_tokens`` (the padded cost of the forward); a longer sequence goes alone.
     Long responses then share micro-batches with long ones and short with short, instead of padding every short
-    response to the longest in a mixed batch. Any partition gives the same gradient: the loss normalisers are
-    global (see ``grpo_step``).
+    response to the longest in a mixed batch. The budget alone decides: ``size`` does not cap a bucket, so
+    short sequences fill a forward however many they are (``train.micro_batch_size`` keeps its meaning in verl's
+    per-micro-batch token mean, which does not depend on how rows are computed). Any partition gives the same
+    gradient: the loss normalisers are global or per row (see ``trainer.update``).
     """
     if max_tokens <= 0:
         return [list(range(start, min(start + size, len(lengths)))) for start in range(0, len(lengths), size)]
@@ -241,17 +243,21 @@ def pack_micro_batches(lengths: list[int], size: int, max_tokens: int = 0) -> li
     for position in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
         chunk = chunks[-1] if chunks else None
         # Sorted longest first: the chunk's first sequence is its longest.
-        if chunk and len(chunk) < size and (len(chunk) + 1) * lengths[chunk[0]] <= max_tokens:
+        if chunk and (len(chunk) + 1) * lengths[chunk[0]] <= max_tokens:
             chunk.append(position)
         else:
             chunks.append([position])
     return chunks
 
 
-def micro_batches(rows: torch.Tensor, batch: RolloutBatch, train: TrainConfig) -> MicroBatches:
-    """(row ids, their positions within ``rows``) per micro-batch (:func:`pack_micro_batches`); none if no rows."""
+def micro_batches(
+    rows: torch.Tensor, batch: RolloutBatch, train: TrainConfig, no_grad: bool = False
+) -> MicroBatches:
+    """(row ids, their positions within ``rows``) per micro-batch (:func:`pack_micro_batches`); none if no rows.
+    ``no_grad``: for a forward without gradient, under ``train.forward_micro_batch_tokens`` when it is set."""
+    budget = train.forward_micro_batch_tokens if no_grad and train.forward_micro_batch_tokens else 0
     chunks = pack_micro_batches(
-        batch.lengths[rows].tolist(), train.micro_batch_size, train.micro_batch_tokens
+        batch.lengths[rows].tolist(), train.micro_batch_size, budget or train.micro_batch_tokens
     )
     return [(rows[chunk], torch.tensor(chunk)) for chunk in chunks]
 

@@ -314,19 +314,23 @@ def update(state: TrainState, groups: SampledGroups, tally: Tally) -> None:
         raise TrainingError("no sequences to train on this step (all groups dropped by dynamic sampling)")
 
     # 5. Reference (and, for several updates per batch, old) log-probs, without gradients, in the micro-batches
-    #    the update will use (every process running as many as the busiest one: forward_passes).
+    #    the update will use or in their own (train.forward_micro_batch_tokens); every process runs as many as the
+    #    busiest one (forward_passes). The log-probs are kept per row, whichever rows were computed together.
     passes = forward_passes(acc, micro_batches(kept_rows, batch, cfg.train), batch)
     tally_passes(tally, passes, batch, acc.num_processes)
+    no_grad_passes = passes  # the forwards without gradient may pack bigger micro-batches
+    if cfg.train.forward_micro_batch_tokens:
+        no_grad_passes = forward_passes(acc, micro_batches(kept_rows, batch, cfg.train, no_grad=True), batch)
     ref_logprobs = old_logprobs = None
     temperature = cfg.rollout.temperature
     if alg.kl_coef > 0:
         with tally.timer("time/reference_s"), acc.autocast():
             ref_logprobs = reference_logprobs(
-                state.model, state.policy, state.reference, batch, passes, temperature
+                state.model, state.policy, state.reference, batch, no_grad_passes, temperature
             )
     if alg.updates_per_batch > 1:
         with acc.autocast():
-            old_logprobs = logprobs_no_grad(state.model, state.policy, batch, passes, temperature)
+            old_logprobs = logprobs_no_grad(state.model, state.policy, batch, no_grad_passes, temperature)
 
     # 6. Micro-batched clipped-loss updates; normalisers are global so micro-batch losses add up exactly.
     if alg.token_mean_over == "micro_batch":  # verl: each sequence's own denominator, from its micro-batch
