@@ -548,6 +548,30 @@ def test_model_flops_by_hand_for_the_tiny_config(tiny_model_dir):
     assert tally.stats["flops/step"].total - frozen.stats["flops/step"].total == pytest.approx(2 * image)
 
 
+def test_model_flops_equal_torchs_count_on_the_real_tiny_model(tiny_model_dir):
+    """torch's FLOP counter on the real model's forward, with eager attention (which multiplies every (query, key)
+    pair, the causally masked ones too): our count plus those masked pairs, exactly; the vision tower exactly."""
+    from PIL import Image
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ocean_lib.training.metrics import FlopModel
+
+    model, processor = load_policy(str(tiny_model_dir), attn_implementation="eager")
+    flops = FlopModel.of(model.config)
+    tokens = 16
+    with torch.no_grad(), FlopCounterMode(display=False) as counted:
+        model(input_ids=torch.randint(10, 100, (1, tokens)), logits_to_keep=0)  # logits at every position
+    masked = tokens * tokens - tokens * (tokens + 1) // 2
+    ours = flops.text(torch.tensor([0]), torch.tensor([tokens])).item()
+    assert counted.get_total_flops() == ours + masked * flops.text_pair
+    image = processor.image_processor(
+        images=[Image.new("RGB", (56, 56), (123, 117, 104))], return_tensors="pt"
+    )
+    with torch.no_grad(), FlopCounterMode(display=False) as counted:
+        model.model.visual(image["pixel_values"], grid_thw=image["image_grid_thw"])
+    assert counted.get_total_flops() == flops.image(image["image_grid_thw"].prod(-1)).item()
+
+
 def _handmade_batch(prompt: int, completions: list[int]):
     from ocean_lib.training.batch import RolloutBatch
 
