@@ -374,3 +374,81 @@ def test_gradient_checkpointing_recomputes_the_decoder_layers_in_backward(
     layers = load_policy(str(tiny_model_dir))[0].config.get_text_config().num_hidden_layers
     # Each training forward's every decoder layer runs once more in backward; without checkpointing never.
     assert recomputed == {True: int(metrics["micro_batch/count"]) * layers, False: 0}
+
+
+# Each process of a launch records the batch size of every language-model forward run with gradients (the
+# training forwards; generation, reference and old log-probs run without) and writes them at exit.
+TEXT_FORWARD_SPY = """
+import atexit, json, os
+if os.environ.get("TEXT_FORWARD_SPY_DIR"):
+    import torch
+    seen = []
+
+    def record(module, _args, output):
+        if type(module).__name__ == "Qwen2_5_VLTextModel" and torch.is_grad_enabled():
+            seen.append(output.last_hidden_state.shape[0])
+
+    torch.nn.modules.module.register_module_forward_hook(record)
+    path = os.path.join(os.environ["TEXT_FORWARD_SPY_DIR"], f"{os.getpid()}.json")
+    atexit.register(lambda: seen and open(path, "w").write(json.dumps(seen)))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("zero", [2, 3])
+def test_prompt_once_under_zero_takes_the_step_of_the_repeated_prompts(
+    zero, tiny_model_dir, mini_data_dir, tmp_path, monkeypatch
+):
+    """Prompt-once (each prompt and its images run once per group, ``forward._hidden_running_prompts_once``) in
+    the form of the 3B recipe under ZeRO-2/3 on 2 processes: one step whose training, reference and old-log-prob
+    forwards all run each prompt once (two updates per batch: the second one's ratio reads the old log-probs and
+    its KL the moved policy against the reference), against the same step with every row running its prompt.
+    fp32 weights, so that the two agree to float rounding. The prompts' pass runs the module inside the engine,
+    the completions' pass the engine: DeepSpeed's ZeRO-3 gathers hang on the module's hooks, so both gather."""
+    monkeypatch.chdir(
+        REPO
+    )  # the accelerate config files name their DeepSpeed JSON relative to the repository
+    (tmp_path / "sitecustomize.py").write_text(TEXT_FORWARD_SPY)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), str(REPO)]))
+    topology = launch.Topology(2, accelerate_config=f"params/accelerate/single_node_zero{zero}.yaml")
+    runs, forwards = {}, {}
+    for once in (True, False):
+        cfg = _config(
+            tiny_model_dir,
+            mini_data_dir,
+            tmp_path,
+            f"once_{once}",
+            "train.num_processes=2",
+            "model.train_precision=float32",
+            "algorithm.updates_per_batch=2",
+            f"train.prompt_once={once}",
+            "train.max_steps=1",
+        )
+        save_config(cfg, tmp_path / f"once_{once}.yaml")
+        spy = tmp_path / f"spy_{once}"
+        spy.mkdir()
+        monkeypatch.setenv("TEXT_FORWARD_SPY_DIR", str(spy))
+        launch.train(tmp_path / f"once_{once}.yaml", topology=topology, timeout_s=HANG_TIMEOUT_S)
+        runs[once] = RunDir(cfg.run_dir)
+        forwards[once] = sorted(json.loads(path.read_text()) for path in spy.glob("*.json"))
+
+    # Each training micro-batch ran its distinct prompts, then its rows (fewer prompts than rows: groups).
+    assert len(forwards[True]) == len(forwards[False]) == 2
+    for on, off in zip(forwards[True], forwards[False], strict=True):
+        assert on[1::2] == off and all(p < r for p, r in zip(on[0::2], on[1::2], strict=True)), (on, off)
+    info = {once: json.loads(run.run_info.read_text()) for once, run in runs.items()}
+    assert [(i["zero_stage"], i["gradient_checkpointing"], i["prompt_once"]) for i in info.values()] == [
+        (zero, True, True),
+        (zero, True, False),
+    ]
+    (on,), (off,) = runs[True].read_metrics(), runs[False].read_metrics()
+    assert (on["micro_batch/prompt_once"], off["micro_batch/prompt_once"]) == (1.0, 0.0)
+    assert on["kl/mean"] > 1e-6  # the second update's policy has moved away from the reference
+    for key in ("loss/total", "grad/norm", "kl/mean", "entropy/mean", "ratio/mean", "ratio/max"):
+        assert on[key] == pytest.approx(off[key], rel=1e-5), key
+    start = _tensors(tiny_model_dir)
+    moved = {once: _tensors(run.final) for once, run in runs.items()}
+    assert moved[True].keys() == moved[False].keys() == start.keys()
+    for name, weight in moved[False].items():
+        step = (weight - start[name]).abs().max()
+        assert step > 0 and (moved[True][name] - weight).abs().max() <= 1e-3 * step, name

@@ -4,6 +4,7 @@ The benchmark (``bench/grpo_step.py``) times them; these tests check them, on th
 left-padded batch with two image sizes and a text-only prompt, groups of three samples.
 """
 
+import contextlib
 from dataclasses import replace
 
 import pytest
@@ -32,15 +33,54 @@ def sampled(tiny_model_dir):
 
 
 def _one_row_at_a_time(model, batch, rows):
-    """The plain forward: a single row shares its prompt with nobody, so each prompt runs once per sample."""
+    """The plain forward: prompt and completion of each row together, so each prompt runs once per sample."""
     width = int(batch.completion_mask[rows].sum(-1).max())
     logprobs = torch.zeros(len(rows), width)
     for i, row in enumerate(rows.tolist()):
-        logp, _, _ = completion_logprobs(model, model, batch, torch.tensor([row]), temperature=1.0)
+        logp, _, _ = completion_logprobs(
+            model, model, batch, torch.tensor([row]), temperature=1.0, prompt_once=False
+        )
         logprobs[i, : logp.shape[1]] = logp
     return logprobs
 
 
+@contextlib.contextmanager
+def _text_forwards(model):
+    """The batch size of each language-model forward inside this block, and how many times attention ran
+    during backward (a checkpointed layer's replay)."""
+    seen = {"batches": [], "replayed": 0}
+
+    def forward(_module, args, kwargs):
+        seen["batches"].append(kwargs["inputs_embeds"].shape[0])
+
+    def attention(_module, _args, _output):
+        # -1 outside backward (a private torch call; torch.utils.checkpoint relies on it the same way)
+        seen["replayed"] += torch._C._current_graph_task_id() != -1
+
+    attentions = [layer.self_attn for layer in model.model.language_model.layers]
+    handles = [model.model.language_model.register_forward_pre_hook(forward, with_kwargs=True)]
+    handles += [module.register_forward_hook(attention) for module in attentions]
+    try:
+        yield seen
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextlib.contextmanager
+def _checkpointing(model, on):
+    if on:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.train()
+    try:
+        yield
+    finally:
+        if on:
+            model.gradient_checkpointing_disable()
+            model.eval()
+
+
+@pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "checkpointing"])
 @pytest.mark.parametrize(
     "rows",
     [
@@ -50,19 +90,25 @@ def _one_row_at_a_time(model, batch, rows):
     ids=["whole-groups", "split-groups"],
 )
 @pytest.mark.trajectory
-def test_prompt_once_forward_equals_the_plain_forward_in_value_and_gradient(sampled, rows):
+def test_prompt_once_forward_equals_the_plain_forward_in_value_and_gradient(sampled, rows, checkpointing):
     model, batch = sampled
     mask = batch.completion_mask[rows, : int(batch.completion_mask[rows].sum(-1).max())].float()
+    layers = len(model.model.language_model.layers)
+    prompts = len(batch.prompt_index[rows].unique())
 
-    model.zero_grad()
-    plain = _one_row_at_a_time(model, batch, rows)
-    (plain * mask).sum().backward()
-    plain_grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+    with _checkpointing(model, checkpointing):
+        model.zero_grad()
+        plain = _one_row_at_a_time(model, batch, rows)
+        (plain * mask).sum().backward()
+        plain_grads = {name: p.grad.clone() for name, p in model.named_parameters()}
 
-    model.zero_grad()
-    shared, _, shared_mask = completion_logprobs(model, model, batch, rows, temperature=1.0)
-    (shared * shared_mask).sum().backward()
+        model.zero_grad()
+        with _text_forwards(model) as seen:
+            shared, _, shared_mask = completion_logprobs(model, model, batch, rows, temperature=1.0)
+            (shared * shared_mask).sum().backward()
 
+    # The prompts ran once each, then the completions; under checkpointing both passes' layers were replayed.
+    assert seen == {"batches": [prompts, len(rows)], "replayed": 2 * layers * checkpointing}
     assert torch.equal(shared_mask, mask)
     assert ((shared - plain) * mask).abs().max() < 1e-5
     assert ((shared - batch.logprobs[rows, : mask.shape[1]]) * mask).abs().max() < 1e-5  # the sampler's too

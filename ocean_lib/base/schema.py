@@ -279,6 +279,11 @@ class TrainConfig:
         "token budget of the forwards without gradient (reference, old log-probs; they keep no activations for a "
         "backward, so can take more): length-bucketed like micro_batch_tokens; 0: the update's micro-batches",
     )
+    prompt_once: bool = knob(
+        True,
+        "training forwards run each distinct prompt (and its images) of a micro-batch once and its completions on "
+        "its keys and values (exact); false: every row runs its prompt, as verl and TRL do",
+    )
     num_processes: int = knob(1, "training processes the run expects (accelerate launch --num_processes)")
     lr: float = knob(1e-6, "AdamW learning rate (Ocean-R1: 1e-6)")
     warmup_steps: int = knob(0, "linear warm-up from 0 to lr over this many steps, then constant")

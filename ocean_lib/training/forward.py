@@ -14,16 +14,19 @@ forwards as the others: :func:`forward_passes` adds filler passes to the process
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 from typing import Any, Literal
 
 import torch
-from transformers import PreTrainedModel
+from torch.utils.checkpoint import checkpoint
+from transformers import DynamicCache
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 from ocean_lib.base.schema import TrainConfig
 from ocean_lib.training import distributed, grpo
 from ocean_lib.training.batch import RolloutBatch, mrope_positions, select_images
-from ocean_lib.training.compat import activation_checkpointing, bare_model, kv_cache
+from ocean_lib.training.compat import kv_cache
 from ocean_lib.training.lora import peft_model
 
 # Per micro-batch: (row ids of the batch, their positions within the rows being trained on).
@@ -39,10 +42,14 @@ def completion_logprobs(
     rows: torch.Tensor,
     temperature: float,
     entropy: Literal["none", "metric", "loss"] = "none",
+    prompt_once: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """Per-token log-probs (and entropies) of the completions of ``rows``, trimmed to the rows' longest one.
 
     ``entropy``: "none" skips it; "metric" computes it without gradient (for logging); "loss" keeps its graph.
+    ``prompt_once``: run each distinct prompt once and the completions on its keys and values
+    (:func:`_hidden_running_prompts_once`) where the model supports it (:func:`runs_prompts_once`); else the
+    plain forward of prompt and completion per row.
 
     Returns ``(logprobs [r, w], entropy [r, w] or None, mask [r, w])`` with ``w`` the longest completion among
     ``rows``. The forward sees exactly what the sampler saw: the same images, token types and 3-D positions
@@ -63,8 +70,8 @@ def completion_logprobs(
     ids, mask, types = ids.to(device), mask.to(device), types.to(device)
     grid = None if grid is None else grid.to(device)
     positions = mrope_positions(policy, ids, mask, types, grid)
-    if _can_run_prompts_once(model, batch.prompt_index[rows], width):
-        hidden = _hidden_running_prompts_once(model, batch, rows, ids, mask, positions, width)
+    if prompt_once and runs_prompts_once(policy):
+        hidden = _hidden_running_prompts_once(model, policy, batch, rows, ids, mask, positions, width)
     else:
         with _final_hidden_states(policy) as captured:
             model(
@@ -121,23 +128,76 @@ def _logprobs_through_head(
         del head.forward
 
 
-def _can_run_prompts_once(model: Any, prompt_index: torch.Tensor, width: int) -> bool:
-    """Whether ``_hidden_running_prompts_once`` applies: some rows share a prompt, the completions are longer
-    than one token, the model keeps a KV cache in a training forward (gradient checkpointing drops it), its
-    attention reads a left-padded cache (sdpa, eager), and it is a plain module or DDP-wrapped (a DeepSpeed
-    engine must see exactly one forward per backward)."""
-    bare = bare_model(model)
-    return (
-        width > 1
-        and len(prompt_index.unique()) < len(prompt_index)
-        and isinstance(bare, PreTrainedModel)
-        and not activation_checkpointing(bare)
-        and bare.config._attn_implementation in ("sdpa", "eager")
-    )
+def runs_prompts_once(policy: Any) -> bool:
+    """Whether :func:`_hidden_running_prompts_once` applies to ``policy`` (the bare transformers model): its
+    attention reads a left-padded cache, which sdpa and eager do. Flash-attention 2 (its varlen path over a
+    cache longer than the queries) is untested here and keeps the plain forward."""
+    return policy.config._attn_implementation in ("sdpa", "eager")
+
+
+class _SharedPromptCache(DynamicCache):
+    """The prompts' keys and values, written once by the prompts' pass and read by every completion row.
+
+    Built with ``row_prompt=None`` it records: ``update`` keeps each layer's keys and values and returns them
+    unchanged. :meth:`for_rows` then gives the completions' cache: its ``update`` returns, for row ``i``, the
+    keys and values of prompt ``row_prompt[i]`` followed by the new ones, and stores nothing. Neither ever
+    appends, so a layer that gradient checkpointing replays in backward sees exactly the cache its forward saw
+    (transformers drops a cache under checkpointing because a replayed ``DynamicCache.update`` appends a second
+    time); the replay recomputes saved values only, and gradients flow through the graph of the first forward.
+    The row-by-row copy of a prompt's keys happens inside the layer, so checkpointing frees it with the
+    layer's other activations: what stays alive is one copy per distinct prompt."""
+
+    def __init__(self, config: Any, row_prompt: torch.Tensor | None = None):
+        super().__init__(config=config)
+        self.model_config = config
+        self.row_prompt = row_prompt
+        self.recorded: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def update(
+        self, keys: torch.Tensor, values: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.row_prompt is None:
+            self.recorded[layer_idx] = (keys, values)
+            return keys, values
+        prompt = self.layers[layer_idx]
+        return (
+            torch.cat([prompt.keys[self.row_prompt], keys], -2),
+            torch.cat([prompt.values[self.row_prompt], values], -2),
+        )
+
+    def for_rows(self, row_prompt: torch.Tensor) -> _SharedPromptCache:
+        """The completions' cache: row ``i`` reads the recorded prompt ``row_prompt[i]``."""
+        shared = _SharedPromptCache(self.model_config, row_prompt)
+        for layer_idx in sorted(self.recorded):
+            # DynamicCache's own update fills its layers, so that the masks see the prompts' length.
+            DynamicCache.update(shared, *self.recorded[layer_idx], layer_idx)
+        return shared
+
+
+@contextlib.contextmanager
+def _checkpointed_layers_keep_cache(policy: Any) -> Iterator[None]:
+    """Inside this block, layers under gradient checkpointing keep their cache argument (transformers'
+    ``_can_checkpoint_with_cache``, which exists from 5.16 to 5.24) and checkpoint with torch's non-reentrant
+    ``checkpoint``: the reentrant one would run the layer without autograd, cutting the gradient that flows
+    from the completions into the prompts' keys and values. One layer's activations at a time, as before."""
+    layers = [
+        m for m in policy.modules() if isinstance(m, GradientCheckpointingLayer) and m.gradient_checkpointing
+    ]
+    saved = [layer._gradient_checkpointing_func for layer in layers]
+    for layer in layers:
+        layer._can_checkpoint_with_cache = True  # an instance attribute over the class's False
+        layer._gradient_checkpointing_func = functools.partial(checkpoint, use_reentrant=False)
+    try:
+        yield
+    finally:
+        for layer, func in zip(layers, saved, strict=True):
+            del layer._can_checkpoint_with_cache
+            layer._gradient_checkpointing_func = func
 
 
 def _hidden_running_prompts_once(
     model: Any,
+    policy: Any,
     batch: RolloutBatch,
     rows: torch.Tensor,
     ids: torch.Tensor,
@@ -149,14 +209,17 @@ def _hidden_running_prompts_once(
     distinct prompt run through the model once.
 
     A GRPO group is n completions of one prompt, so the plain forward encodes every image and prompt token n
-    times. Here the distinct prompts fill a KV cache (keeping its autograd graph), each row reads its prompt's
-    keys and values, and only the completions run per row: the same maths (equal to float rounding, tested),
-    with the prompt's and the vision tower's work done once per group. ``ids``, ``mask`` and ``positions`` are
-    the plain forward's inputs (prompt columns, then ``width`` completion columns).
-    """
-    from transformers import DynamicCache
+    times. Here the distinct prompts run first (the bare ``policy``) and record their keys and values with
+    their autograd graph; then the completions run (through ``model``, the wrapper the backward belongs to)
+    on their prompt's keys and values (:class:`_SharedPromptCache`): the same maths (equal to float rounding,
+    tested with and without gradient checkpointing), with the prompt's and the vision tower's work done once
+    per group. ``ids``, ``mask`` and ``positions`` are the plain forward's inputs (prompt columns, then
+    ``width`` completion columns).
 
-    bare = bare_model(model)
+    Always two forwards, whatever the rows (a micro-batch whose rows share no prompt, a one-token completion):
+    under ZeRO-3 every forward gathers weights from all processes, so every process must run as many. The
+    completions' pass therefore runs all ``width`` tokens, the last one predicting nothing.
+    """
     device = ids.device
     # Row i answers prompts[row_prompt[i]]; first_row[k] is a row of prompt k.
     prompts, row_prompt = batch.prompt_index[rows].unique(return_inverse=True)
@@ -166,31 +229,28 @@ def _hidden_running_prompts_once(
         batch.pixel_values, batch.image_grid_thw, batch.images_per_prompt, prompts
     )
     prompt_len = ids.shape[1] - width
-    cache = DynamicCache(config=bare.config)
-    with _final_hidden_states(bare) as captured:
+    recorder = _SharedPromptCache(policy.config)
+    with _final_hidden_states(policy) as captured, _checkpointed_layers_keep_cache(policy):
         # The bare module runs the prompts, so that a DDP wrapper sees one forward (the completions') per backward.
-        bare(
+        policy(
             input_ids=ids[first_row, :prompt_len],
             attention_mask=mask[first_row, :prompt_len],
             position_ids=positions[:, first_row, :prompt_len],
             pixel_values=None if pixel_values is None else pixel_values.to(device),
             image_grid_thw=None if grid is None else grid.to(device),
-            **kv_cache(bare, cache),
-            use_cache=True,
+            **kv_cache(policy, recorder),
             logits_to_keep=1,
         )
-        cache.batch_select_indices(row_prompt)
         model(
-            input_ids=ids[:, prompt_len:-1],
-            attention_mask=mask[:, :-1],
-            position_ids=positions[:, :, prompt_len:-1],
-            **kv_cache(bare, cache),
-            use_cache=True,
+            input_ids=ids[:, prompt_len:],
+            attention_mask=mask,
+            position_ids=positions[:, :, prompt_len:],
+            **kv_cache(policy, recorder.for_rows(row_prompt)),
             logits_to_keep=1,
         )
     prompt_hidden, completion_hidden = captured
     # A prompt's last position predicts the first token of each of its completions.
-    return torch.cat([prompt_hidden[row_prompt, -1:], completion_hidden], 1)
+    return torch.cat([prompt_hidden[row_prompt, -1:], completion_hidden[:, :-1]], 1)
 
 
 def reference_logprobs(
@@ -200,26 +260,29 @@ def reference_logprobs(
     batch: RolloutBatch,
     passes: Passes,
     temperature: float,
+    prompt_once: bool = True,
 ) -> torch.Tensor:
     """Log-probs under the frozen initial policy: ``reference``, its own copy (under DeepSpeed a ZeRO-3 engine,
     :func:`ocean_lib.training.distributed.deepspeed_reference`; else on the training device, or on the CPU with
     ``model.reference_on_cpu``), or, when it is None (LoRA), the policy itself with its adapters off."""
     if reference is not None:
         bare = getattr(reference, "module", reference)  # the model inside a DeepSpeed engine
-        return logprobs_no_grad(reference, bare, batch, passes, temperature)
+        return logprobs_no_grad(reference, bare, batch, passes, temperature, prompt_once)
     with peft_model(model).disable_adapter():
-        return logprobs_no_grad(model, policy, batch, passes, temperature)
+        return logprobs_no_grad(model, policy, batch, passes, temperature, prompt_once)
 
 
 def logprobs_no_grad(
-    model: Any, policy: Any, batch: RolloutBatch, passes: Passes, temperature: float
+    model: Any, policy: Any, batch: RolloutBatch, passes: Passes, temperature: float, prompt_once: bool = True
 ) -> torch.Tensor:
     """Log-probs of the passes' rows under ``model`` without gradients, as one [rows, Lc] tensor (0-padded),
     row ``i`` holding position ``i`` of the micro-batches (filler passes run and are discarded)."""
     out = torch.zeros(sum(len(chunk) for chunk, _, real in passes if real), batch.completion_ids.shape[1])
     with torch.no_grad():
         for chunk, positions, real in passes:
-            logp, _, _ = completion_logprobs(model, policy, batch, chunk, temperature)
+            logp, _, _ = completion_logprobs(
+                model, policy, batch, chunk, temperature, prompt_once=prompt_once
+            )
             if real:
                 out[positions, : logp.shape[1]] = logp.float().cpu()
     return out

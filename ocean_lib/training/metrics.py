@@ -58,6 +58,8 @@ METRICS: dict[str, str] = {
     "micro_batch/filler_passes": "forward passes run only so that every process runs as many as the busiest one "
     "(ZeRO-3 gathers weights in every forward); their loss is multiplied by 0",
     "micro_batch/padding_fraction": "fraction of the token slots of the training forwards that are padding",
+    "micro_batch/prompt_once": "1 if the training forwards ran each distinct prompt of a micro-batch once "
+    "(train.prompt_once, sdpa or eager attention), 0 if every row ran its prompt",
     # validation
     "val/accuracy": "greedy accuracy on the validation records",
     "val/format": "format compliance of greedy validation outputs",

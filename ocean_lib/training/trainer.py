@@ -58,6 +58,7 @@ from ocean_lib.training.forward import (
     logprobs_no_grad,
     micro_batches,
     reference_logprobs,
+    runs_prompts_once,
 )
 from ocean_lib.training.launch import Stopped, StopSignals
 from ocean_lib.training.metrics import (
@@ -121,6 +122,7 @@ def _train(cfg: RunConfig, resume: bool, signals: StopSignals) -> Path:
     total = schedule.total_steps
     if accelerator.is_main_process:
         info = distributed.run_info(accelerator, cfg, state.policy, state.reference_placement)
+        info["prompt_once"] = _prompt_once(state)
         atomic_write_json(run.run_info, info)
         print(plan_line(start_step, total), flush=True)  # the launcher's progress bar reads the total here
 
@@ -321,16 +323,20 @@ def update(state: TrainState, groups: SampledGroups, tally: Tally) -> None:
     no_grad_passes = passes  # the forwards without gradient may pack bigger micro-batches
     if cfg.train.forward_micro_batch_tokens:
         no_grad_passes = forward_passes(acc, micro_batches(kept_rows, batch, cfg.train, no_grad=True), batch)
+    prompt_once = cfg.train.prompt_once  # the same on every process: ZeRO-3 needs as many forwards everywhere
+    tally.add("micro_batch/prompt_once", float(_prompt_once(state)))
     ref_logprobs = old_logprobs = None
     temperature = cfg.rollout.temperature
     if alg.kl_coef > 0:
         with tally.timer("time/reference_s"), acc.autocast():
             ref_logprobs = reference_logprobs(
-                state.model, state.policy, state.reference, batch, no_grad_passes, temperature
+                state.model, state.policy, state.reference, batch, no_grad_passes, temperature, prompt_once
             )
     if alg.updates_per_batch > 1:
         with acc.autocast():
-            old_logprobs = logprobs_no_grad(state.model, state.policy, batch, no_grad_passes, temperature)
+            old_logprobs = logprobs_no_grad(
+                state.model, state.policy, batch, no_grad_passes, temperature, prompt_once
+            )
 
     # 6. Micro-batched clipped-loss updates; normalisers are global so micro-batch losses add up exactly.
     if alg.token_mean_over == "micro_batch":  # verl: each sequence's own denominator, from its micro-batch
@@ -347,6 +353,7 @@ def update(state: TrainState, groups: SampledGroups, tally: Tally) -> None:
                         chunk,
                         temperature,
                         entropy="loss" if alg.entropy_coef > 0 else "metric",
+                        prompt_once=prompt_once,
                     )
                 width = mask.shape[1]
                 old = logp.detach() if old_logprobs is None or not real else old_logprobs[positions, :width]
@@ -391,6 +398,11 @@ def update(state: TrainState, groups: SampledGroups, tally: Tally) -> None:
 def _vision_trained(state: TrainState) -> bool:
     """Whether gradients reach the vision tower (not with freeze_vision_tower, nor under LoRA's default targets)."""
     return any(p.requires_grad for name, p in state.policy.named_parameters() if "visual." in name)
+
+
+def _prompt_once(state: TrainState) -> bool:
+    """Whether the GRPO forwards run each distinct prompt once (``forward.runs_prompts_once``)."""
+    return state.cfg.train.prompt_once and runs_prompts_once(state.policy)
 
 
 def prompt_of(record: Record, cfg: RunConfig) -> tuple[Prompt, str]:
@@ -449,7 +461,10 @@ def sft_step(state: TrainState, records: list[Record], step: int) -> tuple[Tally
         tally_passes(tally, passes, batch, acc.num_processes)
         for k, (chunk, _, real) in enumerate(passes):
             with acc.autocast():
-                logp, _, mask = completion_logprobs(state.model, state.policy, batch, chunk, temperature=1.0)
+                # Supervised rows share no prompt: the plain forward, one pass.
+                logp, _, mask = completion_logprobs(
+                    state.model, state.policy, batch, chunk, temperature=1.0, prompt_once=False
+                )
             token_nll = -(logp * mask).sum()
             if real:
                 tally.add("loss/sft", float(token_nll.detach()), count=float(mask.sum()))
