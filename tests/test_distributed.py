@@ -372,8 +372,10 @@ def test_gradient_checkpointing_recomputes_the_decoder_layers_in_backward(
         handle.remove()
     metrics = RunDir(cfg.run_dir.parent / "checkpointing_True").read_metrics()[0]
     layers = load_policy(str(tiny_model_dir))[0].config.get_text_config().num_hidden_layers
-    # Each training forward's every decoder layer runs once more in backward; without checkpointing never.
-    assert recomputed == {True: int(metrics["micro_batch/count"]) * layers, False: 0}
+    # Each training forward's every decoder layer runs once more in backward (two forwards per micro-batch: the
+    # prompts', then the completions'); without checkpointing never.
+    assert metrics["micro_batch/prompt_once"] == 1.0
+    assert recomputed == {True: 2 * int(metrics["micro_batch/count"]) * layers, False: 0}
 
 
 # Each process of a launch records the batch size of every language-model forward run with gradients (the
