@@ -145,19 +145,25 @@ class _SharedPromptCache(DynamicCache):
     (transformers drops a cache under checkpointing because a replayed ``DynamicCache.update`` appends a second
     time); the replay recomputes saved values only, and gradients flow through the graph of the first forward.
     The row-by-row copy of a prompt's keys happens inside the layer, so checkpointing frees it with the
-    layer's other activations: what stays alive is one copy per distinct prompt."""
+    layer's other activations: what stays alive is one copy per distinct prompt.
+
+    Why a cache and not the decoder layers run by hand with the keys and values passed along: the model's own
+    forward then keeps building the masks, the rotary positions and the image splicing, which differ between
+    transformers versions; only ``update``'s signature has to stay put (it has, 5.16.1 to 5.24)."""
 
     def __init__(self, config: Any, row_prompt: torch.Tensor | None = None):
         super().__init__(config=config)
         self.model_config = config
         self.row_prompt = row_prompt
-        self.recorded: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        # Recording until for_rows; None after, so that replays in backward keep nothing.
+        self.recorded: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = {}
 
     def update(
         self, keys: torch.Tensor, values: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.row_prompt is None:
-            self.recorded[layer_idx] = (keys, values)
+            if self.recorded is not None:
+                self.recorded[layer_idx] = (keys, values)
             return keys, values
         prompt = self.layers[layer_idx]
         return (
@@ -169,8 +175,9 @@ class _SharedPromptCache(DynamicCache):
         """The completions' cache: row ``i`` reads the recorded prompt ``row_prompt[i]``."""
         shared = _SharedPromptCache(self.model_config, row_prompt)
         for layer_idx in sorted(self.recorded):
-            # DynamicCache's own update fills its layers, so that the masks see the prompts' length.
+            # DynamicCache's own update fills its layers (a copy), so that the masks see the prompts' length.
             DynamicCache.update(shared, *self.recorded[layer_idx], layer_idx)
+        self.recorded = None
         return shared
 
 
