@@ -7,8 +7,6 @@ versions it bridges; when the floor moves past them, the shim goes.
   (:func:`kv_cache`).
 * ``is_activation_checkpointing`` is 5.24's name for 5.20's ``is_gradient_checkpointing``
   (:func:`activation_checkpointing` reads the layers' own flag, which both set).
-* DDP and PEFT wrap the transformers model; code that calls its forward with model-specific arguments needs the
-  model inside (:func:`bare_model`).
 """
 
 from __future__ import annotations
@@ -36,12 +34,3 @@ def activation_checkpointing(model: torch.nn.Module) -> bool:
     """Whether any layer of ``model`` recomputes its activations in backward (transformers' own test, which
     5.24 calls ``is_activation_checkpointing`` and 5.20 ``is_gradient_checkpointing``)."""
     return any(getattr(module, "gradient_checkpointing", False) for module in model.modules())
-
-
-def bare_model(model: Any) -> Any:
-    """The transformers model inside DDP and PEFT wrappers (LoRA layers, injected in place, stay active).
-
-    A DeepSpeed engine is returned as it is: it must see exactly one forward per backward."""
-    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
-        model = model.module
-    return unwrap_peft(model)
