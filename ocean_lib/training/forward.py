@@ -225,7 +225,8 @@ def _hidden_running_prompts_once(
 
     Always two forwards, whatever the rows (a micro-batch whose rows share no prompt, a one-token completion):
     under ZeRO-3 every forward gathers weights from all processes, so every process must run as many. The
-    completions' pass therefore runs all ``width`` tokens, the last one predicting nothing.
+    completions' pass runs up to the last token but one (the last predicts nothing), and for one-token
+    completions that one token (a forward of no tokens is not a forward).
     """
     device = ids.device
     # Row i answers prompts[row_prompt[i]]; first_row[k] is a row of prompt k.
@@ -248,16 +249,17 @@ def _hidden_running_prompts_once(
             **kv_cache(policy, recorder),
             logits_to_keep=1,
         )
+        end = max(ids.shape[1] - 1, prompt_len + 1)
         model(
-            input_ids=ids[:, prompt_len:],
-            attention_mask=mask,
-            position_ids=positions[:, :, prompt_len:],
+            input_ids=ids[:, prompt_len:end],
+            attention_mask=mask[:, :end],
+            position_ids=positions[:, :, prompt_len:end],
             **kv_cache(policy, recorder.for_rows(row_prompt)),
             logits_to_keep=1,
         )
     prompt_hidden, completion_hidden = captured
     # A prompt's last position predicts the first token of each of its completions.
-    return torch.cat([prompt_hidden[row_prompt, -1:], completion_hidden[:, :-1]], 1)
+    return torch.cat([prompt_hidden[row_prompt, -1:], completion_hidden[:, : width - 1]], 1)
 
 
 def reference_logprobs(
