@@ -295,8 +295,11 @@ def reproduce(params: str | Path, overrides: list[str] | None = None, force: boo
                         kernel_name="python3",
                         progress_bar=False,
                         execution_timeout=cfg.study.notebook_timeout_s,
-                        # the kernel's start-up warnings (transport not encrypted) are not the study's
-                        extra_arguments=["--IPKernelApp.log_level=ERROR"],
+                        # Not the study's: the kernel's start-up warnings (transport not encrypted), and the
+                        # SIGINT jupyter_client sends every kernel it shuts down, which ipykernel logs as an
+                        # error with a traceback when it races the shutdown (seen after 03_evaluate). A failing
+                        # cell still reaches us as PapermillExecutionError.
+                        extra_arguments=["--IPKernelApp.log_level=CRITICAL"],
                     )
             except papermill.PapermillExecutionError as error:
                 raise RuntimeError(
