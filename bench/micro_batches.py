@@ -6,7 +6,8 @@ miniature's tiny Qwen2.5-VL (default shape, built here), 8 procedural prompts wi
 each (64 sequences), completion lengths drawn once from a long tail like a rollout's (log-normal, median
 ``--median`` tokens, clipped to ``--max-len``: most answers short, a few running to the limit). The consecutive
 side runs 8 sequences a micro-batch (``train.micro_batch_size``); the bucketed side packs at most ``--tokens``
-padded tokens, however many sequences that is (``forward.pack_micro_batches``). Before timing,
+padded tokens, however many sequences that is (``forward.pack_micro_batches`` without groups: the length buckets
+that ``train.prompt_once=false`` packs; under prompt-once the trainer packs groups, ``bench/packing.py``). Before timing,
 the script checks that both sides produce the same gradient (any partition does: the normalisers are global).
 
 Two settings, because the trade-off differs: with gradient checkpointing (the real-scale recipe) every
@@ -83,7 +84,9 @@ def make_batch(processor, cfg, median: int, max_len: int, seed: int = 0) -> Roll
 
 
 def micro_batches(batch: RolloutBatch, tokens: int) -> list[list[int]]:
-    return pack_micro_batches(batch.lengths.tolist(), MICRO, tokens)
+    # Each row costed with its whole prompt (no groups): the length buckets this bench was written to time.
+    prompts, completions = batch.prompt_mask.sum(-1).tolist(), batch.completion_mask.sum(-1).tolist()
+    return pack_micro_batches(prompts, completions, MICRO, tokens)
 
 
 def padded_fraction(batch: RolloutBatch, chunks: list[list[int]]) -> float:

@@ -79,20 +79,33 @@ def plain_run(tiny_model_dir, mini_data_dir, tmp_path_factory) -> RunDir:
 
 def _uneven_budget(cfg) -> int:
     """A ``train.micro_batch_tokens`` with which the two processes' step-1 sequences pack into different numbers
-    of micro-batches (each sequence counted at its prompt length plus max_new_tokens: a random tiny model rarely
-    samples its end token), so that ZeRO-3 needs filler passes."""
+    of micro-batches (each completion counted at max_new_tokens: a random tiny model rarely samples its end token;
+    groups kept together, prompts counted once, as the trainer packs under prompt-once), so that ZeRO-3 needs
+    filler passes."""
     records = [r for path in cfg.data.train_files for r in read_records(path, cfg.data)]
     schedule, processor = Schedule(len(records), cfg), load_policy(cfg.model.name_or_path)[1]
-    lengths = []
+    ranks = []
     for rank in (0, 1):
         prompts = [prompt_of(records[i], cfg)[0] for i in schedule.indices(1, rank, 2)]
         prompt_lengths = encode_prompts(processor, prompts)["attention_mask"].sum(-1).tolist()
-        lengths.append([n + cfg.rollout.max_new_tokens for n in prompt_lengths for _ in range(cfg.rollout.n)])
-    for budget in range(min(map(min, lengths)), 8 * max(map(max, lengths))):
-        counts = {len(pack_micro_batches(rank, cfg.train.micro_batch_size, budget)) for rank in lengths}
+        n = cfg.rollout.n
+        ranks.append(
+            (
+                [length for length in prompt_lengths for _ in range(n)],
+                [cfg.rollout.max_new_tokens] * (len(prompt_lengths) * n),
+                [k for k in range(len(prompt_lengths)) for _ in range(n)],
+            )
+        )
+    shortest = min(min(prompts) + min(completions) for prompts, completions, _ in ranks)
+    longest = max(max(prompts) + max(completions) for prompts, completions, _ in ranks)
+    for budget in range(shortest, 8 * longest):
+        counts = {
+            len(pack_micro_batches(prompts, completions, cfg.train.micro_batch_size, budget, groups))
+            for prompts, completions, groups in ranks
+        }
         if len(counts) == 2:
             return budget
-    raise AssertionError(f"no token budget packs the two processes' sequences unevenly: {lengths}")
+    raise AssertionError(f"no token budget packs the two processes' sequences unevenly: {ranks}")
 
 
 def _launch_spied(cfg, tmp_path, monkeypatch, topology) -> dict[str, dict]:

@@ -11,25 +11,30 @@ import pytest
 import torch
 from conftest import mixed_prompts
 
-from ocean_lib.base.schema import RolloutConfig
-from ocean_lib.training.forward import completion_logprobs
+from ocean_lib.base.schema import RolloutConfig, TrainConfig
+from ocean_lib.training import grpo
+from ocean_lib.training.forward import completion_logprobs, micro_batches
 from ocean_lib.training.models import load_policy
 from ocean_lib.training.rollout import make_engine
 
 GROUP = 3
 
 
-@pytest.fixture(scope="module")
-def sampled(tiny_model_dir):
+def _sample(tiny_model_dir, lengths: list[int]):
+    """The tiny model and a batch of its completions of ``mixed_prompts``, row ``i`` ``lengths[i]`` tokens long."""
     model, processor = load_policy(str(tiny_model_dir))
-    prompts = mixed_prompts()
-    engine = make_engine(model, processor, RolloutConfig(max_new_tokens=12, min_new_tokens=12))
-    batch = engine.generate(prompts, n=GROUP, seeds=[1, 2, 3])
+    longest = max(lengths)
+    engine = make_engine(model, processor, RolloutConfig(max_new_tokens=longest, min_new_tokens=longest))
+    batch = engine.generate(mixed_prompts(), n=GROUP, seeds=[1, 2, 3])
     # A random model seldom samples EOS: end some completions early by hand, so right padding is exercised.
-    lengths = torch.tensor([12, 3, 7, 12, 5, 12, 1, 12, 9])
-    kept = torch.arange(12) < lengths[:, None]
+    kept = torch.arange(longest) < torch.tensor(lengths)[:, None]
     completion_ids = batch.completion_ids.masked_fill(~kept, processor.tokenizer.pad_token_id)
     return model, replace(batch, completion_ids=completion_ids, completion_mask=kept.long())
+
+
+@pytest.fixture(scope="module")
+def sampled(tiny_model_dir):
+    return _sample(tiny_model_dir, [12, 3, 7, 12, 5, 12, 1, 12, 9])
 
 
 def _one_row_at_a_time(model, batch, rows):
@@ -136,3 +141,49 @@ def test_training_forward_projects_each_chunk_through_the_output_layer_once(samp
         logp, ent, _ = completion_logprobs(model, model, batch, rows, temperature=1.0, entropy=entropy)
     assert counted.calls == len(rows)  # 12 positions a row: one chunk each
     assert ent.shape == logp.shape and (ent.grad_fn is None) == (entropy == "metric")
+
+
+def _loss_and_gradients(model, batch, chunks, advantages):
+    """GRPO's clipped loss of the whole batch, micro-batch by micro-batch under the global token count (as
+    ``trainer.update``), and every parameter's gradient."""
+    model.zero_grad()
+    num_tokens, total = float(batch.completion_mask.sum()), 0.0
+    for chunk in chunks:
+        logp, _, mask = completion_logprobs(model, model, batch, chunk, temperature=1.0)
+        loss, _ = grpo.policy_loss(
+            logp, logp.detach(), advantages[chunk], mask, num_tokens=num_tokens, num_sequences=len(advantages)
+        )
+        loss.backward()
+        total += float(loss.detach())
+    return total, {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.trajectory
+def test_prompt_once_packing_takes_the_step_of_consecutive_micro_batches(tiny_model_dir):
+    """The token budget's packing (groups bin-packed, one split, prompts counted once) gives the loss and
+    gradient of consecutive micro-batches of one group each, on the real tiny model. Prompts of 59, 76 and 42
+    tokens; completions long enough that a group can be split while two others share a micro-batch."""
+    model, batch = _sample(tiny_model_dir, [40, 30, 3, 5, 3, 2, 1, 40, 9])
+    rows = torch.arange(len(batch.texts))
+    groups = batch.prompt_index.tolist()
+
+    def packed(budget):
+        train = TrainConfig(micro_batch_size=GROUP, micro_batch_tokens=budget)
+        return [chunk for chunk, _ in micro_batches(rows, batch, train, prompt_once=True)]
+
+    def split_and_shared(chunks):  # some group over two micro-batches, and some micro-batch with two groups
+        spread = [{k for k, chunk in enumerate(chunks) if g in batch.prompt_index[chunk]} for g in set(groups)]
+        return any(len(s) > 1 for s in spread) and any(len(batch.prompt_index[c].unique()) > 1 for c in chunks)
+
+    longest = int(batch.lengths.max())
+    chunks = next(packed(b) for b in range(longest, 4 * GROUP * longest) if split_and_shared(packed(b)))
+    consecutive = [chunk for chunk, _ in micro_batches(rows, batch, TrainConfig(micro_batch_size=GROUP))]
+    assert [c.tolist() for c in consecutive] == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
+    advantages = torch.linspace(-1.0, 1.0, len(rows))
+    loss, grads = _loss_and_gradients(model, batch, chunks, advantages)
+    expected, expected_grads = _loss_and_gradients(model, batch, consecutive, advantages)
+    assert loss == pytest.approx(expected, rel=1e-5, abs=1e-7)
+    assert grads.keys() == expected_grads.keys() and grads
+    for name, grad in grads.items():
+        scale = expected_grads[name].abs().max().clamp(min=1e-8)
+        assert (grad - expected_grads[name]).abs().max() / scale < 1e-4, name

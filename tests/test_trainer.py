@@ -20,7 +20,7 @@ from ocean_lib.base.config import load_config, save_config
 from ocean_lib.base.io import read_jsonl
 from ocean_lib.base.run_dir import RunDir
 from ocean_lib.training import launch, run_state
-from ocean_lib.training.forward import pack_micro_batches
+from ocean_lib.training.forward import micro_batch_cost, pack_micro_batches
 from ocean_lib.training.lora import ADAPTER_DIR, attach_lora
 from ocean_lib.training.metrics import is_registered, peak_flops_per_s
 from ocean_lib.training.models import load_policy
@@ -282,21 +282,66 @@ def test_a_reference_kept_on_the_cpu_gives_the_same_step(tiny_model_dir, mini_da
 
 
 def test_length_bucketed_micro_batches_pack_alike_lengths_within_the_budget():
+    # Without groups (train.prompt_once=false) every row runs its own prompt: rows x longest sequence.
     lengths = [90, 30, 85, 32, 300, 31, 88, 29]
-    chunks = pack_micro_batches(lengths, size=8, max_tokens=200)
+    prompts = [10] * len(lengths)
+    completions = [n - 10 for n in lengths]
+    chunks = pack_micro_batches(prompts, completions, size=8, max_tokens=200)
     assert sorted(p for chunk in chunks for p in chunk) == list(range(len(lengths)))  # each exactly once
     assert chunks[0] == [4]  # longer than the budget: alone
     for chunk in chunks:
         longest = max(lengths[p] for p in chunk)
         assert len(chunk) == 1 or len(chunk) * longest <= 200
+        assert micro_batch_cost(prompts, completions, chunk) == len(chunk) * longest
     padded = sum(len(c) * max(lengths[p] for p in c) for c in chunks)
-    consecutive = pack_micro_batches(lengths, size=2)
+    consecutive = pack_micro_batches(prompts, completions, size=2)
     assert consecutive == [[0, 1], [2, 3], [4, 5], [6, 7]]
     assert padded < sum(len(c) * max(lengths[p] for p in c) for c in consecutive)
     # The token budget alone decides what is computed together: size (verl's loss micro-batch) does not cap it.
-    assert pack_micro_batches(lengths, size=2, max_tokens=10_000) == [
+    assert pack_micro_batches(prompts, completions, size=2, max_tokens=10_000) == [
         [4, 0, 6, 2, 3, 5, 1, 7]
     ]  # longest first
+
+
+def test_prompt_once_packing_keeps_groups_together_and_counts_each_prompt_once():
+    # Seven groups of 4 (rows interleaved, so that nothing depends on groups being consecutive), budget 300.
+    spec = {  # group: (prompt length, completion lengths); cost prompt-once = prompt + 4 x longest completion
+        0: (100, [10, 12, 8, 11]),  # 148 prompt-once; 4 x 112 = 448 with each row's prompt
+        1: (100, [50, 45, 40, 35]),  # 300: exactly the budget
+        2: (60, [40, 30, 20, 10]),  # 220 (split [40] + [30, 20, 10]: 250)
+        3: (400, [10, 10, 10, 10]),  # one row alone is over the budget: four lone pieces
+        4: (50, [100, 90, 30, 20]),  # 450 whole; two pieces fit: [100, 90] (250) and [30, 20] (110)
+        5: (20, [10, 10, 10, 10]),  # 60: fits beside group 0 (2 x 100 + 8 x 12 = 296)
+        6: (20, [60, 2, 2, 2]),  # 260 whole, but [60] + [2, 2, 2] cost 80 + 26: padding costs more than a prompt
+    }
+    groups = [g for _ in range(4) for g in spec]
+    seen = {g: 0 for g in spec}
+    prompts, completions = [], []
+    for g in groups:
+        prompts.append(spec[g][0])
+        completions.append(spec[g][1][seen[g]])
+        seen[g] += 1
+    budget = 300
+    chunks = pack_micro_batches(prompts, completions, size=4, max_tokens=budget, groups=groups)
+
+    assert sorted(p for chunk in chunks for p in chunk) == list(range(len(groups)))  # every row exactly once
+    for chunk in chunks:  # within the budget, costed prompt-once, except a lone row over it
+        assert len(chunk) == 1 or micro_batch_cost(prompts, completions, chunk, groups) <= budget
+    holding = {g: [k for k, chunk in enumerate(chunks) if any(groups[p] == g for p in chunk)] for g in spec}
+
+    def pieces(g):
+        return sorted(sorted(completions[p] for p in chunks[k] if groups[p] == g) for k in holding[g])
+
+    for g in (0, 1, 2, 5):  # a group that fits, its completions alike, stays whole: its prompt runs once
+        assert len(holding[g]) == 1, (g, chunks)
+    assert pieces(4) == [[20, 30], [90, 100]]  # too big: the fewest pieces, longest completions together
+    assert pieces(6) == [[2, 2, 2], [60]]  # a long completion goes apart from the short ones it would pad
+    assert pieces(3) == [[10]] * 4 and all(len(chunks[k]) == 1 for k in holding[3])  # oversize rows alone
+    assert holding[0] == holding[5]  # small groups share a micro-batch (bin-packed), each prompt counted once
+    assert micro_batch_cost(prompts, completions, chunks[holding[0][0]], groups) == 2 * 100 + 8 * 12
+    # Each row's own prompt (train.prompt_once=false) would cost group 0 alone over the budget.
+    group0 = [p for p, g in enumerate(groups) if g == 0]
+    assert micro_batch_cost(prompts, completions, group0) == 4 * 112 > budget
 
 
 def test_nonfinite_loss_stops_and_names_the_last_good_checkpoint(tiny_model_dir, mini_data_dir, tmp_path):

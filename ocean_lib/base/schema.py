@@ -271,13 +271,14 @@ class TrainConfig:
     )
     micro_batch_tokens: int = knob(
         0,
-        "if > 0, length-bucketed micro-batches: sequences sorted by length, packed up to this many padded tokens "
-        "(however many sequences that is)",
+        "if > 0, micro-batches of up to this many padded tokens (however many sequences): under prompt-once each "
+        "distinct prompt counted once, groups kept whole unless splitting costs less; else sequences sorted by "
+        "length (forward.pack_micro_batches)",
     )
     forward_micro_batch_tokens: int = knob(
         0,
         "token budget of the forwards without gradient (reference, old log-probs; they keep no activations for a "
-        "backward, so can take more): length-bucketed like micro_batch_tokens; 0: the update's micro-batches",
+        "backward, so can take more): packed like micro_batch_tokens; 0: the update's micro-batches",
     )
     prompt_once: bool = knob(
         True,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
 import torch
@@ -297,39 +297,107 @@ def logprobs_no_grad(
     return out
 
 
-def pack_micro_batches(lengths: list[int], size: int, max_tokens: int = 0) -> list[list[int]]:
-    """Cut positions ``0..len(lengths)-1`` into micro-batches.
+def pack_micro_batches(
+    prompt_lengths: list[int],
+    completion_lengths: list[int],
+    size: int,
+    max_tokens: int = 0,
+    groups: list[int] | None = None,
+) -> list[list[int]]:
+    """Cut positions ``0..len(prompt_lengths)-1`` into micro-batches.
 
     ``max_tokens == 0``: consecutive runs of ``size`` (a group's samples stay together, so its prompt runs once).
-    ``max_tokens > 0``, length-bucketed: positions sorted longest first and packed greedily while
-    ``sequences × longest length ≤ max_tokens`` (the padded cost of the forward); a longer sequence goes alone.
-    Long responses then share micro-batches with long ones and short with short, instead of padding every short
-    response to the longest in a mixed batch. The budget alone decides: ``size`` does not cap a bucket, so
-    short sequences fill a forward however many they are (``train.micro_batch_size`` keeps its meaning in verl's
-    per-micro-batch token mean, which does not depend on how rows are computed). Any partition gives the same
-    gradient: the loss normalisers are global or per row (see ``trainer.update``).
+    ``max_tokens > 0``: micro-batches of at most ``max_tokens`` tokens by :func:`micro_batch_cost` (a lone row
+    that costs more goes alone). ``groups`` (the prompt each position answers, when the forward runs each distinct
+    prompt once) costs each micro-batch's distinct prompts once and cuts each group into the pieces that cost
+    least (:func:`_split_group`): a group stays whole unless it does not fit, or padding its short completions to
+    its longest costs more than running its prompt again. Without ``groups`` every row is its own piece, costed
+    with its prompt. The pieces, widest rows first (longest completion; prompt plus completion without groups), go
+    first fit into micro-batches: long completions with long ones and short with short, instead of padding every
+    short one to the longest (without groups this is the length bucketing the trainer used before prompt-once).
+    The budget alone decides: ``size`` does not cap a micro-batch (``train.micro_batch_size`` keeps its meaning in
+    verl's per-micro-batch token mean, which does not depend on how rows are computed). Any partition gives the
+    same gradient: the loss normalisers are global or per row (see ``trainer.update``).
     """
+    count = len(prompt_lengths)
     if max_tokens <= 0:
-        return [list(range(start, min(start + size, len(lengths)))) for start in range(0, len(lengths), size)]
+        return [list(range(start, min(start + size, count))) for start in range(0, count, size)]
+
+    def cost(positions: list[int]) -> int:
+        return micro_batch_cost(prompt_lengths, completion_lengths, positions, groups)
+
+    def width(i: int) -> int:  # the columns row i is padded over apart from a shared prompt
+        return completion_lengths[i] + (0 if groups else prompt_lengths[i])
+
+    members: dict[int, list[int]] = {}
+    for position in range(count):
+        members.setdefault(position if groups is None else groups[position], []).append(position)
+    pieces = [
+        piece
+        for rows in members.values()
+        for piece in _split_group(sorted(rows, key=lambda i: (-width(i), i)), cost, max_tokens)
+    ]
     chunks: list[list[int]] = []
-    for position in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
-        chunk = chunks[-1] if chunks else None
-        # Sorted longest first: the chunk's first sequence is its longest.
-        if chunk and (len(chunk) + 1) * lengths[chunk[0]] <= max_tokens:
-            chunk.append(position)
+    for piece in sorted(pieces, key=lambda p: (-width(p[0]), p[0])):  # a piece's first row is its widest
+        fits = next((chunk for chunk in chunks if cost(chunk + piece) <= max_tokens), None)
+        if fits is None:
+            chunks.append(piece)
         else:
-            chunks.append([position])
+            fits.extend(piece)
     return chunks
 
 
+def _split_group(rows: list[int], cost: Callable[[list[int]], int], max_tokens: int) -> list[list[int]]:
+    """The runs of ``rows`` (one group's, widest first) with the least total cost, each within ``max_tokens`` or a
+    lone row. Runs of the sorted rows suffice: a piece's cost depends on its widest row and its row count, so a
+    narrow row never gains from a piece that skips a wider one. Equal costs keep the fewest pieces. At the 3B
+    shape (~700 prompt tokens, completions long-tailed around 330) this cuts off a group's long completions and
+    computes a third fewer tokens than keeping every group that fits whole (docs/performance.md)."""
+    best: list[tuple[int, int]] = [(0, 0)]  # per prefix length: (least cost, start of its last piece)
+    for end in range(1, len(rows) + 1):
+        options = [
+            (best[start][0] + cost(rows[start:end]), start)
+            for start in range(end)
+            if end - start == 1 or cost(rows[start:end]) <= max_tokens
+        ]
+        best.append(min(options))  # ties: the earliest start, the longest last piece
+    pieces, end = [], len(rows)
+    while end:
+        start = best[end][1]
+        pieces.insert(0, rows[start:end])
+        end = start
+    return pieces
+
+
+def micro_batch_cost(
+    prompt_lengths: list[int], completion_lengths: list[int], positions: list[int], groups: list[int] | None = None
+) -> int:
+    """Tokens the forward of ``positions`` runs, padding included (as :func:`completion_logprobs` pads: prompts
+    to the longest prompt, completions to the longest completion). With ``groups`` (prompt-once) each distinct
+    prompt runs once, then every row's completion: ``prompts × longest prompt + rows × longest completion``
+    (the completions' attention also reads the prompts' keys, not counted here); without, every row runs its
+    prompt and completion: ``rows × longest prompt + completion``."""
+    if groups is None:
+        return len(positions) * max(prompt_lengths[i] + completion_lengths[i] for i in positions)
+    prompts = len({groups[i] for i in positions})
+    return prompts * max(prompt_lengths[i] for i in positions) + len(positions) * max(
+        completion_lengths[i] for i in positions
+    )
+
+
 def micro_batches(
-    rows: torch.Tensor, batch: RolloutBatch, train: TrainConfig, no_grad: bool = False
+    rows: torch.Tensor, batch: RolloutBatch, train: TrainConfig, no_grad: bool = False, prompt_once: bool = False
 ) -> MicroBatches:
     """(row ids, their positions within ``rows``) per micro-batch (:func:`pack_micro_batches`); none if no rows.
-    ``no_grad``: for a forward without gradient, under ``train.forward_micro_batch_tokens`` when it is set."""
+    ``no_grad``: for a forward without gradient, under ``train.forward_micro_batch_tokens`` when it is set.
+    ``prompt_once``: the forward runs each distinct prompt once (the groups stay together, costed so)."""
     budget = train.forward_micro_batch_tokens if no_grad and train.forward_micro_batch_tokens else 0
     chunks = pack_micro_batches(
-        batch.lengths[rows].tolist(), train.micro_batch_size, budget or train.micro_batch_tokens
+        batch.prompt_mask[rows].sum(-1).tolist(),
+        batch.completion_mask[rows].sum(-1).tolist(),
+        train.micro_batch_size,
+        budget or train.micro_batch_tokens,
+        groups=batch.prompt_index[rows].tolist() if prompt_once else None,
     )
     return [(rows[chunk], torch.tensor(chunk)) for chunk in chunks]
 

@@ -318,13 +318,17 @@ def update(state: TrainState, groups: SampledGroups, tally: Tally) -> None:
     # 5. Reference (and, for several updates per batch, old) log-probs, without gradients, in the micro-batches
     #    the update will use or in their own (train.forward_micro_batch_tokens); every process runs as many as the
     #    busiest one (forward_passes). The log-probs are kept per row, whichever rows were computed together.
-    passes = forward_passes(acc, micro_batches(kept_rows, batch, cfg.train), batch)
+    #    Under prompt-once the token budget packs whole groups and counts each distinct prompt once.
+    packed_once = _prompt_once(state)
+    passes = forward_passes(acc, micro_batches(kept_rows, batch, cfg.train, prompt_once=packed_once), batch)
     tally_passes(tally, passes, batch, acc.num_processes)
     no_grad_passes = passes  # the forwards without gradient may pack bigger micro-batches
     if cfg.train.forward_micro_batch_tokens:
-        no_grad_passes = forward_passes(acc, micro_batches(kept_rows, batch, cfg.train, no_grad=True), batch)
+        no_grad_passes = forward_passes(
+            acc, micro_batches(kept_rows, batch, cfg.train, no_grad=True, prompt_once=packed_once), batch
+        )
     prompt_once = cfg.train.prompt_once  # the same on every process: ZeRO-3 needs as many forwards everywhere
-    tally.add("micro_batch/prompt_once", float(_prompt_once(state)))
+    tally.add("micro_batch/prompt_once", float(packed_once))
     ref_logprobs = old_logprobs = None
     temperature = cfg.rollout.temperature
     if alg.kl_coef > 0:
