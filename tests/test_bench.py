@@ -76,3 +76,12 @@ def test_grpo_bench_runs_two_steps_per_side_through_the_cli(tmp_path):
     assert result["measurement"] is True and result["highest_1min_load"] <= result["load_limit"]
     assert {"before", "after step 2", "after side by side"} <= set(result["load_average"])
     assert result["machine"]["torch_cpu_capability"] == re.search(r"torch CPU kernels (\w+)", done.stdout)[1]
+
+
+def test_packing_simulation_prints_the_three_packings():
+    lines = run_script("packing.py", "--seeds", "1")
+    assert lines[0].startswith("simulated lengths, not a timing")
+    rows = {line[:22].strip(): line[22:].split() for line in lines[2:]}
+    assert list(rows) == ["consecutive (8 rows)", "length buckets", "prompt-once packing"]
+    assert rows["consecutive (8 rows)"][:2] == ["64.0", "64.0"]  # 512 rows in 8s: one prompt each
+    assert int(rows["prompt-once packing"][-1]) <= 32768  # within the budget as the prompt-once forward runs it
