@@ -31,7 +31,9 @@ def simulate(seed: int, median: int, sigma: float, tokens: int) -> dict[str, dic
     prompt_of_group = rng.integers(500, 901, GROUPS)
     groups = [g for g in range(GROUPS) for _ in range(GROUP)]
     prompts = [int(prompt_of_group[g]) for g in groups]
-    completions = np.clip(np.round(rng.lognormal(np.log(median), sigma, len(groups))), 1, 4096).astype(int).tolist()
+    completions = (
+        np.clip(np.round(rng.lognormal(np.log(median), sigma, len(groups))), 1, 4096).astype(int).tolist()
+    )
     packings = {
         "consecutive (8 rows)": pack_micro_batches(prompts, completions, MICRO),
         "length buckets": pack_micro_batches(prompts, completions, MICRO, tokens),
@@ -41,7 +43,8 @@ def simulate(seed: int, median: int, sigma: float, tokens: int) -> dict[str, dic
     for name, chunks in packings.items():
         computed = sum(micro_batch_cost(prompts, completions, c, groups) for c in chunks)
         real = sum(
-            sum(prompts[g] for g in {groups[p]: p for p in c}) + sum(completions[p] for p in c) for c in chunks
+            sum(prompts[g] for g in {groups[p]: p for p in c}) + sum(completions[p] for p in c)
+            for c in chunks
         )
         out[name] = {
             "micro-batches": len(chunks),
@@ -61,7 +64,9 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=32768, help="train.micro_batch_tokens")
     args = parser.parse_args()
     runs = [simulate(seed, args.median, args.sigma, args.tokens) for seed in range(args.seeds)]
-    print(f"simulated lengths, not a timing: {GROUPS} groups of {GROUP} per process, budget {args.tokens} tokens")
+    print(
+        f"simulated lengths, not a timing: {GROUPS} groups of {GROUP} per process, budget {args.tokens} tokens"
+    )
     print(f"{'':22}{'micro-batches':>14}{'prompts run':>13}{'tokens':>10}{'padding':>9}{'costliest':>11}")
     for name in runs[0]:
         mean = {key: statistics.mean(run[name][key] for run in runs) for key in runs[0][name]}

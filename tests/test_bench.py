@@ -84,4 +84,5 @@ def test_packing_simulation_prints_the_three_packings():
     rows = {line[:22].strip(): line[22:].split() for line in lines[2:]}
     assert list(rows) == ["consecutive (8 rows)", "length buckets", "prompt-once packing"]
     assert rows["consecutive (8 rows)"][:2] == ["64.0", "64.0"]  # 512 rows in 8s: one prompt each
-    assert int(rows["prompt-once packing"][-1]) <= 32768  # within the budget as the prompt-once forward runs it
+    # Within the budget as the prompt-once forward runs it.
+    assert int(rows["prompt-once packing"][-1]) <= 32768

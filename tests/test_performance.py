@@ -172,8 +172,12 @@ def test_prompt_once_packing_takes_the_step_of_consecutive_micro_batches(tiny_mo
         return [chunk for chunk, _ in micro_batches(rows, batch, train, prompt_once=True)]
 
     def split_and_shared(chunks):  # some group over two micro-batches, and some micro-batch with two groups
-        spread = [{k for k, chunk in enumerate(chunks) if g in batch.prompt_index[chunk]} for g in set(groups)]
-        return any(len(s) > 1 for s in spread) and any(len(batch.prompt_index[c].unique()) > 1 for c in chunks)
+        spread = [
+            {k for k, chunk in enumerate(chunks) if g in batch.prompt_index[chunk]} for g in set(groups)
+        ]
+        return any(len(s) > 1 for s in spread) and any(
+            len(batch.prompt_index[c].unique()) > 1 for c in chunks
+        )
 
     longest = int(batch.lengths.max())
     chunks = next(packed(b) for b in range(longest, 4 * GROUP * longest) if split_and_shared(packed(b)))

@@ -312,7 +312,7 @@ def test_prompt_once_packing_keeps_groups_together_and_counts_each_prompt_once()
         3: (400, [10, 10, 10, 10]),  # one row alone is over the budget: four lone pieces
         4: (50, [100, 90, 30, 20]),  # 450 whole; two pieces fit: [100, 90] (250) and [30, 20] (110)
         5: (20, [10, 10, 10, 10]),  # 60: fits beside group 0 (2 x 100 + 8 x 12 = 296)
-        6: (20, [60, 2, 2, 2]),  # 260 whole, but [60] + [2, 2, 2] cost 80 + 26: padding costs more than a prompt
+        6: (20, [60, 2, 2, 2]),  # 260 whole; [60] + [2, 2, 2]: 80 + 26 (padding costs more than a prompt)
     }
     groups = [g for _ in range(4) for g in spec]
     seen = {g: 0 for g in spec}
@@ -342,6 +342,44 @@ def test_prompt_once_packing_keeps_groups_together_and_counts_each_prompt_once()
     # Each row's own prompt (train.prompt_once=false) would cost group 0 alone over the budget.
     group0 = [p for p, g in enumerate(groups) if g == 0]
     assert micro_batch_cost(prompts, completions, group0) == 4 * 112 > budget
+
+
+def test_padding_fraction_counts_the_prompts_the_forward_runs():
+    from ocean_lib.training import grpo
+    from ocean_lib.training.batch import RolloutBatch
+    from ocean_lib.training.metrics import Tally, tally_passes
+
+    # 2 prompts x 2 rows: prompts of 3 and 1 tokens (left-padded to 3), completions [2, 1, 4, 1].
+    completions = [2, 1, 4, 1]
+    batch = RolloutBatch(
+        prompt_ids=torch.ones(4, 3, dtype=torch.long),
+        prompt_mask=torch.tensor([[1, 1, 1], [1, 1, 1], [0, 0, 1], [0, 0, 1]]),
+        prompt_token_types=torch.zeros(4, 3, dtype=torch.long),
+        completion_ids=torch.ones(4, 4, dtype=torch.long),
+        completion_mask=torch.tensor([[1 if t < n else 0 for t in range(4)] for n in completions]),
+        logprobs=torch.zeros(4, 4),
+        pixel_values=None,
+        image_grid_thw=None,
+        images_per_prompt=[0, 0],
+        n=2,
+        texts=[""] * 4,
+        finished=[True] * 4,
+    )
+
+    def padding(passes, prompt_once):
+        tally = Tally()
+        tally_passes(tally, passes, batch, world=1, prompt_once=prompt_once)
+        return grpo.stat_values(tally.stats)["micro_batch/padding_fraction"]
+
+    whole = [(torch.arange(4), torch.arange(4), True)]
+    # Every row runs its prompt: 4 x (3 + 4) slots for 3 + 3 + 1 + 1 + 8 tokens.
+    assert padding(whole, prompt_once=False) == pytest.approx(12 / 28)
+    # Each prompt once: 2 x 3 + 4 x 4 slots for 3 + 1 + 8 tokens.
+    assert padding(whole, prompt_once=True) == pytest.approx(10 / 22)
+    # One group per micro-batch and a filler, which does not count: (3 + 2 x 2) + (1 + 2 x 4) slots, 6 + 6 tokens.
+    split = [(torch.tensor(rows), torch.tensor(rows), True) for rows in ([0, 1], [2, 3])]
+    filler = (torch.tensor([2, 3]), torch.tensor([2, 3]), False)
+    assert padding([*split, filler], prompt_once=True) == pytest.approx(4 / 16)
 
 
 def test_nonfinite_loss_stops_and_names_the_last_good_checkpoint(tiny_model_dir, mini_data_dir, tmp_path):

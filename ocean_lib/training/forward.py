@@ -370,7 +370,10 @@ def _split_group(rows: list[int], cost: Callable[[list[int]], int], max_tokens: 
 
 
 def micro_batch_cost(
-    prompt_lengths: list[int], completion_lengths: list[int], positions: list[int], groups: list[int] | None = None
+    prompt_lengths: list[int],
+    completion_lengths: list[int],
+    positions: list[int],
+    groups: list[int] | None = None,
 ) -> int:
     """Tokens the forward of ``positions`` runs, padding included (as :func:`completion_logprobs` pads: prompts
     to the longest prompt, completions to the longest completion). With ``groups`` (prompt-once) each distinct
@@ -386,7 +389,11 @@ def micro_batch_cost(
 
 
 def micro_batches(
-    rows: torch.Tensor, batch: RolloutBatch, train: TrainConfig, no_grad: bool = False, prompt_once: bool = False
+    rows: torch.Tensor,
+    batch: RolloutBatch,
+    train: TrainConfig,
+    no_grad: bool = False,
+    prompt_once: bool = False,
 ) -> MicroBatches:
     """(row ids, their positions within ``rows``) per micro-batch (:func:`pack_micro_batches`); none if no rows.
     ``no_grad``: for a forward without gradient, under ``train.forward_micro_batch_tokens`` when it is set.

@@ -57,7 +57,8 @@ METRICS: dict[str, str] = {
     "micro_batch/count": "micro-batches trained on, all processes together (per update pass)",
     "micro_batch/filler_passes": "forward passes run only so that every process runs as many as the busiest one "
     "(ZeRO-3 gathers weights in every forward); their loss is multiplied by 0",
-    "micro_batch/padding_fraction": "fraction of the token slots of the training forwards that are padding",
+    "micro_batch/padding_fraction": "fraction of the token slots of the training forwards that are padding "
+    "(under prompt-once each distinct prompt's slots once)",
     "micro_batch/prompt_once": "1 if the training forwards ran each distinct prompt of a micro-batch once "
     "(train.prompt_once, sdpa or eager attention), 0 if every row ran its prompt",
     # validation
@@ -181,15 +182,20 @@ def tally_tokens(tally: Tally, batch: Any, rows: Any, world: int) -> None:
         tally.add(f"tokens/{part}", float(mask[rows].sum()), count=1 / world)
 
 
-def tally_passes(tally: Tally, passes: Any, batch: Any, world: int) -> None:
-    """Add the micro-batch metrics of ``passes`` (:data:`ocean_lib.training.forward.Passes`) to ``tally``."""
+def tally_passes(tally: Tally, passes: Any, batch: Any, world: int, prompt_once: bool = False) -> None:
+    """Add the micro-batch metrics of ``passes`` (:data:`ocean_lib.training.forward.Passes`) to ``tally``. The
+    padding is counted in the slots the forward computes: every row's prompt padded to the micro-batch's longest,
+    or under ``prompt_once`` each distinct prompt once, then every row's completion padded to the longest."""
     real = [rows for rows, _, counts in passes if counts]
     # A count of 1/W per process makes the reduced "mean" the sum over processes.
     tally.add("micro_batch/count", len(real), count=1 / world)
     tally.add("micro_batch/filler_passes", len(passes) - len(real), count=1 / world)
     prompt_lengths, completion_lengths = batch.prompt_mask.sum(-1), batch.completion_mask.sum(-1)
-    slots = sum(len(rows) * int(prompt_lengths[rows].max() + completion_lengths[rows].max()) for rows in real)
-    tokens = sum(int(prompt_lengths[rows].sum() + completion_lengths[rows].sum()) for rows in real)
+    slots = tokens = 0
+    for rows in real:
+        ran = batch.prompt_index[rows].unique() * batch.n if prompt_once else rows  # a row of each prompt run
+        slots += len(ran) * int(prompt_lengths[rows].max()) + len(rows) * int(completion_lengths[rows].max())
+        tokens += int(prompt_lengths[ran].sum() + completion_lengths[rows].sum())
     tally.add("micro_batch/padding_fraction", slots - tokens, count=slots)
 
 

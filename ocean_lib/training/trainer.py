@@ -321,7 +321,7 @@ def update(state: TrainState, groups: SampledGroups, tally: Tally) -> None:
     #    Under prompt-once the token budget packs whole groups and counts each distinct prompt once.
     packed_once = _prompt_once(state)
     passes = forward_passes(acc, micro_batches(kept_rows, batch, cfg.train, prompt_once=packed_once), batch)
-    tally_passes(tally, passes, batch, acc.num_processes)
+    tally_passes(tally, passes, batch, acc.num_processes, prompt_once=packed_once)
     no_grad_passes = passes  # the forwards without gradient may pack bigger micro-batches
     if cfg.train.forward_micro_batch_tokens:
         no_grad_passes = forward_passes(
