@@ -98,6 +98,21 @@ def test_counting_answer_is_the_number_of_matching_objects(difficulty):
 
 
 @pytest.mark.parametrize("difficulty", LEVELS)
+def test_grid_description_names_all_sixteen_cells_and_what_each_holds_in_the_picture(difficulty):
+    cell = 112 / 4
+    for task in tasks("grid", difficulty, n=60):
+        image = task.image()
+        check_drawn(task, image)
+        said = re.findall(r"row (\d), column (\d): (empty|\w+ \w+)\.", task.reasoning)
+        assert [(int(r) - 1, int(c) - 1) for r, c, _ in said] == [(r, c) for r in range(4) for c in range(4)]
+        drawn = {
+            (centre(o)[1] // cell, centre(o)[0] // cell): f"{o.colour} {o.shape}" for o in task.scene.objects
+        }
+        assert {(int(r) - 1, int(c) - 1): what for r, c, what in said if what != "empty"} == drawn
+        assert task.answer == str(len(drawn))
+
+
+@pytest.mark.parametrize("difficulty", LEVELS)
 def test_scene_description_names_every_drawn_object_in_its_cell_in_reading_order(difficulty):
     cell = 112 / 4
     kinds = set()
@@ -235,12 +250,12 @@ def test_reasoning_is_short_and_level_1_answers_are_few(family):
     for difficulty in LEVELS:
         for task in tasks(family, difficulty):
             # a scene description names every object (6 words each); a task's reasoning is one short sentence
-            words = 6 * len(task.scene.objects) if family == "scene" else 20
+            words = {"scene": 6 * len(task.scene.objects), "grid": 6 * 16}.get(family, 20)
             assert len(task.reasoning.split()) <= words, task.reasoning
             assert task.completion == f"<think>{task.reasoning}</think><answer>{task.answer}</answer>"
             if difficulty == 1:
                 answers.add(task.answer)
-    limit = {"counting": 6, "geometry": 13, "grounding": 16 * 4, "spatial": 2, "scene": 6}[family]
+    limit = {"counting": 6, "geometry": 13, "grounding": 16 * 4, "spatial": 2, "scene": 6, "grid": 6}[family]
     assert len(answers) <= limit
 
 

@@ -10,9 +10,9 @@ One family per kind of Ocean-R1 training data, each with a text-only twin statin
 - ``spatial`` (CV-Bench-like): relation, depth or distance questions with options ``(A) left\\n(B) right``,
   answer ``(A)``, ``acc``.
 
-and one that is not a task of Ocean-R1's: ``scene``, a description of every object with its cell in reading order
-(answer: how many objects), dense supervision for a perception stage before the warm-start (:func:`sample_scene`;
-not among the default families).
+and two that are not tasks of Ocean-R1's, dense supervision for a perception stage before the warm-start (answer:
+how many objects; not among the default families): ``scene``, every object with its cell in reading order
+(:func:`sample_scene`), and ``grid``, every one of the 16 cells named, then what it holds (:func:`sample_grid`).
 
 Every task is sampled from a seed as a scene graph (:class:`ShapeScene` or :class:`Diagram`) plus a structured
 ``query``; question, answer and a short worked ``reasoning`` are derived from them, and the picture is drawn
@@ -56,7 +56,14 @@ from ocean_lib.base.schema import RunConfig, SyntheticConfig
 from ocean_lib.data.images import ImageRef, parse_box
 from ocean_lib.data.records import Record, write_records
 
-FAMILIES = ("counting", "geometry", "grounding", "spatial", "scene")  # order is part of the seed: append only
+FAMILIES = (
+    "counting",
+    "geometry",
+    "grounding",
+    "spatial",
+    "scene",
+    "grid",
+)  # order is part of the seed: append only
 SPLITS = ("train", "test")
 BACKGROUND = (123, 117, 104)  # ≈ the Qwen2-VL image processor's mean colour, which normalises to ~0
 INK = (25, 25, 25)
@@ -751,16 +758,10 @@ def _centre_distance(a: Shape, b: Shape) -> float:
 _SCENE_OBJECTS = {1: (1, 6), 2: (1, 8), 3: (1, 10)}
 
 
-def sample_scene(rng: np.random.Generator, difficulty: int, image_size: int) -> Task:
-    """Every object of a picture with its cell, in reading order ("red circle: row 1, column 2. ..."), then
-    how many there are.
-
-    Not one of Ocean-R1's tasks: the dense supervision per picture that Qwen2.5-VL's pre-training on grounding
-    data gave the real model before its Instruct tuning, and that one answer per picture does not. A task
-    family's single answer never says where the other objects are; a description says where each one is. Scenes
-    are drawn as the tasks draw theirs, half as flat scenes (counting, grounding: one size, anywhere in the
-    cell) and half as floors (spatial: nearer rows larger), with the level's attributes.
-    """
+def _scene_to_describe(rng: np.random.Generator, difficulty: int, image_size: int) -> tuple[ShapeScene, bool]:
+    """A picture for a perception family and whether it is a floor: half the time a flat scene as counting and
+    grounding draw theirs (one size, anywhere in the cell), half the time a floor as spatial draws its (nearer
+    rows larger), with the level's attributes; objects in reading order."""
     lo, hi = _SCENE_OBJECTS[difficulty]
     colours = _palette(difficulty)
     floor = bool(rng.integers(2))
@@ -771,9 +772,20 @@ def sample_scene(rng: np.random.Generator, difficulty: int, image_size: int) -> 
             box = _place(rng, image_size, row, col, 14 + 4 * row, RELATION_JITTER)
             obj = replace(obj, size="large" if row >= 2 else "small", box=box)
         objects.append(obj)
-    scene = ShapeScene(image_size, tuple(objects))
+    return ShapeScene(image_size, tuple(objects)), floor
+
+
+def sample_scene(rng: np.random.Generator, difficulty: int, image_size: int) -> Task:
+    """Every object of a picture with its cell, in reading order ("red circle: row 1, column 2. ..."), then
+    how many there are.
+
+    Not one of Ocean-R1's tasks: the dense supervision per picture that Qwen2.5-VL's pre-training on grounding
+    data gave the real model before its Instruct tuning, and that one answer per picture does not. A task
+    family's single answer never says where the other objects are; a description says where each one is.
+    """
+    scene, floor = _scene_to_describe(rng, difficulty, image_size)
     question = "Name every object with its cell, in reading order. How many objects are there?"
-    listed = " ".join(f"{o.name()}: {o.where()}." for o in objects)
+    listed = " ".join(f"{o.name()}: {o.where()}." for o in scene.objects)
     return Task(
         family="scene",
         difficulty=difficulty,
@@ -781,7 +793,34 @@ def sample_scene(rng: np.random.Generator, difficulty: int, image_size: int) -> 
         query={"floor": floor},
         question=question,
         text_question=f"{_scene_in_words(scene.objects, image_size)} {question}",
-        answer=str(len(objects)),
+        answer=str(len(scene.objects)),
+        reasoning=listed,
+        reward_func="acc",
+    )
+
+
+def sample_grid(rng: np.random.Generator, difficulty: int, image_size: int) -> Task:
+    """Every cell of the grid in reading order, each named before what it holds ("row 1, column 1: empty.
+    row 1, column 2: red circle. ..."), then how many objects there are.
+
+    Not one of Ocean-R1's tasks: a denser perception signal than ``scene``. There the order of the objects
+    already says much of where each is, and a model that cannot yet find an object learns the order, not the
+    cells (docs/miniature_results.md, issue 21). Here every one of the 16 answers follows its cell's name, so
+    each asks the model to look up one image token by position: sixteen pointer targets per picture.
+    """
+    scene, floor = _scene_to_describe(rng, difficulty, image_size)
+    held = {(o.row, o.col): o.name() for o in scene.objects}
+    cells = [(row, col) for row in range(GRID) for col in range(GRID)]
+    listed = " ".join(f"row {r + 1}, column {c + 1}: {held.get((r, c), 'empty')}." for r, c in cells)
+    question = "Say what each cell holds, in reading order. How many objects are there?"
+    return Task(
+        family="grid",
+        difficulty=difficulty,
+        scene=scene,
+        query={"floor": floor},
+        question=question,
+        text_question=f"{_scene_in_words(scene.objects, image_size)} {question}",
+        answer=str(len(scene.objects)),
         reasoning=listed,
         reward_func="acc",
     )
@@ -803,7 +842,7 @@ def _shifted(value: int, lo: int, hi: int, step: int, rng: np.random.Generator) 
 def _answer_in_words(task: Task, rng: np.random.Generator, wrong: bool) -> str:
     """The task's answer as its reasoning states it, or (``wrong``) a plausible wrong first value: a count or
     an angle one step off, the neighbouring cell, another option."""
-    if task.family in ("counting", "scene"):
+    if task.family in ("counting", "scene", "grid"):
         n = int(task.answer)
         return str(_shifted(n, 1, GRID * GRID, 1, rng) if wrong else n)
     if task.family == "geometry":
@@ -859,6 +898,7 @@ SAMPLERS: dict[str, Callable[[np.random.Generator, int, int], Task]] = {
     "grounding": sample_grounding,
     "spatial": sample_spatial,
     "scene": sample_scene,
+    "grid": sample_grid,
 }
 
 
