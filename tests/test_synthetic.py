@@ -285,6 +285,23 @@ def test_gradient_background_writes_where_a_patch_is_and_keeps_the_mean_grey():
         assert np.array_equal(gradient[~drawn], np.asarray(canvas(112, "gradient"))[~drawn])
 
 
+def test_cells_background_gives_each_cell_one_colour_of_its_own_around_the_object():
+    pixels = np.asarray(canvas(112, "cells"), dtype=float)
+    assert np.allclose(pixels.reshape(-1, 3).mean(axis=0), BACKGROUND, atol=0.5)
+    cells = pixels.reshape(4, 28, 4, 28, 3).transpose(0, 2, 1, 3, 4).reshape(16, 28 * 28, 3)
+    assert np.all(cells == cells[:, :1])  # flat inside a cell
+    assert len({tuple(c[0]) for c in cells}) == 16  # and a colour no other cell has
+    assert pixels[0, -1, 0] - pixels[0, 0, 0] == 80 and pixels[-1, 0, 2] - pixels[0, 0, 2] == 80
+    for task in tasks("grid", 1, n=10):
+        flat, stepped = np.asarray(task.image()), np.asarray(task.image("cells"))
+        drawn = np.any(flat != BACKGROUND, axis=-1)
+        assert np.array_equal(flat[drawn], stepped[drawn])
+        for obj in task.scene.objects:  # the object's own 28-px token shows its cell's colour in its margin
+            block = stepped[obj.row * 28 : (obj.row + 1) * 28, obj.col * 28 : (obj.col + 1) * 28]
+            margin = block[~drawn[obj.row * 28 : (obj.row + 1) * 28, obj.col * 28 : (obj.col + 1) * 28]]
+            assert len(margin) > 0 and np.all(margin == cells[obj.row * 4 + obj.col, 0])
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Records, determinism, splits, twins
 # ----------------------------------------------------------------------------------------------------------------

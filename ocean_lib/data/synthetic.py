@@ -75,7 +75,7 @@ COLOURS = {
     "purple": (145, 60, 185),
     "cyan": (40, 195, 205),
 }
-BACKGROUNDS = ("flat", "gradient")
+BACKGROUNDS = ("flat", "gradient", "cells")
 GRADIENT_AMPLITUDE = 40  # red rises left to right and blue top to bottom by ±40 levels around BACKGROUND
 SHAPES = ("circle", "square", "triangle")
 GRID = 4  # the picture is a GRID × GRID array of cells; every object sits in its own cell
@@ -191,14 +191,20 @@ class Diagram:
 
 
 def canvas(size: int, background: str) -> Image.Image:
-    """An empty picture: ``flat`` mean grey, or ``gradient``, the same grey with red rising left to right and
-    blue rising top to bottom (:data:`GRADIENT_AMPLITUDE`). The gradient's mean is still the processor's mean
-    colour; what it adds is where a patch lies, written in the patch itself."""
+    """An empty picture: ``flat`` mean grey; ``gradient``, the same grey with red rising left to right and
+    blue rising top to bottom (:data:`GRADIENT_AMPLITUDE`); or ``cells``, the same ramps in steps, one flat
+    colour per grid cell. The ramps' mean is still the processor's mean colour; what they add is where a patch
+    lies, written in the patch itself (``cells``: the same in every pixel of a cell's background, so the
+    margin around an object carries its cell)."""
     if background == "flat":
         return Image.new("RGB", (size, size), BACKGROUND)
-    if background != "gradient":
+    if background not in BACKGROUNDS:
         raise ValueError(f"unknown background {background!r}; expected one of {BACKGROUNDS}")
-    ramp = np.linspace(-GRADIENT_AMPLITUDE, GRADIENT_AMPLITUDE, size)
+    if background == "gradient":
+        ramp = np.linspace(-GRADIENT_AMPLITUDE, GRADIENT_AMPLITUDE, size)
+    else:
+        steps = np.linspace(-GRADIENT_AMPLITUDE, GRADIENT_AMPLITUDE, GRID)
+        ramp = steps[np.arange(size) * GRID // size]
     pixels = np.empty((size, size, 3))
     pixels[..., 0] = BACKGROUND[0] + ramp[None, :]
     pixels[..., 1] = BACKGROUND[1]
