@@ -250,7 +250,7 @@ def test_reasoning_is_short_and_level_1_answers_are_few(family):
     for difficulty in LEVELS:
         for task in tasks(family, difficulty):
             # a scene description names every object (6 words each); a task's reasoning is one short sentence
-            words = {"scene": 6 * len(task.scene.objects), "grid": 6 * 16}.get(family, 20)
+            words = 6 * len(task.scene.objects) if family == "scene" else 6 * 16 if family == "grid" else 20
             assert len(task.reasoning.split()) <= words, task.reasoning
             assert task.completion == f"<think>{task.reasoning}</think><answer>{task.answer}</answer>"
             if difficulty == 1:
