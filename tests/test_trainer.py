@@ -194,7 +194,6 @@ def test_verl_micro_batch_mean_is_the_same_whatever_rows_are_computed_together(
 def test_verl_denominators_come_from_every_process_lengths_in_rank_order():
     from accelerate import Accelerator
 
-    from ocean_lib.training.batch import RolloutBatch
     from ocean_lib.training.trainer import _verl_denominators
 
     # 4 sequences (2 prompts x 2): completion lengths [3, 1, 2, 5], prompt lengths [1, 1, 1, 1] (left-padded
@@ -202,21 +201,7 @@ def test_verl_denominators_come_from_every_process_lengths_in_rank_order():
     # (6, 3); runs {1, 2} and {0, 3}; joined: {3, 1} (6 + 2) and {0, 2} (4 + 3): micro-batches of 2, M = 2.
     # {1, 3}: 1 + 5 = 6 tokens -> 2 * 6 = 12; {0, 2}: 3 + 2 = 5 -> 10.
     lengths = [3, 1, 2, 5]
-    mask = torch.tensor([[1 if t < n else 0 for t in range(5)] for n in lengths])
-    batch = RolloutBatch(
-        prompt_ids=torch.ones(4, 2, dtype=torch.long),
-        prompt_mask=torch.tensor([[0, 1]] * 4),
-        prompt_token_types=torch.zeros(4, 2, dtype=torch.long),
-        completion_ids=torch.ones(4, 5, dtype=torch.long),
-        completion_mask=mask,
-        logprobs=torch.zeros(4, 5),
-        pixel_values=None,
-        image_grid_thw=None,
-        images_per_prompt=[0, 0],
-        n=2,
-        texts=[""] * 4,
-        finished=[True] * 4,
-    )
+    batch = _handmade_batch([[0, 1]] * 4, lengths, n=2)
     cfg = load_config(
         None,
         [
@@ -346,25 +331,11 @@ def test_prompt_once_packing_keeps_groups_together_and_counts_each_prompt_once()
 
 def test_padding_fraction_counts_the_prompts_the_forward_runs():
     from ocean_lib.training import grpo
-    from ocean_lib.training.batch import RolloutBatch
     from ocean_lib.training.metrics import Tally, tally_passes
 
     # 2 prompts x 2 rows: prompts of 3 and 1 tokens (left-padded to 3), completions [2, 1, 4, 1].
     completions = [2, 1, 4, 1]
-    batch = RolloutBatch(
-        prompt_ids=torch.ones(4, 3, dtype=torch.long),
-        prompt_mask=torch.tensor([[1, 1, 1], [1, 1, 1], [0, 0, 1], [0, 0, 1]]),
-        prompt_token_types=torch.zeros(4, 3, dtype=torch.long),
-        completion_ids=torch.ones(4, 4, dtype=torch.long),
-        completion_mask=torch.tensor([[1 if t < n else 0 for t in range(4)] for n in completions]),
-        logprobs=torch.zeros(4, 4),
-        pixel_values=None,
-        image_grid_thw=None,
-        images_per_prompt=[0, 0],
-        n=2,
-        texts=[""] * 4,
-        finished=[True] * 4,
-    )
+    batch = _handmade_batch([[1, 1, 1], [1, 1, 1], [0, 0, 1], [0, 0, 1]], completions, n=2)
 
     def padding(passes, prompt_once):
         tally = Tally()
@@ -617,7 +588,7 @@ def test_model_flops_by_hand_for_the_tiny_config(tiny_model_dir):
     # A step: 2 rows sharing that prompt (its image included), one trained on; generation of both, a reference
     # forward, one update with the vision tower trained: forward FLOPs x (2 + 1 + 3).
     batch = dataclasses.replace(
-        _handmade_batch(prompt=10, completions=[5, 3]),
+        _handmade_batch([[0, 0] + [1] * 10] * 2, [5, 3], n=2),  # left padding is not counted
         image_grid_thw=torch.tensor([[1, 4, 4]]),
         images_per_prompt=[1],
     )
@@ -655,21 +626,23 @@ def test_model_flops_equal_torchs_count_on_the_real_tiny_model(tiny_model_dir):
     assert counted.get_total_flops() == flops.image(image["image_grid_thw"].prod(-1)).item()
 
 
-def _handmade_batch(prompt: int, completions: list[int]):
+def _handmade_batch(prompt_mask: list[list[int]], completions: list[int], n: int):
+    """A text-only batch of all-ones tokens: row i's prompt mask (left-padded) and completion length; n rows per
+    prompt."""
     from ocean_lib.training.batch import RolloutBatch
 
     rows, width = len(completions), max(completions)
     return RolloutBatch(
-        prompt_ids=torch.ones(rows, prompt + 2, dtype=torch.long),
-        prompt_mask=torch.tensor([[0, 0] + [1] * prompt] * rows),  # left padding is not counted
-        prompt_token_types=torch.zeros(rows, prompt + 2, dtype=torch.long),
+        prompt_ids=torch.ones(rows, len(prompt_mask[0]), dtype=torch.long),
+        prompt_mask=torch.tensor(prompt_mask),
+        prompt_token_types=torch.zeros(rows, len(prompt_mask[0]), dtype=torch.long),
         completion_ids=torch.ones(rows, width, dtype=torch.long),
         completion_mask=(torch.arange(width) < torch.tensor(completions)[:, None]).long(),
         logprobs=torch.zeros(rows, width),
         pixel_values=None,
         image_grid_thw=None,
-        images_per_prompt=[0],
-        n=rows,
+        images_per_prompt=[0] * (rows // n),
+        n=n,
         texts=[""] * rows,
         finished=[True] * rows,
     )

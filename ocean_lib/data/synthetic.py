@@ -789,19 +789,13 @@ def sample_scene(rng: np.random.Generator, difficulty: int, image_size: int) -> 
     data gave the real model before its Instruct tuning, and that one answer per picture does not. A task
     family's single answer never says where the other objects are; a description says where each one is.
     """
-    scene, floor = _scene_to_describe(rng, difficulty, image_size)
-    question = "Name every object with its cell, in reading order. How many objects are there?"
-    listed = " ".join(f"{o.name()}: {o.where()}." for o in scene.objects)
-    return Task(
-        family="scene",
-        difficulty=difficulty,
-        scene=scene,
-        query={"floor": floor},
-        question=question,
-        text_question=f"{_scene_in_words(scene.objects, image_size)} {question}",
-        answer=str(len(scene.objects)),
-        reasoning=listed,
-        reward_func="acc",
+    return _described_scene(
+        "scene",
+        "Name every object with its cell, in reading order. How many objects are there?",
+        lambda scene: " ".join(f"{o.name()}: {o.where()}." for o in scene.objects),
+        rng,
+        difficulty,
+        image_size,
     )
 
 
@@ -814,20 +808,42 @@ def sample_grid(rng: np.random.Generator, difficulty: int, image_size: int) -> T
     cells (docs/miniature_results.md, issue 21). Here every one of the 16 answers follows its cell's name, so
     each asks the model to look up one image token by position: sixteen pointer targets per picture.
     """
+
+    def every_cell(scene: ShapeScene) -> str:
+        held = {(o.row, o.col): o.name() for o in scene.objects}
+        cells = [(row, col) for row in range(GRID) for col in range(GRID)]
+        return " ".join(f"row {r + 1}, column {c + 1}: {held.get((r, c), 'empty')}." for r, c in cells)
+
+    return _described_scene(
+        "grid",
+        "Say what each cell holds, in reading order. How many objects are there?",
+        every_cell,
+        rng,
+        difficulty,
+        image_size,
+    )
+
+
+def _described_scene(
+    family: str,
+    question: str,
+    describe: Callable[[ShapeScene], str],
+    rng: np.random.Generator,
+    difficulty: int,
+    image_size: int,
+) -> Task:
+    """A picture drawn as the description families draw theirs, its description (``describe``) as the
+    reasoning, answered by how many objects it holds."""
     scene, floor = _scene_to_describe(rng, difficulty, image_size)
-    held = {(o.row, o.col): o.name() for o in scene.objects}
-    cells = [(row, col) for row in range(GRID) for col in range(GRID)]
-    listed = " ".join(f"row {r + 1}, column {c + 1}: {held.get((r, c), 'empty')}." for r, c in cells)
-    question = "Say what each cell holds, in reading order. How many objects are there?"
     return Task(
-        family="grid",
+        family=family,
         difficulty=difficulty,
         scene=scene,
         query={"floor": floor},
         question=question,
         text_question=f"{_scene_in_words(scene.objects, image_size)} {question}",
         answer=str(len(scene.objects)),
-        reasoning=listed,
+        reasoning=describe(scene),
         reward_func="acc",
     )
 
