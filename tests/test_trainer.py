@@ -617,13 +617,24 @@ def test_model_flops_equal_torchs_count_on_the_real_tiny_model(tiny_model_dir):
         model(input_ids=torch.randint(10, 100, (1, tokens)), logits_to_keep=0)  # logits at every position
     masked = tokens * tokens - tokens * (tokens + 1) // 2
     ours = flops.text(torch.tensor([0]), torch.tensor([tokens])).item()
-    assert counted.get_total_flops() == ours + masked * flops.text_pair
+    assert _without_rotary_angles(counted) == ours + masked * flops.text_pair
     image = processor.image_processor(
         images=[Image.new("RGB", (56, 56), (123, 117, 104))], return_tensors="pt"
     )
     with torch.no_grad(), FlopCounterMode(display=False) as counted:
         model.model.visual(image["pixel_values"], grid_thw=image["image_grid_thw"])
-    assert counted.get_total_flops() == flops.image(image["image_grid_thw"].prod(-1)).item()
+    assert _without_rotary_angles(counted) == flops.image(image["image_grid_thw"].prod(-1)).item()
+
+
+def _without_rotary_angles(counted) -> int:
+    """torch's count less the rotary angles' (positions times inverse frequencies): transformers 5.16 forms them
+    with a matmul, 5.24 without one, and no FLOP convention counts them (1,536 FLOPs of 3.5 M here)."""
+    rotary = [
+        ops
+        for name, ops in counted.get_flop_counts().items()
+        if name.endswith(("rotary_emb", "rotary_pos_emb"))
+    ]
+    return counted.get_total_flops() - sum(sum(ops.values()) for ops in rotary)
 
 
 def _handmade_batch(prompt_mask: list[list[int]], completions: list[int], n: int):
