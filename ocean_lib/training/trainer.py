@@ -318,17 +318,17 @@ def update(state: TrainState, groups: SampledGroups, tally: Tally) -> None:
     # 5. Reference (and, for several updates per batch, old) log-probs, without gradients, in the micro-batches
     #    the update will use or in their own (train.forward_micro_batch_tokens); every process runs as many as the
     #    busiest one (forward_passes). The log-probs are kept per row, whichever rows were computed together.
-    #    Under prompt-once the token budget packs whole groups and counts each distinct prompt once.
-    packed_once = _prompt_once(state)
-    passes = forward_passes(acc, micro_batches(kept_rows, batch, cfg.train, prompt_once=packed_once), batch)
-    tally_passes(tally, passes, batch, acc.num_processes, prompt_once=packed_once)
+    #    Under prompt-once the token budget packs whole groups and counts each distinct prompt once. The setting
+    #    is the same on every process: ZeRO-3 needs as many forwards everywhere.
+    prompt_once = _prompt_once(state)
+    passes = forward_passes(acc, micro_batches(kept_rows, batch, cfg.train, prompt_once=prompt_once), batch)
+    tally_passes(tally, passes, batch, acc.num_processes, prompt_once=prompt_once)
     no_grad_passes = passes  # the forwards without gradient may pack bigger micro-batches
     if cfg.train.forward_micro_batch_tokens:
         no_grad_passes = forward_passes(
-            acc, micro_batches(kept_rows, batch, cfg.train, no_grad=True, prompt_once=packed_once), batch
+            acc, micro_batches(kept_rows, batch, cfg.train, no_grad=True, prompt_once=prompt_once), batch
         )
-    prompt_once = cfg.train.prompt_once  # the same on every process: ZeRO-3 needs as many forwards everywhere
-    tally.add("micro_batch/prompt_once", float(packed_once))
+    tally.add("micro_batch/prompt_once", float(prompt_once))
     ref_logprobs = old_logprobs = None
     temperature = cfg.rollout.temperature
     if alg.kl_coef > 0:
