@@ -9,13 +9,26 @@ and saved as "not a measurement".
 
 from __future__ import annotations
 
+import argparse
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
 
 LOAD_PER_CORE_LIMIT = 2.0
 """Highest 1-minute load average per core at which a ratio still counts (why 2: docs/performance.md)."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every bench shares: where its results go, and the load limit of a measurement."""
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser.add_argument(
+        "--load-limit",
+        type=float,
+        default=LOAD_PER_CORE_LIMIT,
+        help="highest 1-minute load average per core at which the ratios count as measurements",
+    )
 
 
 def machine() -> dict[str, Any]:

@@ -46,8 +46,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import conditions
 import torch
-from conditions import LOAD_PER_CORE_LIMIT, LoadLog, machine
+from conditions import LoadLog, machine
 
 from ocean_lib.base.config import load_config
 from ocean_lib.base.prompts import split_image_markers
@@ -452,13 +453,7 @@ def main() -> None:
     parser.add_argument(
         "--scaling-steps", type=int, default=3, help="measured steps per scaling point (0: no scaling table)"
     )
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
-    parser.add_argument(
-        "--load-limit",
-        type=float,
-        default=LOAD_PER_CORE_LIMIT,
-        help="highest 1-minute load average per core at which the ratio counts as a measurement",
-    )
+    conditions.add_arguments(parser)
     args = parser.parse_args()
     if "OMP_WAIT_POLICY" not in os.environ:
         # OpenMP's spinning barrier needs every thread on a core; on a shared machine one descheduled thread

@@ -32,11 +32,11 @@ import statistics
 import sys
 import tempfile
 import time
-from pathlib import Path
 
+import conditions
 import numpy as np
 import torch
-from conditions import LOAD_PER_CORE_LIMIT, LoadLog, machine
+from conditions import LoadLog, machine
 
 from ocean_lib.base.config import load_config
 from ocean_lib.base.prompts import Prompt
@@ -125,13 +125,7 @@ def main() -> None:
     )
     parser.add_argument("--median", type=int, default=48, help="median completion length, tokens")
     parser.add_argument("--max-len", type=int, default=512, help="longest completion, tokens")
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
-    parser.add_argument(
-        "--load-limit",
-        type=float,
-        default=LOAD_PER_CORE_LIMIT,
-        help="highest 1-minute load average per core at which the ratios count as measurements",
-    )
+    conditions.add_arguments(parser)
     args = parser.parse_args()
     if "OMP_WAIT_POLICY" not in os.environ:  # see bench/grpo_step.py: spinning OpenMP threads on shared cores
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
