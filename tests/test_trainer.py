@@ -566,7 +566,7 @@ def test_model_flops_by_hand_for_the_tiny_config(tiny_model_dir):
     attention), MLP 128, 14-px patches x 2 frames x 3 channels, 2x2 merge into width 64."""
     from transformers import AutoConfig
 
-    from ocean_lib.training.metrics import FlopModel, Tally, tally_flops
+    from ocean_lib.training.metrics import FlopModel, Tally, step_flops, tally_flops
 
     config = AutoConfig.from_pretrained(tiny_model_dir)
     vocab = config.text_config.vocab_size
@@ -585,21 +585,44 @@ def test_model_flops_by_hand_for_the_tiny_config(tiny_model_dir):
         + 4 * 2 * (128 * 128 + 128 * 64)
     )
     assert flops.image(torch.tensor([16])).item() == image
-    # A step: 2 rows sharing that prompt (its image included), one trained on; generation of both, a reference
-    # forward, one update with the vision tower trained: forward FLOPs x (2 + 1 + 3).
+    # A step: 2 rows sharing that prompt (its image included), one trained on; generation of both (the prompt
+    # prefilled once for the group), a reference forward, one update with the vision tower trained.
     batch = dataclasses.replace(
         _handmade_batch([[0, 0] + [1] * 10] * 2, [5, 3], n=2),  # left padding is not counted
         image_grid_thw=torch.tensor([[1, 4, 4]]),
         images_per_prompt=[1],
     )
-    tally = Tally()
-    kwargs = {"generated": True, "forward_only": 1, "updates": 1, "world": 1}
-    tally_flops(tally, config, batch, torch.tensor([0]), vision_trained=True, **kwargs)
+    prompt = flops.text(torch.tensor([10]), torch.tensor([0])).item() + image
     row = [flops.text(torch.tensor([10]), torch.tensor([n])).item() + image for n in (5, 3)]
-    assert tally.stats["flops/step"].total == pytest.approx(sum(row) + row[0] + 3 * row[0], rel=1e-12)
+    generation = prompt + sum(r - prompt for r in row)
+    repeated = {"forward_runs": None, "update_runs": None}
+    kwargs = {"generated": True, "forward_only": 1, "updates": 1}
+    tally = Tally()
+    tally_flops(tally, 1, config, batch, torch.tensor([0]), vision_trained=True, **kwargs, **repeated)
+    assert tally.stats["flops/step"].total == pytest.approx(generation + row[0] + 3 * row[0], rel=1e-12)
     frozen = Tally()  # a frozen vision tower: its forward once per update, no backward
-    tally_flops(frozen, config, batch, torch.tensor([0]), vision_trained=False, **kwargs)
+    tally_flops(frozen, 1, config, batch, torch.tensor([0]), vision_trained=False, **kwargs, **repeated)
     assert tally.stats["flops/step"].total - frozen.stats["flops/step"].total == pytest.approx(2 * image)
+    # Both rows trained: repeated, each row runs the prompt; prompt-once, it runs once per forward (or twice where
+    # the packing put the group in two micro-batches); gradient checkpointing's recompute is one forward more.
+    both = torch.tensor([0, 1])
+    step = dict(kwargs, vision_trained=True)
+    assert step_flops(config, batch, both, **step, **repeated) == pytest.approx(generation + 4 * sum(row))
+    once = {"forward_runs": torch.tensor([1.0]), "update_runs": torch.tensor([1.0])}
+    assert step_flops(config, batch, both, **step, **once) == pytest.approx(5 * generation)
+    split = {"forward_runs": torch.tensor([1.0]), "update_runs": torch.tensor([2.0])}
+    assert step_flops(config, batch, both, **step, **split) == pytest.approx(5 * generation + 3 * prompt)
+    assert step_flops(config, batch, both, **step, **once, recompute=True) == pytest.approx(6 * generation)
+
+
+def test_prompt_runs_count_the_micro_batches_each_prompt_is_in():
+    from ocean_lib.training.metrics import prompt_runs
+
+    batch = _handmade_batch([[1, 1]] * 6, [1] * 6, n=2)  # 3 prompts of 2 rows
+    passes = [(torch.tensor([0, 1, 2]), None, True), (torch.tensor([3, 4, 5]), None, True)]
+    filler = [(torch.tensor([0]), None, False)]
+    assert prompt_runs(passes + filler, batch, prompt_once=True).tolist() == [1.0, 2.0, 1.0]
+    assert prompt_runs(passes, batch, prompt_once=False) is None
 
 
 def test_model_flops_equal_torchs_count_on_the_real_tiny_model(tiny_model_dir):

@@ -80,8 +80,8 @@ METRICS: dict[str, str] = {
     "tokens/completion": "completion tokens trained on, all processes",
     "throughput/prompt_tokens_per_s": "tokens/prompt per second of the whole step (time/step_s)",
     "throughput/completion_tokens_per_s": "tokens/completion per second of the whole step (time/step_s)",
-    "flops/step": "model FLOPs of the step's work, all processes: every sequence whole, one forward per "
-    "forward-only pass (generation, reference, old log-probs), three per update (metrics.FlopModel)",
+    "flops/step": "model FLOPs of the step's work, all processes: one forward per forward-only pass "
+    "(generation, reference, old log-probs), three per update, each prompt as often as it runs (metrics.step_flops)",
     "throughput/model_flops_per_s": "flops/step per second of the whole step (time/step_s)",
     "throughput/mfu": "model FLOPs utilisation: throughput/model_flops_per_s over the processes' summed peak "
     "(logging.peak_flops_per_s, or the GPU's bf16 dense peak by name); absent when the peak is unknown",
@@ -286,34 +286,76 @@ class FlopModel:
         return patches * self.vision_patch + pairs * self.vision_pair + patches / 4 * self.merger_token
 
 
-def tally_flops(
-    tally: Tally,
+def prompt_runs(passes: Any, batch: Any, prompt_once: bool) -> torch.Tensor | None:
+    """How many times each prompt's tokens (and images) run in one forward over ``passes``: under ``prompt_once``
+    once per real micro-batch holding any of its rows; ``None`` otherwise (every row runs its own prompt)."""
+    if not prompt_once:
+        return None
+    runs = torch.zeros(len(batch.images_per_prompt), dtype=torch.float64)
+    for rows, _, real in passes:
+        if real:
+            runs[batch.prompt_index[rows].unique()] += 1
+    return runs
+
+
+def step_flops(
     config: Any,
     batch: Any,
     trained_rows: torch.Tensor,
     *,
     generated: bool,
     forward_only: int,
+    forward_runs: torch.Tensor | None,
     updates: int,
+    update_runs: torch.Tensor | None,
     vision_trained: bool,
-    world: int,
-) -> None:
-    """Add ``flops/step``: every sequence whole (as a trainer that runs each one through the model: running a
-    group's shared prompt once does less), one forward per forward-only pass (generation of every row when
-    ``generated``; ``forward_only`` passes over ``trained_rows``: reference, old log-probs) and three per update,
-    forward and backward (2N and 6N per token for N weights; a frozen vision tower counts once: nothing flows
-    back into it)."""
+    recompute: bool = False,
+) -> float:
+    """Model FLOPs of one step on ``batch`` (any object with the :class:`~ocean_lib.training.batch.RolloutBatch`
+    fields ``prompt_mask``, ``completion_mask``, ``prompt_index``, ``image_grid_thw``, ``images_per_prompt``).
+
+    A forward over rows R whose prompts p run k_p times (``*_runs``; ``None``: once per row of R, the repeated
+    prompt) costs
+
+        F = sum_{i in R} [text(P_i + C_i) - text(P_i)] + sum_p k_p [text(P_p) + vision(p)]
+
+    (a completion's attention over its prompt belongs to the completion). The step: generation of every row when
+    ``generated`` (both engines prefill each prompt once per group, k_p = 1), ``forward_only`` passes over
+    ``trained_rows`` (reference, old log-probs: ``forward_runs``) and ``updates`` of a forward and a backward of
+    twice its cost (2N and 4N per token for N weights; a frozen vision tower forward only: nothing flows back
+    into it) over ``trained_rows`` (``update_runs``). ``recompute`` adds gradient checkpointing's second forward
+    per update, which the MFU convention leaves out (model FLOPs, not hardware FLOPs)."""
     flops = FlopModel.of(config)
-    text = flops.text(batch.prompt_mask.sum(-1), batch.completion_mask.sum(-1))
-    vision = torch.zeros_like(text)
+    prompt_tokens, completion_tokens = batch.prompt_mask.sum(-1), batch.completion_mask.sum(-1)
+    completion = flops.text(prompt_tokens, completion_tokens) - flops.text(prompt_tokens, 0 * prompt_tokens)
+    prompts = len(batch.images_per_prompt)
+    # the rows of a prompt share its length, so any of them gives it
+    lengths = torch.zeros(prompts, dtype=prompt_tokens.dtype).scatter_(0, batch.prompt_index, prompt_tokens)
+    prompt_text = flops.text(lengths, 0 * lengths)
+    vision = torch.zeros(prompts, dtype=torch.float64)
     if batch.image_grid_thw is not None and len(batch.image_grid_thw):
-        per_image = flops.image(batch.image_grid_thw.prod(-1))
         owner = torch.repeat_interleave(torch.tensor(batch.images_per_prompt))  # the prompt of each image
-        per_prompt = torch.zeros(len(batch.images_per_prompt), dtype=per_image.dtype).index_add_(
-            0, owner, per_image
-        )
-        vision = per_prompt[batch.prompt_index]
-    forward = text + vision
-    total = (forward.sum() if generated else 0.0) + forward_only * forward[trained_rows].sum()
-    total += updates * (3 * text[trained_rows] + (3 if vision_trained else 1) * vision[trained_rows]).sum()
-    tally.add("flops/step", float(total), count=1 / world)
+        vision.index_add_(0, owner, flops.image(batch.image_grid_thw.prod(-1)))
+
+    def forward(rows: torch.Tensor, runs: torch.Tensor | None) -> tuple[float, float]:
+        """(text, vision) FLOPs of one forward over ``rows``."""
+        if runs is None:
+            runs = torch.bincount(batch.prompt_index[rows], minlength=prompts).double()
+        return float(completion[rows].sum() + (runs * prompt_text).sum()), float((runs * vision).sum())
+
+    total = 0.0
+    if generated:
+        total += sum(forward(torch.arange(len(prompt_tokens)), torch.ones(prompts, dtype=torch.float64)))
+    total += forward_only * sum(forward(trained_rows, forward_runs))
+    text, image = forward(trained_rows, update_runs)
+    per_update = 3 * text + (3 if vision_trained else 1) * image
+    if recompute:
+        per_update += text + (image if vision_trained else 0.0)
+    return total + updates * per_update
+
+
+def tally_flops(
+    tally: Tally, world: int, config: Any, batch: Any, trained_rows: torch.Tensor, **step: Any
+) -> None:
+    """Add ``flops/step`` (:func:`step_flops` of this process's rows; summed over processes)."""
+    tally.add("flops/step", step_flops(config, batch, trained_rows, **step), count=1 / world)

@@ -66,6 +66,7 @@ from ocean_lib.training.metrics import (
     Tally,
     check_registered,
     peak_flops_per_s,
+    prompt_runs,
     tally_flops,
     tally_passes,
     tally_rewards,
@@ -388,14 +389,16 @@ def update(state: TrainState, groups: SampledGroups, tally: Tally) -> None:
     tally_tokens(tally, batch, kept_rows, acc.num_processes)
     tally_flops(
         tally,
+        acc.num_processes,
         state.policy.config,
         batch,
         kept_rows,
         generated=True,
         forward_only=int(alg.kl_coef > 0) + int(alg.updates_per_batch > 1),
+        forward_runs=prompt_runs(no_grad_passes, batch, prompt_once),
         updates=alg.updates_per_batch,
+        update_runs=prompt_runs(passes, batch, prompt_once),
         vision_trained=_vision_trained(state),
-        world=acc.num_processes,
     )
 
 
@@ -479,14 +482,16 @@ def sft_step(state: TrainState, records: list[Record], step: int) -> tuple[Tally
     tally_tokens(tally, batch, all_rows, acc.num_processes)
     tally_flops(
         tally,
+        acc.num_processes,
         state.policy.config,
         batch,
         all_rows,
         generated=False,
         forward_only=0,
+        forward_runs=None,
         updates=1,
+        update_runs=None,
         vision_trained=_vision_trained(state),
-        world=acc.num_processes,
     )
     return tally, []
 
