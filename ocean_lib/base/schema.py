@@ -192,6 +192,11 @@ class RolloutConfig:
         "what ends a completion: <|im_end|> only (ours), or every eos id of the model's generation config "
         "(<|im_end|> and <|endoftext|>: vLLM's default, Ocean-R1)",
     )
+    gather_weights: bool = knob(
+        True,
+        "hf backend under ZeRO-3: gather the whole policy once per generation (TRL's ds3_gather_for_generation) "
+        "instead of each layer at every decoded token; each device then holds all the weights while sampling",
+    )
     vllm_gpu_memory_utilization: float = knob(0.5, "fraction of GPU memory vLLM may take when colocated")
     vllm_tensor_parallel_size: int = knob(1, "GPUs per vLLM engine")
     vllm_max_model_len: int = knob(12288, "vLLM context length, tokens (prompt + response)")

@@ -209,6 +209,29 @@ def whole_weights_loading(accelerator: Any) -> Iterator[None]:
         set_hf_deepspeed_config(plugin.dschf)
 
 
+@contextlib.contextmanager
+def whole_weights_sampling(engine: Any) -> Iterator[None]:
+    """Under ZeRO-3, every process holds the policy's whole weights inside this block, gathered once.
+
+    ZeRO-3 hooks each module: its weight shards are gathered from all processes before it runs and freed after. A
+    decode loop then gathers every layer at every token (a collective each time, so every process must also decode
+    as long as the slowest). Here the hooks come off, every weight is gathered once
+    (``deepspeed.zero.GatheredParameters``), the processes sample on their own, and on the way out the weights are
+    partitioned again and the hooks put back (DeepSpeed then re-records its prefetch order at the next forward).
+    TRL's ``ds3_gather_for_generation`` does the same for its ``generate``."""
+    import deepspeed
+
+    offload = engine.optimizer.parameter_offload  # DeepSpeedZeRoOffload: the module hooks' owner
+    for handle in offload.forward_hooks + offload.backward_hooks:
+        handle.remove()
+    offload.forward_hooks, offload.backward_hooks = [], []
+    try:
+        with deepspeed.zero.GatheredParameters(list(engine.module.parameters())):
+            yield
+    finally:
+        offload._register_deepspeed_module(offload.module, count=[0])  # module ids from 0, as at start
+
+
 # DeepSpeed's "auto" values that depend on the model's width, as accelerate and transformers fill them.
 HIDDEN_SIZE_AUTO = {
     "zero_optimization.reduce_bucket_size": lambda h: h * h,

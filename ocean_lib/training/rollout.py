@@ -18,7 +18,9 @@ the first update is exactly 1.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
@@ -35,15 +37,17 @@ def make_engine(
     cfg: RolloutConfig,
     all_done: Callable[[bool], bool] | None = None,
     *,
+    weights: Callable[[], AbstractContextManager[Any]] | None = None,
     dtype: str = "bfloat16",
     max_images_per_prompt: int = DataConfig().max_images_per_prompt,
 ) -> RolloutEngine:
-    """The rollout engine the config selects. ``all_done`` (HF backend): see :class:`HFRolloutEngine`; ``dtype``
+    """The rollout engine the config selects. ``all_done``, ``weights`` (HF backend): see
+    :class:`HFRolloutEngine`; ``dtype``
     (vLLM backend): the dtype of vLLM's copy of the weights (``model.inference_dtype``; the HF backend samples
     from the policy itself); ``max_images_per_prompt`` (vLLM): the most images a prompt will hold (vLLM refuses
     more)."""
     if cfg.backend == "hf":
-        return HFRolloutEngine(model, processor, cfg, all_done)
+        return HFRolloutEngine(model, processor, cfg, all_done, weights)
     if cfg.backend == "vllm":
         from ocean_lib.training.rollout_vllm import VLLMRolloutEngine
 
@@ -61,15 +65,23 @@ def make_engine(
 class HFRolloutEngine(EngineSetup):
     """KV-cached sampling with transformers modules: prefill each prompt once, decode ``n`` samples per prompt.
 
-    ``all_done(this_process_done) -> bool``, given under DeepSpeed ZeRO-3, where every forward gathers weights
-    from all processes: a process that has finished keeps decoding (its rows padded) until every process has,
-    so that all run the same forwards (``transformers``' ``synced_gpus``)."""
+    Under DeepSpeed ZeRO-3 one of two is given. ``weights()``: a context inside which the model holds its whole
+    weights (:func:`ocean_lib.training.distributed.whole_weights_sampling`); each process samples on its own.
+    ``all_done(this_process_done) -> bool``: every forward gathers weights from all processes, so a process that
+    has finished keeps decoding (its rows padded) until every process has, so that all run the same forwards
+    (``transformers``' ``synced_gpus``)."""
 
     def __init__(
-        self, model: Any, processor: Any, cfg: RolloutConfig, all_done: Callable[[bool], bool] | None = None
+        self,
+        model: Any,
+        processor: Any,
+        cfg: RolloutConfig,
+        all_done: Callable[[bool], bool] | None = None,
+        weights: Callable[[], AbstractContextManager[Any]] | None = None,
     ):
         super().__init__(model, processor, cfg)
         self.all_done = all_done
+        self.weights = weights or contextlib.nullcontext
         self.suppressed_ids = torch.tensor(
             self.suppressed, dtype=torch.long
         )  # indexed at every decoded token
@@ -97,78 +109,77 @@ class HFRolloutEngine(EngineSetup):
 
         # 1. Prefill each prompt once (this is where the images are encoded), then copy the cache n times.
         positions = mrope_positions(model, ids, mask, types, grid)
-        was_training = model.training
-        model.eval()
-        from transformers import DynamicCache
+        with self.weights():  # under ZeRO-3: every weight here, gathered once (or per layer)
+            was_training = model.training
+            model.eval()
+            from transformers import DynamicCache
 
-        from ocean_lib.training.compat import kv_cache
+            from ocean_lib.training.compat import kv_cache
 
-        cache = DynamicCache(config=model.config)
-        out = model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=positions,
-            pixel_values=pixels,
-            image_grid_thw=grid,
-            **kv_cache(model, cache),
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        next_logits = out.logits[:, -1].float()
-        if n > 1:
-            cache.batch_repeat_interleave(n)
-            next_logits = next_logits.repeat_interleave(n, 0)
-        rows = len(prompts) * n
-        mask = mask.repeat_interleave(n, 0)
-        next_position = positions.amax(-1).repeat_interleave(n, 1) + 1  # [3, R]
-
-        # 2. Decode: sample, record the policy log-prob, feed the token back.
-        generators = None
-        if seeds is not None and not greedy:
-            if len(seeds) != len(prompts):
-                raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
-            generators = [
-                torch.Generator(device).manual_seed(seed * 1_000 + j) for seed in seeds for j in range(n)
-            ]
-        tokens, logps = [], []
-        done = torch.zeros(rows, dtype=torch.bool, device=device)
-        seen = (
-            None  # [R, V] tokens in each sequence so far, prompt (padding included, as transformers) and all
-        )
-        if repetition_penalty != 1.0:
-            seen = torch.zeros(rows, next_logits.shape[-1], dtype=torch.bool, device=device)
-            seen.scatter_(1, ids.repeat_interleave(n, 0), True)
-        for step in range(max_new):
-            if seen is not None:
-                next_logits = apply_repetition_penalty(next_logits, seen, repetition_penalty)
-            token, logp = self._sample(
-                next_logits,
-                greedy=greedy,
-                allow_eos=step >= cfg.min_new_tokens,
-                generators=generators,
-                stops=stops,
-            )
-            token = torch.where(done, torch.full_like(token, self.pad_id), token)
-            tokens.append(token)
-            logps.append(torch.where(done, torch.zeros_like(logp), logp))
-            stopped = torch.isin(token, stops)
-            done |= stopped
-            if seen is not None:
-                seen[torch.arange(rows, device=device), token] = True
-            finished = bool(done.all()) or step == max_new - 1
-            if self.all_done(finished) if self.all_done is not None else finished:
-                break
-            mask = torch.cat([mask, (~done).long().unsqueeze(1) | stopped.long().unsqueeze(1)], 1)
+            cache = DynamicCache(config=model.config)
             out = model(
-                input_ids=token.unsqueeze(1),
+                input_ids=ids,
                 attention_mask=mask,
-                position_ids=next_position.unsqueeze(-1),
+                position_ids=positions,
+                pixel_values=pixels,
+                image_grid_thw=grid,
                 **kv_cache(model, cache),
                 use_cache=True,
+                logits_to_keep=1,
             )
             next_logits = out.logits[:, -1].float()
-            next_position = next_position + 1
-        model.train(was_training)
+            if n > 1:
+                cache.batch_repeat_interleave(n)
+                next_logits = next_logits.repeat_interleave(n, 0)
+            rows = len(prompts) * n
+            mask = mask.repeat_interleave(n, 0)
+            next_position = positions.amax(-1).repeat_interleave(n, 1) + 1  # [3, R]
+
+            # 2. Decode: sample, record the policy log-prob, feed the token back.
+            generators = None
+            if seeds is not None and not greedy:
+                if len(seeds) != len(prompts):
+                    raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
+                generators = [
+                    torch.Generator(device).manual_seed(seed * 1_000 + j) for seed in seeds for j in range(n)
+                ]
+            tokens, logps = [], []
+            done = torch.zeros(rows, dtype=torch.bool, device=device)
+            seen = None  # [R, V] tokens in each sequence so far, prompt (padding included, as transformers) and all
+            if repetition_penalty != 1.0:
+                seen = torch.zeros(rows, next_logits.shape[-1], dtype=torch.bool, device=device)
+                seen.scatter_(1, ids.repeat_interleave(n, 0), True)
+            for step in range(max_new):
+                if seen is not None:
+                    next_logits = apply_repetition_penalty(next_logits, seen, repetition_penalty)
+                token, logp = self._sample(
+                    next_logits,
+                    greedy=greedy,
+                    allow_eos=step >= cfg.min_new_tokens,
+                    generators=generators,
+                    stops=stops,
+                )
+                token = torch.where(done, torch.full_like(token, self.pad_id), token)
+                tokens.append(token)
+                logps.append(torch.where(done, torch.zeros_like(logp), logp))
+                stopped = torch.isin(token, stops)
+                done |= stopped
+                if seen is not None:
+                    seen[torch.arange(rows, device=device), token] = True
+                finished = bool(done.all()) or step == max_new - 1
+                if self.all_done(finished) if self.all_done is not None else finished:
+                    break
+                mask = torch.cat([mask, (~done).long().unsqueeze(1) | stopped.long().unsqueeze(1)], 1)
+                out = model(
+                    input_ids=token.unsqueeze(1),
+                    attention_mask=mask,
+                    position_ids=next_position.unsqueeze(-1),
+                    **kv_cache(model, cache),
+                    use_cache=True,
+                )
+                next_logits = out.logits[:, -1].float()
+                next_position = next_position + 1
+            model.train(was_training)
 
         completion_ids = torch.stack(tokens, 1)
         completion_mask = _mask_through_eos(completion_ids, stops)

@@ -95,9 +95,12 @@ def build_state(cfg: RunConfig, accelerator: Any, run: RunDir, checkpoint: Path 
 
     state = TrainState(accelerator, model, reference, processor, optimizer, scheduler, cfg, run, deepspeed)
     state.reference_placement = placement
-    # Under ZeRO-3 every forward is a collective: the processes decode in lockstep until all are done.
-    lockstep = None
-    if distributed.zero_stage(accelerator) == 3:
+    # Under ZeRO-3 the HF sampler either holds the whole weights while it samples (rollout.gather_weights), or
+    # every forward is a collective and the processes decode in lockstep until all are done.
+    lockstep = weights = None
+    if distributed.zero_stage(accelerator) == 3 and cfg.rollout.gather_weights:
+        weights = functools.partial(distributed.whole_weights_sampling, model)
+    elif distributed.zero_stage(accelerator) == 3:
         lockstep = functools.partial(distributed.all_done, accelerator)
     # once: vLLM is expensive; rows over data.max_images_per_prompt never reach it
     state.engine = make_engine(
@@ -105,6 +108,7 @@ def build_state(cfg: RunConfig, accelerator: Any, run: RunDir, checkpoint: Path 
         processor,
         cfg.rollout,
         lockstep,
+        weights=weights,
         dtype=cfg.model.inference_dtype,
         max_images_per_prompt=cfg.data.max_images_per_prompt,
     )
