@@ -34,7 +34,7 @@ STAMP := $(VENV)/.installed
 INSTALL_SPEC := python=$(PYTHON) torch=$(TORCH_SPEC) lock=$(LOCK) extras=$(EXTRAS) overrides=$(OVERRIDES)
 REQUIREMENTS := $(if $(OVERRIDES),$(VENV)/requirements.txt,$(LOCK))
 
-.PHONY: install install-gpu flash-attn reproduce test test-cpu-kinds test-lowest-transformers lint bench lock \
+.PHONY: install install-gpu flash-attn reproduce test test-cpu-kinds test-lowest-transformers lint bench bench-scale lock \
 	lock-gpu gpu-check-wheels clean-venv
 
 # A venv installed with other settings is out of date whatever the file times say.
@@ -96,6 +96,11 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m ocean_lib bench grpo
+
+# The real-scale shape on CPU (bench/grpo_scale.py): ours on 2 processes under ZeRO-3 against TRL, with
+# gradient checkpointing; about 15 minutes.
+bench-scale: $(STAMP)
+	$(BIN)/python -m ocean_lib bench grpo --shape scale
 
 # Wheels that the GPU check needs and an offline GPU machine lacks, into .whl/ (scripts/gpu_check_wheels.sh).
 gpu-check-wheels:

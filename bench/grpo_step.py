@@ -30,6 +30,9 @@ thread is descheduled, which would measure the scheduler, not the code.
 
     python bench/grpo_step.py [--steps 10] [--warmup 2] [--scaling-steps 3] [--load-limit 2.0]
     (or: python -m ocean_lib bench grpo, or: make bench)
+
+``--shape scale`` runs ``bench/grpo_scale.py`` instead: the real-scale shape (group 16, image prompts longer than
+the completions, gradient checkpointing, ours on 2 processes under ZeRO-3), with its own options.
 """
 
 from __future__ import annotations
@@ -83,8 +86,16 @@ BREAKDOWN = ("generate_s", "reference_s", "forward_backward_s", "optimizer_s", "
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def run_config(model_dir: Path, run_root: Path, n: int = GROUP, new_tokens: int = NEW_TOKENS) -> RunConfig:
-    """Our side's settings for this work (the TRL side is built from the same numbers)."""
+def run_config(
+    model_dir: Path,
+    run_root: Path,
+    n: int = GROUP,
+    new_tokens: int = NEW_TOKENS,
+    prompts: int = PROMPTS,
+    extra: tuple[str, ...] = (),
+) -> RunConfig:
+    """Our side's settings for this work (the TRL side is built from the same numbers); ``extra``: more
+    overrides (the scale shape's)."""
     return load_config(
         None,
         [
@@ -101,20 +112,24 @@ def run_config(model_dir: Path, run_root: Path, n: int = GROUP, new_tokens: int 
             "algorithm.entropy_coef=0.0",
             "algorithm.adv_eps=1e-4",  # TRL's
             "algorithm.updates_per_batch=1",
-            f"train.prompts_per_step={PROMPTS}",
-            f"train.micro_batch_size={PROMPTS * n}",  # one forward/backward per batch, as TRL's batch of 32
+            f"train.prompts_per_step={prompts}",
+            f"train.micro_batch_size={prompts * n}",  # one forward/backward per batch, as TRL's one batch
             f"train.lr={LR}",
             "train.weight_decay=0.0",  # transformers.Trainer's default
             "train.grad_clip=1.0",
             f"logging.output_dir={run_root}",
             "logging.progress=false",
+            *extra,
         ],
     )
 
 
-def bench_records() -> list[Record]:
+def bench_records(image_size: int = 112) -> list[Record]:
     """One procedural task per family, with its picture: the four prompts of every step, on both sides."""
-    return [synthetic.task_record(synthetic.sample_task(f, (7, i)), i) for i, f in enumerate(FAMILIES)]
+    return [
+        synthetic.task_record(synthetic.sample_task(f, (7, i), image_size=image_size), i)
+        for i, f in enumerate(FAMILIES)
+    ]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -206,7 +221,14 @@ class TrlReward:
         return [s.overall for s in score_batch(texts, truth, reward_func, self.cfg.reward)]
 
 
-def trl_trainer(cfg: RunConfig, records: list[Record], total_steps: int, out_dir: Path, callback: Any):
+def trl_trainer(
+    cfg: RunConfig,
+    records: list[Record],
+    total_steps: int,
+    out_dir: Path,
+    callback: Any,
+    gradient_checkpointing: bool = False,
+):
     """TRL's GRPOTrainer configured from our settings, on its own copy of the same weights."""
     from trl import GRPOConfig, GRPOTrainer
 
@@ -215,9 +237,9 @@ def trl_trainer(cfg: RunConfig, records: list[Record], total_steps: int, out_dir
         output_dir=str(out_dir),
         use_cpu=True,
         bf16=False,
-        gradient_checkpointing=False,
+        gradient_checkpointing=gradient_checkpointing,
         report_to="none",
-        per_device_train_batch_size=PROMPTS * cfg.rollout.n,
+        per_device_train_batch_size=cfg.train.prompts_per_step * cfg.rollout.n,
         gradient_accumulation_steps=1,
         num_generations=cfg.rollout.n,
         max_completion_length=cfg.rollout.max_new_tokens,
@@ -280,7 +302,7 @@ def check_same_settings(trainer: Any, cfg: RunConfig) -> dict[str, Any]:
         "grad_clip": (trainer.args.max_grad_norm, cfg.train.grad_clip),
         "sequences_per_optimizer_step": (
             trainer.args.per_device_train_batch_size * trainer.args.gradient_accumulation_steps,
-            PROMPTS * roll.n,
+            cfg.train.prompts_per_step * roll.n,
         ),
     }
     different = {k: v for k, v in pairs.items() if v[0] != v[1]}
@@ -296,6 +318,15 @@ def check_same_settings(trainer: Any, cfg: RunConfig) -> dict[str, Any]:
     }
 
 
+def step_tokens(cfg: RunConfig, records: list[Record], processor: Any) -> tuple[int, int]:
+    """The prompt tokens (each prompt once per sample, images included) and completion tokens (every sample
+    exactly ``max_new_tokens``) of one step on ``records``: what each side must have seen."""
+    prompts = [prompt_of(r, cfg)[0] for r in records]
+    n = cfg.rollout.n
+    prompt_tokens = n * int(encode_prompts(processor, prompts)["attention_mask"].sum())
+    return prompt_tokens, len(records) * n * cfg.rollout.max_new_tokens
+
+
 def check_same_work(
     cfg: RunConfig,
     records: list[Record],
@@ -305,10 +336,7 @@ def check_same_work(
     trl_grad_norms: list[float],
 ) -> dict[str, int]:
     """Every step of both sides: the same prompt and completion token counts, and a backward that ran."""
-    n = cfg.rollout.n
-    prompts = [prompt_of(r, cfg)[0] for r in records]
-    prompt_tokens = n * int(encode_prompts(ours.state.processor, prompts)["attention_mask"].sum())
-    completion_tokens = PROMPTS * n * cfg.rollout.max_new_tokens
+    prompt_tokens, completion_tokens = step_tokens(cfg, records, ours.state.processor)
     ours_completion = [s["completion_tokens"] for s in ours.steps]
     problems = []
     if set(ours_completion) != {completion_tokens} or set(trl_completion_tokens) != {completion_tokens}:
@@ -447,7 +475,28 @@ def summarise(side_by_side: dict[str, Any], table: list[dict[str, Any]], loads: 
 
 
 def main() -> None:
+    shape = argparse.ArgumentParser(add_help=False)
+    shape.add_argument("--shape", choices=("mini", "scale"), default="mini")
+    chosen, rest = shape.parse_known_args()
+    if "OMP_WAIT_POLICY" not in os.environ:
+        # OpenMP's spinning barrier needs every thread on a core; on a shared machine one descheduled thread
+        # stalls the others for a whole time slice (a 100x slowdown of small matmuls, measured). Sleeping
+        # waits cost both sides the same few microseconds. libgomp reads this once, at load: restart.
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+        os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+    if chosen.shape == "scale":
+        import grpo_scale
+
+        grpo_scale.main(rest)
+        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--shape",
+        choices=("mini", "scale"),
+        default="mini",
+        help="mini: the miniature's step (this script); scale: the real-scale shape (bench/grpo_scale.py, its own "
+        "options: --shape scale --help)",
+    )
     parser.add_argument("--steps", type=int, default=10, help="measured steps per side (after warm-up)")
     parser.add_argument("--warmup", type=int, default=2, help="discarded steps per side")
     parser.add_argument(
@@ -455,12 +504,6 @@ def main() -> None:
     )
     conditions.add_arguments(parser)
     args = parser.parse_args()
-    if "OMP_WAIT_POLICY" not in os.environ:
-        # OpenMP's spinning barrier needs every thread on a core; on a shared machine one descheduled thread
-        # stalls the others for a whole time slice (a 100x slowdown of small matmuls, measured). Sleeping
-        # waits cost both sides the same few microseconds. libgomp reads this once, at load: restart.
-        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-        os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
     torch.set_num_threads(THREADS)
     torch.manual_seed(0)
     started = time.perf_counter()

@@ -54,6 +54,44 @@ def test_bench_help_shows_the_benchmarks_own_options():
         timeout=120,
     )
     assert done.returncode == 0 and "--scaling-steps" in done.stdout, done.stdout + done.stderr
+    done = subprocess.run(
+        [sys.executable, "-m", "ocean_lib", "bench", "grpo", "--shape", "scale", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0 and "--rounds" in done.stdout, done.stdout + done.stderr
+
+
+@pytest.mark.slow
+def test_scale_bench_runs_ours_under_zero3_and_trl_through_the_cli(tmp_path):
+    """The scale bench's whole path (TRL with gradient checkpointing; ours launched on 2 processes under ZeRO-3,
+    prompt-once on and off; the same-work checks, the JSON, both ratio lines) at a reduced shape, which the
+    ratio lines name. The ratios' values are not a test; the FLOP counts' order is arithmetic."""
+    done = subprocess.run(
+        [sys.executable, "-m", "ocean_lib", "bench", "grpo", "--shape", "scale"]
+        + ["--steps", "2", "--warmup", "1", "--rounds", "1", "--group", "4", "--image-size", "112"]
+        + ["--new-tokens", "8", "--out", str(tmp_path), "--load-limit", "1000"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    ratios = re.findall(
+        r"^(TRL/ours|prompt-once off/on) per-step ratio \((.*)\): [0-9.]+$", done.stdout, re.M
+    )
+    assert [name for name, _ in ratios] == ["prompt-once off/on", "TRL/ours"], done.stdout
+    assert all(label.startswith("reduced shape") for _, label in ratios), ratios
+    (saved,) = tmp_path.glob("*-scale.json")
+    result = json.loads(saved.read_text())
+    assert {side: len(steps) for side, steps in result["raw"].items()} == {
+        "trl": 2,
+        "ours": 2,
+        "ours_prompt_once_off": 2,
+    }
+    assert result["work"]["scale_shape"] is False and result["work"]["group"] == 4
+    flops = result["flops_per_step"]
+    assert flops["trl"] > flops["ours_prompt_once_off"] > flops["ours"] > 0
 
 
 @pytest.mark.slow
