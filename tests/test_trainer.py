@@ -380,11 +380,13 @@ def test_group_costs_are_the_forwards_tokens_of_the_rows_trained_on():
     batch = _handmade_batch([[1, 1, 1], [1, 1, 1], [0, 0, 1], [0, 0, 1]], [2, 1, 4, 1], n=2)
     budget = TrainConfig(micro_batch_tokens=100)
     every = torch.arange(4)
-    # prompt-once: the prompt once, every completion padded to the group's longest
-    assert group_costs(batch, every, budget, prompt_once=True) == [3 + 2 * 2, 1 + 2 * 4]
+    # prompt-once: the pieces the packing cuts a group into (its prompt once per piece, its completions padded
+    # to the piece's longest): group 0 whole (3 + 2 x 2 = 7 < 5 + 4), group 1 in two ((1 + 4) + (1 + 1) < 1 + 2 x 4)
+    assert group_costs(batch, every, budget, prompt_once=True) == [7, 7]
+    assert group_costs(batch, every, TrainConfig(micro_batch_tokens=6), prompt_once=True) == [9, 7]  # 7 > 6
     # each row its own prompt and completion, unpadded (each row is its own piece in the packing)
     assert group_costs(batch, every, budget, prompt_once=False) == [5 + 4, 5 + 2]
-    assert group_costs(batch, torch.tensor([2, 3]), budget, prompt_once=True) == [0, 9]  # group 0 not trained
+    assert group_costs(batch, torch.tensor([2, 3]), budget, prompt_once=True) == [0, 7]  # group 0 not trained
     # Micro-batches of micro_batch_size rows: the pass count follows the rows.
     assert group_costs(batch, torch.tensor([0, 1, 3]), TrainConfig(), prompt_once=True) == [2, 1]
 

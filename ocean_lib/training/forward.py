@@ -398,8 +398,9 @@ def micro_batch_cost(
 def group_costs(batch: RolloutBatch, rows: torch.Tensor, train: TrainConfig, prompt_once: bool) -> list[int]:
     """The update's work on each group (prompt) of ``batch``, counting only its rows among ``rows`` (the rows
     trained on; a group with none costs 0). Under a token budget (``train.micro_batch_tokens``) the tokens its
-    forward runs, :func:`micro_batch_cost`: under prompt-once the group as one piece (its prompt once, its
-    completions), else every row alone (its prompt and completion). With micro-batches of
+    forward runs as :func:`pack_micro_batches` cuts it (:func:`micro_batch_cost` of each piece): under
+    prompt-once the pieces of :func:`_split_group` (its prompt once per piece, its completions padded to the
+    piece's longest), else every row alone (its prompt and completion). With micro-batches of
     ``train.micro_batch_size`` rows the pass count follows the rows, so the cost is the row count."""
     prompt_lengths = batch.prompt_mask.sum(-1).tolist()
     completion_lengths = batch.completion_mask.sum(-1).tolist()
@@ -408,14 +409,18 @@ def group_costs(batch: RolloutBatch, rows: torch.Tensor, train: TrainConfig, pro
     for row in rows.tolist():
         members[prompt_of_row[row]].append(row)
 
-    def cost(group: list[int]) -> int:
+    def cost(positions: list[int]) -> int:
+        return micro_batch_cost(prompt_lengths, completion_lengths, positions, prompt_of_row)
+
+    def group_cost(group: list[int]) -> int:
         if not group or not train.micro_batch_tokens:
             return len(group)
-        if prompt_once:
-            return micro_batch_cost(prompt_lengths, completion_lengths, group, prompt_of_row)
-        return sum(micro_batch_cost(prompt_lengths, completion_lengths, [row]) for row in group)
+        if not prompt_once:
+            return sum(micro_batch_cost(prompt_lengths, completion_lengths, [row]) for row in group)
+        widest_first = sorted(group, key=lambda i: (-completion_lengths[i], i))
+        return sum(cost(piece) for piece in _split_group(widest_first, cost, train.micro_batch_tokens))
 
-    return [cost(group) for group in members]
+    return [group_cost(group) for group in members]
 
 
 def balance_groups(costs: list[list[int]]) -> list[list[int]]:
