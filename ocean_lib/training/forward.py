@@ -9,6 +9,8 @@ exist (about 18 GiB with their gradient at 7B for 8 sequences of 4k completion t
 
 Under DeepSpeed ZeRO-3 every forward gathers weights from all processes, so every process must run as many
 forwards as the others: :func:`forward_passes` adds filler passes to the processes with fewer micro-batches.
+Before the update, :func:`balance_work` moves whole groups between processes so that each has about the same
+work (:func:`balance_groups`), and fewer fillers are needed.
 """
 
 from __future__ import annotations
