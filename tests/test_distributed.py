@@ -23,6 +23,8 @@ masters start from the initial fp32 weights and are what its checkpoints hold). 
 KL to the reference only has to agree within a factor of 3.
 """
 
+import dataclasses
+import io
 import json
 import os
 import socket
@@ -34,13 +36,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_overrides
+from conftest import grey_image, tiny_overrides
 from safetensors.torch import load_file
 
 from ocean_lib.base.config import load_config, save_config
 from ocean_lib.base.io import read_jsonl
 from ocean_lib.base.run_dir import RunDir
-from ocean_lib.data import read_records
+from ocean_lib.data import ImageRef, read_records, write_records
 from ocean_lib.training import launch
 from ocean_lib.training.batch import encode_prompts
 from ocean_lib.training.forward import pack_micro_batches
@@ -181,9 +183,11 @@ def test_zero_on_two_processes_takes_the_plain_step(
 ):
     cfg = _config(tiny_model_dir, mini_data_dir, tmp_path, f"zero{zero}", "train.num_processes=2")
     budget = _uneven_budget(cfg)  # length buckets: the processes get different micro-batch counts
+    # Kept as sampled (train.balance_work off): the filler passes are what this test runs under ZeRO.
     cfg = _config(
-        tiny_model_dir, mini_data_dir, tmp_path, f"zero{zero}", f"train.micro_batch_tokens={budget}"
-    )
+        tiny_model_dir, mini_data_dir, tmp_path, f"zero{zero}", f"train.micro_batch_tokens={budget}",
+        "train.balance_work=false",
+    )  # fmt: skip
     accelerate_config = f"params/accelerate/single_node_zero{zero}.yaml"
     spied = _launch_spied(cfg, tmp_path, monkeypatch, launch.Topology(2, accelerate_config=accelerate_config))
     run = RunDir(cfg.run_dir)
@@ -551,3 +555,155 @@ def test_zero3_sampling_gathers_the_weights_once_and_samples_what_per_layer_gath
     assert len(counts[True]) == len(counts[False]) == 2
     gathered, per_layer = [c["collectives"] for c in counts[True]], [c["collectives"] for c in counts[False]]
     assert max(gathered) <= steps * weights < min(per_layer), counts
+
+
+def _images_unevenly_sampled(mini_data_dir, cfg, out: Path) -> Path:
+    """Four counting records whose step-1 prompts give process 0 two large pictures (256 image tokens each) and
+    process 1 two small ones (4 each): process 0 samples most of the step's work."""
+    records = read_records(mini_data_dir / "train" / "counting.parquet", cfg.data)[:4]
+    on_first = Schedule(len(records), cfg).indices(1, 0, 2)
+    pictures = []
+    for k in range(len(records)):
+        png = io.BytesIO()
+        grey_image(448 if k in on_first else 56, shade=5 * k).save(png, format="PNG")
+        pictures.append([ImageRef(bytes=png.getvalue())])
+    write_records(
+        [dataclasses.replace(r, images=p) for r, p in zip(records, pictures, strict=True)],
+        out / "counting.parquet",
+    )
+    return out
+
+
+@pytest.mark.slow
+def test_balancing_the_work_over_processes_moves_groups_and_keeps_the_step(
+    tiny_model_dir, mini_data_dir, tmp_path, monkeypatch
+):
+    """``train.balance_work`` under ZeRO-3 on 2 processes whose prompts differ tenfold in size: whole groups move
+    so that both train on about the same work, the process that sampled little runs no filler pass, and the
+    step is the step without moving (loss, gradient norm; fp32), with verl's per-micro-batch token mean (each
+    row carries the denominator computed from the rows as sampled)."""
+    monkeypatch.chdir(REPO)  # the accelerate config names its DeepSpeed JSON relative to the repository
+    zero3 = launch.Topology(2, accelerate_config="params/accelerate/single_node_zero3.yaml")
+    runs = {}
+    for balance in (True, False):
+        common = ["train.num_processes=2", "model.train_precision=float32", "train.max_steps=1"]
+        common += ["train.save_every=0", "algorithm.token_mean_over=micro_batch", "algorithm.balance_ranks=2"]
+        common += ["train.micro_batch_size=2"]  # verl micro-batches of 2: denominators differ row by row
+        cfg = _config(tiny_model_dir, mini_data_dir, tmp_path, f"balance_{balance}", *common)
+        data = _images_unevenly_sampled(mini_data_dir, cfg, tmp_path / "data")
+        # A budget that one large group fits and two do not: process 0 computes 2 micro-batches as sampled,
+        # process 1 its two small groups in 1.
+        cfg = _config(
+            tiny_model_dir, mini_data_dir, tmp_path, f"balance_{balance}", *common, f"data.train_files=[{data}]",
+            "train.micro_batch_tokens=400", f"train.balance_work={balance}",
+        )  # fmt: skip
+        save_config(cfg, tmp_path / f"balance_{balance}.yaml")
+        launch.train(tmp_path / f"balance_{balance}.yaml", topology=zero3, timeout_s=HANG_TIMEOUT_S)
+        runs[balance] = RunDir(cfg.run_dir).read_metrics()[0]
+    on, off = runs[True], runs[False]
+    assert on["micro_batch/moved_groups"] >= 1 and "micro_batch/moved_groups" not in off
+    assert on["micro_batch/work_imbalance_before"] > 1.4 and on["micro_batch/work_imbalance"] < 1.15
+    assert (on["micro_batch/filler_passes"], off["micro_batch/filler_passes"]) == (0, 1)
+    for key in ("loss/total", "grad/norm", "entropy/mean", "reward/overall"):
+        assert on[key] == pytest.approx(off[key], rel=1e-5), key
+
+
+# Each process of a gloo group builds its own step (PROCESSES processes, 3 groups of 2 rows each, prompts and
+# images of very different sizes, one group not trained on), balances it with forward.balance_work, and checks
+# every row it ends up with against the row as its sampling process built it: tokens, masks, token types,
+# sampler log-probs, texts, finished flags, its prompt's image patches, and the per-row values carried along.
+BALANCE_WORK_SCRIPT = """
+import json, os, sys
+import torch, torch.distributed as dist
+from ocean_lib.base.schema import TrainConfig
+from ocean_lib.training.batch import RolloutBatch, select_images
+from ocean_lib.training.forward import balance_work
+
+PAD, N = 0, 2
+PROMPTS = [[40, 30, 20], [2, 3, 4], [30, 25, 25]]  # prompt tokens of each process's groups
+IMAGES = [[1, 2, 0], [1, 0, 0], [0, 1, 1]]  # images of each group's prompt
+COMPLETIONS = [[5, 3, 7, 7, 1, 2], [4, 4, 2, 6, 3, 3], [1, 1, 2, 9, 4, 4]]
+
+
+def sampled(rank):
+    rows, width, widest = len(COMPLETIONS[rank]), max(PROMPTS[rank]), max(COMPLETIONS[rank])
+    ids, types = torch.full((rows, width), PAD), torch.zeros(rows, width, dtype=torch.long)
+    completion_ids = torch.full((rows, widest), PAD)
+    for i, length in enumerate(COMPLETIONS[rank]):
+        row, prompt = rank * rows + i, PROMPTS[rank][i // N]
+        ids[i, width - prompt :] = 1000 * row + torch.arange(1, prompt + 1)
+        types[i, width - prompt : width - prompt + IMAGES[rank][i // N]] = 1
+        completion_ids[i, :length] = 1000 * row + 500 + torch.arange(length)
+    completion_mask = (completion_ids != PAD).long()
+    patches = [torch.full((4, 3), 10.0 * rank + p + k) for p, count in enumerate(IMAGES[rank]) for k in range(count)]
+    return RolloutBatch(
+        prompt_ids=ids, prompt_mask=(ids != PAD).long(), prompt_token_types=types,
+        completion_ids=completion_ids, completion_mask=completion_mask,
+        logprobs=-completion_ids.float() / 1e4 * completion_mask,
+        pixel_values=torch.cat(patches), image_grid_thw=torch.tensor([[1, 2, 2]] * len(patches)),
+        images_per_prompt=IMAGES[rank], n=N, texts=[f"row {rank * rows + i}" for i in range(rows)],
+        finished=[(rank * rows + i) % 3 == 0 for i in range(rows)],
+    )
+
+
+dist.init_process_group("gloo")
+rank, world = dist.get_rank(), dist.get_world_size()
+mine = sampled(rank)
+rows = len(mine.texts)
+ids = torch.arange(rank * rows, (rank + 1) * rows)
+kept = torch.arange(rows - N) if rank == 1 else torch.arange(rows)  # process 1's last group is not trained on
+keep = torch.zeros(rows, dtype=torch.bool)
+keep[kept] = True
+batch, carried, stats = balance_work(
+    mine, {"id": ids, "value": ids * 0.5, "keep": keep}, kept, TrainConfig(micro_batch_tokens=1000), True, PAD
+)
+for r, row in enumerate(carried["id"].tolist()):
+    source, i = divmod(row, rows)
+    old = sampled(source)
+    assert carried["id"][r - r % N] // N == row // N, "a group's rows stay together"
+    assert carried["value"][r] == row * 0.5 and carried["keep"][r] == (source != 1 or i < rows - N)
+    real, was = batch.prompt_mask[r].bool(), old.prompt_mask[i].bool()
+    assert batch.prompt_mask[r, -1] == 1 and torch.equal(batch.prompt_ids[r][real], old.prompt_ids[i][was])
+    assert torch.equal(batch.prompt_token_types[r][real], old.prompt_token_types[i][was])
+    real, was = batch.completion_mask[r].bool(), old.completion_mask[i].bool()
+    assert torch.equal(batch.completion_ids[r][real], old.completion_ids[i][was])
+    assert torch.equal(batch.logprobs[r][real], old.logprobs[i][was]) and real[: int(real.sum())].all()
+    assert (batch.texts[r], batch.finished[r]) == (old.texts[i], old.finished[i])
+    images = select_images(batch.pixel_values, batch.image_grid_thw, batch.images_per_prompt, torch.tensor([r // N]))
+    before = select_images(old.pixel_values, old.image_grid_thw, old.images_per_prompt, torch.tensor([i // N]))
+    assert all((a is None and b is None) or torch.equal(a, b) for a, b in zip(images, before))
+out = {"ids": carried["id"].tolist(), "stats": stats}
+open(os.path.join(sys.argv[1], f"rank{rank}.json"), "w").write(json.dumps(out))
+dist.destroy_process_group()
+"""
+
+
+def test_balance_work_moves_whole_groups_with_everything_their_rows_hold(tmp_path):
+    """Three gloo processes (point-to-point transfers in several directions) run ``forward.balance_work``."""
+    script, port = tmp_path / "balance.py", _free_port()
+    script.write_text(BALANCE_WORK_SCRIPT)
+    processes = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(tmp_path)],
+            env={
+                **os.environ,
+                "PYTHONPATH": str(REPO),
+                "RANK": str(rank),
+                "WORLD_SIZE": "3",
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": str(port),
+            },
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for rank in range(3)
+    ]
+    for process in processes:
+        assert process.wait(timeout=120) == 0, process.communicate()[1][-3000:]
+    results = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(3)]
+    assert sorted(i for r in results for i in r["ids"]) == list(range(18))  # every row on exactly one process
+    stats = results[0]["stats"]
+    assert all(r["stats"] == stats for r in results)
+    moved = [{i // 6 for i in r["ids"]} - {rank} for rank, r in enumerate(results)]
+    assert stats["moved_groups"] >= 2 and sum(map(bool, moved)) >= 2  # transfers into more than one process
+    assert stats["work_imbalance"] < 1.1 < stats["work_imbalance_before"]

@@ -13,6 +13,7 @@ from conftest import mixed_prompts
 
 from ocean_lib.base.schema import RolloutConfig, TrainConfig
 from ocean_lib.training import grpo
+from ocean_lib.training.batch import group_rows, join_groups, select_groups
 from ocean_lib.training.forward import completion_logprobs, micro_batches
 from ocean_lib.training.models import load_policy
 from ocean_lib.training.rollout import make_engine
@@ -127,6 +128,29 @@ def test_prompt_once_forward_equals_the_plain_forward_in_value_and_gradient(samp
     # Every parameter learns through the shared path, the vision tower included (its images ran once).
     if any(batch.images_per_prompt[k] for k in batch.prompt_index[rows].tolist()):
         assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.model.visual.parameters())
+
+
+def test_groups_moved_to_another_batch_keep_their_log_probs(sampled, tiny_model_dir):
+    """What ``train.balance_work`` sends (``batch.select_groups``: a group's rows trimmed to their own widths, its
+    prompt's images) and how the receiver joins it to its own groups (``batch.join_groups``, re-padded): in a
+    new order and among other groups' padding, each row's log-probs are the ones its own batch gave."""
+    model, batch = sampled
+    pad = load_policy(str(tiny_model_dir))[1].tokenizer.pad_token_id
+    order = [2, 0, 1]  # the text-only group first, then the two image sizes
+    parts = [select_groups(batch, [g]) for g in order]
+    assert parts[0].prompt_ids.shape[1] < batch.prompt_ids.shape[1] and parts[0].pixel_values is None
+    moved = join_groups(parts, pad)
+    rows = group_rows(GROUP, order)
+    assert moved.texts == [batch.texts[i] for i in rows] and moved.images_per_prompt == [0, 1, 1]
+    assert torch.equal(moved.lengths, batch.lengths[rows])
+    with torch.no_grad():
+        before, _, mask = completion_logprobs(model, model, batch, rows, temperature=1.0)
+        after, _, moved_mask = completion_logprobs(
+            model, model, moved, torch.arange(len(rows)), temperature=1.0
+        )
+    assert torch.equal(mask, moved_mask)
+    assert ((after - before) * mask).abs().max() < 1e-5
+    assert ((after - moved.logprobs[:, : mask.shape[1]]) * mask).abs().max() < 1e-5  # the sampler's, carried
 
 
 @pytest.mark.parametrize("entropy", ["metric", "loss"])

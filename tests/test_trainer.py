@@ -19,8 +19,9 @@ from conftest import tiny_overrides
 from ocean_lib.base.config import load_config, save_config
 from ocean_lib.base.io import read_jsonl
 from ocean_lib.base.run_dir import RunDir
+from ocean_lib.base.schema import TrainConfig
 from ocean_lib.training import launch, run_state
-from ocean_lib.training.forward import micro_batch_cost, pack_micro_batches
+from ocean_lib.training.forward import balance_groups, group_costs, micro_batch_cost, pack_micro_batches
 from ocean_lib.training.lora import ADAPTER_DIR, attach_lora
 from ocean_lib.training.metrics import is_registered, peak_flops_per_s
 from ocean_lib.training.models import load_policy
@@ -327,6 +328,67 @@ def test_prompt_once_packing_keeps_groups_together_and_counts_each_prompt_once()
     # Each row's own prompt (train.prompt_once=false) would cost group 0 alone over the budget.
     group0 = [p for p, g in enumerate(groups) if g == 0]
     assert micro_batch_cost(prompts, completions, group0) == 4 * 112 > budget
+
+
+def _groups_on(costs, where, rank):
+    """The costs of the groups ``where`` puts on ``rank``."""
+    return [
+        c
+        for row, there in zip(costs, where, strict=True)
+        for c, r in zip(row, there, strict=True)
+        if r == rank
+    ]
+
+
+def test_balancing_moves_few_whole_groups_and_evens_the_work():
+    # Even already (equal loads, or no group smaller than the gap): nothing moves.
+    assert balance_groups([[5, 7], [6, 6]]) == [[0, 0], [1, 1]]
+    assert balance_groups([[50], [10]]) == [[0], [1]]  # moving the one group would make rank 1 the heavier
+    # One move evens it, and it is the one taken: the group nearest half the gap goes heaviest -> lightest.
+    # 80 against 20: the 30 moves (50/50), not the 40 (40/60) nor the 10 (70/30).
+    assert balance_groups([[40, 30, 10], [10, 0, 10]]) == [[0, 1, 0], [1, 1, 1]]
+    # A group that trains on nothing (cost 0: dropped by dynamic sampling) never moves, even from the heaviest.
+    assert balance_groups([[0, 20, 20], [0, 0, 0]]) == [[0, 1, 0], [1, 1, 1]]
+    # Four ranks, one holding every long group (the shape of image prompts sampled on one rank).
+    costs = [[90, 80, 70, 60], [10, 10, 10, 10], [20, 10, 10, 10], [10, 10, 10, 5]]
+    where = balance_groups(costs)
+    assert where == balance_groups([list(row) for row in costs])  # a pure function of the costs
+    on = [_groups_on(costs, where, rank) for rank in range(4)]
+    assert sorted(sum(costs, [])) == sorted(sum(on, []))  # whole groups, each on exactly one rank
+    loads = [sum(groups) for groups in on]
+    # from 300 against 35: within the smallest group on the heaviest rank
+    assert max(loads) - min(loads) <= 10
+    assert sum(there != rank for rank, row in enumerate(where) for there in row) <= 6  # of 16 groups
+
+    # Random cases: the rule's guarantees (each group once; every group left on the heaviest rank costs 0 or at
+    # least the gap to the lightest; the heaviest is never heavier than before; deterministic).
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        ranks, groups = int(torch.randint(2, 9, (1,), generator=generator)), 8
+        costs = torch.randint(0, 1000, (ranks, groups), generator=generator).tolist()
+        where = balance_groups(costs)
+        assert where == balance_groups(costs)
+        assert all(0 <= r < ranks for row in where for r in row)
+        loads = [sum(_groups_on(costs, where, rank)) for rank in range(ranks)]
+        assert sum(loads) == sum(map(sum, costs)) and max(loads) <= max(map(sum, costs))
+        heaviest, gap = loads.index(max(loads)), max(loads) - min(loads)
+        assert all(c == 0 or c >= gap for c in _groups_on(costs, where, heaviest)), (costs, where)
+
+
+def test_group_costs_are_the_forwards_tokens_of_the_rows_trained_on():
+    # Two groups of 2: prompts of 3 and 1 tokens, completions [2, 1] and [4, 1].
+    batch = _handmade_batch([[1, 1, 1], [1, 1, 1], [0, 0, 1], [0, 0, 1]], [2, 1, 4, 1], n=2)
+    budget = TrainConfig(micro_batch_tokens=100)
+    every = torch.arange(4)
+    # prompt-once: the pieces the packing cuts a group into (its prompt once per piece, its completions padded
+    # to the piece's longest): group 0 whole (3 + 2 x 2 = 7 < 5 + 4), group 1 in two ((1 + 4) + (1 + 1) < 1 + 2 x 4)
+    assert group_costs(batch, every, budget, prompt_once=True) == [7, 7]
+    assert group_costs(batch, every, TrainConfig(micro_batch_tokens=6), prompt_once=True) == [9, 7]  # 7 > 6
+    # each row its own prompt and completion, unpadded (each row is its own piece in the packing)
+    assert group_costs(batch, every, budget, prompt_once=False) == [5 + 4, 5 + 2]
+    assert group_costs(batch, torch.tensor([2, 3]), budget, prompt_once=True) == [0, 7]  # group 0 not trained
+    # Micro-batches of micro_batch_size rows: the pass count follows the rows.
+    assert group_costs(batch, torch.tensor([0, 1, 3]), TrainConfig(), prompt_once=True) == [2, 1]
 
 
 def test_padding_fraction_counts_the_prompts_the_forward_runs():

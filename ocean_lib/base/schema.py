@@ -292,6 +292,11 @@ class TrainConfig:
         "training forwards run each distinct prompt (and its images) of a micro-batch once and its completions on "
         "its keys and values (exact); false: every row runs its prompt, as verl and TRL do",
     )
+    balance_work: bool = knob(
+        True,
+        "with several processes, move whole groups between them before the update so each trains on about the "
+        "same work (forward.balance_groups; exact: the loss is unchanged); false: each trains on its own samples",
+    )
     num_processes: int = knob(1, "training processes the run expects (accelerate launch --num_processes)")
     lr: float = knob(1e-6, "AdamW learning rate (Ocean-R1: 1e-6)")
     warmup_steps: int = knob(0, "linear warm-up from 0 to lr over this many steps, then constant")

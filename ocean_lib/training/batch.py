@@ -127,6 +127,69 @@ def select_images(
     return torch.cat([image_blocks[k] for k in picked]), image_grid_thw[picked]
 
 
+def group_rows(n: int, prompts: list[int]) -> torch.Tensor:
+    """The rows of the groups of ``prompts``, in that order (row ``i`` answers prompt ``i // n``)."""
+    return torch.tensor([p * n + j for p in prompts for j in range(n)], dtype=torch.long)
+
+
+def select_groups(batch: RolloutBatch, prompts: list[int]) -> RolloutBatch:
+    """The batch of the groups of ``prompts`` alone (their rows, their prompts' images), its columns trimmed to
+    those rows' longest prompt and completion: what another process needs to train on them."""
+    rows = group_rows(batch.n, prompts)
+    prompt_width = int(batch.prompt_mask[rows].sum(-1).max()) if len(rows) else 0
+    width = int(batch.completion_mask[rows].sum(-1).max()) if len(rows) else 0
+    start = batch.prompt_ids.shape[1] - prompt_width  # left-padded: a prompt's tokens are its last columns
+    pixel_values, grid = select_images(
+        batch.pixel_values,
+        batch.image_grid_thw,
+        batch.images_per_prompt,
+        torch.tensor(prompts, dtype=torch.long),
+    )
+    return RolloutBatch(
+        prompt_ids=batch.prompt_ids[rows, start:],
+        prompt_mask=batch.prompt_mask[rows, start:],
+        prompt_token_types=batch.prompt_token_types[rows, start:],
+        completion_ids=batch.completion_ids[rows, :width],
+        completion_mask=batch.completion_mask[rows, :width],
+        logprobs=batch.logprobs[rows, :width],
+        pixel_values=pixel_values,
+        image_grid_thw=grid,
+        images_per_prompt=[batch.images_per_prompt[p] for p in prompts],
+        n=batch.n,
+        texts=[batch.texts[i] for i in rows.tolist()],
+        finished=[batch.finished[i] for i in rows.tolist()],
+    )
+
+
+def join_groups(parts: list[RolloutBatch], pad_id: int) -> RolloutBatch:
+    """One batch of the groups of ``parts`` in order (the same ``n``): prompts left-padded and completions
+    right-padded with ``pad_id`` (mask 0) to the longest, image patches concatenated in prompt order."""
+
+    def padded(tensors: list[torch.Tensor], value: float, left: bool) -> torch.Tensor:
+        width = max(t.shape[1] for t in tensors)
+        out = []
+        for t in tensors:
+            pad = t.new_full((t.shape[0], width - t.shape[1]), value)
+            out.append(torch.cat([pad, t] if left else [t, pad], 1))
+        return torch.cat(out)
+
+    with_images = [p for p in parts if p.pixel_values is not None]
+    return RolloutBatch(
+        prompt_ids=padded([p.prompt_ids for p in parts], pad_id, left=True),
+        prompt_mask=padded([p.prompt_mask for p in parts], 0, left=True),
+        prompt_token_types=padded([p.prompt_token_types for p in parts], 0, left=True),
+        completion_ids=padded([p.completion_ids for p in parts], pad_id, left=False),
+        completion_mask=padded([p.completion_mask for p in parts], 0, left=False),
+        logprobs=padded([p.logprobs for p in parts], 0.0, left=False),
+        pixel_values=torch.cat([p.pixel_values for p in with_images]) if with_images else None,
+        image_grid_thw=torch.cat([p.image_grid_thw for p in with_images]) if with_images else None,
+        images_per_prompt=[count for p in parts for count in p.images_per_prompt],
+        n=parts[0].n,
+        texts=[text for p in parts for text in p.texts],
+        finished=[done for p in parts for done in p.finished],
+    )
+
+
 def stop_token_ids(model: Any, processor: Any, which: Literal["im_end", "generation_config"]) -> list[int]:
     """The token ids that end a completion: ``<|im_end|>`` alone, or every eos id of the model's generation config
     (Qwen2.5-VL: ``<|im_end|>`` and ``<|endoftext|>``; vLLM stops at these by default, and verl masks through the

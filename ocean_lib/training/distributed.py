@@ -317,6 +317,33 @@ def all_done(accelerator: Any, done: bool) -> bool:
     return all_reduce(accelerator, [float(done)], "min")[0] == 1.0
 
 
+def gather_lists(values: list[int]) -> list[list[int]]:
+    """Every process's ``values``, in rank order, on every process (an object collective: torch puts its bytes on
+    the backend's device, the current CUDA device under NCCL)."""
+    every: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(every, values)
+    return every
+
+
+def exchange_objects(transfers: list[tuple[int, int]], outgoing: dict[int, Any]) -> dict[int, Any]:
+    """Point-to-point transfers of Python objects: ``transfers`` lists every ``(source, destination)`` pair of the
+    step, the same list on every process; this process sends ``outgoing[destination]`` for its pairs as source and
+    returns what it received, by source. Only the objects' bytes travel, each to its one destination.
+
+    Every process walks the list in the same order, sending or receiving in the pairs that name it: the earliest
+    pair not done has both its processes waiting on it, so the blocking sends and receives cannot deadlock.
+    Object collectives put their bytes on the backend's device themselves (the current CUDA device under NCCL)."""
+    rank, received = torch.distributed.get_rank(), {}
+    for source, destination in transfers:
+        if rank == source:
+            torch.distributed.send_object_list([outgoing[destination]], dst=destination)
+        elif rank == destination:
+            box: list[Any] = [None]
+            torch.distributed.recv_object_list(box, src=source)
+            received[source] = box[0]
+    return received
+
+
 def check_same_modalities(accelerator: Any, has_images: list[bool], where: str) -> None:
     """Under ZeRO-3, refuse a step in which some processes would run the vision tower and others not.
 

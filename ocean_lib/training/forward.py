@@ -9,6 +9,8 @@ exist (about 18 GiB with their gradient at 7B for 8 sequences of 4k completion t
 
 Under DeepSpeed ZeRO-3 every forward gathers weights from all processes, so every process must run as many
 forwards as the others: :func:`forward_passes` adds filler passes to the processes with fewer micro-batches.
+Before the update, :func:`balance_work` moves whole groups between processes so that each has about the same
+work (:func:`balance_groups`), and fewer fillers are needed.
 """
 
 from __future__ import annotations
@@ -25,7 +27,14 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 
 from ocean_lib.base.schema import TrainConfig
 from ocean_lib.training import distributed, grpo
-from ocean_lib.training.batch import RolloutBatch, mrope_positions, select_images
+from ocean_lib.training.batch import (
+    RolloutBatch,
+    group_rows,
+    join_groups,
+    mrope_positions,
+    select_groups,
+    select_images,
+)
 from ocean_lib.training.compat import kv_cache
 from ocean_lib.training.lora import peft_model
 
@@ -386,6 +395,118 @@ def micro_batch_cost(
     return prompts * max(prompt_lengths[i] for i in positions) + len(positions) * max(
         completion_lengths[i] for i in positions
     )
+
+
+def group_costs(batch: RolloutBatch, rows: torch.Tensor, train: TrainConfig, prompt_once: bool) -> list[int]:
+    """The update's work on each group (prompt) of ``batch``, counting only its rows among ``rows`` (the rows
+    trained on; a group with none costs 0). Under a token budget (``train.micro_batch_tokens``) the tokens its
+    forward runs as :func:`pack_micro_batches` cuts it (:func:`micro_batch_cost` of each piece): under
+    prompt-once the pieces of :func:`_split_group` (its prompt once per piece, its completions padded to the
+    piece's longest), else every row alone (its prompt and completion). With micro-batches of
+    ``train.micro_batch_size`` rows the pass count follows the rows, so the cost is the row count."""
+    prompt_lengths = batch.prompt_mask.sum(-1).tolist()
+    completion_lengths = batch.completion_mask.sum(-1).tolist()
+    prompt_of_row = batch.prompt_index.tolist()
+    members: list[list[int]] = [[] for _ in batch.images_per_prompt]
+    for row in rows.tolist():
+        members[prompt_of_row[row]].append(row)
+
+    def cost(positions: list[int]) -> int:
+        return micro_batch_cost(prompt_lengths, completion_lengths, positions, prompt_of_row)
+
+    def group_cost(group: list[int]) -> int:
+        if not group or not train.micro_batch_tokens:
+            return len(group)
+        if not prompt_once:
+            return sum(micro_batch_cost(prompt_lengths, completion_lengths, [row]) for row in group)
+        widest_first = sorted(group, key=lambda i: (-completion_lengths[i], i))
+        return sum(cost(piece) for piece in _split_group(widest_first, cost, train.micro_batch_tokens))
+
+    return [group_cost(group) for group in members]
+
+
+def balance_groups(costs: list[list[int]]) -> list[list[int]]:
+    """Where each group goes so that every process has about the same work: ``costs[r][g]`` is the cost of
+    group ``g`` sampled on process ``r``; the answer's ``[r][g]`` is the process that trains on it.
+
+    The rule: with ``L_p`` the summed cost of the groups now on process ``p``, take the heaviest process ``h``
+    and the lightest ``l`` (the lowest rank among equals) and the gap ``L_h - L_l``; among the groups on ``h``
+    whose cost ``c`` has ``0 < c < gap``, move to ``l`` the one that minimises ``max(L_h - c, L_l + c)`` (``c``
+    nearest ``gap / 2``; equals: the lowest (sampling rank, index)); repeat until no group qualifies. Each move
+    lowers ``sum(L_p^2)`` by ``2c(gap - c) > 0``, so it ends; at the end every group left on the heaviest
+    process costs 0 or at least the gap: the heaviest exceeds the lightest by at most its smallest group. Groups
+    move whole (prompt-once runs a group's prompt once), a group of cost 0 (trained on nowhere) never moves,
+    and already even costs move nothing. A pure function of ``costs``: every process computes the same plan."""
+    where = [[rank] * len(row) for rank, row in enumerate(costs)]
+    load = [sum(row) for row in costs]
+    while True:
+        heaviest = max(range(len(load)), key=lambda p: (load[p], -p))
+        lightest = min(range(len(load)), key=lambda p: (load[p], p))
+        gap = load[heaviest] - load[lightest]
+        candidates = [
+            (abs(gap - 2 * cost), rank, g)
+            for rank, row in enumerate(costs)
+            for g, cost in enumerate(row)
+            if where[rank][g] == heaviest and 0 < cost < gap
+        ]
+        if not candidates:
+            return where
+        _, rank, g = min(candidates)
+        where[rank][g] = lightest
+        load[heaviest] -= costs[rank][g]
+        load[lightest] += costs[rank][g]
+
+
+def balance_work(
+    batch: RolloutBatch,
+    per_row: dict[str, torch.Tensor],
+    kept_rows: torch.Tensor,
+    train: TrainConfig,
+    prompt_once: bool,
+    pad_id: int,
+) -> tuple[RolloutBatch, dict[str, torch.Tensor], dict[str, float]]:
+    """This process's batch once whole groups have moved between processes so that each trains on about the
+    same work: :func:`balance_groups` over every process's :func:`group_costs` of its ``kept_rows``. It keeps
+    its groups that stay, then appends those it receives (by sending rank), each re-padded with ``pad_id``
+    (:func:`ocean_lib.training.batch.join_groups`). A moved group travels with all its rows hold: the batch's
+    fields (its prompt's images included) and ``per_row``'s tensors (``[rows, ...]``), which come back in the
+    new row order. Only the moved groups travel, each point to point to its one destination.
+
+    Also returns the step's ``work_imbalance_before`` and ``work_imbalance`` (the busiest process's cost over
+    the mean, as sampled and after the moves) and ``moved_groups``: the same on every process. A collective:
+    every process calls it."""
+    me, world = torch.distributed.get_rank(), range(torch.distributed.get_world_size())
+    costs = distributed.gather_lists(group_costs(batch, kept_rows, train, prompt_once))
+    where = balance_groups(costs)
+
+    def part(prompts: list[int]) -> tuple[RolloutBatch, dict[str, torch.Tensor]]:
+        rows = group_rows(batch.n, prompts)
+        return select_groups(batch, prompts), {key: value[rows] for key, value in per_row.items()}
+
+    def going(source: int, destination: int) -> list[int]:
+        return [g for g, there in enumerate(where[source]) if there == destination]
+
+    transfers = [(src, dst) for src in world for dst in world if src != dst and going(src, dst)]
+    received = distributed.exchange_objects(
+        transfers, {dst: part(going(me, dst)) for src, dst in transfers if src == me}
+    )
+    parts = [part(going(me, me)), *(received[src] for src in sorted(received))]
+    joined = join_groups([p[0] for p in parts], pad_id)
+    rows = {key: torch.cat([p[1][key] for p in parts]) for key in per_row}
+
+    def imbalance(placed: list[list[int]]) -> float:  # the busiest process's cost over the mean
+        loads = [0] * len(costs)
+        for source, row in enumerate(costs):
+            for g, cost in enumerate(row):
+                loads[placed[source][g]] += cost
+        return max(loads) * len(loads) / max(sum(loads), 1)
+
+    stats = {
+        "work_imbalance_before": imbalance([[source] * len(row) for source, row in enumerate(costs)]),
+        "work_imbalance": imbalance(where),
+        "moved_groups": float(sum(there != source for source, row in enumerate(where) for there in row)),
+    }
+    return joined, rows, stats
 
 
 def micro_batches(

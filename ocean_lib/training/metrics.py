@@ -59,6 +59,11 @@ METRICS: dict[str, str] = {
     "(ZeRO-3 gathers weights in every forward); their loss is multiplied by 0",
     "micro_batch/padding_fraction": "fraction of the token slots of the training forwards that are padding "
     "(under prompt-once each distinct prompt's slots once)",
+    "micro_batch/work_imbalance": "the update's work (forward.group_costs) of the busiest process over the mean "
+    "of all processes, after train.balance_work moved groups (1: even; logged with several processes)",
+    "micro_batch/work_imbalance_before": "micro_batch/work_imbalance as sampled, before any group moved",
+    "micro_batch/moved_groups": "groups (prompt with its completions) trained on by another process than the one "
+    "that sampled them (train.balance_work)",
     "micro_batch/prompt_once": "1 if the training forwards ran each distinct prompt of a micro-batch once "
     "(train.prompt_once, sdpa or eager attention), 0 if every row ran its prompt",
     # validation

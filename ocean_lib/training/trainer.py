@@ -53,6 +53,7 @@ from ocean_lib.training.batch import (
     truncate_prompts_left,
 )
 from ocean_lib.training.forward import (
+    balance_work,
     completion_logprobs,
     forward_passes,
     logprobs_no_grad,
@@ -315,13 +316,20 @@ def update(state: TrainState, groups: SampledGroups, tally: Tally) -> None:
     )
     if num_seqs == 0:
         raise TrainingError("no sequences to train on this step (all groups dropped by dynamic sampling)")
+    # verl's per-row denominators come from the rows as sampled, in rank order: computed before any row moves and
+    # carried with its row, so balancing cannot change the loss.
+    denominators = _verl_denominators(acc, batch, cfg) if alg.token_mean_over == "micro_batch" else None
+    prompt_once = _prompt_once(state)
+    if cfg.train.balance_work and acc.num_processes > 1:
+        batch, advantages, kept_rows, denominators = _balance_work(
+            state, batch, advantages, kept_rows, denominators, prompt_once, tally
+        )
 
     # 5. Reference (and, for several updates per batch, old) log-probs, without gradients, in the micro-batches
     #    the update will use or in their own (train.forward_micro_batch_tokens); every process runs as many as the
     #    busiest one (forward_passes). The log-probs are kept per row, whichever rows were computed together.
     #    Under prompt-once the token budget packs whole groups and counts each distinct prompt once. The setting
     #    is the same on every process: ZeRO-3 needs as many forwards everywhere.
-    prompt_once = _prompt_once(state)
     passes = forward_passes(acc, micro_batches(kept_rows, batch, cfg.train, prompt_once=prompt_once), batch)
     tally_passes(tally, passes, batch, acc.num_processes, prompt_once=prompt_once)
     no_grad_passes = passes  # the forwards without gradient may pack bigger micro-batches
@@ -344,8 +352,8 @@ def update(state: TrainState, groups: SampledGroups, tally: Tally) -> None:
             )
 
     # 6. Micro-batched clipped-loss updates; normalisers are global so micro-batch losses add up exactly.
-    if alg.token_mean_over == "micro_batch":  # verl: each sequence's own denominator, from its micro-batch
-        num_tokens = _verl_denominators(acc, batch, cfg)
+    if denominators is not None:  # verl: each sequence's own denominator, from its micro-batch
+        num_tokens = denominators
     loss_sum = 0.0  # the batch loss is the sum of the micro-batch losses (global normalisers)
     with tally.timer("time/update_s"):
         for _ in range(alg.updates_per_batch):
@@ -400,6 +408,29 @@ def update(state: TrainState, groups: SampledGroups, tally: Tally) -> None:
         update_runs=prompt_runs(passes, batch, prompt_once),
         vision_trained=_vision_trained(state),
     )
+
+
+def _balance_work(
+    state: TrainState,
+    batch: RolloutBatch,
+    advantages: torch.Tensor,
+    kept_rows: torch.Tensor,
+    denominators: torch.Tensor | None,
+    prompt_once: bool,
+    tally: Tally,
+) -> tuple[RolloutBatch, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The rows this process trains on once whole groups have moved between processes so that each has about
+    the same work (:func:`forward.balance_work`), each row with its advantage, kept flag and verl denominator."""
+    keep = torch.zeros(len(batch.texts), dtype=torch.bool)
+    keep[kept_rows] = True
+    per_row = {"advantages": advantages, "keep": keep}
+    if denominators is not None:
+        per_row["denominators"] = denominators
+    pad = state.processor.tokenizer.pad_token_id
+    batch, per_row, stats = balance_work(batch, per_row, kept_rows, state.cfg.train, prompt_once, pad)
+    for key, value in stats.items():  # the same plan on every process: the same values
+        tally.add(f"micro_batch/{key}", value, reduce="max")
+    return batch, per_row["advantages"], per_row["keep"].nonzero().squeeze(1), per_row.get("denominators")
 
 
 def _vision_trained(state: TrainState) -> bool:
