@@ -98,7 +98,7 @@ bench: $(STAMP)
 	$(BIN)/python -m ocean_lib bench grpo
 
 # The real-scale shape on CPU (bench/grpo_scale.py): ours on 2 processes under ZeRO-3 against TRL, with
-# gradient checkpointing; about 15 minutes.
+# gradient checkpointing; about 10 minutes.
 bench-scale: $(STAMP)
 	$(BIN)/python -m ocean_lib bench grpo --shape scale
 
