@@ -395,11 +395,33 @@ def test_gradient_checkpointing_recomputes_the_decoder_layers_in_backward(
     assert recomputed == {True: 2 * int(metrics["micro_batch/count"]) * layers, False: 0}
 
 
+def _launch_variants(tmp_path, monkeypatch, spy: str, zero: int, variants: dict) -> tuple[dict, dict]:
+    """One launch per variant (key -> its config) on 2 processes under ZeRO-``zero`` through the real launcher,
+    every process running ``spy`` as its ``sitecustomize`` with ``SPY_DIR`` a directory of the variant's own;
+    returns each variant's run and what its processes' spies wrote there (JSON files)."""
+    monkeypatch.chdir(
+        REPO
+    )  # the accelerate config files name their DeepSpeed JSON relative to the repository
+    (tmp_path / "sitecustomize.py").write_text(spy)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), str(REPO)]))
+    topology = launch.Topology(2, accelerate_config=f"params/accelerate/single_node_zero{zero}.yaml")
+    runs, spied = {}, {}
+    for key, cfg in variants.items():
+        params, reports = tmp_path / f"{cfg.logging.run_name}.yaml", tmp_path / f"spy_{cfg.logging.run_name}"
+        save_config(cfg, params)
+        reports.mkdir()
+        monkeypatch.setenv("SPY_DIR", str(reports))
+        launch.train(params, topology=topology, timeout_s=HANG_TIMEOUT_S)
+        runs[key] = RunDir(cfg.run_dir)
+        spied[key] = [json.loads(path.read_text()) for path in sorted(reports.glob("*.json"))]
+    return runs, spied
+
+
 # Each process of a launch records the batch size of every language-model forward run with gradients (the
 # training forwards; generation, reference and old log-probs run without) and writes them at exit.
 TEXT_FORWARD_SPY = """
 import atexit, json, os
-if os.environ.get("TEXT_FORWARD_SPY_DIR"):
+if os.environ.get("SPY_DIR"):
     import torch
     seen = []
 
@@ -408,7 +430,7 @@ if os.environ.get("TEXT_FORWARD_SPY_DIR"):
             seen.append(output.last_hidden_state.shape[0])
 
     torch.nn.modules.module.register_module_forward_hook(record)
-    path = os.path.join(os.environ["TEXT_FORWARD_SPY_DIR"], f"{os.getpid()}.json")
+    path = os.path.join(os.environ["SPY_DIR"], f"{os.getpid()}.json")
     atexit.register(lambda: seen and open(path, "w").write(json.dumps(seen)))
 """
 
@@ -424,15 +446,8 @@ def test_prompt_once_under_zero_takes_the_step_of_the_repeated_prompts(
     its KL the moved policy against the reference), against the same step with every row running its prompt.
     fp32 weights, so that the two agree to float rounding. The prompts' pass runs the module inside the engine,
     the completions' pass the engine: DeepSpeed's ZeRO-3 gathers hang on the module's hooks, so both gather."""
-    monkeypatch.chdir(
-        REPO
-    )  # the accelerate config files name their DeepSpeed JSON relative to the repository
-    (tmp_path / "sitecustomize.py").write_text(TEXT_FORWARD_SPY)
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), str(REPO)]))
-    topology = launch.Topology(2, accelerate_config=f"params/accelerate/single_node_zero{zero}.yaml")
-    runs, forwards = {}, {}
-    for once in (True, False):
-        cfg = _config(
+    variants = {
+        once: _config(
             tiny_model_dir,
             mini_data_dir,
             tmp_path,
@@ -443,13 +458,10 @@ def test_prompt_once_under_zero_takes_the_step_of_the_repeated_prompts(
             f"train.prompt_once={once}",
             "train.max_steps=1",
         )
-        save_config(cfg, tmp_path / f"once_{once}.yaml")
-        spy = tmp_path / f"spy_{once}"
-        spy.mkdir()
-        monkeypatch.setenv("TEXT_FORWARD_SPY_DIR", str(spy))
-        launch.train(tmp_path / f"once_{once}.yaml", topology=topology, timeout_s=HANG_TIMEOUT_S)
-        runs[once] = RunDir(cfg.run_dir)
-        forwards[once] = sorted(json.loads(path.read_text()) for path in spy.glob("*.json"))
+        for once in (True, False)
+    }
+    runs, spied = _launch_variants(tmp_path, monkeypatch, TEXT_FORWARD_SPY, zero, variants)
+    forwards = {once: sorted(reports) for once, reports in spied.items()}
 
     # Each training micro-batch ran its distinct prompts, then its rows (fewer prompts than rows: groups).
     assert len(forwards[True]) == len(forwards[False]) == 2
@@ -477,7 +489,7 @@ def test_prompt_once_under_zero_takes_the_step_of_the_repeated_prompts(
 # (DeepSpeed's weight gathers included), and its generate calls, and writes both at exit.
 SAMPLING_COLLECTIVE_SPY = """
 import atexit, functools, json, os, sys
-if os.environ.get("SAMPLING_SPY_DIR"):
+if os.environ.get("SPY_DIR"):
     import torch.distributed as dist
     counts = {"collectives": 0}
 
@@ -500,7 +512,7 @@ if os.environ.get("SAMPLING_SPY_DIR"):
     for name in ("all_reduce", "all_gather", "all_gather_into_tensor", "broadcast", "reduce_scatter_tensor"):
         setattr(dist, name, counted(getattr(dist, name)))
 
-    path = os.path.join(os.environ["SAMPLING_SPY_DIR"], f"{os.getpid()}.json")
+    path = os.path.join(os.environ["SPY_DIR"], f"{os.getpid()}.json")
     atexit.register(lambda: open(path, "w").write(json.dumps(counts)))
 """
 
@@ -513,15 +525,8 @@ def test_zero3_sampling_gathers_the_weights_once_and_samples_what_per_layer_gath
     ``distributed.whole_weights_sampling``): the same completions, loss and gradient as the per-layer gathers
     at every decoded token (lockstep), with a handful of collectives per generation instead of hundreds; the
     ZeRO-3 hooks come back for the update (the step trains and the run finishes). fp32, so both agree exactly."""
-    monkeypatch.chdir(
-        REPO
-    )  # the accelerate config files name their DeepSpeed JSON relative to the repository
-    (tmp_path / "sitecustomize.py").write_text(SAMPLING_COLLECTIVE_SPY)
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), str(REPO)]))
-    topology = launch.Topology(2, accelerate_config="params/accelerate/single_node_zero3.yaml")
-    runs, counts = {}, {}
-    for gather in (True, False):
-        cfg = _config(
+    variants = {
+        gather: _config(
             tiny_model_dir,
             mini_data_dir,
             tmp_path,
@@ -530,15 +535,12 @@ def test_zero3_sampling_gathers_the_weights_once_and_samples_what_per_layer_gath
             "model.train_precision=float32",
             f"rollout.gather_weights={gather}",
         )
-        save_config(cfg, tmp_path / f"gather_{gather}.yaml")
-        spy = tmp_path / f"spy_{gather}"
-        spy.mkdir()
-        monkeypatch.setenv("SAMPLING_SPY_DIR", str(spy))
-        launch.train(tmp_path / f"gather_{gather}.yaml", topology=topology, timeout_s=HANG_TIMEOUT_S)
-        runs[gather] = RunDir(cfg.run_dir)
-        # the launcher's and accelerate's own processes sample nothing: keep the two training processes
-        counts[gather] = [c for p in spy.glob("*.json") if (c := json.loads(p.read_text()))["collectives"]]
-    steps = cfg.train.max_steps
+        for gather in (True, False)
+    }
+    runs, spied = _launch_variants(tmp_path, monkeypatch, SAMPLING_COLLECTIVE_SPY, 3, variants)
+    # the launcher's and accelerate's own processes sample nothing: keep the two training processes
+    counts = {gather: [c for c in reports if c["collectives"]] for gather, reports in spied.items()}
+    steps = variants[True].train.max_steps
 
     def completions(run):
         return sorted((row["step"], row["prompt_id"], row["completion"]) for row in read_jsonl(run.rollouts))
