@@ -18,10 +18,19 @@ from conftest import tiny_overrides
 
 from ocean_lib.base.config import load_config, save_config
 from ocean_lib.base.io import read_jsonl
+from ocean_lib.base.prompts import Prompt, user_text
 from ocean_lib.base.run_dir import RunDir
 from ocean_lib.base.schema import TrainConfig
+from ocean_lib.data.synthetic import sample_task
 from ocean_lib.training import launch, run_state
-from ocean_lib.training.forward import balance_groups, group_costs, micro_batch_cost, pack_micro_batches
+from ocean_lib.training.batch import teacher_forced_batch
+from ocean_lib.training.forward import (
+    balance_groups,
+    completion_logprobs,
+    group_costs,
+    micro_batch_cost,
+    pack_micro_batches,
+)
 from ocean_lib.training.lora import ADAPTER_DIR, attach_lora
 from ocean_lib.training.metrics import is_registered, peak_flops_per_s
 from ocean_lib.training.models import load_policy
@@ -761,3 +770,59 @@ def test_step_one_logs_model_flops_and_mfu_against_the_configured_peak(
     assert step["throughput/model_flops_per_s"] == pytest.approx(step["flops/step"] / step["time/step_s"])
     assert step["throughput/mfu"] == pytest.approx(step["throughput/model_flops_per_s"] / 1e12)
     assert peak_flops_per_s(0.0, torch.device("cpu")) == 0.0  # unknown on a CPU: no MFU
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The vision tower's own learning rate (train.vision_lr_scale)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _one_adamw_step(tiny_model_dir, vision_lr_scale):
+    """Every weight's change after one AdamW step of the SFT loss on one real counting picture."""
+    model, processor = load_policy(str(tiny_model_dir))
+    model.train()
+    task = sample_task("counting", 3)
+    prompt = Prompt(user_text(task.question, "acc", 1), [task.image()])
+    batch = teacher_forced_batch(processor, [prompt], [task.completion])
+    train_cfg = dataclasses.replace(TrainConfig(), lr=1e-3, vision_lr_scale=vision_lr_scale)
+    optimizer = run_state.make_optimizer(model, train_cfg)
+    before = {k: p.detach().clone() for k, p in model.named_parameters()}
+    logprobs, _, mask = completion_logprobs(model, model, batch, torch.arange(1), temperature=1.0)
+    (-(logprobs * mask).sum()).backward()
+    optimizer.step()
+    return {k: (p.detach() - before[k]) for k, p in model.named_parameters()}
+
+
+def test_vision_lr_scale_moves_the_tower_that_fraction_of_the_language_models_rate(tiny_model_dir):
+    full, tenth = _one_adamw_step(tiny_model_dir, 1.0), _one_adamw_step(tiny_model_dir, 0.1)
+    tower = [k for k in full if ".visual." in k]
+    language = [k for k in full if ".visual." not in k]
+    assert tower and language
+    # AdamW's first step moves a weight by lr x (sign of its gradient + weight decay): proportional to the rate.
+    for k in tower:
+        torch.testing.assert_close(tenth[k], 0.1 * full[k], rtol=1e-3, atol=1e-9)
+    assert max(full[k].abs().max().item() for k in tower) > 5e-4  # the tower did move at the full rate
+    for k in language:
+        torch.testing.assert_close(tenth[k], full[k], rtol=0, atol=0)
+
+
+def test_a_run_with_its_own_vision_rate_resumes_exactly_and_zero_freezes_the_tower(
+    tiny_model_dir, mini_data_dir, tmp_path
+):
+    # Two parameter groups go into the checkpoint's optimizer state and come back from it.
+    cfg = _config(tiny_model_dir, mini_data_dir, tmp_path, "train.max_steps=3", "train.vision_lr_scale=0.1")
+    run = RunDir(cfg.run_dir)
+    uninterrupted = _weights(train(cfg))
+    metrics = _comparable(run.read_metrics())
+    shutil.rmtree(run.final)  # as if killed during step 3: only step_1 and step_2 were saved
+    shutil.rmtree(run.checkpoint(2))
+    train(cfg, resume=True)
+    assert _comparable(run.read_metrics()) == metrics
+    resumed = _weights(run.final)
+    assert all(torch.equal(uninterrupted[k], resumed[k]) for k in uninterrupted)
+
+    frozen = _config(tiny_model_dir, mini_data_dir, tmp_path, "train.vision_lr_scale=0", name="frozen")
+    start, after = _weights(tiny_model_dir), _weights(train(frozen))
+    tower = [k for k in start if ".visual." in k]
+    assert tower and all(torch.equal(start[k], after[k]) for k in tower)
+    assert any(not torch.equal(start[k], after[k]) for k in start if ".visual." not in k)

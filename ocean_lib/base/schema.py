@@ -299,6 +299,11 @@ class TrainConfig:
     )
     num_processes: int = knob(1, "training processes the run expects (accelerate launch --num_processes)")
     lr: float = knob(1e-6, "AdamW learning rate (Ocean-R1: 1e-6)")
+    vision_lr_scale: float = knob(
+        1.0,
+        "the vision tower's learning rate as a fraction of lr (its own AdamW parameter group; 0 freezes it, as "
+        "model.freeze_vision_tower does)",
+    )
     warmup_steps: int = knob(0, "linear warm-up from 0 to lr over this many steps, then constant")
     lr_schedule: Literal["constant", "verl_constant"] = knob(
         "constant",
@@ -524,6 +529,7 @@ class RunConfig:
             (self.model.lora_rank >= 0, f"model.lora_rank={self.model.lora_rank} must be >= 0 (0: no LoRA)"),
             (self.model.lora_alpha > 0, f"model.lora_alpha={self.model.lora_alpha} must be > 0"),
             (t.lr > 0, f"train.lr={t.lr} must be > 0"),
+            (t.vision_lr_scale >= 0, f"train.vision_lr_scale={t.vision_lr_scale} must be >= 0 (0: frozen)"),
             (t.keep_last >= 1, f"train.keep_last={t.keep_last} must be >= 1"),
             (
                 d.processor_min_pixels <= (d.processor_max_pixels or d.max_pixels),

@@ -58,7 +58,7 @@ def build_state(cfg: RunConfig, accelerator: Any, run: RunDir, checkpoint: Path 
     # from_pretrained returns eval mode, and transformers recomputes checkpointed layers only in training mode.
     check_no_dropout(model)
     model.train()
-    if cfg.model.freeze_vision_tower:
+    if cfg.model.freeze_vision_tower or cfg.train.vision_lr_scale == 0:
         model.model.visual.requires_grad_(False)
     if cfg.model.gradient_checkpointing:
         # Non-reentrant: the reentrant variant breaks with frozen parameters under DDP/ZeRO.
@@ -156,12 +156,22 @@ class TrainState:
 
 
 def make_optimizer(model: Any, train: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW over the trainable parameters, with the run's learning rate, weight decay and betas."""
+    """AdamW over the trainable parameters, with the run's learning rate, weight decay and betas.
+
+    With ``train.vision_lr_scale`` other than 1 the vision tower's trainable parameters (LoRA adapters in it
+    included) are a second parameter group at ``lr x vision_lr_scale``; the schedule scales both groups alike.
+    At 1 there is one group, as before the knob existed, so older optimizer checkpoints still load.
+    """
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    groups: list[dict[str, Any]] = [{"params": trainable}]
+    if train.vision_lr_scale != 1:
+        tower = {id(p) for p in unwrap_peft(model).model.visual.parameters()}
+        vision = [p for p in trainable if id(p) in tower]
+        groups = [{"params": [p for p in trainable if id(p) not in tower]}]
+        if vision:  # a frozen tower (vision_lr_scale 0, model.freeze_vision_tower) has no group
+            groups.append({"params": vision, "lr": train.lr * train.vision_lr_scale})
     return torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad],
-        lr=train.lr,
-        weight_decay=train.weight_decay,
-        betas=(train.adam_beta1, train.adam_beta2),
+        groups, lr=train.lr, weight_decay=train.weight_decay, betas=(train.adam_beta1, train.adam_beta2)
     )
 
 
