@@ -30,8 +30,8 @@ are over every round's measured steps, so that a change of load spreads over all
 from the end of one optimizer step to the end of the next (a callback), ours ``time/step_s`` from the run's
 ``metrics.jsonl`` (the slowest process; start-up, data loading and the final checkpoint are outside both).
 Before it prints a ratio the script checks, at every step of every side, the prompt tokens seen (each prompt once
-per sample, images included), the completion tokens generated and a non-zero gradient, so that no ratio comes from
-doing less. FLOPs per step for each path come from :func:`ocean_lib.training.metrics.step_flops` on the step's
+per sample, images included) and the completion tokens generated, and at every measured step a non-zero gradient,
+so that no ratio comes from doing less. FLOPs per step for each path come from :func:`ocean_lib.training.metrics.step_flops` on the step's
 token counts, gradient checkpointing's recompute included (the work each path computes). With every result go the
 machine's cores, torch's CPU kernels and load average; a ratio taken above ``conditions.LOAD_PER_CORE_LIMIT`` per
 core is printed and saved as "not a measurement". Results: ``bench/results/<date>-<machine>-scale.json``.
