@@ -557,11 +557,16 @@ def test_lora_trains_only_the_adapters_and_saves_merged_weights(tiny_model_dir, 
 
 
 def test_a_lora_run_resumes_from_its_adapter_exactly(tiny_model_dir, mini_data_dir, tmp_path):
-    cfg = _config(tiny_model_dir, mini_data_dir, tmp_path, *LORA, "train.max_steps=3")
+    _assert_resumes_exactly(_config(tiny_model_dir, mini_data_dir, tmp_path, *LORA, "train.max_steps=3"))
+
+
+def _assert_resumes_exactly(cfg) -> None:
+    """A 3-step run killed during step 3 (only step_1 and step_2 saved) and resumed logs the same metrics and
+    ends with the same weights as the run that was not interrupted."""
     run = RunDir(cfg.run_dir)
     uninterrupted = _weights(train(cfg))
     metrics = _comparable(run.read_metrics())
-    shutil.rmtree(run.final)  # as if killed during step 3: only step_1 and step_2 were saved
+    shutil.rmtree(run.final)
     shutil.rmtree(run.checkpoint(2))
     train(cfg, resume=True)
     assert _comparable(run.read_metrics()) == metrics
@@ -810,16 +815,9 @@ def test_a_run_with_its_own_vision_rate_resumes_exactly_and_zero_freezes_the_tow
     tiny_model_dir, mini_data_dir, tmp_path
 ):
     # Two parameter groups go into the checkpoint's optimizer state and come back from it.
-    cfg = _config(tiny_model_dir, mini_data_dir, tmp_path, "train.max_steps=3", "train.vision_lr_scale=0.1")
-    run = RunDir(cfg.run_dir)
-    uninterrupted = _weights(train(cfg))
-    metrics = _comparable(run.read_metrics())
-    shutil.rmtree(run.final)  # as if killed during step 3: only step_1 and step_2 were saved
-    shutil.rmtree(run.checkpoint(2))
-    train(cfg, resume=True)
-    assert _comparable(run.read_metrics()) == metrics
-    resumed = _weights(run.final)
-    assert all(torch.equal(uninterrupted[k], resumed[k]) for k in uninterrupted)
+    _assert_resumes_exactly(
+        _config(tiny_model_dir, mini_data_dir, tmp_path, "train.max_steps=3", "train.vision_lr_scale=0.1")
+    )
 
     frozen = _config(tiny_model_dir, mini_data_dir, tmp_path, "train.vision_lr_scale=0", name="frozen")
     start, after = _weights(tiny_model_dir), _weights(train(frozen))
