@@ -684,6 +684,9 @@ def test_model_flops_by_hand_for_the_tiny_config(tiny_model_dir):
     both = torch.tensor([0, 1])
     step = dict(kwargs, vision_trained=True)
     assert step_flops(config, batch, both, **step, **repeated) == pytest.approx(generation + 4 * sum(row))
+    # TRL's generate prefills every row's prompt (and encodes its image) itself.
+    trl = step_flops(config, batch, both, **step, **repeated, generation_repeats_prompts=True)
+    assert trl == pytest.approx(5 * sum(row))
     once = {"forward_runs": torch.tensor([1.0]), "update_runs": torch.tensor([1.0])}
     assert step_flops(config, batch, both, **step, **once) == pytest.approx(5 * generation)
     split = {"forward_runs": torch.tensor([1.0]), "update_runs": torch.tensor([2.0])}

@@ -315,6 +315,7 @@ def step_flops(
     update_runs: torch.Tensor | None,
     vision_trained: bool,
     recompute: bool = False,
+    generation_repeats_prompts: bool = False,
 ) -> float:
     """Model FLOPs of one step on ``batch`` (any object with the :class:`~ocean_lib.training.batch.RolloutBatch`
     fields ``prompt_mask``, ``completion_mask``, ``prompt_index``, ``image_grid_thw``, ``images_per_prompt``).
@@ -325,7 +326,8 @@ def step_flops(
         F = sum_{i in R} [text(P_i + C_i) - text(P_i)] + sum_p k_p [text(P_p) + vision(p)]
 
     (a completion's attention over its prompt belongs to the completion). The step: generation of every row when
-    ``generated`` (both engines prefill each prompt once per group, k_p = 1), ``forward_only`` passes over
+    ``generated`` (both our engines prefill each prompt once per group, k_p = 1; with
+    ``generation_repeats_prompts`` every row prefills its own, as TRL's ``generate``), ``forward_only`` passes over
     ``trained_rows`` (reference, old log-probs: ``forward_runs``) and ``updates`` of a forward and a backward of
     twice its cost (2N and 4N per token for N weights; a frozen vision tower forward only: nothing flows back
     into it) over ``trained_rows`` (``update_runs``). ``recompute`` adds gradient checkpointing's second forward
@@ -350,7 +352,8 @@ def step_flops(
 
     total = 0.0
     if generated:
-        total += sum(forward(torch.arange(len(prompt_tokens)), torch.ones(prompts, dtype=torch.float64)))
+        once = None if generation_repeats_prompts else torch.ones(prompts, dtype=torch.float64)
+        total += sum(forward(torch.arange(len(prompt_tokens)), once))
     total += forward_only * sum(forward(trained_rows, forward_runs))
     text, image = forward(trained_rows, update_runs)
     per_update = 3 * text + (3 if vision_trained else 1) * image
