@@ -141,35 +141,14 @@ def our_steps(cfg: RunConfig, params: Path) -> list[dict[str, float]]:
 def trl_steps(
     cfg: RunConfig, records: list[Record], total_steps: int, out_dir: Path
 ) -> tuple[list[dict], dict]:
-    """Run TRL's trainer for ``total_steps``; return its steps (seconds and work) and its checked settings."""
-    from transformers import TrainerCallback
-
-    steps: list[dict[str, float]] = []
-
-    class Timer(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kwargs):
-            self.started, self.tokens_seen = time.perf_counter(), 0
-
-        def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-            self.grad_norm = float(model.get_input_embeddings().weight.grad.norm())
-
-        def on_step_end(self, args, state, control, **kwargs):
-            now = time.perf_counter()
-            tokens = state.num_input_tokens_seen - self.tokens_seen
-            steps.append({"step_s": now - self.started, "input_tokens": tokens, "grad_norm": self.grad_norm})
-            self.started, self.tokens_seen = now, state.num_input_tokens_seen
-
-    trainer, reward = grpo_step.trl_trainer(
-        cfg, records, total_steps, out_dir, Timer(), gradient_checkpointing=True
+    """Run TRL's trainer (gradient checkpointing on) for ``total_steps``; return its steps (seconds and work) and
+    its checked settings."""
+    steps, completion_tokens, settings = grpo_step.run_trl(
+        cfg, records, total_steps, out_dir, gradient_checkpointing=True
     )
-    settings = grpo_step.check_same_settings(trainer, cfg)
-    settings["trl_gradient_checkpointing_kwargs"] = trainer.args.gradient_checkpointing_kwargs
-    if torch.get_num_threads() != grpo_step.THREADS:
-        raise SystemExit(f"TRL's trainer changed torch's thread count to {torch.get_num_threads()}")
-    trainer.train()
-    for step, completion_tokens in zip(steps, reward.tokens, strict=True):
-        step["completion_tokens"] = completion_tokens
-        step["prompt_tokens"] = step.pop("input_tokens") - completion_tokens
+    for step, completion in zip(steps, completion_tokens, strict=True):
+        step["completion_tokens"] = completion
+        step["prompt_tokens"] = step.pop("input_tokens") - completion
     return steps, settings
 
 
@@ -209,20 +188,13 @@ def flops_per_path(cfg: RunConfig, records: list[Record], processor: Any, config
         images_per_prompt=[1] * prompts,
     )
     each = torch.ones(prompts, dtype=torch.float64)
-    common = {"forward_only": 1, "updates": 1, "vision_trained": True, "recompute": True}
-    ours_on = step_flops(config, step, rows, generated=True, forward_runs=each, update_runs=each, **common)
-    ours_off = step_flops(config, step, rows, generated=True, forward_runs=None, update_runs=None, **common)
-    # TRL's generation: every row a prompt of its own (a group of 1), then the same forwards as ours_off.
-    ungrouped = SimpleNamespace(
-        **{**vars(step), "prompt_index": rows, "images_per_prompt": [1] * len(rows)},
+    common = {"generated": True, "forward_only": 1, "updates": 1, "vision_trained": True, "recompute": True}
+    ours_on = step_flops(config, step, rows, forward_runs=each, update_runs=each, **common)
+    ours_off = step_flops(config, step, rows, forward_runs=None, update_runs=None, **common)
+    trl = step_flops(
+        config, step, rows, forward_runs=None, update_runs=None, generation_repeats_prompts=True, **common
     )
-    ungrouped.image_grid_thw = step.image_grid_thw.repeat_interleave(n, 0)
-    trl = step_flops(config, ungrouped, rows, generated=True, forward_runs=None, update_runs=None, **common)
     return {"trl": trl, "ours": ours_on, "ours_prompt_once_off": ours_off}
-
-
-def median_s(side_steps: list[dict[str, float]]) -> dict[str, float]:
-    return grpo_step.spread([s["step_s"] for s in side_steps])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -281,7 +253,9 @@ def main(argv: list[str] | None = None) -> None:
                     flush=True,
                 )
 
-    medians = {side: median_s(side_steps) for side, side_steps in steps.items()}
+    medians = {
+        side: grpo_step.spread([s["step_s"] for s in side_steps]) for side, side_steps in steps.items()
+    }
     ratio = medians["trl"]["median"] / medians["ours"]["median"]
     once_ratio = medians["ours_prompt_once_off"]["median"] / medians["ours"]["median"]
     import transformers

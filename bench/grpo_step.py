@@ -360,42 +360,74 @@ def check_same_work(
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def alternate(
-    cfg: RunConfig, records: list[Record], steps: int, warmup: int, out_dir: Path, loads: LoadLog
-) -> dict[str, Any]:
-    """TRL's steps interleaved with ours; returns both sides' step records and the settings checked."""
+def run_trl(
+    cfg: RunConfig,
+    records: list[Record],
+    total_steps: int,
+    out_dir: Path,
+    between: Any = None,
+    gradient_checkpointing: bool = False,
+) -> tuple[list[dict[str, float]], list[int], dict[str, Any]]:
+    """Train TRL's side for ``total_steps``; return each step's seconds, input tokens (prompt + completion, as TRL
+    counts them) and gradient norm (of the tied embedding, just before the optimizer step), the completion tokens
+    the reward saw per step, and the settings checked equal to ours. ``between()`` runs after each step, outside
+    its time (the side-by-side bench steps ours there)."""
     from transformers import TrainerCallback
 
-    ours = OurSide(cfg, records)
-    trl_steps: list[float] = []
-    trl_input_tokens: list[int] = []  # prompt + completion tokens TRL counted, per step
-    trl_grad_norms: list[float] = []  # of the (tied) embedding, just before each optimizer step
+    steps: list[dict[str, float]] = []
 
-    class Interleave(TrainerCallback):
+    class StepLog(TrainerCallback):
         def on_train_begin(self, args, state, control, **kwargs):
             self.resumed, self.tokens_seen = time.perf_counter(), 0
 
         def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-            trl_grad_norms.append(float(model.get_input_embeddings().weight.grad.norm()))
+            self.grad_norm = float(model.get_input_embeddings().weight.grad.norm())
 
         def on_step_end(self, args, state, control, **kwargs):
-            trl_steps.append(time.perf_counter() - self.resumed)
-            trl_input_tokens.append(state.num_input_tokens_seen - self.tokens_seen)
+            tokens = state.num_input_tokens_seen - self.tokens_seen
+            steps.append(
+                {
+                    "step_s": time.perf_counter() - self.resumed,
+                    "input_tokens": tokens,
+                    "grad_norm": self.grad_norm,
+                }
+            )
             self.tokens_seen = state.num_input_tokens_seen
-            ours.step()
-            loads.mark(f"after step {len(ours.steps)}")
+            if between is not None:
+                between()
             self.resumed = time.perf_counter()
 
-    trainer, reward = trl_trainer(cfg, records, warmup + steps, out_dir, Interleave())
+    trainer, reward = trl_trainer(cfg, records, total_steps, out_dir, StepLog(), gradient_checkpointing)
     settings = check_same_settings(trainer, cfg)
     if torch.get_num_threads() != THREADS:
         raise SystemExit(f"TRL's trainer changed torch's thread count to {torch.get_num_threads()}")
     trainer.train()
-    work = check_same_work(cfg, records, ours, reward.tokens, trl_input_tokens, trl_grad_norms)
+    return steps, reward.tokens, settings
+
+
+def alternate(
+    cfg: RunConfig, records: list[Record], steps: int, warmup: int, out_dir: Path, loads: LoadLog
+) -> dict[str, Any]:
+    """TRL's steps interleaved with ours; returns both sides' step records and the settings checked."""
+    ours = OurSide(cfg, records)
+
+    def our_step() -> None:
+        ours.step()
+        loads.mark(f"after step {len(ours.steps)}")
+
+    trl, completion_tokens, settings = run_trl(cfg, records, warmup + steps, out_dir, between=our_step)
+    work = check_same_work(
+        cfg,
+        records,
+        ours,
+        completion_tokens,
+        [s["input_tokens"] for s in trl],
+        [s["grad_norm"] for s in trl],
+    )
     return {
         "settings": settings,
         "work": work,
-        "trl_step_s": trl_steps[warmup:],
+        "trl_step_s": [s["step_s"] for s in trl][warmup:],
         "ours": ours.steps[warmup:],
     }
 
