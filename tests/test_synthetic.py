@@ -113,10 +113,11 @@ def test_grid_description_names_all_sixteen_cells_and_what_each_holds_in_the_pic
 
 
 @pytest.mark.parametrize("difficulty", LEVELS)
-def test_scene_description_names_every_drawn_object_in_its_cell_in_reading_order(difficulty):
+@pytest.mark.parametrize("family", ["scene", "lone"])
+def test_scene_description_names_every_drawn_object_in_its_cell_in_reading_order(family, difficulty):
     cell = 112 / 4
-    kinds = set()
-    for task in tasks("scene", difficulty, n=60):
+    kinds, counts = set(), set()
+    for task in tasks(family, difficulty, n=60):
         image = task.image()
         check_drawn(task, image)
         listed = [
@@ -130,6 +131,7 @@ def test_scene_description_names_every_drawn_object_in_its_cell_in_reading_order
         assert task.answer == str(len(listed)) and task.reasoning == " ".join(
             f"{name}: row {row + 1}, column {col + 1}." for name, row, col in listed
         )
+        counts.add(len(listed))
         sides = {o.box[2] - o.box[0] for o in task.scene.objects}
         kinds.add("floor" if task.query["floor"] else "flat")
         if task.query["floor"]:  # sample_spatial's perspective: the side grows with the row
@@ -137,6 +139,7 @@ def test_scene_description_names_every_drawn_object_in_its_cell_in_reading_order
         else:
             assert len(sides) == 1 or difficulty > 1
     assert kinds == {"floor", "flat"}
+    assert counts == {1} if family == "lone" else len(counts) > 2
 
 
 @pytest.mark.parametrize("difficulty", LEVELS)
@@ -239,7 +242,8 @@ def test_question_alone_does_not_determine_the_answer(family):
     """The same question text comes with different answers: only the picture tells them apart."""
     by_question = defaultdict(set)
     for task in tasks(family, 1, n=200):
-        by_question[task.question].add(task.answer)
+        # a lone object's count is always 1: what the picture decides is the description
+        by_question[task.question].add(task.reasoning if family == "lone" else task.answer)
     repeated = [answers for answers in by_question.values() if len(answers) > 1]
     assert repeated, f"{family}: no question text occurs with two answers"
 
@@ -250,12 +254,26 @@ def test_reasoning_is_short_and_level_1_answers_are_few(family):
     for difficulty in LEVELS:
         for task in tasks(family, difficulty):
             # a scene description names every object (6 words each); a task's reasoning is one short sentence
-            words = 6 * len(task.scene.objects) if family == "scene" else 6 * 16 if family == "grid" else 20
+            words = (
+                6 * len(task.scene.objects)
+                if family in ("scene", "lone")
+                else 6 * 16
+                if family == "grid"
+                else 20
+            )
             assert len(task.reasoning.split()) <= words, task.reasoning
             assert task.completion == f"<think>{task.reasoning}</think><answer>{task.answer}</answer>"
             if difficulty == 1:
                 answers.add(task.answer)
-    limit = {"counting": 6, "geometry": 13, "grounding": 16 * 4, "spatial": 2, "scene": 6, "grid": 6}[family]
+    limit = {
+        "counting": 6,
+        "geometry": 13,
+        "grounding": 16 * 4,
+        "spatial": 2,
+        "scene": 6,
+        "grid": 6,
+        "lone": 1,
+    }[family]
     assert len(answers) <= limit
 
 

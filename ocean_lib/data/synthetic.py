@@ -10,9 +10,10 @@ One family per kind of Ocean-R1 training data, each with a text-only twin statin
 - ``spatial`` (CV-Bench-like): relation, depth or distance questions with options ``(A) left\\n(B) right``,
   answer ``(A)``, ``acc``.
 
-and two that are not tasks of Ocean-R1's, dense supervision for a perception stage before the warm-start (answer:
+and three that are not tasks of Ocean-R1's, dense supervision for a perception stage before the warm-start (answer:
 how many objects; not among the default families): ``scene``, every object with its cell in reading order
-(:func:`sample_scene`), and ``grid``, every one of the 16 cells named, then what it holds (:func:`sample_grid`).
+(:func:`sample_scene`), ``lone``, a scene of one object (:func:`sample_lone`), and ``grid``, every one of the 16
+cells named, then what it holds (:func:`sample_grid`).
 
 Every task is sampled from a seed as a scene graph (:class:`ShapeScene` or :class:`Diagram`) plus a structured
 ``query``; question, answer and a short worked ``reasoning`` are derived from them, and the picture is drawn
@@ -63,6 +64,7 @@ FAMILIES = (
     "spatial",
     "scene",
     "grid",
+    "lone",
 )  # order is part of the seed: append only
 SPLITS = ("train", "test")
 BACKGROUND = (123, 117, 104)  # ≈ the Qwen2-VL image processor's mean colour, which normalises to ~0
@@ -764,11 +766,14 @@ def _centre_distance(a: Shape, b: Shape) -> float:
 _SCENE_OBJECTS = {1: (1, 6), 2: (1, 8), 3: (1, 10)}
 
 
-def _scene_to_describe(rng: np.random.Generator, difficulty: int, image_size: int) -> tuple[ShapeScene, bool]:
+def _scene_to_describe(
+    rng: np.random.Generator, difficulty: int, image_size: int, objects_range: tuple[int, int] | None = None
+) -> tuple[ShapeScene, bool]:
     """A picture for a perception family and whether it is a floor: half the time a flat scene as counting and
     grounding draw theirs (one size, anywhere in the cell), half the time a floor as spatial draws its (nearer
-    rows larger), with the level's attributes; objects in reading order."""
-    lo, hi = _SCENE_OBJECTS[difficulty]
+    rows larger), with the level's attributes and ``objects_range`` objects (default: the level's); objects in
+    reading order."""
+    lo, hi = objects_range or _SCENE_OBJECTS[difficulty]
     colours = _palette(difficulty)
     floor = bool(rng.integers(2))
     objects = []
@@ -789,13 +794,26 @@ def sample_scene(rng: np.random.Generator, difficulty: int, image_size: int) -> 
     data gave the real model before its Instruct tuning, and that one answer per picture does not. A task
     family's single answer never says where the other objects are; a description says where each one is.
     """
+    return _described_scene("scene", SCENE_QUESTION, _describe_in_reading_order, rng, difficulty, image_size)
+
+
+SCENE_QUESTION = "Name every object with its cell, in reading order. How many objects are there?"
+
+
+def _describe_in_reading_order(scene: ShapeScene) -> str:
+    return " ".join(f"{o.name()}: {o.where()}." for o in scene.objects)
+
+
+def sample_lone(rng: np.random.Generator, difficulty: int, image_size: int) -> Task:
+    """A ``scene`` of one object: the same question and description ("red circle: row 1, column 2."), answer 1.
+
+    Not one of Ocean-R1's tasks: the first rung of a curriculum from few objects to many. With one object there
+    is nothing to select, so the model can learn to read an object's shape and cell from its own image token
+    before it must tell that object from others (docs/miniature_results.md, issue 21: a 4.5 M model learned a
+    lone object's shape, row and column in 300 steps where several objects taught it nothing).
+    """
     return _described_scene(
-        "scene",
-        "Name every object with its cell, in reading order. How many objects are there?",
-        lambda scene: " ".join(f"{o.name()}: {o.where()}." for o in scene.objects),
-        rng,
-        difficulty,
-        image_size,
+        "lone", SCENE_QUESTION, _describe_in_reading_order, rng, difficulty, image_size, objects_range=(1, 1)
     )
 
 
@@ -831,10 +849,11 @@ def _described_scene(
     rng: np.random.Generator,
     difficulty: int,
     image_size: int,
+    objects_range: tuple[int, int] | None = None,
 ) -> Task:
     """A picture drawn as the description families draw theirs, its description (``describe``) as the
     reasoning, answered by how many objects it holds."""
-    scene, floor = _scene_to_describe(rng, difficulty, image_size)
+    scene, floor = _scene_to_describe(rng, difficulty, image_size, objects_range)
     return Task(
         family=family,
         difficulty=difficulty,
@@ -864,7 +883,7 @@ def _shifted(value: int, lo: int, hi: int, step: int, rng: np.random.Generator) 
 def _answer_in_words(task: Task, rng: np.random.Generator, wrong: bool) -> str:
     """The task's answer as its reasoning states it, or (``wrong``) a plausible wrong first value: a count or
     an angle one step off, the neighbouring cell, another option."""
-    if task.family in ("counting", "scene", "grid"):
+    if task.family in ("counting", "scene", "grid", "lone"):
         n = int(task.answer)
         return str(_shifted(n, 1, GRID * GRID, 1, rng) if wrong else n)
     if task.family == "geometry":
@@ -921,6 +940,7 @@ SAMPLERS: dict[str, Callable[[np.random.Generator, int, int], Task]] = {
     "spatial": sample_spatial,
     "scene": sample_scene,
     "grid": sample_grid,
+    "lone": sample_lone,
 }
 
 
