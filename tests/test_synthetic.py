@@ -139,7 +139,7 @@ def test_scene_description_names_every_drawn_object_in_its_cell_in_reading_order
         else:
             assert len(sides) == 1 or difficulty > 1
     assert kinds == {"floor", "flat"}
-    assert counts == {1} if family == "lone" else len(counts) > 2
+    assert (counts == {1}) if family == "lone" else (len(counts) > 2)
 
 
 @pytest.mark.parametrize("difficulty", LEVELS)
@@ -254,13 +254,9 @@ def test_reasoning_is_short_and_level_1_answers_are_few(family):
     for difficulty in LEVELS:
         for task in tasks(family, difficulty):
             # a scene description names every object (6 words each); a task's reasoning is one short sentence
-            words = (
-                6 * len(task.scene.objects)
-                if family in ("scene", "lone")
-                else 6 * 16
-                if family == "grid"
-                else 20
-            )
+            words = 20
+            if family in ("scene", "lone", "grid"):
+                words = 6 * (16 if family == "grid" else len(task.scene.objects))
             assert len(task.reasoning.split()) <= words, task.reasoning
             assert task.completion == f"<think>{task.reasoning}</think><answer>{task.answer}</answer>"
             if difficulty == 1:

@@ -786,6 +786,13 @@ def _scene_to_describe(
     return ShapeScene(image_size, tuple(objects)), floor
 
 
+SCENE_QUESTION = "Name every object with its cell, in reading order. How many objects are there?"
+
+
+def _describe_in_reading_order(scene: ShapeScene) -> str:
+    return " ".join(f"{o.name()}: {o.where()}." for o in scene.objects)
+
+
 def sample_scene(rng: np.random.Generator, difficulty: int, image_size: int) -> Task:
     """Every object of a picture with its cell, in reading order ("red circle: row 1, column 2. ..."), then
     how many there are.
@@ -795,13 +802,6 @@ def sample_scene(rng: np.random.Generator, difficulty: int, image_size: int) -> 
     family's single answer never says where the other objects are; a description says where each one is.
     """
     return _described_scene("scene", SCENE_QUESTION, _describe_in_reading_order, rng, difficulty, image_size)
-
-
-SCENE_QUESTION = "Name every object with its cell, in reading order. How many objects are there?"
-
-
-def _describe_in_reading_order(scene: ShapeScene) -> str:
-    return " ".join(f"{o.name()}: {o.where()}." for o in scene.objects)
 
 
 def sample_lone(rng: np.random.Generator, difficulty: int, image_size: int) -> Task:
@@ -883,7 +883,7 @@ def _shifted(value: int, lo: int, hi: int, step: int, rng: np.random.Generator) 
 def _answer_in_words(task: Task, rng: np.random.Generator, wrong: bool) -> str:
     """The task's answer as its reasoning states it, or (``wrong``) a plausible wrong first value: a count or
     an angle one step off, the neighbouring cell, another option."""
-    if task.family in ("counting", "scene", "grid", "lone"):
+    if task.answer.isdigit():  # a count: counting and the description families
         n = int(task.answer)
         return str(_shifted(n, 1, GRID * GRID, 1, rng) if wrong else n)
     if task.family == "geometry":
