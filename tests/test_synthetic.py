@@ -143,6 +143,35 @@ def test_scene_description_names_every_drawn_object_in_its_cell_in_reading_order
 
 
 @pytest.mark.parametrize("difficulty", LEVELS)
+def test_locate_asks_for_every_drawn_object_by_name_in_an_order_that_does_not_say_where_it_is(difficulty):
+    cell = 112 / 4
+    first_asked_cells, orders, kinds = Counter(), Counter(), set()
+    for task in tasks("locate", difficulty, n=60):
+        image = task.image()
+        check_drawn(task, image)
+        objects = task.scene.objects
+        names = re.findall(r"the (\w+ \w+)", task.question.split("?")[0])
+        said = re.findall(r"The (\w+ \w+): row (\d), column (\d)\.", task.reasoning)
+        drawn = {f"{o.colour} {o.shape}": (centre(o)[1] // cell, centre(o)[0] // cell) for o in objects}
+        assert len(drawn) == len(objects)  # colour and shape name each object alone
+        assert [name for name, _, _ in said] == names and sorted(names) == sorted(drawn)
+        assert {name: (int(r) - 1, int(c) - 1) for name, r, c in said} == drawn
+        assert names == [f"{objects[i].colour} {objects[i].shape}" for i in task.query["asked"]]
+        assert task.answer == str(len(objects)) and task.reward_func == "acc"
+        in_reading_order = sorted(names, key=lambda name: drawn[name])
+        orders[names == in_reading_order] += 1
+        first_asked_cells[drawn[names[0]]] += 1
+        kinds.add("floor" if task.query["floor"] else "flat")
+        if task.query["floor"]:  # sample_spatial's perspective: the side grows with the row
+            assert all(o.box[2] - o.box[0] == 14 + 4 * o.row for o in objects)
+        else:
+            assert len({o.box[2] - o.box[0] for o in objects}) == 1 or difficulty > 1
+    assert kinds == {"floor", "flat"}
+    assert orders[False] > 20  # the order of the names is not the reading order the cells would give
+    assert len(first_asked_cells) > 8
+
+
+@pytest.mark.parametrize("difficulty", LEVELS)
 def test_geometry_answer_is_the_marked_angle_of_the_drawn_figure(difficulty):
     step = {1: 10, 2: 5, 3: 1}[difficulty]
     for task in tasks("geometry", difficulty):
@@ -242,8 +271,9 @@ def test_question_alone_does_not_determine_the_answer(family):
     """The same question text comes with different answers: only the picture tells them apart."""
     by_question = defaultdict(set)
     for task in tasks(family, 1, n=200):
-        # a lone object's count is always 1: what the picture decides is the description
-        by_question[task.question].add(task.reasoning if family == "lone" else task.answer)
+        # a lone object's count is always 1, and locate's count is how many it names: what the picture decides
+        # is the description
+        by_question[task.question].add(task.reasoning if family in ("lone", "locate") else task.answer)
     repeated = [answers for answers in by_question.values() if len(answers) > 1]
     assert repeated, f"{family}: no question text occurs with two answers"
 
@@ -255,8 +285,9 @@ def test_reasoning_is_short_and_level_1_answers_are_few(family):
         for task in tasks(family, difficulty):
             # a scene description names every object (6 words each); a task's reasoning is one short sentence
             words = 20
-            if family in ("scene", "lone", "grid"):
-                words = 6 * (16 if family == "grid" else len(task.scene.objects))
+            if family in ("scene", "lone", "grid", "locate"):
+                per_object = 7 if family == "locate" else 6  # locate: "The red circle: row 1, column 2."
+                words = per_object * (16 if family == "grid" else len(task.scene.objects))
             assert len(task.reasoning.split()) <= words, task.reasoning
             assert task.completion == f"<think>{task.reasoning}</think><answer>{task.answer}</answer>"
             if difficulty == 1:
@@ -269,6 +300,7 @@ def test_reasoning_is_short_and_level_1_answers_are_few(family):
         "scene": 6,
         "grid": 6,
         "lone": 1,
+        "locate": 3,
     }[family]
     assert len(answers) <= limit
 

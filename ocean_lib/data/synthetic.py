@@ -10,10 +10,11 @@ One family per kind of Ocean-R1 training data, each with a text-only twin statin
 - ``spatial`` (CV-Bench-like): relation, depth or distance questions with options ``(A) left\\n(B) right``,
   answer ``(A)``, ``acc``.
 
-and three that are not tasks of Ocean-R1's, dense supervision for a perception stage before the warm-start (answer:
+and four that are not tasks of Ocean-R1's, dense supervision for a perception stage before the warm-start (answer:
 how many objects; not among the default families): ``scene``, every object with its cell in reading order
-(:func:`sample_scene`), ``lone``, a scene of one object (:func:`sample_lone`), and ``grid``, every one of the 16
-cells named, then what it holds (:func:`sample_grid`).
+(:func:`sample_scene`), ``lone``, a scene of one object (:func:`sample_lone`), ``grid``, every one of the 16
+cells named, then what it holds (:func:`sample_grid`), and ``locate``, every object of a grounding picture asked
+for by name in a random order, each answered by its cell (:func:`sample_locate`).
 
 Every task is sampled from a seed as a scene graph (:class:`ShapeScene` or :class:`Diagram`) plus a structured
 ``query``; question, answer and a short worked ``reasoning`` are derived from them, and the picture is drawn
@@ -65,6 +66,7 @@ FAMILIES = (
     "scene",
     "grid",
     "lone",
+    "locate",
 )  # order is part of the seed: append only
 SPLITS = ("train", "test")
 BACKGROUND = (123, 117, 104)  # ≈ the Qwen2-VL image processor's mean colour, which normalises to ~0
@@ -817,6 +819,61 @@ def sample_lone(rng: np.random.Generator, difficulty: int, image_size: int) -> T
     )
 
 
+LOCATE_INSTRUCTION = "Give each one's cell."
+
+
+def sample_locate(rng: np.random.Generator, difficulty: int, image_size: int) -> Task:
+    """Where each object of a grounding picture is, the objects named in the question in a random order ("Where
+    are the red square and the blue circle? Give each one's cell." -> "The red square: row 3, column 1. The blue
+    circle: row 1, column 2."), then how many there are.
+
+    Not one of Ocean-R1's tasks: grounding's selection, densely. A grounding record asks for one object of a
+    picture; here every object is asked for by its colour and shape (pairs distinct within the picture), in an
+    order that says nothing about where it is, so each cell of the trace is a lookup of the named object among
+    the others (docs/miniature_results.md, issue 21: reading a lone object's cell did not teach the lookup, and
+    one answer per picture taught it too slowly). Half of the pictures as grounding draws them (the level's
+    number of objects, one size, centred at level 1), half as spatial's floors (nearer rows larger).
+    """
+    lo, hi = _OBJECTS[difficulty]
+    pairs = [(colour, shape) for colour in _palette(difficulty) for shape in SHAPES]
+    n = int(rng.integers(lo, hi + 1))
+    chosen = [pairs[int(i)] for i in rng.choice(len(pairs), size=n, replace=False)]
+    floor = bool(rng.integers(2))
+    objects = []
+    for (colour, shape), (row, col) in zip(chosen, _cells(rng, n), strict=True):
+        obj = _random_shape(
+            rng,
+            difficulty,
+            image_size,
+            row,
+            col,
+            _palette(difficulty),
+            RELATION_JITTER * (difficulty == 3),
+            colour=colour,
+            shape=shape,
+        )
+        if floor:  # sample_spatial's sizes and placement
+            box = _place(rng, image_size, row, col, 14 + 4 * row, RELATION_JITTER)
+            obj = replace(obj, size="large" if row >= 2 else "small", box=box)
+        objects.append(obj)
+    objects = tuple(objects)
+    asked = [objects[int(i)] for i in rng.permutation(n)]
+    names = [f"the {o.name()}" for o in asked]
+    question = f"Where are {', '.join(names[:-1])} and {names[-1]}? {LOCATE_INSTRUCTION}"
+    scene = ShapeScene(image_size, objects)
+    return Task(
+        family="locate",
+        difficulty=difficulty,
+        scene=scene,
+        query={"asked": [objects.index(o) for o in asked], "floor": floor},
+        question=question,
+        text_question=f"{_scene_in_words(objects, image_size)} {question}",
+        answer=str(n),
+        reasoning=" ".join(f"The {o.name()}: {o.where()}." for o in asked),
+        reward_func="acc",
+    )
+
+
 def sample_grid(rng: np.random.Generator, difficulty: int, image_size: int) -> Task:
     """Every cell of the grid in reading order, each named before what it holds ("row 1, column 1: empty.
     row 1, column 2: red circle. ..."), then how many objects there are.
@@ -941,6 +998,7 @@ SAMPLERS: dict[str, Callable[[np.random.Generator, int, int], Task]] = {
     "scene": sample_scene,
     "grid": sample_grid,
     "lone": sample_lone,
+    "locate": sample_locate,
 }
 
 
