@@ -768,6 +768,12 @@ def _centre_distance(a: Shape, b: Shape) -> float:
 _SCENE_OBJECTS = {1: (1, 6), 2: (1, 8), 3: (1, 10)}
 
 
+def _on_floor(rng: np.random.Generator, obj: Shape, image_size: int) -> Shape:
+    """``obj`` as sample_spatial draws its objects on a floor: nearer (lower) rows larger, a little jitter."""
+    box = _place(rng, image_size, obj.row, obj.col, 14 + 4 * obj.row, RELATION_JITTER)
+    return replace(obj, size="large" if obj.row >= 2 else "small", box=box)
+
+
 def _scene_to_describe(
     rng: np.random.Generator, difficulty: int, image_size: int, objects_range: tuple[int, int] | None = None
 ) -> tuple[ShapeScene, bool]:
@@ -781,9 +787,8 @@ def _scene_to_describe(
     objects = []
     for row, col in sorted(_cells(rng, int(rng.integers(lo, hi + 1)))):
         obj = _random_shape(rng, difficulty, image_size, row, col, colours, jitter=1.0)
-        if floor:  # sample_spatial's sizes and placement
-            box = _place(rng, image_size, row, col, 14 + 4 * row, RELATION_JITTER)
-            obj = replace(obj, size="large" if row >= 2 else "small", box=box)
+        if floor:
+            obj = _on_floor(rng, obj, image_size)
         objects.append(obj)
     return ShapeScene(image_size, tuple(objects)), floor
 
@@ -852,9 +857,8 @@ def sample_locate(rng: np.random.Generator, difficulty: int, image_size: int) ->
             colour=colour,
             shape=shape,
         )
-        if floor:  # sample_spatial's sizes and placement
-            box = _place(rng, image_size, row, col, 14 + 4 * row, RELATION_JITTER)
-            obj = replace(obj, size="large" if row >= 2 else "small", box=box)
+        if floor:
+            obj = _on_floor(rng, obj, image_size)
         objects.append(obj)
     objects = tuple(objects)
     asked = [objects[int(i)] for i in rng.permutation(n)]
