@@ -587,6 +587,12 @@ def _descriptions(objects: tuple[Shape, ...], t: int, difficulty: int) -> list[d
     return found
 
 
+def _found(name: str, obj: Shape) -> str:
+    """The sentence of a trace that has found the object called ``name``: "The red circle: row 1, column 2."
+    (grounding's trace, and locate's once per object, so what locate teaches is grounding's form)."""
+    return f"The {name}: {obj.where()}."
+
+
 def sample_grounding(rng: np.random.Generator, difficulty: int, image_size: int) -> Task:
     """A referring expression ("the small blue square left of the circle") answered by the object's pixel box.
 
@@ -629,12 +635,10 @@ def sample_grounding(rng: np.random.Generator, difficulty: int, image_size: int)
         anchor = objects[chosen["anchor"]]
         anchor_name = anchor.name(tuple(chosen["anchor_attrs"]))
         expression = f"the {name} {chosen['relation']} the {anchor_name}"
-        reasoning = (
-            f"The {anchor_name}: {anchor.where()}. The {name} {chosen['relation']} it: {target.where()}."
-        )
+        reasoning = f"{_found(anchor_name, anchor)} The {name} {chosen['relation']} it: {target.where()}."
     else:
         expression = f"the {name}"
-        reasoning = f"The {name}: {target.where()}."
+        reasoning = _found(name, target)
     ask = f"Find {expression} and give its bounding box in pixels."
     scene = ShapeScene(image_size, objects)
     return Task(
@@ -840,7 +844,8 @@ def sample_locate(rng: np.random.Generator, difficulty: int, image_size: int) ->
     number of objects, one size, centred at level 1), half as spatial's floors (nearer rows larger).
     """
     lo, hi = _OBJECTS[difficulty]
-    pairs = [(colour, shape) for colour in _palette(difficulty) for shape in SHAPES]
+    palette = _palette(difficulty)
+    pairs = [(colour, shape) for colour in palette for shape in SHAPES]
     n = int(rng.integers(lo, hi + 1))
     chosen = [pairs[int(i)] for i in rng.choice(len(pairs), size=n, replace=False)]
     floor = bool(rng.integers(2))
@@ -852,7 +857,7 @@ def sample_locate(rng: np.random.Generator, difficulty: int, image_size: int) ->
             image_size,
             row,
             col,
-            _palette(difficulty),
+            palette,
             RELATION_JITTER * (difficulty == 3),
             colour=colour,
             shape=shape,
@@ -861,7 +866,8 @@ def sample_locate(rng: np.random.Generator, difficulty: int, image_size: int) ->
             obj = _on_floor(rng, obj, image_size)
         objects.append(obj)
     objects = tuple(objects)
-    asked = [objects[int(i)] for i in rng.permutation(n)]
+    order = [int(i) for i in rng.permutation(n)]
+    asked = [objects[i] for i in order]
     names = [f"the {o.name()}" for o in asked]
     question = f"Where are {', '.join(names[:-1])} and {names[-1]}? {LOCATE_INSTRUCTION}"
     scene = ShapeScene(image_size, objects)
@@ -869,11 +875,11 @@ def sample_locate(rng: np.random.Generator, difficulty: int, image_size: int) ->
         family="locate",
         difficulty=difficulty,
         scene=scene,
-        query={"asked": [objects.index(o) for o in asked], "floor": floor},
+        query={"asked": order, "floor": floor},
         question=question,
         text_question=f"{_scene_in_words(objects, image_size)} {question}",
         answer=str(n),
-        reasoning=" ".join(f"The {o.name()}: {o.where()}." for o in asked),
+        reasoning=" ".join(_found(o.name(), o) for o in asked),
         reward_func="acc",
     )
 
