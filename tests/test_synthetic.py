@@ -348,6 +348,26 @@ def test_cells_background_gives_each_cell_one_colour_of_its_own_around_the_objec
             assert len(margin) > 0 and np.all(margin == cells[obj.row * 4 + obj.col, 0])
 
 
+@pytest.mark.parametrize("family", ["grounding", "spatial", "counting"])
+def test_tiles_background_colours_only_the_cells_that_hold_an_object(family):
+    cells = np.asarray(canvas(112, "cells")).reshape(4, 28, 4, 28, 3).transpose(0, 2, 1, 3, 4)
+    for task in tasks(family, 1, n=10):
+        flat, tiled = np.asarray(task.image()), np.asarray(task.image("tiles"))
+        drawn = np.any(flat != BACKGROUND, axis=-1)
+        assert np.array_equal(flat[drawn], tiled[drawn])  # the objects themselves are untouched
+        blocks = tiled.reshape(4, 28, 4, 28, 3).transpose(0, 2, 1, 3, 4)
+        undrawn = ~drawn.reshape(4, 28, 4, 28).transpose(0, 2, 1, 3)
+        occupied = {(obj.row, obj.col) for obj in task.scene.objects}
+        for r in range(4):
+            for c in range(
+                4
+            ):  # an object's cell shows its cells colour around it; an empty cell shows nothing
+                expected = cells[r, c][undrawn[r, c]] if (r, c) in occupied else BACKGROUND
+                assert np.all(blocks[r, c][undrawn[r, c]] == expected), (family, r, c)
+    for task in tasks("geometry", 1, n=3):  # a diagram's strokes cross every cell: all of them are tiles
+        assert np.array_equal(np.asarray(task.image("tiles")), np.asarray(task.image("cells")))
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Records, determinism, splits, twins
 # ----------------------------------------------------------------------------------------------------------------

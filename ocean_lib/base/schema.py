@@ -37,10 +37,11 @@ class SyntheticConfig:
     difficulty: int = knob(1, "difficulty level 1-3 (more objects, more distractors, smaller targets)")
     image_size: int = knob(112, "side of the square images, pixels (multiple of 28)")
     seed: int = knob(0, "base seed; train and test use disjoint seed ranges derived from it")
-    background: Literal["flat", "gradient", "cells"] = knob(
+    background: Literal["flat", "gradient", "cells", "tiles"] = knob(
         "flat",
-        "flat (mean grey), gradient (red rises left to right, blue top to bottom: where a patch is) or cells "
-        "(the same ramps in steps, one colour per grid cell: which cell an object's margin is in)",
+        "flat (mean grey), gradient (red rises left to right, blue top to bottom: where a patch is), cells "
+        "(the same ramps in steps, one colour per grid cell: which cell an object's margin is in) or tiles "
+        "(the cells colours under objects only, empty cells flat: only an object's own token says where it is)",
     )
     reflective: float = knob(
         0.0,

@@ -79,7 +79,7 @@ COLOURS = {
     "purple": (145, 60, 185),
     "cyan": (40, 195, 205),
 }
-BACKGROUNDS = ("flat", "gradient", "cells")
+BACKGROUNDS = ("flat", "gradient", "cells", "tiles")
 GRADIENT_AMPLITUDE = 40  # red rises left to right and blue top to bottom by ±40 levels around BACKGROUND
 SHAPES = ("circle", "square", "triangle")
 GRID = 4  # the picture is a GRID × GRID array of cells; every object sits in its own cell
@@ -124,7 +124,13 @@ class ShapeScene:
     objects: tuple[Shape, ...]
 
     def draw(self, background: str = "flat") -> Image.Image:
-        image = canvas(self.size, background)
+        """The picture; on ``tiles`` each object's cell takes its ``cells`` colour and the empty cells stay flat."""
+        image = canvas(self.size, "flat" if background == "tiles" else background)
+        if background == "tiles":
+            cells, side = canvas(self.size, "cells"), self.size // GRID
+            for obj in self.objects:
+                box = (obj.col * side, obj.row * side, (obj.col + 1) * side, (obj.row + 1) * side)
+                image.paste(cells.crop(box), box[:2])
         draw = ImageDraw.Draw(image)
         for obj in self.objects:
             x1, y1, x2, y2 = obj.box
@@ -164,7 +170,8 @@ class Diagram:
 
     def draw(self, background: str = "flat") -> Image.Image:
         scale = self.size / 112
-        image = canvas(self.size, background)
+        # a diagram's strokes run through every cell: on ``tiles`` every cell is a tile
+        image = canvas(self.size, "cells" if background == "tiles" else background)
         draw = ImageDraw.Draw(image)
         font = _font(round(12 * scale))
         radius = 11 * scale
@@ -199,8 +206,9 @@ def canvas(size: int, background: str) -> Image.Image:
     blue rising top to bottom (:data:`GRADIENT_AMPLITUDE`); or ``cells``, the same ramps in steps, one flat
     colour per grid cell. The ramps' mean is still the processor's mean colour; what they add is where a patch
     lies, written in the patch itself (``cells``: the same in every pixel of a cell's background, so the
-    margin around an object carries its cell)."""
-    if background == "flat":
+    margin around an object carries its cell). ``tiles`` (the ``cells`` colours under objects only, the empty
+    cells flat) is drawn by the scene, which knows where its objects are; its empty picture is flat."""
+    if background in ("flat", "tiles"):
         return Image.new("RGB", (size, size), BACKGROUND)
     if background not in BACKGROUNDS:
         raise ValueError(f"unknown background {background!r}; expected one of {BACKGROUNDS}")
