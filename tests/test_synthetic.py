@@ -358,12 +358,13 @@ def test_tiles_background_colours_only_the_cells_that_hold_an_object(family):
         blocks = tiled.reshape(4, 28, 4, 28, 3).transpose(0, 2, 1, 3, 4)
         undrawn = ~drawn.reshape(4, 28, 4, 28).transpose(0, 2, 1, 3)
         occupied = {(obj.row, obj.col) for obj in task.scene.objects}
+        # an object's cell shows its cells colour around it; an empty cell shows nothing
         for r in range(4):
-            for c in range(
-                4
-            ):  # an object's cell shows its cells colour around it; an empty cell shows nothing
+            for c in range(4):
                 expected = cells[r, c][undrawn[r, c]] if (r, c) in occupied else BACKGROUND
                 assert np.all(blocks[r, c][undrawn[r, c]] == expected), (family, r, c)
+    with pytest.raises(ValueError, match="unknown background 'tiles' for a canvas"):
+        canvas(112, "tiles")  # only a scene knows which cells to tile
     for task in tasks("geometry", 1, n=3):  # a diagram's strokes cross every cell: all of them are tiles
         assert np.array_equal(np.asarray(task.image("tiles")), np.asarray(task.image("cells")))
 

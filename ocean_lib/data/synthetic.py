@@ -79,7 +79,6 @@ COLOURS = {
     "purple": (145, 60, 185),
     "cyan": (40, 195, 205),
 }
-BACKGROUNDS = ("flat", "gradient", "cells", "tiles")
 GRADIENT_AMPLITUDE = 40  # red rises left to right and blue top to bottom by ±40 levels around BACKGROUND
 SHAPES = ("circle", "square", "triangle")
 GRID = 4  # the picture is a GRID × GRID array of cells; every object sits in its own cell
@@ -206,12 +205,12 @@ def canvas(size: int, background: str) -> Image.Image:
     blue rising top to bottom (:data:`GRADIENT_AMPLITUDE`); or ``cells``, the same ramps in steps, one flat
     colour per grid cell. The ramps' mean is still the processor's mean colour; what they add is where a patch
     lies, written in the patch itself (``cells``: the same in every pixel of a cell's background, so the
-    margin around an object carries its cell). ``tiles`` (the ``cells`` colours under objects only, the empty
-    cells flat) is drawn by the scene, which knows where its objects are; its empty picture is flat."""
-    if background in ("flat", "tiles"):
+    margin around an object carries its cell). ``tiles`` is not a canvas: the scene draws it, knowing where its
+    objects are (:meth:`ShapeScene.draw`)."""
+    if background == "flat":
         return Image.new("RGB", (size, size), BACKGROUND)
-    if background not in BACKGROUNDS:
-        raise ValueError(f"unknown background {background!r}; expected one of {BACKGROUNDS}")
+    if background not in ("gradient", "cells"):
+        raise ValueError(f"unknown background {background!r} for a canvas; expected flat, gradient or cells")
     if background == "gradient":
         ramp = np.linspace(-GRADIENT_AMPLITUDE, GRADIENT_AMPLITUDE, size)
     else:
