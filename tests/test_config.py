@@ -144,6 +144,32 @@ def test_moving_the_study_moves_its_data_model_and_runs(tmp_path):
     )
 
 
+def test_a_stage_starts_from_the_weights_its_own_set_names_and_may_not_name_two(tmp_path):
+    """A stage's own model.name_or_path is its start (it used to be replaced by the params' without a word);
+    a stage that also names starts_from is refused, since it can start from one set of weights only."""
+    from ocean_lib.study import pipeline
+
+    params = tmp_path / "p.yaml"
+    params.write_text(
+        f"extends: {ROOT / 'params' / 'mini.yaml'}\n"
+        "study:\n  stages:\n"
+        "    other_init: {set: {model: {name_or_path: elsewhere/tiny}, train: {max_steps: 3}}}\n"
+        "    on_top: {starts_from: other_init}\n"
+    )
+    cfg = load_config(params, [f"study.output_dir={tmp_path}/study"])
+    assert pipeline.start_weights(cfg, "other_init") == "elsewhere/tiny"
+    run = load_config(
+        params, [f"study.output_dir={tmp_path}/study", *pipeline.stage_overrides(cfg, "other_init")]
+    )
+    assert run.model.name_or_path == "elsewhere/tiny"
+    assert pipeline.start_weights(cfg, "on_top") == str(tmp_path / "study" / "runs" / "other_init" / "final")
+    assert pipeline.start_weights(cfg, "warmstart") == cfg.model.name_or_path
+    with pytest.raises(
+        ConfigError, match=r"study.stages.on_top sets model.name_or_path and starts_from='other_init'"
+    ):
+        load_config(params, ["study.stages.on_top.set.model.name_or_path=x"])
+
+
 def test_references_must_name_a_plain_string_knob(tmp_path):
     path = tmp_path / "p.yaml"
     path.write_text("logging:\n  output_dir: ${train.lr}/runs\n")

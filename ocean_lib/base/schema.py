@@ -380,7 +380,9 @@ class StageConfig:
     """One training stage of the study: the weights it starts from, the knobs it sets, the row it becomes."""
 
     starts_from: str = knob(
-        "", "the stage whose final weights this stage starts from ('': model.name_or_path)"
+        "",
+        "the stage whose final weights this stage starts from ('': the model.name_or_path of its set, else the "
+        "params')",
     )
     row: str = knob("", "the result-table row that evaluates this stage's final weights ('': none)")
     set: dict[str, Any] = knob(
@@ -557,6 +559,13 @@ class RunConfig:
                 )
             )
             checks.append(("study" not in stage.set, f"study.stages.{name}.set cannot set study knobs"))
+            checks.append(
+                (
+                    not (stage.starts_from and "name_or_path" in (stage.set.get("model") or {})),
+                    f"study.stages.{name} sets model.name_or_path and starts_from={stage.starts_from!r}: a stage "
+                    "starts from one set of weights; keep one of the two",
+                )
+            )
             earlier.append(name)
         rows = [stage.row for stage in self.study.stages.values() if stage.row]
         checks.append(

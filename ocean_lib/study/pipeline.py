@@ -122,12 +122,20 @@ def grpo_stages(cfg: RunConfig) -> list[str]:
     ]
 
 
-def stage_overrides(cfg: RunConfig, stage: str) -> list[str]:
-    """What turns the study's params into one stage's run: its own knobs, run directory and start weights."""
+def start_weights(cfg: RunConfig, stage: str) -> str:
+    """The weights ``stage`` starts from: its ``starts_from`` stage's final weights, else the
+    ``model.name_or_path`` its own ``set`` names, else the params' (the schema refuses a stage that names both)."""
     if stage not in cfg.study.stages:
         raise ValueError(f"unknown stage {stage!r}; study.stages are {list(cfg.study.stages)}")
-    parent = cfg.study.stages[stage].starts_from
-    start = str(run_dir(cfg, parent).final) if parent else cfg.model.name_or_path
+    spec = cfg.study.stages[stage]
+    if spec.starts_from:
+        return str(run_dir(cfg, spec.starts_from).final)
+    return spec.set.get("model", {}).get("name_or_path") or cfg.model.name_or_path
+
+
+def stage_overrides(cfg: RunConfig, stage: str) -> list[str]:
+    """What turns the study's params into one stage's run: its own knobs, run directory and start weights."""
+    start = start_weights(cfg, stage)
     return [
         *cfg.study.stages[stage].overrides(),
         f"model.name_or_path={start}",
