@@ -14,7 +14,7 @@ from PIL import Image
 
 from ocean_lib.base.config import from_dict
 from ocean_lib.base.prompts import IMAGE_MARKER, INSTRUCTIONS
-from ocean_lib.base.schema import DataConfig, SyntheticConfig
+from ocean_lib.base.schema import ConfigError, DataConfig, SyntheticConfig
 from ocean_lib.data import load_example, parse_box, read_records, write_records
 from ocean_lib.data.synthetic import (
     BACKGROUND,
@@ -145,7 +145,7 @@ def test_scene_description_names_every_drawn_object_in_its_cell_in_reading_order
 @pytest.mark.parametrize("difficulty", LEVELS)
 def test_locate_asks_for_every_drawn_object_by_name_in_an_order_that_does_not_say_where_it_is(difficulty):
     cell = 112 / 4
-    first_asked_cells, orders, kinds = Counter(), Counter(), set()
+    first_asked_cells, orders = Counter(), Counter()
     for task in tasks("locate", difficulty, n=60):
         image = task.image()
         check_drawn(task, image)
@@ -161,12 +161,8 @@ def test_locate_asks_for_every_drawn_object_by_name_in_an_order_that_does_not_sa
         in_reading_order = sorted(names, key=lambda name: drawn[name])
         orders[names == in_reading_order] += 1
         first_asked_cells[drawn[names[0]]] += 1
-        kinds.add("floor" if task.query["floor"] else "flat")
-        if task.query["floor"]:  # sample_spatial's perspective: the side grows with the row
-            assert all(o.box[2] - o.box[0] == 14 + 4 * o.row for o in objects)
-        else:
-            assert len({o.box[2] - o.box[0] for o in objects}) == 1 or difficulty > 1
-    assert kinds == {"floor", "flat"}
+        # grounding's pictures: one size at level 1, never spatial's floors (whose side grows with the row)
+        assert len({o.box[2] - o.box[0] for o in objects}) == 1 or difficulty > 1
     assert orders[False] > 20  # the order of the names is not the reading order the cells would give
     assert len(first_asked_cells) > 8
 
@@ -470,6 +466,25 @@ def test_build_writes_splits_twins_preview_and_manifest(tmp_path):
         "test/counting.parquet",
         "train/counting.parquet",
     ]  # files of the earlier, larger build are gone, so a split directory reads this build only
+
+
+def test_a_family_may_have_its_own_number_of_training_records(tmp_path):
+    """n_train_by_family: locate's lookups may be weighted in the warm-start's one pass without more of the rest;
+    the test split and the other families keep theirs, and the same seeds draw the first records."""
+    result = build(
+        run_config(
+            tmp_path, families=["counting", "locate"], text_only=False, n_train_by_family={"locate": 9}
+        )
+    )
+    assert result["counts"]["train"] == {"counting": 6, "locate": 9}
+    assert result["counts"]["test"] == {"counting": 3, "locate": 3}
+    plain = make_tasks("locate", SyntheticConfig(n_train=6, n_test=3))
+    weighted = make_tasks("locate", SyntheticConfig(n_train=6, n_test=3, n_train_by_family={"locate": 9}))
+    assert [t.question for t in weighted["train"][:6]] == [t.question for t in plain["train"]]
+    with pytest.raises(
+        ConfigError, match=r"n_train_by_family names families that are not generated: \['locate'\]"
+    ):
+        run_config(tmp_path, n_train_by_family={"locate": 9})
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -33,6 +33,9 @@ class SyntheticConfig:
     )
     text_only: bool = knob(False, "also write the text-only twin of every split (the GRPO-text ablation)")
     n_train: int = knob(2000, "training records per family")
+    n_train_by_family: dict[str, int] = knob(
+        {}, "training records of a family where it differs from n_train, e.g. {locate: 9600}"
+    )
     n_test: int = knob(500, "held-out test records per family (scenes disjoint from train)")
     difficulty: int = knob(1, "difficulty level 1-3 (more objects, more distractors, smaller targets)")
     image_size: int = knob(112, "side of the square images, pixels (multiple of 28)")
@@ -48,6 +51,10 @@ class SyntheticConfig:
         "share of training traces that check or revise their work in words (half each; data.synthetic docs)",
     )
     output_dir: str = knob("outputs/data/mini", "directory the parquet splits and preview.png are written to")
+
+    def train_records(self, family: str) -> int:
+        """How many training records ``family`` gets."""
+        return self.n_train_by_family.get(family, self.n_train)
 
 
 @dataclass
@@ -543,6 +550,11 @@ class RunConfig:
                 self.model.tiny.hidden_size % self.model.tiny.num_heads == 0,
                 f"model.tiny.hidden_size={self.model.tiny.hidden_size} is not divisible by "
                 f"model.tiny.num_heads={self.model.tiny.num_heads}",
+            ),
+            (
+                set(d.synthetic.n_train_by_family) <= set(d.synthetic.families),
+                f"data.synthetic.n_train_by_family names families that are not generated: "
+                f"{sorted(set(d.synthetic.n_train_by_family) - set(d.synthetic.families))}",
             ),
             (
                 d.synthetic.image_size % 28 == 0,

@@ -847,18 +847,17 @@ def sample_locate(rng: np.random.Generator, difficulty: int, image_size: int) ->
     picture; here every object is asked for by its colour and shape (pairs distinct within the picture), in an
     order that says nothing about where it is, so each cell of the trace is a lookup of the named object among
     the others (docs/miniature_results.md, issue 21: reading a lone object's cell did not teach the lookup, and
-    one answer per picture taught it too slowly). Half of the pictures as grounding draws them (the level's
-    number of objects, one size, centred at level 1), half as spatial's floors (nearer rows larger).
+    one answer per picture taught it too slowly). The pictures are drawn as grounding draws its own (the level's
+    number of objects, one size, centred at level 1): with half of them drawn as spatial's floors instead, one
+    warm-start did not learn the lookup where the flat pictures alone taught it (issue 21, seventh session).
     """
     lo, hi = _OBJECTS[difficulty]
     palette = _palette(difficulty)
     pairs = [(colour, shape) for colour in palette for shape in SHAPES]
     n = int(rng.integers(lo, hi + 1))
     chosen = [pairs[int(i)] for i in rng.choice(len(pairs), size=n, replace=False)]
-    floor = bool(rng.integers(2))
-    objects = []
-    for (colour, shape), (row, col) in zip(chosen, _cells(rng, n), strict=True):
-        obj = _random_shape(
+    objects = tuple(
+        _random_shape(
             rng,
             difficulty,
             image_size,
@@ -869,10 +868,8 @@ def sample_locate(rng: np.random.Generator, difficulty: int, image_size: int) ->
             colour=colour,
             shape=shape,
         )
-        if floor:
-            obj = _on_floor(rng, obj, image_size)
-        objects.append(obj)
-    objects = tuple(objects)
+        for (colour, shape), (row, col) in zip(chosen, _cells(rng, n), strict=True)
+    )
     order = [int(i) for i in rng.permutation(n)]
     asked = [objects[i] for i in order]
     names = [f"the {o.name()}" for o in asked]
@@ -882,7 +879,7 @@ def sample_locate(rng: np.random.Generator, difficulty: int, image_size: int) ->
         family="locate",
         difficulty=difficulty,
         scene=scene,
-        query={"asked": order, "floor": floor},
+        query={"asked": order},
         question=question,
         text_question=f"{_scene_in_words(objects, image_size)} {question}",
         answer=str(n),
@@ -1038,7 +1035,8 @@ def task_seed(base_seed: int, family: str, split: str, i: int) -> tuple[int, int
 
 
 def make_tasks(family: str, cfg: SyntheticConfig) -> dict[str, list[Task]]:
-    """``n_train`` training and ``n_test`` test tasks of one family; no test scene equals a training scene.
+    """``train_records(family)`` training and ``n_test`` test tasks of one family; no test scene equals a
+    training scene.
 
     A test seed whose scene also occurs in training (possible where scenes are few, e.g. one object) is
     skipped and the next seed is used, so the test split is deterministic and disjoint. Raises ValueError if
@@ -1047,7 +1045,7 @@ def make_tasks(family: str, cfg: SyntheticConfig) -> dict[str, list[Task]]:
     _check(family, cfg.difficulty)
     train = [
         sample_task(family, task_seed(cfg.seed, family, "train", i), cfg.difficulty, cfg.image_size)
-        for i in range(cfg.n_train)
+        for i in range(cfg.train_records(family))
     ]
     seen = {repr(task.scene) for task in train}
     test: list[Task] = []
@@ -1056,7 +1054,7 @@ def make_tasks(family: str, cfg: SyntheticConfig) -> dict[str, list[Task]]:
         if i > 10 * cfg.n_test + 1000:
             raise ValueError(
                 f"{family}: only {len(test)} of {i} test scenes at difficulty {cfg.difficulty} differ from "
-                f"the {cfg.n_train} training scenes; lower data.synthetic.n_train or n_test"
+                f"the {len(train)} training scenes; lower data.synthetic.n_train or n_test"
             )
         task = sample_task(family, task_seed(cfg.seed, family, "test", i), cfg.difficulty, cfg.image_size)
         if repr(task.scene) not in seen:
@@ -1169,7 +1167,7 @@ def corpus(cfg: RunConfig, per_level: int = 300) -> Iterator[str]:
     yield from INSTRUCTIONS.values()
     for family in syn.families:
         for difficulty in range(1, MAX_DIFFICULTY + 1):
-            for i in range(min(per_level, syn.n_train)):
+            for i in range(min(per_level, syn.train_records(family))):
                 task = sample_task(
                     family, task_seed(syn.seed, family, "train", i), difficulty, syn.image_size
                 )

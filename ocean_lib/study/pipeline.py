@@ -163,7 +163,9 @@ def prepare(cfg: RunConfig) -> dict[str, Any]:
         wanted = {k: v for k, v in to_dict(cfg.data.synthetic).items() if k != "output_dir"}
         if built is None or {k: v for k, v in built["synthetic"].items() if k != "output_dir"} != wanted:
             syn = cfg.data.synthetic
-            records = len(syn.families) * (syn.n_train + syn.n_test) * (2 if syn.text_only else 1)
+            records = sum(syn.train_records(f) + syn.n_test for f in syn.families) * (
+                2 if syn.text_only else 1
+            )
             with _announced(f"building the procedural data: {records:,} records into {synthetic_dir}"):
                 built = synthetic.build(cfg)
     model_dir = Path(cfg.model.name_or_path)
