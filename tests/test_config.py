@@ -170,6 +170,33 @@ def test_a_stage_starts_from_the_weights_its_own_set_names_and_may_not_name_two(
         load_config(params, ["study.stages.on_top.set.model.name_or_path=x"])
 
 
+def test_a_stage_runs_after_the_stage_it_starts_from_whatever_the_written_order(tmp_path):
+    """A params file that extends mini.yaml adds its stages after mini.yaml's; a stage they start from still
+    runs first (the config holds the stages in run order), and a start that cannot run is refused by name."""
+    params = tmp_path / "p.yaml"
+    params.write_text(
+        f"extends: {ROOT / 'params' / 'mini.yaml'}\n"
+        "study:\n  stages:\n"
+        "    warmstart: {starts_from: perception}\n"
+        "    perception: {set: {train: {max_steps: 3}}}\n"
+    )
+    cfg = load_config(params)
+    assert list(cfg.study.stages) == [
+        "perception",
+        "warmstart",
+        "grpo_text",
+        "grpo_vis_stage1",
+        "grpo_vis_stage2",
+    ]
+    assert list(load_config(ROOT / "params" / "mini.yaml").study.stages) == list(cfg.study.stages)[1:]
+    with pytest.raises(ConfigError, match=r"study.stages.warmstart.starts_from='percept' names no stage"):
+        load_config(params, ["study.stages.warmstart.starts_from=percept"])
+    with pytest.raises(
+        ConfigError, match=r"study.stages.perception.starts_from='grpo_text' goes round in a cycle"
+    ):
+        load_config(params, ["study.stages.perception.starts_from=grpo_text"])
+
+
 def test_references_must_name_a_plain_string_knob(tmp_path):
     path = tmp_path / "p.yaml"
     path.write_text("logging:\n  output_dir: ${train.lr}/runs\n")

@@ -411,13 +411,24 @@ class StageConfig:
         return leaves(self.set, "")
 
 
+def _in_run_order(stages: dict[str, StageConfig]) -> tuple[dict[str, StageConfig], list[str]]:
+    """``stages`` in the order they run: as written, but each after the stage it starts from; and the stages
+    that cannot run (their ``starts_from`` names no stage, or a cycle), left at the end in written order."""
+    ordered: dict[str, StageConfig] = {}
+    pending = dict(stages)
+    while ready := [name for name, stage in pending.items() if stage.starts_from in ("", *ordered)]:
+        ordered[ready[0]] = pending.pop(ready[0])
+    return {**ordered, **pending}, list(pending)
+
+
 @dataclass
 class StudyConfig:
     """The study that ``python -m ocean_lib reproduce`` runs: its training stages, evaluated rows and notebooks.
 
     Each stage is this params file plus the stage's ``set``; the pipeline adds the run name, the output
     directory and the initial weights (the final weights of ``starts_from``). Stages run in the order written,
-    and a stage may start only from one written before it.
+    except that a stage runs after the one it starts from (validation puts ``stages`` in that order), so a params
+    file that ``extends:`` another can add a stage that the other's first stage then starts from.
     """
 
     output_dir: str = knob(
@@ -561,15 +572,23 @@ class RunConfig:
                 f"data.synthetic.image_size={d.synthetic.image_size} must be a multiple of 28 (patch 14 x merge 2)",
             ),
         ]
-        earlier: list[str] = []
-        for name, stage in self.study.stages.items():
+        stages, unordered = _in_run_order(self.study.stages)
+        self.study.stages = stages
+        for name in unordered:
+            starts_from = self.study.stages[name].starts_from
             checks.append(
                 (
-                    stage.starts_from in ("", *earlier),
-                    f"study.stages.{name}.starts_from={stage.starts_from!r} must name a stage written before it "
-                    f"({', '.join(earlier) or 'none'}) or be ''",
+                    False,
+                    f"study.stages.{name}.starts_from={starts_from!r} "
+                    + (
+                        "goes round in a cycle of stages"
+                        if starts_from in self.study.stages
+                        else f"names no stage of the study ({', '.join(self.study.stages)}); '' starts from "
+                        "model.name_or_path"
+                    ),
                 )
             )
+        for name, stage in self.study.stages.items():
             checks.append(("study" not in stage.set, f"study.stages.{name}.set cannot set study knobs"))
             checks.append(
                 (
@@ -578,7 +597,6 @@ class RunConfig:
                     "starts from one set of weights; keep one of the two",
                 )
             )
-            earlier.append(name)
         rows = [stage.row for stage in self.study.stages.values() if stage.row]
         checks.append(
             (len(rows) == len(set(rows)), f"study.stages: two stages are evaluated as one row ({rows})")
