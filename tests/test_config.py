@@ -189,12 +189,19 @@ def test_a_stage_runs_after_the_stage_it_starts_from_whatever_the_written_order(
         "grpo_vis_stage2",
     ]
     assert list(load_config(ROOT / "params" / "mini.yaml").study.stages) == list(cfg.study.stages)[1:]
-    with pytest.raises(ConfigError, match=r"study.stages.warmstart.starts_from='percept' names no stage"):
-        load_config(params, ["study.stages.warmstart.starts_from=percept"])
     with pytest.raises(
-        ConfigError, match=r"study.stages.perception.starts_from='grpo_text' goes round in a cycle"
+        ConfigError, match=r"study.stages.warmstart cannot run: .* warmstart -> 'percept' names no"
     ):
+        load_config(params, ["study.stages.warmstart.starts_from=percept"])
+    with pytest.raises(ConfigError) as refused:
         load_config(params, ["study.stages.perception.starts_from=grpo_text"])
+    cycle = "perception -> grpo_text -> warmstart -> perception goes round in a cycle"
+    assert f"study.stages.perception cannot run: its starts_from chain {cycle}" in str(refused.value)
+    # a stage downstream of the cycle says where its own chain goes
+    assert (
+        "study.stages.grpo_vis_stage2 cannot run: its starts_from chain grpo_vis_stage2 -> grpo_vis_stage1 -> "
+        in str(refused.value)
+    )
 
 
 def test_references_must_name_a_plain_string_knob(tmp_path):

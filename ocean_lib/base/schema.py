@@ -575,19 +575,18 @@ class RunConfig:
         stages, unordered = _in_run_order(self.study.stages)
         self.study.stages = stages
         for name in unordered:
-            starts_from = self.study.stages[name].starts_from
-            checks.append(
-                (
-                    False,
-                    f"study.stages.{name}.starts_from={starts_from!r} "
-                    + (
-                        "goes round in a cycle of stages"
-                        if starts_from in self.study.stages
-                        else f"names no stage of the study ({', '.join(self.study.stages)}); '' starts from "
-                        "model.name_or_path"
-                    ),
-                )
+            chain = [name]
+            while (
+                parent := self.study.stages[chain[-1]].starts_from
+            ) in self.study.stages and parent not in chain:
+                chain.append(parent)
+            path = " -> ".join([*chain, parent if parent in chain else repr(parent)])
+            why = (
+                "goes round in a cycle"
+                if parent in chain
+                else "names no stage of the study ('' starts from the params' weights)"
             )
+            checks.append((False, f"study.stages.{name} cannot run: its starts_from chain {path} {why}"))
         for name, stage in self.study.stages.items():
             checks.append(("study" not in stage.set, f"study.stages.{name}.set cannot set study knobs"))
             checks.append(
